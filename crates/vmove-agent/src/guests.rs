@@ -1,0 +1,638 @@
+//! Guests on this host: define, start, stop, undefine, adopt after a restart.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use vmove_api::{GuestState, GuestStatus};
+use vmove_host::net::Netlink;
+use vmove_host::qemu::{self, Launch, RunFiles};
+use vmove_host::{proc, tap};
+use vmove_model::{AgentConfig, BootSource, GuestSpec};
+use vmove_qmp::Qmp;
+
+use crate::journal::{Intent, Journal};
+
+/// A guest as the agent holds it.
+struct Guest {
+    spec: GuestSpec,
+    state: GuestState,
+    pid: Option<u32>,
+    started_ms: Option<u64>,
+    qmp: Option<Qmp>,
+}
+
+/// What survives an agent restart about a running QEMU.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunRecord {
+    pid: u32,
+    started_ms: u64,
+}
+
+/// The agent's state.
+pub struct Agent {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) accel: String,
+    pub(crate) qemu_version: String,
+    journal: Journal,
+    guests: Mutex<BTreeMap<String, Guest>>,
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.starts_with('.')
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_mac(m: &str) -> bool {
+    let parts: Vec<&str> = m.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+}
+
+impl Agent {
+    /// Loads guest definitions and opens the journal.
+    pub async fn new(cfg: AgentConfig) -> Result<Agent> {
+        let accel = match cfg.accel.as_str() {
+            "auto" => {
+                if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+                    "kvm".to_string()
+                } else {
+                    "tcg".to_string()
+                }
+            }
+            "kvm" | "tcg" => cfg.accel.clone(),
+            other => bail!("accel {other:?} is not kvm, tcg or auto"),
+        };
+        let qemu_version = qemu_version().await.unwrap_or_else(|e| {
+            tracing::warn!("cannot read the QEMU version: {e:#}");
+            "unknown".into()
+        });
+        let journal = Journal::open(&cfg.state_dir)?;
+        std::fs::create_dir_all(cfg.state_dir.join("guests"))?;
+        let mut guests = BTreeMap::new();
+        for e in std::fs::read_dir(cfg.state_dir.join("guests"))? {
+            let p = e?.path();
+            let is_spec = p.extension().is_some_and(|x| x == "json")
+                && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".run.json"));
+            if !is_spec {
+                continue;
+            }
+            let spec: GuestSpec = serde_json::from_str(&std::fs::read_to_string(&p)?)
+                .with_context(|| format!("guest definition {}", p.display()))?;
+            guests.insert(
+                spec.name.clone(),
+                Guest { spec, state: GuestState::Stopped, pid: None, started_ms: None, qmp: None },
+            );
+        }
+        Ok(Agent {
+            cfg,
+            accel,
+            qemu_version,
+            journal,
+            guests: Mutex::new(guests),
+            op_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn spec_path(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join("guests").join(format!("{name}.json"))
+    }
+    fn run_record_path(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join("guests").join(format!("{name}.run.json"))
+    }
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.cfg.run_dir.join(name)
+    }
+
+    fn lock_guests(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Guest>> {
+        self.guests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every guest's status.
+    pub fn list(&self) -> Vec<GuestStatus> {
+        self.lock_guests().values().map(status).collect()
+    }
+
+    /// One guest's status.
+    pub fn show(&self, name: &str) -> Result<GuestStatus> {
+        self.lock_guests().get(name).map(status).ok_or_else(|| self.no_such(name))
+    }
+
+    fn no_such(&self, name: &str) -> anyhow::Error {
+        anyhow!("no guest named {name} on {}", self.cfg.name)
+    }
+
+    /// Memory and vCPUs of every defined guest.
+    pub fn committed(&self) -> (u64, u32) {
+        let g = self.lock_guests();
+        (g.values().map(|g| g.spec.memory_mib).sum(), g.values().map(|g| g.spec.vcpus).sum())
+    }
+
+    /// Console ports of defined guests.
+    pub fn console_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.lock_guests().values().filter_map(|g| g.spec.console_port).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Persists a guest definition after checking names, MACs, networks, pools and memory.
+    pub async fn define(&self, mut spec: GuestSpec) -> Result<GuestStatus> {
+        if !valid_name(&spec.name) {
+            bail!("invalid guest name {:?}: use letters, digits, '-', '_', '.' (at most 64)", spec.name);
+        }
+        if spec.vcpus == 0 || spec.memory_mib == 0 {
+            bail!("guest {}: vcpus and memory must be positive", spec.name);
+        }
+        for n in &spec.nics {
+            if !valid_mac(&n.mac) {
+                bail!("guest {}: invalid MAC address {:?}", spec.name, n.mac);
+            }
+            if !self.cfg.networks.iter().any(|x| x.name == n.network) {
+                bail!("guest {}: network {} is not served by {}", spec.name, n.network, self.cfg.name);
+            }
+        }
+        for d in &spec.disks {
+            if !self.cfg.pools.iter().any(|p| p.name == d.pool) {
+                bail!("guest {}: storage pool {} is not on {}", spec.name, d.pool, self.cfg.name);
+            }
+            if !valid_name(&d.volume) {
+                bail!("guest {}: invalid volume name {:?}", spec.name, d.volume);
+            }
+        }
+        let lock = self.op_lock(&spec.name);
+        let _op = lock.lock().await;
+        spec.host = self.cfg.name.clone();
+        {
+            let g = self.lock_guests();
+            if g.contains_key(&spec.name) {
+                bail!("guest name {} is already in use on {}", spec.name, self.cfg.name);
+            }
+            for other in g.values() {
+                if let Some(m) = spec.macs().find(|m| other.spec.macs().any(|o| o.eq_ignore_ascii_case(m))) {
+                    bail!("MAC address {m} is already used by guest {} on {}", other.spec.name, self.cfg.name);
+                }
+            }
+            let used: u64 = g.values().map(|g| g.spec.memory_mib).sum();
+            let avail = self.memory_total_mib().saturating_sub(self.cfg.memory_reserve_mib).saturating_sub(used);
+            if spec.memory_mib > avail {
+                bail!(
+                    "not enough memory on {}: guest {} needs {} MiB, {} MiB available (memory is never overcommitted)",
+                    self.cfg.name, spec.name, spec.memory_mib, avail
+                );
+            }
+            let in_use: Vec<u16> = g.values().filter_map(|g| g.spec.console_port).collect();
+            let (lo, hi) = self.cfg.console_ports;
+            match spec.console_port {
+                Some(p) if in_use.contains(&p) => bail!("console port {p} is already in use on {}", self.cfg.name),
+                Some(_) => {}
+                None => {
+                    spec.console_port = Some(
+                        (lo..=hi)
+                            .find(|p| !in_use.contains(p))
+                            .ok_or_else(|| anyhow!("no free console port on {}", self.cfg.name))?,
+                    )
+                }
+            }
+        }
+        let t = self.journal.begin(Intent::Define { guest: spec.name.clone() })?;
+        vmove_model::write_atomic(&self.spec_path(&spec.name), serde_json::to_string_pretty(&spec)?.as_bytes())?;
+        let st = {
+            let mut g = self.lock_guests();
+            let guest = Guest { spec: spec.clone(), state: GuestState::Stopped, pid: None, started_ms: None, qmp: None };
+            let st = status(&guest);
+            g.insert(spec.name.clone(), guest);
+            st
+        };
+        self.journal.done(t);
+        tracing::info!(guest = %spec.name, "defined");
+        Ok(st)
+    }
+
+    pub(crate) fn memory_total_mib(&self) -> u64 {
+        let real = crate::inventory::meminfo().0;
+        self.cfg.memory_limit_mib.map_or(real, |l| l.min(real))
+    }
+
+    fn volume_path(&self, pool: &str, volume: &str) -> Result<PathBuf> {
+        let p = self
+            .cfg
+            .pools
+            .iter()
+            .find(|p| p.name == pool)
+            .ok_or_else(|| anyhow!("storage pool {pool} is not on {}", self.cfg.name))?;
+        Ok(p.path.join(volume))
+    }
+
+    /// Starts a defined guest and waits until QEMU reports it running.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<GuestStatus> {
+        let lock = self.op_lock(name);
+        let _op = lock.lock().await;
+        let spec = {
+            let g = self.lock_guests();
+            let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+            if guest.pid.is_some() {
+                bail!("guest {name} is already running on {}", self.cfg.name);
+            }
+            guest.spec.clone()
+        };
+        let t = self.journal.begin(Intent::Start { guest: name.to_string() })?;
+        let r = self.launch(&spec).await;
+        self.journal.done(t);
+        r?;
+        self.show(name)
+    }
+
+    async fn launch(self: &Arc<Self>, spec: &GuestSpec) -> Result<()> {
+        let mut disks = Vec::new();
+        for d in &spec.disks {
+            let path = self.volume_path(&d.pool, &d.volume)?;
+            if !path.exists() {
+                let size = d.size_mib.ok_or_else(|| {
+                    anyhow!("volume {}/{} does not exist and has no size to create it with", d.pool, d.volume)
+                })?;
+                let f = std::fs::File::create(&path).with_context(|| format!("create volume {}", path.display()))?;
+                f.set_len(size * 1024 * 1024)?;
+            }
+            let direct = qemu::supports_o_direct(&path);
+            disks.push((path, direct));
+        }
+        let nics = self.plug_taps(spec).await?;
+        let direct_boot = match &spec.boot {
+            BootSource::Lab { dirty_mb_s, wss_mib } => {
+                let (Some(k), Some(i)) = (&self.cfg.lab_kernel, &self.cfg.lab_initrd) else {
+                    bail!("{} has no lab image configured", self.cfg.name);
+                };
+                let opts = vmove_lab::image::BootOpts {
+                    name: spec.name.clone(),
+                    ip: spec.nics.first().and_then(|n| n.ip.clone()),
+                    dirty_mb_s: *dirty_mb_s,
+                    wss_mib: *wss_mib,
+                };
+                Some((k.clone(), i.clone(), vmove_lab::image::cmdline(&opts)))
+            }
+            BootSource::Disk => None,
+        };
+        let run_dir = self.run_dir(&spec.name);
+        let launch = Launch {
+            accel: self.accel.clone(),
+            run_dir: run_dir.clone(),
+            direct_boot,
+            disks,
+            nics,
+            incoming: None,
+            console_port: spec.console_port,
+        };
+        let args = qemu::args(spec, &launch);
+        let mut child = match qemu::spawn(qemu::QEMU_BIN, &args, &run_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                self.unplug_taps(spec).await;
+                return Err(e);
+            }
+        };
+        let pid = child.id();
+        let started_ms = now_ms();
+        vmove_model::write_atomic(
+            &self.run_record_path(&spec.name),
+            serde_json::to_string(&RunRecord { pid, started_ms })?.as_bytes(),
+        )?;
+        let qmp = match Qmp::connect_retry(&RunFiles::qmp(&run_dir), Duration::from_secs(20)).await {
+            Ok(q) => q,
+            Err(e) => {
+                proc::kill9(pid);
+                let _ = child.wait();
+                let _ = std::fs::remove_file(self.run_record_path(&spec.name));
+                self.unplug_taps(spec).await;
+                let log = qemu::tail(&RunFiles::qemu_log(&run_dir), 400);
+                let last = log.lines().last().unwrap_or("").trim().to_string();
+                bail!("QEMU for {} did not start: {} ({e})", spec.name, if last.is_empty() { "no output" } else { &last });
+            }
+        };
+        let st = qmp.query_status().await.context("query-status")?;
+        {
+            let mut g = self.lock_guests();
+            if let Some(guest) = g.get_mut(&spec.name) {
+                guest.pid = Some(pid);
+                guest.started_ms = Some(started_ms);
+                guest.state = if st.running { GuestState::Running } else { GuestState::Paused };
+                guest.qmp = Some(qmp.clone());
+            }
+        }
+        tracing::info!(guest = %spec.name, pid, "started");
+        let me = self.clone();
+        let name = spec.name.clone();
+        tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            me.on_exit(&name, pid).await;
+        });
+        Ok(())
+    }
+
+    /// Creates the guest's taps and puts them on their networks' bridges.
+    async fn plug_taps(&self, spec: &GuestSpec) -> Result<Vec<(String, String)>> {
+        let nl = Netlink::connect()?;
+        let mut out = Vec::new();
+        for (i, n) in spec.nics.iter().enumerate() {
+            let net = self
+                .cfg
+                .networks
+                .iter()
+                .find(|x| x.name == n.network)
+                .ok_or_else(|| anyhow!("network {} is not served by {}", n.network, self.cfg.name))?;
+            if nl.link(&net.bridge).await?.is_none() {
+                bail!("bridge {} does not exist on {}", net.bridge, self.cfg.name);
+            }
+            let t = tap::tap_name(&spec.name, i);
+            tap::create(&t)?;
+            nl.set_controller(&t, &net.bridge).await?;
+            nl.set_up(&t).await?;
+            out.push((t, n.mac.clone()));
+        }
+        Ok(out)
+    }
+
+    async fn unplug_taps(&self, spec: &GuestSpec) {
+        for i in 0..spec.nics.len() {
+            let t = tap::tap_name(&spec.name, i);
+            if let Err(e) = tap::delete(&t) {
+                tracing::warn!(guest = %spec.name, "cannot remove tap {t}: {e:#}");
+            }
+        }
+    }
+
+    /// Called once QEMU has exited.
+    async fn on_exit(&self, name: &str, pid: u32) {
+        let spec = {
+            let mut g = self.lock_guests();
+            let Some(guest) = g.get_mut(name) else { return };
+            if guest.pid != Some(pid) {
+                return;
+            }
+            guest.state = if guest.state == GuestState::ShuttingDown || guest.state == GuestState::Stopped {
+                GuestState::Stopped
+            } else {
+                GuestState::Crashed
+            };
+            guest.pid = None;
+            guest.qmp = None;
+            guest.started_ms = None;
+            guest.spec.clone()
+        };
+        let _ = std::fs::remove_file(self.run_record_path(name));
+        self.unplug_taps(&spec).await;
+        tracing::info!(guest = %name, pid, "QEMU exited");
+    }
+
+    /// Stops a guest: ACPI powerdown and wait up to `timeout`, or kill with `force`.
+    pub async fn stop(&self, name: &str, force: bool, timeout: Duration) -> Result<GuestStatus> {
+        let lock = self.op_lock(name);
+        let _op = lock.lock().await;
+        let (pid, qmp) = {
+            let mut g = self.lock_guests();
+            let guest = g.get_mut(name).ok_or_else(|| self.no_such(name))?;
+            let Some(pid) = guest.pid else {
+                return Ok(status(guest));
+            };
+            guest.state = GuestState::ShuttingDown;
+            (pid, guest.qmp.clone())
+        };
+        let t = self.journal.begin(Intent::Stop { guest: name.to_string(), force })?;
+        let result = if force {
+            proc::kill9(pid);
+            self.wait_stopped(name, pid, Duration::from_secs(15)).await
+        } else {
+            match &qmp {
+                Some(q) => {
+                    q.system_powerdown().await.context("system_powerdown")?;
+                }
+                None => bail!("no QMP connection to guest {name}"),
+            }
+            self.wait_stopped(name, pid, timeout).await.map_err(|_| {
+                anyhow!(
+                    "guest {name} did not stop within {} s of the ACPI power button; it is still running (use --force to kill it)",
+                    timeout.as_secs()
+                )
+            })
+        };
+        if result.is_err() && !force {
+            let mut g = self.lock_guests();
+            if let Some(guest) = g.get_mut(name) {
+                if guest.pid == Some(pid) {
+                    guest.state = GuestState::Running;
+                }
+            }
+        }
+        self.journal.done(t);
+        result?;
+        self.show(name)
+    }
+
+    async fn wait_stopped(&self, name: &str, pid: u32, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let gone = self.lock_guests().get(name).is_none_or(|g| g.pid != Some(pid));
+            if gone {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timeout");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes a stopped guest's definition.
+    pub async fn undefine(&self, name: &str) -> Result<()> {
+        let lock = self.op_lock(name);
+        let _op = lock.lock().await;
+        {
+            let g = self.lock_guests();
+            let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+            if guest.pid.is_some() {
+                bail!("guest {name} is running on {}; stop it first", self.cfg.name);
+            }
+        }
+        let t = self.journal.begin(Intent::Undefine { guest: name.to_string() })?;
+        self.remove_definition(name)?;
+        self.journal.done(t);
+        tracing::info!(guest = %name, "undefined");
+        Ok(())
+    }
+
+    fn remove_definition(&self, name: &str) -> Result<()> {
+        let p = self.spec_path(name);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))?;
+        }
+        let _ = std::fs::remove_dir_all(self.run_dir(name));
+        self.lock_guests().remove(name);
+        Ok(())
+    }
+
+    /// The tail of a guest's serial console.
+    pub fn log(&self, name: &str, max: u64) -> Result<String> {
+        if !self.lock_guests().contains_key(name) {
+            return Err(self.no_such(name));
+        }
+        Ok(qemu::tail(&RunFiles::serial_log(&self.run_dir(name)), max))
+    }
+
+    /// After a restart: re-adopt running QEMUs, clean up after dead ones, finish or drop
+    /// the intents left in the journal. Never starts a second QEMU for a guest.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let ours = self.scan_qemus();
+        let names: Vec<String> = self.lock_guests().keys().cloned().collect();
+        for name in &names {
+            let record: Option<RunRecord> = std::fs::read_to_string(self.run_record_path(name))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let pid = ours.get(name).copied().or(record.as_ref().map(|r| r.pid).filter(|p| {
+                proc::alive(*p) && proc::cmdline(*p).iter().any(|a| a.starts_with(&format!("guest={name},")))
+            }));
+            match pid {
+                Some(pid) => self.adopt(name, pid, record.map(|r| r.started_ms)).await,
+                None => {
+                    if record.is_some() {
+                        tracing::warn!(guest = %name, "QEMU is gone since the last run; guest is stopped");
+                    }
+                    let _ = std::fs::remove_file(self.run_record_path(name));
+                    let spec = self.lock_guests().get(name).map(|g| g.spec.clone());
+                    if let Some(spec) = spec {
+                        self.unplug_taps(&spec).await;
+                    }
+                }
+            }
+        }
+        for (name, pid) in ours {
+            if !names.contains(&name) {
+                tracing::warn!(guest = %name, pid, "QEMU of an undefined guest: killing it");
+                proc::kill9(pid);
+            }
+        }
+        for e in self.journal.pending()? {
+            tracing::info!(seq = e.seq, intent = ?e.intent, "reconciling an unfinished intent");
+            if let Intent::Undefine { guest } = &e.intent {
+                let running = self.lock_guests().get(guest).is_some_and(|g| g.pid.is_some());
+                if !running {
+                    self.remove_definition(guest)?;
+                }
+            }
+            self.journal.forget(e.seq);
+        }
+        Ok(())
+    }
+
+    /// QEMU processes started by this agent (their pid file is in our run dir), by guest.
+    fn scan_qemus(&self) -> HashMap<String, u32> {
+        let mut out = HashMap::new();
+        let run = self.cfg.run_dir.display().to_string();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let args = proc::cmdline(pid);
+            if !args.first().is_some_and(|a| a.ends_with(qemu::QEMU_BIN)) || !proc::alive(pid) {
+                continue;
+            }
+            let pidfile = args.windows(2).find(|w| w[0] == "-pidfile").map(|w| w[1].clone());
+            if !pidfile.is_some_and(|p| Path::new(&p).starts_with(&run)) {
+                continue;
+            }
+            let name = args
+                .windows(2)
+                .find(|w| w[0] == "-name")
+                .and_then(|w| w[1].strip_prefix("guest=").map(|r| r.split(',').next().unwrap_or("").to_string()));
+            if let Some(n) = name {
+                out.insert(n, pid);
+            }
+        }
+        out
+    }
+
+    async fn adopt(self: &Arc<Self>, name: &str, pid: u32, started_ms: Option<u64>) {
+        let run_dir = self.run_dir(name);
+        let qmp = Qmp::connect(&RunFiles::qmp(&run_dir), Duration::from_secs(5)).await;
+        let state = match &qmp {
+            Ok(q) => match q.query_status().await {
+                Ok(s) if s.running => GuestState::Running,
+                Ok(s) if s.status.as_str() == "inmigrate" => GuestState::Incoming,
+                Ok(_) => GuestState::Paused,
+                Err(_) => GuestState::Running,
+            },
+            Err(e) => {
+                tracing::warn!(guest = %name, "adopted QEMU {pid} without QMP: {e}");
+                GuestState::Running
+            }
+        };
+        let started_ms = started_ms.unwrap_or_else(now_ms);
+        let _ = vmove_model::write_atomic(
+            &self.run_record_path(name),
+            serde_json::to_string(&RunRecord { pid, started_ms }).unwrap_or_default().as_bytes(),
+        );
+        {
+            let mut g = self.lock_guests();
+            if let Some(guest) = g.get_mut(name) {
+                guest.pid = Some(pid);
+                guest.state = state;
+                guest.started_ms = Some(started_ms);
+                guest.qmp = qmp.ok();
+            }
+        }
+        tracing::info!(guest = %name, pid, ?state, "re-adopted QEMU");
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            while proc::alive(pid) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            me.on_exit(&name, pid).await;
+        });
+    }
+}
+
+fn status(g: &Guest) -> GuestStatus {
+    GuestStatus {
+        spec: g.spec.clone(),
+        state: g.state,
+        pid: g.pid,
+        uptime_s: g.started_ms.map(|s| now_ms().saturating_sub(s) / 1000),
+    }
+}
+
+async fn qemu_version() -> Result<String> {
+    let out = tokio::process::Command::new(qemu::QEMU_BIN).arg("--version").output().await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .map(|v| v.to_string())
+        .ok_or_else(|| anyhow!("unexpected output {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_macs() {
+        assert!(valid_name("vm-1.example_2"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(""));
+        assert!(valid_mac("52:54:00:12:34:56"));
+        assert!(!valid_mac("53:54:00:12:34:56"), "multicast bit");
+        assert!(!valid_mac("52:54:00:12:34"));
+    }
+}

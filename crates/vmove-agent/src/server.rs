@@ -1,0 +1,105 @@
+//! The mTLS API server: one JSON request line in, one JSON reply line out.
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use vmove_api::pki::CertPair;
+use vmove_api::{GuestLog, Health, Reply, Request, Role};
+use vmove_model::AgentConfig;
+
+use crate::guests::Agent;
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// Serves the API until the process ends.
+pub async fn serve(agent: Arc<Agent>, cfg: &AgentConfig) -> Result<()> {
+    let ca = std::fs::read_to_string(&cfg.ca).with_context(|| format!("read {}", cfg.ca.display()))?;
+    let me = CertPair {
+        cert_pem: std::fs::read_to_string(&cfg.cert).with_context(|| format!("read {}", cfg.cert.display()))?,
+        key_pem: std::fs::read_to_string(&cfg.key).with_context(|| format!("read {}", cfg.key.display()))?,
+    };
+    let acceptor = TlsAcceptor::from(vmove_api::tls::server_config(&ca, &me)?);
+    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
+    tracing::info!(host = %cfg.name, listen = %cfg.listen, accel = %agent.accel, "vmoved serving");
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(agent, acceptor, tcp).await {
+                tracing::info!(%peer, "connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn connection(agent: Arc<Agent>, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream) -> Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake refused")?;
+    let role = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(vmove_api::tls::role_of);
+    let (rd, mut wr) = tokio::io::split(tls);
+    let mut rd = BufReader::new(rd).take(MAX_REQUEST);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), rd.read_line(&mut line)).await;
+    let reply = match (read, role) {
+        (Err(_), _) => Reply::err("no request within 30 s"),
+        (Ok(Err(e)), _) => Reply::err(format!("malformed request: {e}")),
+        (Ok(Ok(_)), _) if !line.ends_with('\n') => {
+            Reply::err(format!("malformed request: no complete line within {MAX_REQUEST} bytes"))
+        }
+        (Ok(Ok(_)), None) => Reply::err("certificate has no vmove role (operator.vmove or host.vmove)"),
+        (Ok(Ok(_)), Some(role)) => match serde_json::from_str::<Request>(line.trim_end()) {
+            Err(e) => Reply::err(format!("malformed request: {e}")),
+            Ok(req) if !req.allowed_for(&role) => Reply::err(format!("{} is not allowed for a {role:?} certificate", req.op())),
+            Ok(req) => {
+                let op = req.op();
+                let r = handle(&agent, req, role).await;
+                if let Err(e) = &r {
+                    tracing::info!(op, "refused: {e:#}");
+                }
+                r.unwrap_or_else(|e| Reply::err(format!("{e:#}")))
+            }
+        },
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    wr.shutdown().await?;
+    Ok(())
+}
+
+async fn handle(agent: &Arc<Agent>, req: Request, role: Role) -> Result<Reply> {
+    Ok(match req {
+        Request::Health => Reply::ok(Health {
+            host: agent.cfg.name.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            caller: role,
+        }),
+        Request::HostInfo => Reply::ok(crate::inventory::host_info(agent).await?),
+        Request::GuestDefine { spec } => Reply::ok(agent.define(spec).await?),
+        Request::GuestStart { name } => Reply::ok(agent.start(&name).await?),
+        Request::GuestStop { name, force, timeout_s } => {
+            Reply::ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?)
+        }
+        Request::GuestUndefine { name } => {
+            agent.undefine(&name).await?;
+            Reply::ok(serde_json::json!({ "undefined": name }))
+        }
+        Request::GuestList => Reply::ok(agent.list()),
+        Request::GuestShow { name } => Reply::ok(agent.show(&name)?),
+        Request::GuestLog { name, max_bytes } => Reply::ok(GuestLog { text: agent.log(&name, max_bytes)? }),
+    })
+}

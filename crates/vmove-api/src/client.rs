@@ -1,0 +1,86 @@
+//! The mTLS client of the agent API.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use rustls::pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::{Reply, Request};
+
+/// A client of one agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    addr: SocketAddr,
+    server_name: String,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+impl AgentClient {
+    /// A client for the agent at `addr` whose certificate names `server_name`.
+    pub fn new(addr: SocketAddr, server_name: &str, tls: Arc<rustls::ClientConfig>) -> AgentClient {
+        AgentClient { addr, server_name: server_name.to_string(), tls, timeout: Duration::from_secs(30) }
+    }
+
+    /// Changes the per-call timeout (connect + answer).
+    pub fn with_timeout(mut self, t: Duration) -> AgentClient {
+        self.timeout = t;
+        self
+    }
+
+    /// The agent's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Makes one call and returns the raw result.
+    pub async fn call_raw(&self, req: &Request) -> Result<serde_json::Value> {
+        let fut = self.call_inner(req);
+        let reply = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| anyhow!("{} ({}): no answer within {:?}", self.server_name, self.addr, self.timeout))??;
+        if reply.ok {
+            Ok(reply.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(anyhow!("{}: {}", self.server_name, reply.error.unwrap_or_else(|| "failed".into())))
+        }
+    }
+
+    /// Makes one call and decodes the result.
+    pub async fn call<T: DeserializeOwned>(&self, req: &Request) -> Result<T> {
+        let v = self.call_raw(req).await?;
+        serde_json::from_value(v).with_context(|| format!("{}: unexpected answer to {}", self.server_name, req.op()))
+    }
+
+    async fn call_inner(&self, req: &Request) -> Result<Reply> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("{} ({}): cannot connect", self.server_name, self.addr))?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(self.server_name.clone()).context("server name")?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("{} ({}): TLS handshake failed", self.server_name, self.addr))?;
+        let (rd, mut wr) = tokio::io::split(tls);
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        wr.write_all(&line).await?;
+        wr.flush().await?;
+        let mut rd = BufReader::new(rd);
+        let mut buf = String::new();
+        let n = rd
+            .read_line(&mut buf)
+            .await
+            .with_context(|| format!("{} ({}): connection failed", self.server_name, self.addr))?;
+        if n == 0 {
+            return Err(anyhow!("{} ({}): connection closed without an answer", self.server_name, self.addr));
+        }
+        serde_json::from_str(buf.trim_end()).with_context(|| format!("{}: malformed answer", self.server_name))
+    }
+}

@@ -1,0 +1,165 @@
+//! Command-line arguments (DESIGN.md §6).
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// vmove moves virtual machines between KVM hosts: offline, forced offline and live.
+#[derive(Parser, Debug)]
+#[command(name = "vmove", version)]
+pub struct Cli {
+    /// Cluster file.
+    #[arg(long, global = true, env = "VMOVE_CLUSTER", default_value = "cluster.toml")]
+    pub cluster: PathBuf,
+    /// Machine-readable output (JSON; JSON lines for streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The lab: a cluster of network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(LabCmd),
+    /// Hosts and their inventory.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Guests.
+    #[command(subcommand)]
+    Guest(GuestCmd),
+}
+
+/// Default lab directory.
+pub const DEFAULT_LAB_DIR: &str = "/var/tmp/vmove-lab";
+
+#[derive(Subcommand, Debug)]
+pub enum LabCmd {
+    /// Build the lab and print its cluster file's path.
+    Up {
+        /// Lab directory; its last component names the lab.
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: PathBuf,
+        /// Number of hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: u8,
+    },
+    /// Tear the lab down (idempotent).
+    Down {
+        /// Lab directory.
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: PathBuf,
+    },
+    /// Kill or start a lab host's agent (for fault drills; guests keep running).
+    Agent {
+        /// Lab directory.
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: PathBuf,
+        /// Host name (host1, host2, ...).
+        host: String,
+        /// `kill` (SIGKILL) or `start`.
+        action: String,
+    },
+    /// Lab up, a guest, a look at every host, lab down.
+    Demo {
+        /// Lab directory.
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: PathBuf,
+        /// Leave the lab up at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Every host of the cluster, with reachability and resources.
+    List,
+    /// One host's inventory.
+    Show {
+        /// Host name.
+        host: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Guest name.
+    pub name: String,
+    /// Host to define it on.
+    #[arg(long)]
+    pub host: String,
+    /// Memory (512M, 2G).
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// QEMU CPU model.
+    #[arg(long, default_value = "qemu64")]
+    pub cpu_model: String,
+    /// NIC: NET[,ip=A/P][,mac=M]; repeatable.
+    #[arg(long)]
+    pub nic: Vec<String>,
+    /// Disk: POOL/VOLUME[:SIZE]; repeatable. SIZE creates the volume if missing.
+    #[arg(long)]
+    pub disk: Vec<String>,
+    /// Boot image: `lab` (the lab image) or `disk` (the first disk).
+    #[arg(long, default_value = "lab")]
+    pub image: String,
+    /// Lab image workload: memory dirty rate, MB/s.
+    #[arg(long, default_value_t = 0)]
+    pub dirty_rate: u32,
+    /// Lab image workload: working set, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub wss: u32,
+    /// Start it once defined.
+    #[arg(long)]
+    pub start: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuestCmd {
+    /// Define a guest on a host (checks resources, names and MACs).
+    Create(CreateArgs),
+    /// Guests, as the hosts report them.
+    List {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// One guest.
+    Show {
+        /// Guest name.
+        name: String,
+    },
+    /// Start a guest.
+    Start {
+        /// Guest name.
+        name: String,
+    },
+    /// Stop a guest through ACPI, or kill it with --force.
+    Stop {
+        /// Guest name.
+        name: String,
+        /// Kill instead of the ACPI power button.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for a graceful stop (e.g. 2m).
+        #[arg(long, default_value = "2m")]
+        timeout: String,
+    },
+    /// Kill the guest if it runs and remove its definition (its volumes stay).
+    Destroy {
+        /// Guest name.
+        name: String,
+    },
+    /// The guest's serial console log.
+    Log {
+        /// Guest name.
+        name: String,
+        /// At most this many bytes from the end.
+        #[arg(long, default_value_t = 65536)]
+        bytes: u64,
+    },
+}

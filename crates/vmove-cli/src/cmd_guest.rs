@@ -1,0 +1,249 @@
+//! `vmove guest create|list|show|start|stop|destroy|log`.
+use anyhow::{anyhow, bail, Context, Result};
+use futures::future::join_all;
+use vmove_api::{GuestLog, GuestState, GuestStatus, Request};
+use vmove_model::{parse_duration_ms, parse_size_mib, BootSource, Cluster, DesiredState, DiskSpec, GuestSpec, NicSpec};
+
+use crate::args::{CreateArgs, GuestCmd};
+use crate::ctx::Ctx;
+
+pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
+    match cmd {
+        GuestCmd::Create(a) => create(ctx, a).await,
+        GuestCmd::List { host } => list(ctx, host).await,
+        GuestCmd::Show { name } => {
+            let (cluster, host) = locate(ctx, &name)?;
+            let st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestShow { name }).await?;
+            print_status(ctx, &st);
+            Ok(())
+        }
+        GuestCmd::Start { name } => {
+            let (mut cluster, host) = locate(ctx, &name)?;
+            let st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestStart { name: name.clone() }).await?;
+            set_desired(ctx, &mut cluster, &name, DesiredState::Running)?;
+            print_status(ctx, &st);
+            Ok(())
+        }
+        GuestCmd::Stop { name, force, timeout } => {
+            let timeout_s = parse_duration_ms(&timeout).map_err(|e| anyhow!(e))?.div_ceil(1000);
+            let (mut cluster, host) = locate(ctx, &name)?;
+            let client = ctx.client(&cluster, &host)?.with_timeout(std::time::Duration::from_secs(timeout_s + 30));
+            let st: GuestStatus = client.call(&Request::GuestStop { name: name.clone(), force, timeout_s }).await?;
+            set_desired(ctx, &mut cluster, &name, DesiredState::Stopped)?;
+            print_status(ctx, &st);
+            Ok(())
+        }
+        GuestCmd::Destroy { name } => {
+            let (mut cluster, host) = locate(ctx, &name)?;
+            let client = ctx.client(&cluster, &host)?;
+            let _: GuestStatus = client.call(&Request::GuestStop { name: name.clone(), force: true, timeout_s: 30 }).await?;
+            let _: serde_json::Value = client.call(&Request::GuestUndefine { name: name.clone() }).await?;
+            cluster.guests.retain(|g| g.name != name);
+            cluster.save(&ctx.cluster_path)?;
+            if ctx.json {
+                crate::out::json(&serde_json::json!({ "ok": true, "destroyed": name, "host": host }));
+            } else {
+                println!("guest {name} destroyed on {host} (its volumes are kept)");
+            }
+            Ok(())
+        }
+        GuestCmd::Log { name, bytes } => {
+            let (cluster, host) = locate(ctx, &name)?;
+            let log: GuestLog = ctx.client(&cluster, &host)?.call(&Request::GuestLog { name, max_bytes: bytes }).await?;
+            if ctx.json {
+                crate::out::json(&log);
+            } else {
+                print!("{}", log.text);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The tail of a guest's console.
+pub async fn log_text(ctx: &Ctx, name: &str) -> Result<String> {
+    let (cluster, host) = locate(ctx, name)?;
+    let log: GuestLog =
+        ctx.client(&cluster, &host)?.call(&Request::GuestLog { name: name.into(), max_bytes: 65536 }).await?;
+    Ok(log.text)
+}
+
+fn locate(ctx: &Ctx, name: &str) -> Result<(Cluster, String)> {
+    let c = ctx.cluster()?;
+    let host = c
+        .guest(name)
+        .map(|g| g.host.clone())
+        .ok_or_else(|| anyhow!("no guest named {name} in {}", ctx.cluster_path.display()))?;
+    Ok((c, host))
+}
+
+fn set_desired(ctx: &Ctx, c: &mut Cluster, name: &str, d: DesiredState) -> Result<()> {
+    if let Some(g) = c.guest_mut(name) {
+        if g.desired != d {
+            g.desired = d;
+            c.save(&ctx.cluster_path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A MAC from the cluster and guest names, unique in the cluster.
+fn generate_mac(c: &Cluster, guest: &str, nic: usize, taken: &[String]) -> String {
+    let mut salt = 0u32;
+    loop {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in format!("{}/{guest}/{nic}/{salt}", c.cluster.name).bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
+        if !taken.iter().any(|t| t.eq_ignore_ascii_case(&mac)) && !c.guests.iter().any(|g| g.macs().any(|m| m.eq_ignore_ascii_case(&mac))) {
+            return mac;
+        }
+        salt += 1;
+    }
+}
+
+fn parse_nic(c: &Cluster, guest: &str, idx: usize, s: &str, taken: &[String]) -> Result<NicSpec> {
+    let mut parts = s.split(',');
+    let network = parts.next().filter(|n| !n.is_empty()).ok_or_else(|| anyhow!("--nic {s:?}: expected NET[,ip=A/P][,mac=M]"))?;
+    if c.network(network).is_none() {
+        bail!("--nic {s:?}: no network named {network} in the cluster file");
+    }
+    let (mut ip, mut mac) = (None, None);
+    for p in parts {
+        match p.split_once('=') {
+            Some(("ip", v)) => {
+                let (addr, prefix) = v.split_once('/').ok_or_else(|| anyhow!("--nic {s:?}: ip needs a prefix, e.g. 192.0.2.10/24"))?;
+                addr.parse::<std::net::Ipv4Addr>().map_err(|_| anyhow!("--nic {s:?}: {addr:?} is not an IPv4 address"))?;
+                prefix.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| anyhow!("--nic {s:?}: bad prefix {prefix:?}"))?;
+                ip = Some(v.to_string());
+            }
+            Some(("mac", v)) => mac = Some(v.to_ascii_lowercase()),
+            _ => bail!("--nic {s:?}: unknown option {p:?} (expected ip=A/P or mac=M)"),
+        }
+    }
+    let mac = mac.unwrap_or_else(|| generate_mac(c, guest, idx, taken));
+    Ok(NicSpec { network: network.to_string(), mac, ip })
+}
+
+fn parse_disk(c: &Cluster, s: &str) -> Result<DiskSpec> {
+    let (vol, size) = match s.rsplit_once(':') {
+        Some((v, sz)) => (v, Some(parse_size_mib(sz).map_err(|e| anyhow!("--disk {s:?}: {e}"))?)),
+        None => (s, None),
+    };
+    let (pool, volume) = vol.split_once('/').ok_or_else(|| anyhow!("--disk {s:?}: expected POOL/VOLUME[:SIZE]"))?;
+    if c.pool(pool).is_none() {
+        bail!("--disk {s:?}: no storage pool named {pool} in the cluster file");
+    }
+    Ok(DiskSpec { pool: pool.into(), volume: volume.into(), size_mib: size })
+}
+
+async fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
+    let mut cluster = ctx.cluster()?;
+    if cluster.host(&a.host).is_none() {
+        bail!("no host named {} in {}", a.host, ctx.cluster_path.display());
+    }
+    if let Some(g) = cluster.guest(&a.name) {
+        bail!("guest name {} is already in use (on {})", a.name, g.host);
+    }
+    let memory_mib = parse_size_mib(&a.memory).map_err(|e| anyhow!("--memory: {e}"))?;
+    if a.vcpus == 0 {
+        bail!("--vcpus must be at least 1");
+    }
+    let boot = match a.image.as_str() {
+        "lab" => BootSource::Lab { dirty_mb_s: a.dirty_rate, wss_mib: a.wss },
+        "disk" => BootSource::Disk,
+        other => bail!("--image {other:?}: expected lab or disk"),
+    };
+    let mut nics = Vec::new();
+    for (i, n) in a.nic.iter().enumerate() {
+        let taken: Vec<String> = nics.iter().map(|x: &NicSpec| x.mac.clone()).collect();
+        nics.push(parse_nic(&cluster, &a.name, i, n, &taken)?);
+    }
+    let disks = a.disk.iter().map(|d| parse_disk(&cluster, d)).collect::<Result<Vec<_>>>()?;
+    if boot == BootSource::Disk && disks.is_empty() {
+        bail!("--image disk needs a --disk to boot from");
+    }
+    let spec = GuestSpec {
+        name: a.name.clone(),
+        host: a.host.clone(),
+        vcpus: a.vcpus,
+        memory_mib,
+        cpu_model: a.cpu_model.clone(),
+        boot,
+        desired: if a.start { DesiredState::Running } else { DesiredState::Stopped },
+        nics,
+        disks,
+        console_port: None,
+    };
+    let client = ctx.client(&cluster, &a.host)?;
+    let st: GuestStatus = client.call(&Request::GuestDefine { spec }).await?;
+    cluster.upsert_guest(st.spec.clone());
+    cluster.save(&ctx.cluster_path).context("update the cluster file")?;
+    let st = if a.start {
+        client.call(&Request::GuestStart { name: a.name.clone() }).await?
+    } else {
+        st
+    };
+    print_status(ctx, &st);
+    Ok(())
+}
+
+async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    let clients: Vec<_> =
+        ctx.clients(&cluster)?.into_iter().filter(|(n, _)| only.as_ref().is_none_or(|o| o == n)).collect();
+    if let Some(o) = &only {
+        if clients.is_empty() {
+            bail!("no host named {o} in {}", ctx.cluster_path.display());
+        }
+    }
+    let answers = join_all(clients.iter().map(|(_, c)| c.call::<Vec<GuestStatus>>(&Request::GuestList))).await;
+    let mut rows = Vec::new();
+    let mut js = Vec::new();
+    for ((host, _), r) in clients.iter().zip(answers) {
+        match r {
+            Ok(list) => {
+                for g in list {
+                    rows.push(row(&g));
+                    js.push(serde_json::json!({ "host": host, "guest": g }));
+                }
+            }
+            Err(e) => {
+                rows.push(vec!["?".into(), host.clone(), format!("unreachable: {e:#}")]);
+                js.push(serde_json::json!({ "host": host, "error": format!("{e:#}") }));
+            }
+        }
+    }
+    if ctx.json {
+        crate::out::json(&js);
+    } else {
+        crate::out::table(&["GUEST", "HOST", "STATE", "VCPUS", "MEM_MIB", "IP", "PID"], &rows);
+    }
+    Ok(())
+}
+
+fn state_str(s: GuestState) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn row(g: &GuestStatus) -> Vec<String> {
+    vec![
+        g.spec.name.clone(),
+        g.spec.host.clone(),
+        state_str(g.state),
+        g.spec.vcpus.to_string(),
+        g.spec.memory_mib.to_string(),
+        g.spec.nics.first().and_then(|n| n.ip.clone()).unwrap_or_default(),
+        g.pid.map(|p| p.to_string()).unwrap_or_default(),
+    ]
+}
+
+fn print_status(ctx: &Ctx, st: &GuestStatus) {
+    if ctx.json {
+        crate::out::json(st);
+    } else {
+        crate::out::table(&["GUEST", "HOST", "STATE", "VCPUS", "MEM_MIB", "IP", "PID"], &[row(st)]);
+    }
+}

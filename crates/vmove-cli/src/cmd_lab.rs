@@ -1,0 +1,155 @@
+//! `vmove lab up|down|demo`.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vmove_lab::{LabInfo, LabOptions};
+
+use crate::args::LabCmd;
+use crate::ctx::Ctx;
+
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current executable")?;
+    let dir = exe.parent().ok_or_else(|| anyhow!("executable has no directory"))?;
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not found next to {} (build the workspace: cargo build)", exe.display())
+}
+
+/// Options for a lab in `dir`, with the binaries next to this one.
+pub fn options(dir: &Path, hosts: u8) -> Result<LabOptions> {
+    Ok(LabOptions {
+        dir: dir.to_path_buf(),
+        hosts,
+        vmoved: sibling_binary("vmoved")?,
+        guest_bin: sibling_binary("vmove-guest")?,
+    })
+}
+
+pub async fn run(ctx: &Ctx, cmd: LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Up { dir, hosts } => {
+            let t = Instant::now();
+            let info = vmove_lab::up(&options(&dir, hosts)?).await?;
+            if ctx.json {
+                crate::out::json(&info);
+            } else {
+                eprintln!(
+                    "lab {} up: {} hosts, client namespace {}, in {:.1} s",
+                    info.name,
+                    info.hosts,
+                    info.client_namespace,
+                    t.elapsed().as_secs_f64()
+                );
+                eprintln!("use it with: export VMOVE_CLUSTER={}", info.cluster_file.display());
+                println!("{}", info.cluster_file.display());
+            }
+            Ok(())
+        }
+        LabCmd::Down { dir } => {
+            let name = tokio::task::spawn_blocking(move || vmove_lab::down(&dir)).await??;
+            if ctx.json {
+                crate::out::json(&serde_json::json!({ "ok": true, "lab": name, "down": true }));
+            } else {
+                println!("lab {name} down");
+            }
+            Ok(())
+        }
+        LabCmd::Agent { dir, host, action } => {
+            let pid = match action.as_str() {
+                "kill" => {
+                    let (d, h) = (dir.clone(), host.clone());
+                    tokio::task::spawn_blocking(move || vmove_lab::lab::kill_agent(&d, &h)).await??
+                }
+                "start" => vmove_lab::lab::start_agent_again(&dir, &host, &sibling_binary("vmoved")?).await?,
+                other => bail!("unknown action {other:?}: expected kill or start"),
+            };
+            if ctx.json {
+                crate::out::json(&serde_json::json!({ "ok": true, "host": host, "action": action, "pid": pid }));
+            } else {
+                println!("agent on {host}: {action} (pid {pid})");
+            }
+            Ok(())
+        }
+        LabCmd::Demo { dir, keep } => demo(ctx, &dir, keep).await,
+    }
+}
+
+async fn demo(ctx: &Ctx, dir: &Path, keep: bool) -> Result<()> {
+    let _ = tokio::task::spawn_blocking({
+        let d = dir.to_path_buf();
+        move || vmove_lab::down(&d)
+    })
+    .await?;
+    say(ctx, "lab up (3 hosts)");
+    let info = vmove_lab::up(&options(dir, 3)?).await?;
+    let r = demo_body(ctx, &info).await;
+    if !keep {
+        say(ctx, "lab down");
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || vmove_lab::down(&d)).await??;
+    }
+    r
+}
+
+fn say(ctx: &Ctx, s: &str) {
+    if ctx.json {
+        crate::out::json(&serde_json::json!({ "demo": s }));
+    } else {
+        println!("==> {s}");
+    }
+}
+
+async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
+    let sub = Ctx { cluster_path: info.cluster_file.clone(), json: ctx.json };
+    say(ctx, "hosts");
+    crate::cmd_host::run(&sub, crate::args::HostCmd::List).await?;
+    say(ctx, "guest vm1 on host1: 512 MiB, a NIC on lab-net at 192.0.2.10, a data disk in shared");
+    let create = crate::args::CreateArgs {
+        name: "vm1".into(),
+        host: "host1".into(),
+        memory: "512M".into(),
+        vcpus: 1,
+        cpu_model: "qemu64".into(),
+        nic: vec!["lab-net,ip=192.0.2.10/24".into()],
+        disk: vec!["shared/vm1-data.img:64M".into()],
+        image: "lab".into(),
+        dirty_rate: 5,
+        wss: 64,
+        start: true,
+    };
+    crate::cmd_guest::run(&sub, crate::args::GuestCmd::Create(create)).await?;
+    say(ctx, "waiting for the guest's services");
+    let addr = "192.0.2.10:7".parse()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rtt = loop {
+        match vmove_lab::probe::tcp_echo(&info.client_namespace, addr, b"hello from the client").await {
+            Ok(d) => break d,
+            Err(e) if Instant::now() > deadline => bail!("guest did not answer TCP echo: {e:#}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    let udp = vmove_lab::probe::udp_echo(&info.client_namespace, addr, b"ping").await?;
+    say(
+        ctx,
+        &format!(
+            "client {} -> vm1: TCP echo {:.1} ms, UDP echo {:.1} ms",
+            info.client_namespace,
+            rtt.as_secs_f64() * 1e3,
+            udp.as_secs_f64() * 1e3
+        ),
+    );
+    say(ctx, "guests");
+    crate::cmd_guest::run(&sub, crate::args::GuestCmd::List { host: None }).await?;
+    say(ctx, "vm1's console (last lines)");
+    let log = crate::cmd_guest::log_text(&sub, "vm1").await?;
+    for l in log.lines().filter(|l| l.starts_with("VERIFY") || l.starts_with("DISK") || l.starts_with("VMOVE")).rev().take(4).collect::<Vec<_>>().into_iter().rev() {
+        say(ctx, l);
+    }
+    say(ctx, "stop vm1 through ACPI");
+    crate::cmd_guest::run(&sub, crate::args::GuestCmd::Stop { name: "vm1".into(), force: false, timeout: "2m".into() }).await
+}

@@ -1,0 +1,53 @@
+//! `vmove`, the operator CLI.
+#![warn(missing_docs)]
+
+mod args;
+mod cmd_guest;
+mod cmd_host;
+mod cmd_lab;
+mod ctx;
+mod out;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Entry point of the `vmove` binary.
+pub fn main() -> ExitCode {
+    let cli = match args::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmove: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "error": msg }));
+            }
+            eprintln!("vmove: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: args::Cli) -> anyhow::Result<()> {
+    let ctx = ctx::Ctx { cluster_path: cli.cluster.clone(), json: cli.json };
+    match cli.command {
+        args::Command::Lab(c) => cmd_lab::run(&ctx, c).await,
+        args::Command::Host(c) => cmd_host::run(&ctx, c).await,
+        args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
+    }
+}

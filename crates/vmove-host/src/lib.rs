@@ -1,0 +1,12 @@
+//! Host operations: network namespaces, bridges and veths over netlink, taps through the
+//! tun ioctl, and QEMU command lines and processes.
+//!
+//! Rule: `setns` only changes the calling thread, so code that must run inside another
+//! namespace runs on a dedicated OS thread ([`netns::run_in`]), never on a tokio worker.
+#![warn(missing_docs)]
+
+pub mod net;
+pub mod netns;
+pub mod proc;
+pub mod qemu;
+pub mod tap;

@@ -1,0 +1,206 @@
+//! QEMU command lines (pure) and processes.
+//!
+//! Every guest gets a run directory holding `qmp.sock`, `console.sock`, `serial.log`,
+//! `qemu.log` and `qemu.pid`. QEMU runs in its own session so that it outlives the agent;
+//! a restarted agent re-adopts it from the pid file and the QMP socket.
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+use vmove_model::{BootSource, GuestSpec};
+
+/// The QEMU binary.
+pub const QEMU_BIN: &str = "qemu-system-x86_64";
+
+/// Everything host-specific that a QEMU command line needs besides the guest spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// `kvm` or `tcg` (already resolved from `auto`).
+    pub accel: String,
+    /// The guest's run directory.
+    pub run_dir: PathBuf,
+    /// Kernel, initrd and command line for direct kernel boot (the lab image).
+    pub direct_boot: Option<(PathBuf, PathBuf, String)>,
+    /// Disk image paths, in the guest's disk order, with whether O_DIRECT works there.
+    pub disks: Vec<(PathBuf, bool)>,
+    /// `(tap name, mac)` per NIC.
+    pub nics: Vec<(String, String)>,
+    /// `-incoming` argument (e.g. `defer`), for a migration target.
+    pub incoming: Option<String>,
+    /// Serial console TCP port.
+    pub console_port: Option<u16>,
+}
+
+/// Files in a guest's run directory.
+pub struct RunFiles;
+impl RunFiles {
+    /// QMP socket.
+    pub fn qmp(run: &Path) -> PathBuf {
+        run.join("qmp.sock")
+    }
+    /// Serial console log.
+    pub fn serial_log(run: &Path) -> PathBuf {
+        run.join("serial.log")
+    }
+    /// QEMU's own stdout/stderr.
+    pub fn qemu_log(run: &Path) -> PathBuf {
+        run.join("qemu.log")
+    }
+    /// Pid file.
+    pub fn pid(run: &Path) -> PathBuf {
+        run.join("qemu.pid")
+    }
+}
+
+/// The QEMU arguments for a guest (without the binary).
+pub fn args(spec: &GuestSpec, l: &Launch) -> Vec<String> {
+    let run = &l.run_dir;
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("guest={},debug-threads=on", spec.name),
+        "-machine".into(),
+        "pc".into(),
+        "-accel".into(),
+        l.accel.clone(),
+        "-cpu".into(),
+        spec.cpu_model.clone(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        format!("{}M", spec.memory_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", RunFiles::qmp(run).display()),
+        "-pidfile".into(),
+        RunFiles::pid(run).display().to_string(),
+    ];
+    let log = RunFiles::serial_log(run).display().to_string();
+    let chardev = match l.console_port {
+        Some(p) => format!("socket,id=con0,host=0.0.0.0,port={p},server=on,wait=off,telnet=off,logfile={log},logappend=on"),
+        None => format!("null,id=con0,logfile={log},logappend=on"),
+    };
+    a.extend(["-chardev".into(), chardev, "-serial".into(), "chardev:con0".into()]);
+    if let Some((k, i, c)) = &l.direct_boot {
+        a.extend([
+            "-kernel".into(),
+            k.display().to_string(),
+            "-initrd".into(),
+            i.display().to_string(),
+            "-append".into(),
+            c.clone(),
+        ]);
+    }
+    for (i, (path, direct)) in l.disks.iter().enumerate() {
+        let cache = if *direct { "none" } else { "writeback" };
+        a.extend([
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=disk{i},cache={cache},file.locking=on", path.display()),
+            "-device".into(),
+            format!(
+                "virtio-blk-pci,drive=disk{i},id=vblk{i}{}",
+                if i == 0 && spec.boot == BootSource::Disk { ",bootindex=1" } else { "" }
+            ),
+        ]);
+    }
+    for (i, (tap, mac)) in l.nics.iter().enumerate() {
+        a.extend([
+            "-netdev".into(),
+            format!("tap,id=net{i},ifname={tap},script=no,downscript=no,vhost=off"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net{i},mac={mac},id=vnic{i}"),
+        ]);
+    }
+    if let Some(inc) = &l.incoming {
+        a.extend(["-incoming".into(), inc.clone()]);
+    }
+    a
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT (tmpfs cannot).
+pub fn supports_o_direct(file: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(file).is_ok()
+}
+
+/// Starts QEMU in its own session, output to `qemu.log`. Returns the child (the caller
+/// waits on it) — QEMU keeps running if the caller dies.
+pub fn spawn(bin: &str, args: &[String], run_dir: &Path) -> Result<Child> {
+    std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+    let _ = std::fs::remove_file(RunFiles::qmp(run_dir));
+    let _ = std::fs::remove_file(RunFiles::pid(run_dir));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(RunFiles::qemu_log(run_dir))
+        .context("open qemu.log")?;
+    let log2 = log.try_clone()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("start {bin}"))?;
+    Ok(child)
+}
+
+/// The last `max` bytes of a file, as text.
+pub fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmove_model::{DiskSpec, NicSpec};
+
+    fn spec() -> GuestSpec {
+        GuestSpec {
+            name: "vm1".into(),
+            host: "host1".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            cpu_model: "qemu64".into(),
+            boot: BootSource::Lab { dirty_mb_s: 0, wss_mib: 64 },
+            desired: Default::default(),
+            nics: vec![NicSpec { network: "lab-net".into(), mac: "52:54:00:00:00:01".into(), ip: None }],
+            disks: vec![DiskSpec { pool: "shared".into(), volume: "d.img".into(), size_mib: Some(16) }],
+            console_port: None,
+        }
+    }
+
+    #[test]
+    fn command_line_has_devices_and_sockets() {
+        let l = Launch {
+            accel: "tcg".into(),
+            run_dir: "/run/x".into(),
+            direct_boot: Some(("/k".into(), "/i".into(), "console=ttyS0".into())),
+            disks: vec![("/pool/d.img".into(), false)],
+            nics: vec![("vt1n0".into(), "52:54:00:00:00:01".into())],
+            incoming: Some("defer".into()),
+            console_port: Some(5901),
+        };
+        let a = args(&spec(), &l).join(" ");
+        assert!(a.contains("-accel tcg"));
+        assert!(a.contains("-smp 2 -m 512M"));
+        assert!(a.contains("-qmp unix:/run/x/qmp.sock,server=on,wait=off"));
+        assert!(a.contains("file=/pool/d.img,format=raw,if=none,id=disk0,cache=writeback"));
+        assert!(a.contains("tap,id=net0,ifname=vt1n0,script=no"));
+        assert!(a.contains("mac=52:54:00:00:00:01"));
+        assert!(a.contains("port=5901"));
+        assert!(a.ends_with("-incoming defer"));
+    }
+}

@@ -1,0 +1,340 @@
+//! `vmove lab up` / `vmove lab down`.
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use vmove_api::pki::{Ca, CertPair};
+use vmove_api::{AgentClient, Health, Request};
+use vmove_model::{AgentConfig, Cluster, ClusterMeta, HostEntry, NetworkEntry, Policy, PoolEntry, TlsFiles};
+
+use crate::topology::{self, Plan, GUEST_NET, MAX_HOSTS, SLOTS};
+
+/// Where slot claims live.
+const SLOT_DIR: &str = "/run/vmove/lab-slots";
+
+/// What `lab up` is asked for.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Lab directory (its last component names the lab).
+    pub dir: PathBuf,
+    /// Number of hosts.
+    pub hosts: u8,
+    /// The `vmoved` binary.
+    pub vmoved: PathBuf,
+    /// The `vmove-guest` binary (for the lab image).
+    pub guest_bin: PathBuf,
+}
+
+/// A lab that is up; saved as `DIR/lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabInfo {
+    /// Lab name.
+    pub name: String,
+    /// Lab directory.
+    pub dir: PathBuf,
+    /// Slot.
+    pub slot: u8,
+    /// Hosts.
+    pub hosts: u8,
+    /// The cluster file.
+    pub cluster_file: PathBuf,
+    /// Host namespaces, in host order.
+    pub host_namespaces: Vec<String>,
+    /// The client namespace.
+    pub client_namespace: String,
+    /// The switch namespace.
+    pub switch_namespace: String,
+    /// The root namespace's link to the management network.
+    pub root_link: String,
+    /// Agent pids, in host order.
+    pub agent_pids: Vec<u32>,
+}
+
+impl LabInfo {
+    /// Reads `DIR/lab.json`.
+    pub fn load(dir: &Path) -> Result<LabInfo> {
+        let p = dir.join("lab.json");
+        let t = std::fs::read_to_string(&p).with_context(|| format!("no lab at {} (no lab.json)", dir.display()))?;
+        serde_json::from_str(&t).with_context(|| format!("{} is damaged", p.display()))
+    }
+}
+
+/// The lab name for a directory.
+pub fn lab_name(dir: &Path) -> Result<String> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow!("{}: the lab directory needs a last path component", dir.display()))?;
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || name.len() > 40 {
+        bail!("lab name {name:?} (from {}): use at most 40 letters, digits, '-', '_', '.'", dir.display());
+    }
+    Ok(name.to_string())
+}
+
+fn claim_slot(name: &str) -> Result<u8> {
+    std::fs::create_dir_all(SLOT_DIR)?;
+    for s in 0..SLOTS {
+        let p = Path::new(SLOT_DIR).join(s.to_string());
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+            Ok(mut f) => {
+                std::io::Write::write_all(&mut f, name.as_bytes())?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&p).unwrap_or_default();
+                let alive = !owner.is_empty() && vmove_host::netns::exists(&format!("{owner}-switch"));
+                if owner == name || !alive {
+                    std::fs::write(&p, name)?;
+                    return Ok(s);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("all {SLOTS} lab slots are in use: take a lab down first")
+}
+
+fn release_slot(name: &str) {
+    for s in 0..SLOTS {
+        let p = Path::new(SLOT_DIR).join(s.to_string());
+        if std::fs::read_to_string(&p).is_ok_and(|o| o == name) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Builds a lab: namespaces, networks, PKI, cluster file, agents. Returns when every agent
+/// answers over mTLS.
+pub async fn up(o: &LabOptions) -> Result<LabInfo> {
+    if o.hosts == 0 || o.hosts > MAX_HOSTS {
+        bail!("--hosts must be 1..={MAX_HOSTS}");
+    }
+    let name = lab_name(&o.dir)?;
+    if let Ok(info) = LabInfo::load(&o.dir) {
+        if vmove_host::netns::exists(&info.switch_namespace) {
+            bail!("lab {name} is already up (cluster file {}); run `vmove lab down --dir {}` first", info.cluster_file.display(), o.dir.display());
+        }
+    }
+    if vmove_host::netns::list(&name).iter().any(|n| topology::belongs_to(&name, n)) {
+        bail!("namespaces of a lab named {name} exist already (another directory with the same name?); take it down first");
+    }
+    for bin in [&o.vmoved, &o.guest_bin] {
+        if !bin.exists() {
+            bail!("{} not found (build the workspace first)", bin.display());
+        }
+    }
+    std::fs::create_dir_all(&o.dir).with_context(|| format!("create {}", o.dir.display()))?;
+    let dir = std::fs::canonicalize(&o.dir)?;
+    let slot = claim_slot(&name)?;
+    let plan = Plan { name: name.clone(), slot, hosts: o.hosts };
+    let result = build_lab(&plan, &dir, o).await;
+    if result.is_err() {
+        let _ = topology::destroy(&name, Some(&plan.root_link()));
+        release_slot(&name);
+    }
+    result
+}
+
+async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
+    let image = {
+        let (bin, kroot, cache) =
+            (o.guest_bin.clone(), crate::image::default_kernel_root(), crate::image::default_cache_dir());
+        tokio::task::spawn_blocking(move || crate::image::ensure(&bin, &kroot, &cache)).await??
+    };
+    let p2 = plan.clone();
+    tokio::task::spawn_blocking(move || topology::build(&p2)).await??;
+
+    let pki = dir.join("pki");
+    let ca = Ca::generate(&plan.name)?;
+    ca.pair().write(&pki, "ca")?;
+    ca.issue_operator("operator")?.write(&pki, "operator")?;
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared)?;
+    let pools = vec![PoolEntry { name: "shared".into(), path: shared.clone() }];
+    let networks = vec![NetworkEntry {
+        name: GUEST_NET.into(),
+        bridge: GUEST_NET.into(),
+        vlan: None,
+        cidr: Some("192.0.2.0/24".into()),
+    }];
+    let mut hosts = Vec::new();
+    let mut pids = Vec::new();
+    for i in 1..=plan.hosts {
+        let hname = Plan::host_name(i);
+        let hdir = dir.join("hosts").join(&hname);
+        std::fs::create_dir_all(&hdir)?;
+        ca.issue_host(&hname, plan.host_ip(i).into())?.write(&pki, &hname)?;
+        let listen = format!("{}:{}", plan.host_ip(i), vmove_api::DEFAULT_PORT);
+        let cfg = AgentConfig {
+            name: hname.clone(),
+            listen: listen.clone(),
+            accel: "tcg".into(),
+            state_dir: hdir.join("state"),
+            run_dir: hdir.join("run"),
+            ca: pki.join("ca.pem"),
+            cert: pki.join(format!("{hname}.pem")),
+            key: pki.join(format!("{hname}.key")),
+            memory_reserve_mib: 256,
+            memory_limit_mib: Some(6144),
+            hardware_model: Some("vmove-lab".into()),
+            hardware_generation: 1,
+            console_ports: (5900, 5999),
+            lab_kernel: Some(image.kernel.clone()),
+            lab_initrd: Some(image.initrd.clone()),
+            pools: pools.clone(),
+            networks: networks.clone(),
+        };
+        let cfg_path = hdir.join("agent.toml");
+        cfg.save(&cfg_path)?;
+        pids.push(start_agent(&o.vmoved, &cfg_path, &plan.host_ns(i), &hdir.join("vmoved.log"))?);
+        hosts.push(HostEntry { name: hname, address: listen, accel: "tcg".into() });
+    }
+    let cluster_file = dir.join("cluster.toml");
+    let cluster = Cluster {
+        cluster: ClusterMeta { name: plan.name.clone() },
+        tls: TlsFiles { ca: "pki/ca.pem".into(), cert: "pki/operator.pem".into(), key: "pki/operator.key".into() },
+        policy: Policy::default(),
+        hosts,
+        networks,
+        pools,
+        guests: vec![],
+        path: cluster_file.clone(),
+    };
+    cluster.save(&cluster_file)?;
+    let info = LabInfo {
+        name: plan.name.clone(),
+        dir: dir.to_path_buf(),
+        slot: plan.slot,
+        hosts: plan.hosts,
+        cluster_file: cluster_file.clone(),
+        host_namespaces: (1..=plan.hosts).map(|i| plan.host_ns(i)).collect(),
+        client_namespace: plan.client_ns(),
+        switch_namespace: plan.switch_ns(),
+        root_link: plan.root_link(),
+        agent_pids: pids,
+    };
+    vmove_model::write_atomic(&dir.join("lab.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    wait_for_agents(&cluster).await?;
+    Ok(info)
+}
+
+/// Starts `vmoved` inside a namespace, in its own session, logging to `log`.
+pub fn start_agent(vmoved: &Path, config: &Path, ns: &str, log: &Path) -> Result<u32> {
+    let ns_fd = vmove_host::netns::open(ns)?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(vmoved);
+    cmd.arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setns and setsid are async-signal-safe syscalls; `ns_fd` stays open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            vmove_host::netns::enter(&ns_fd).map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("start {}", vmoved.display()))?;
+    Ok(child.id())
+}
+
+/// An operator client for every host of a cluster.
+pub fn operator_clients(cluster: &Cluster) -> Result<Vec<(String, AgentClient)>> {
+    let ca = std::fs::read_to_string(cluster.resolve(&cluster.tls.ca)).context("read the cluster CA")?;
+    let me = CertPair {
+        cert_pem: std::fs::read_to_string(cluster.resolve(&cluster.tls.cert)).context("read the operator certificate")?,
+        key_pem: std::fs::read_to_string(cluster.resolve(&cluster.tls.key)).context("read the operator key")?,
+    };
+    let tls: Arc<_> = vmove_api::tls::client_config(&ca, &me)?;
+    cluster
+        .hosts
+        .iter()
+        .map(|h| {
+            let addr = h.address.parse().with_context(|| format!("host {}: bad address", h.name))?;
+            Ok((h.name.clone(), AgentClient::new(addr, &h.name, tls.clone())))
+        })
+        .collect()
+}
+
+async fn wait_for_agents(cluster: &Cluster) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, c) in operator_clients(cluster)? {
+        let c = c.with_timeout(Duration::from_secs(2));
+        loop {
+            match c.call::<Health>(&Request::Health).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => bail!("agent on {name} did not come up: {e:#}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tears a lab down: kills agents and guests, removes namespaces and links. Idempotent;
+/// works on half-built labs (without lab.json it goes by the directory's name).
+pub fn down(dir: &Path) -> Result<String> {
+    let name = lab_name(dir)?;
+    let info = LabInfo::load(dir).ok();
+    let root_link = info.as_ref().map(|i| i.root_link.clone()).or_else(|| {
+        (0..SLOTS)
+            .find(|s| std::fs::read_to_string(Path::new(SLOT_DIR).join(s.to_string())).is_ok_and(|o| o == name))
+            .map(|s| format!("vmv{s}"))
+    });
+    topology::destroy(&name, root_link.as_deref())?;
+    release_slot(&name);
+    if info.is_some() {
+        let _ = std::fs::remove_file(dir.join("lab.json"));
+    }
+    Ok(name)
+}
+
+/// The pid of the agent running in a lab host's namespace, if any.
+pub fn agent_pid(info: &LabInfo, host: &str) -> Option<u32> {
+    let ns = lab_host_ns(info, host).ok()?;
+    vmove_host::netns::pids_in(&ns).into_iter().map(|p| p as u32).find(|p| {
+        vmove_host::proc::alive(*p) && vmove_host::proc::cmdline(*p).first().is_some_and(|a| a.ends_with("vmoved"))
+    })
+}
+
+fn lab_host_ns(info: &LabInfo, host: &str) -> Result<String> {
+    let i: u8 = host
+        .strip_prefix("host")
+        .and_then(|n| n.parse().ok())
+        .filter(|i| (1..=info.hosts).contains(i))
+        .ok_or_else(|| anyhow!("lab {} has no host named {host}", info.name))?;
+    Ok(info.host_namespaces[usize::from(i - 1)].clone())
+}
+
+/// Kills a lab host's agent with SIGKILL (its guests keep running).
+pub fn kill_agent(dir: &Path, host: &str) -> Result<u32> {
+    let info = LabInfo::load(dir)?;
+    let pid = agent_pid(&info, host).ok_or_else(|| anyhow!("no agent runs on {host}"))?;
+    vmove_host::proc::kill9(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vmove_host::proc::alive(pid) {
+        if Instant::now() > deadline {
+            bail!("agent {pid} on {host} did not die");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(pid)
+}
+
+/// Starts a lab host's agent again (after a kill) and waits until it answers.
+pub async fn start_agent_again(dir: &Path, host: &str, vmoved: &Path) -> Result<u32> {
+    let info = LabInfo::load(dir)?;
+    if let Some(pid) = agent_pid(&info, host) {
+        bail!("the agent on {host} is already running (pid {pid})");
+    }
+    let hdir = info.dir.join("hosts").join(host);
+    let pid = start_agent(vmoved, &hdir.join("agent.toml"), &lab_host_ns(&info, host)?, &hdir.join("vmoved.log"))?;
+    let cluster = Cluster::load(&info.cluster_file)?;
+    let one = Cluster { hosts: cluster.hosts.iter().filter(|h| h.name == host).cloned().collect(), ..cluster };
+    wait_for_agents(&one).await?;
+    Ok(pid)
+}

@@ -1,0 +1,382 @@
+//! The cluster file: load, validate, save.
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest::GuestSpec;
+
+/// Errors from loading or saving a cluster file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Line-numbered message.
+        message: String,
+    },
+    /// The file parses but is inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// `[cluster]`: identity of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// Cluster name.
+    pub name: String,
+}
+
+/// `[tls]`: the operator's credentials, paths relative to the cluster file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The operator certificate (PEM).
+    pub cert: PathBuf,
+    /// The operator private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[policy]`: cluster-wide migration policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// vCPUs may be overcommitted up to this many times the physical CPU count.
+    pub vcpu_overcommit_ratio: f64,
+    /// Memory every host keeps for itself, MiB.
+    pub host_memory_reserve_mib: u64,
+    /// Live migration timeout, seconds.
+    pub live_timeout_s: u64,
+    /// Maximum downtime at switchover, milliseconds.
+    pub max_downtime_ms: u64,
+    /// Minimum agent version for live migration.
+    pub min_agent_version: String,
+    /// Minimum host hardware generation for live migration.
+    pub min_hardware_generation: u32,
+    /// Whether the live migration channel must be encrypted.
+    pub require_encrypted_migration: bool,
+    /// Whether post-copy is allowed.
+    pub allow_postcopy: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            vcpu_overcommit_ratio: 4.0,
+            host_memory_reserve_mib: 256,
+            live_timeout_s: 600,
+            max_downtime_ms: 300,
+            min_agent_version: "0.1.0".into(),
+            min_hardware_generation: 0,
+            require_encrypted_migration: true,
+            allow_postcopy: false,
+        }
+    }
+}
+
+/// `[[hosts]]`: one KVM host and its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// Host name.
+    pub name: String,
+    /// Agent address, `IP:PORT` on the management network.
+    pub address: String,
+    /// Accelerator: `kvm`, `tcg` or `auto`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+}
+
+fn default_accel() -> String {
+    "auto".into()
+}
+
+/// `[[networks]]`: a guest L2 network, present on hosts as a bridge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkEntry {
+    /// Network name.
+    pub name: String,
+    /// Bridge name on every host.
+    pub bridge: String,
+    /// VLAN id (none = untagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Subnet, for information.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+/// `[[pools]]`: a storage pool, a directory visible to every host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolEntry {
+    /// Pool name.
+    pub name: String,
+    /// Directory.
+    pub path: PathBuf,
+}
+
+/// The whole cluster file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Identity.
+    pub cluster: ClusterMeta,
+    /// Operator credentials.
+    pub tls: TlsFiles,
+    /// Policy.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Hosts.
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+    /// Networks.
+    #[serde(default)]
+    pub networks: Vec<NetworkEntry>,
+    /// Storage pools.
+    #[serde(default)]
+    pub pools: Vec<PoolEntry>,
+    /// Guests.
+    #[serde(default)]
+    pub guests: Vec<GuestSpec>,
+    /// Where the file was loaded from (not serialized).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+impl Cluster {
+    /// Loads and validates a cluster file.
+    pub fn load(path: &Path) -> Result<Cluster, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        Cluster::parse(&text, path)
+    }
+
+    /// Parses and validates cluster file text; `path` is used for messages and relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Cluster, ModelError> {
+        let mut c: Cluster = toml::from_str(text).map_err(|e| ModelError::Parse {
+            path: path.into(),
+            message: one_line_toml_error(text, &e),
+        })?;
+        c.path = path.to_path_buf();
+        c.validate().map_err(|message| ModelError::Invalid { path: path.into(), message })?;
+        Ok(c)
+    }
+
+    /// Writes the file atomically (temp file, fsync, rename), in a stable order.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let text = self.to_toml();
+        write_atomic(path, text.as_bytes()).map_err(|source| ModelError::Io { path: path.into(), source })
+    }
+
+    /// The file's text.
+    pub fn to_toml(&self) -> String {
+        let mut c = self.clone();
+        c.hosts.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        c.networks.sort_by(|a, b| a.name.cmp(&b.name));
+        c.pools.sort_by(|a, b| a.name.cmp(&b.name));
+        c.guests.sort_by(|a, b| a.name.cmp(&b.name));
+        let body = toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# serialization failed: {e}\n"));
+        format!("# vmove cluster file\n{body}")
+    }
+
+    /// Checks references and uniqueness.
+    pub fn validate(&self) -> Result<(), String> {
+        unique(self.hosts.iter().map(|h| h.name.as_str()), "hosts", "name")?;
+        unique(self.networks.iter().map(|n| n.name.as_str()), "networks", "name")?;
+        unique(self.pools.iter().map(|p| p.name.as_str()), "pools", "name")?;
+        unique(self.guests.iter().map(|g| g.name.as_str()), "guests", "name")?;
+        unique(self.guests.iter().flat_map(|g| g.macs()), "guests", "nics.mac")?;
+        for h in &self.hosts {
+            if h.address.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("hosts[{}].address: {:?} is not IP:PORT", h.name, h.address));
+            }
+            if !matches!(h.accel.as_str(), "kvm" | "tcg" | "auto") {
+                return Err(format!("hosts[{}].accel: {:?} is not kvm, tcg or auto", h.name, h.accel));
+            }
+        }
+        for g in &self.guests {
+            if self.host(&g.host).is_none() {
+                return Err(format!("guests[{}].host: no host named {:?}", g.name, g.host));
+            }
+            if g.vcpus == 0 || g.memory_mib == 0 {
+                return Err(format!("guests[{}]: vcpus and memory_mib must be positive", g.name));
+            }
+            for n in &g.nics {
+                if self.network(&n.network).is_none() {
+                    return Err(format!("guests[{}].nics.network: no network named {:?}", g.name, n.network));
+                }
+            }
+            for d in &g.disks {
+                if self.pool(&d.pool).is_none() {
+                    return Err(format!("guests[{}].disks.pool: no pool named {:?}", g.name, d.pool));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host entry with this name.
+    pub fn host(&self, name: &str) -> Option<&HostEntry> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    /// The network with this name.
+    pub fn network(&self, name: &str) -> Option<&NetworkEntry> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+    /// The pool with this name.
+    pub fn pool(&self, name: &str) -> Option<&PoolEntry> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+    /// The guest with this name.
+    pub fn guest(&self, name: &str) -> Option<&GuestSpec> {
+        self.guests.iter().find(|g| g.name == name)
+    }
+    /// The guest with this name, mutable.
+    pub fn guest_mut(&mut self, name: &str) -> Option<&mut GuestSpec> {
+        self.guests.iter_mut().find(|g| g.name == name)
+    }
+    /// Inserts or replaces a guest.
+    pub fn upsert_guest(&mut self, spec: GuestSpec) {
+        match self.guest_mut(&spec.name) {
+            Some(g) => *g = spec,
+            None => self.guests.push(spec),
+        }
+    }
+    /// Resolves a path given in the file relative to the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+fn unique<'a>(items: impl Iterator<Item = &'a str>, table: &str, field: &str) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for i in items {
+        if !seen.insert(i) {
+            return Err(format!("{table}.{field}: {i:?} appears twice"));
+        }
+    }
+    Ok(())
+}
+
+/// `host10` sorts after `host9`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, tail) = s.split_at(s.len() - digits);
+    (head.to_string(), tail.parse().unwrap_or(0))
+}
+
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Writes a file atomically: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[cluster]
+name = "lab"
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/operator.pem"
+key = "pki/operator.key"
+[[hosts]]
+name = "host2"
+address = "198.51.100.3:7450"
+accel = "tcg"
+[[hosts]]
+name = "host1"
+address = "198.51.100.2:7450"
+[[networks]]
+name = "lab-net"
+bridge = "lab-net"
+[[pools]]
+name = "shared"
+path = "shared"
+[[guests]]
+name = "vm1"
+host = "host1"
+vcpus = 1
+memory_mib = 512
+boot = { kind = "lab", dirty_mb_s = 5 }
+nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }]
+"#;
+
+    #[test]
+    fn load_save_roundtrip_is_stable() {
+        let c = Cluster::parse(SAMPLE, Path::new("/x/cluster.toml")).unwrap();
+        assert_eq!(c.hosts[0].accel, "tcg");
+        assert_eq!(c.hosts[1].accel, "auto");
+        assert_eq!(c.policy.live_timeout_s, 600);
+        let text = c.to_toml();
+        let c2 = Cluster::parse(&text, Path::new("/x/cluster.toml")).unwrap();
+        assert_eq!(c2.to_toml(), text);
+        assert!(text.find("host1").unwrap() < text.find("host2").unwrap());
+        assert_eq!(c.resolve(Path::new("shared")), PathBuf::from("/x/shared"));
+    }
+
+    #[test]
+    fn parse_error_names_the_line() {
+        let bad = SAMPLE.replace("vcpus = 1", "vcpus = \"one\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line "), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn dangling_references_are_invalid() {
+        let bad = SAMPLE.replace("host = \"host1\"", "host = \"host9\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: guests[vm1].host: no host named \"host9\"");
+        let bad = SAMPLE.replace("network = \"lab-net\"", "network = \"nope\"");
+        assert!(Cluster::parse(&bad, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn natural_order() {
+        assert!(natural_key("host9") < natural_key("host10"));
+    }
+}

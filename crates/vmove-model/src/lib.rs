@@ -1,0 +1,15 @@
+//! The cluster model: hosts, networks, storage pools, guests and policy, and the cluster
+//! file (TOML) that holds them — the analogue of the seeds' `es.xml`.
+//!
+//! Everything here is pure data: loading, validating and saving. Nothing talks to a host.
+#![warn(missing_docs)]
+
+mod agent;
+mod cluster;
+mod guest;
+mod units;
+
+pub use agent::AgentConfig;
+pub use cluster::{write_atomic, Cluster, ClusterMeta, HostEntry, ModelError, NetworkEntry, Policy, PoolEntry, TlsFiles};
+pub use guest::{BootSource, DesiredState, DiskSpec, GuestSpec, NicSpec};
+pub use units::{parse_duration_ms, parse_rate_bytes_per_s, parse_size_mib};

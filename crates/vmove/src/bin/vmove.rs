@@ -1,0 +1,4 @@
+//! The operator CLI.
+fn main() -> std::process::ExitCode {
+    vmove_cli::main()
+}

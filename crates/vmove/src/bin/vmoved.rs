@@ -1,0 +1,4 @@
+//! The host agent.
+fn main() -> std::process::ExitCode {
+    vmove_agent::main()
+}

@@ -1,0 +1,1 @@
+//! vmove binaries; see the crates under crates/ for the code.
