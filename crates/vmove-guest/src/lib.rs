@@ -42,6 +42,8 @@ pub fn say(line: &str) {
 pub struct Stats {
     /// Completed verification sweeps.
     pub sweeps: AtomicU64,
+    /// Duration of the last sweep, ms.
+    pub last_sweep_ms: AtomicU64,
     /// Pages verified (sweeps and pre-rewrite checks).
     pub pages_verified: AtomicU64,
     /// Page verification failures.

@@ -84,7 +84,8 @@ fn verifier(store: &Store, shared: &Shared) {
         if next > now {
             std::thread::sleep(next - now);
         }
-        next = Instant::now().max(next) + SWEEP_PERIOD;
+        let started = Instant::now();
+        next = started.max(next) + SWEEP_PERIOD;
         let mut bad = 0u64;
         let mut reported = Vec::new();
         for r in 0..store.nregions() {
@@ -95,6 +96,10 @@ fn verifier(store: &Store, shared: &Shared) {
             std::thread::yield_now();
         }
         let npages = store.npages();
+        shared
+            .stats
+            .last_sweep_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         shared
             .stats
             .pages_verified

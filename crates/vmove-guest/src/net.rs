@@ -103,6 +103,7 @@ pub fn status_page(shared: &Shared) -> String {
          dirty_mb_s: {dirty}\n\
          wss_mib: {wss}\n\
          verify_sweeps: {sweeps}\n\
+         last_sweep_ms: {sweep_ms}\n\
          pages_verified: {verified}\n\
          verify_failures: {failures}\n\
          pages_dirtied: {dirtied}\n\
@@ -112,6 +113,7 @@ pub fn status_page(shared: &Shared) -> String {
         dirty = shared.config.dirty_mb_s,
         wss = shared.config.wss_mib,
         sweeps = st.sweeps.load(Ordering::Relaxed),
+        sweep_ms = st.last_sweep_ms.load(Ordering::Relaxed),
         verified = st.pages_verified.load(Ordering::Relaxed),
         failures = st.verify_failures.load(Ordering::Relaxed),
         dirtied = st.pages_dirtied.load(Ordering::Relaxed),

@@ -8,7 +8,7 @@
 //! [`ensure`] at once.
 //!
 //! The guest's kernel command line is produced by [`cmdline`]:
-//! `console=ttyS0 vmove.name=<name> [vmove.ip=<ipv4>/<prefix>] vmove.dirty=<MB/s> vmove.wss=<MiB>`.
+//! `console=ttyS0 quiet vmove.name=<name> [vmove.ip=<ipv4>/<prefix>] vmove.dirty=<MB/s> vmove.wss=<MiB>`.
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -126,7 +126,9 @@ pub fn init_script() -> String {
 
 /// The kernel command line for one boot.
 pub fn cmdline(o: &BootOpts) -> String {
-    let mut s = format!("console=ttyS0 vmove.name={}", o.name);
+    // `quiet`: kernel messages (written to the UART directly) could otherwise land in the
+    // middle of the guest's status lines; warnings and errors still show.
+    let mut s = format!("console=ttyS0 quiet vmove.name={}", o.name);
     if let Some(ip) = &o.ip {
         s.push_str(&format!(" vmove.ip={ip}"));
     }
@@ -644,7 +646,7 @@ mod tests {
         };
         assert_eq!(
             cmdline(&o),
-            "console=ttyS0 vmove.name=vm1 vmove.ip=10.0.2.15/24 vmove.dirty=20 vmove.wss=128"
+            "console=ttyS0 quiet vmove.name=vm1 vmove.ip=10.0.2.15/24 vmove.dirty=20 vmove.wss=128"
         );
         let o = BootOpts {
             name: "idle".to_string(),
@@ -652,7 +654,7 @@ mod tests {
         };
         assert_eq!(
             cmdline(&o),
-            "console=ttyS0 vmove.name=idle vmove.dirty=0 vmove.wss=64"
+            "console=ttyS0 quiet vmove.name=idle vmove.dirty=0 vmove.wss=64"
         );
     }
 

@@ -57,8 +57,10 @@ fn boot(img: &GuestImage, disk: &Path, dir: &Path, tag: &str, ports: &Ports) -> 
         dirty_mb_s: 5,
         wss_mib: 64,
     });
+    // No `restrict=on`: libslirp then drops the guest's UDP replies to forwarded
+    // datagrams. The guest never opens connections of its own.
     let nic = format!(
-        "user,model=virtio-net-pci,restrict=on,\
+        "user,model=virtio-net-pci,\
          hostfwd=tcp:127.0.0.1:{}-:7,hostfwd=udp:127.0.0.1:{}-:7,hostfwd=tcp:127.0.0.1:{}-:80",
         ports.tcp_echo, ports.udp_echo, ports.http
     );

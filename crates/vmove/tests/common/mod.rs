@@ -1,0 +1,190 @@
+//! Shared harness of the lab end-to-end tests: a unique lab per test, torn down on drop
+//! (also when the test fails), and helpers that poll for conditions with deadlines.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `vmove` binary under test.
+pub fn vmove_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmove")
+}
+
+/// A lab brought up for one test.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub name: String,
+    pub cluster: PathBuf,
+    pub client_ns: String,
+    down: bool,
+}
+
+impl Lab {
+    /// `vmove lab up` in a fresh directory named after the test and the process.
+    pub fn up(tag: &str, hosts: u8) -> Lab {
+        let name = format!("vt-{tag}-{}", std::process::id());
+        let dir = PathBuf::from("/var/tmp").join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(vmove_bin())
+            .args(["lab", "up", "--hosts", &hosts.to_string(), "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run vmove");
+        let mut lab =
+            Lab { dir: dir.clone(), name: name.clone(), cluster: dir.join("cluster.toml"), client_ns: format!("{name}-client"), down: false };
+        if !out.status.success() {
+            lab.down();
+            panic!("lab up failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), lab.cluster.display().to_string(), "lab up prints the cluster file");
+        lab
+    }
+
+    /// Runs `vmove` against this lab's cluster file.
+    pub fn vmove(&self, args: &[&str]) -> Output {
+        Command::new(vmove_bin()).args(args).env("VMOVE_CLUSTER", &self.cluster).output().expect("run vmove")
+    }
+
+    /// Runs `vmove` and returns stdout; panics with stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.vmove(args);
+        assert!(o.status.success(), "vmove {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs `vmove` expecting failure; returns the one-line error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.vmove(args);
+        assert!(!o.status.success(), "vmove {args:?} should have failed: {}", String::from_utf8_lossy(&o.stdout));
+        let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "one-line error expected, got {err:?}");
+        assert!(err.starts_with("vmove: "), "{err}");
+        err
+    }
+
+    /// Runs `vmove --json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let s = self.ok(&a);
+        serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("vmove {args:?}: bad JSON {e}: {s}"))
+    }
+
+    /// The guest's serial console.
+    pub fn log(&self, guest: &str) -> String {
+        self.ok(&["guest", "log", guest])
+    }
+
+    /// Polls the guest's console until `pred` holds; returns the log.
+    pub fn wait_log(&self, guest: &str, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        wait_for(what, timeout, || {
+            let l = self.log(guest);
+            pred(&l).then_some(l)
+        })
+    }
+
+    /// Tears the lab down now.
+    pub fn down(&mut self) {
+        if !self.down {
+            self.down = true;
+            let o = Command::new(vmove_bin()).args(["lab", "down", "--dir"]).arg(&self.dir).output();
+            if let Ok(o) = o {
+                if !o.status.success() {
+                    eprintln!("lab down failed: {}", String::from_utf8_lossy(&o.stderr));
+                }
+            }
+        }
+    }
+
+    /// The lab's host namespace for `hostN`.
+    pub fn host_ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.name)
+    }
+
+    /// TCP echo from the client namespace.
+    pub fn tcp_echo(&self, addr: &str) -> anyhow::Result<Duration> {
+        let a: SocketAddr = addr.parse()?;
+        rt().block_on(vmove_lab::probe::tcp_echo(&self.client_ns, a, b"vmove e2e payload"))
+    }
+
+    /// UDP echo from the client namespace.
+    pub fn udp_echo(&self, addr: &str) -> anyhow::Result<Duration> {
+        let a: SocketAddr = addr.parse()?;
+        rt().block_on(vmove_lab::probe::udp_echo(&self.client_ns, a, b"vmove e2e datagram"))
+    }
+
+    /// Waits until the guest answers TCP echo from the client.
+    pub fn wait_tcp_echo(&self, addr: &str, timeout: Duration) {
+        wait_for(&format!("TCP echo from {addr}"), timeout, || self.tcp_echo(addr).ok());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Live (non-zombie) processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || !vmove_host::proc::alive(pid) {
+            continue;
+        }
+        if vmove_host::proc::cmdline(pid).iter().any(|a| a.contains(needle)) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// QEMU processes of a guest.
+pub fn qemu_pids(guest: &str) -> Vec<u32> {
+    processes_mentioning(&format!("guest={guest},"))
+        .into_iter()
+        .filter(|p| vmove_host::proc::cmdline(*p).first().is_some_and(|a| a.ends_with("qemu-system-x86_64")))
+        .collect()
+}
+
+/// The last `DISK OK <n>` count in a console log.
+pub fn last_disk_ok(log: &str) -> Option<u64> {
+    log.lines().rev().find_map(|l| l.strip_prefix("DISK OK ").and_then(|n| n.trim().parse().ok()))
+}
+
+/// Asserts that nothing of a lab is left on the machine.
+pub fn assert_nothing_left(name: &str, dir: &Path) {
+    let ns: Vec<String> = vmove_host::netns::list(name);
+    assert!(ns.is_empty(), "namespaces left: {ns:?}");
+    let procs = processes_mentioning(&dir.display().to_string());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let slots = std::fs::read_dir("/run/vmove/lab-slots")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|o| o == name))
+        .count();
+    assert_eq!(slots, 0, "lab slot still claimed");
+}
