@@ -36,6 +36,7 @@ pub struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) accel: String,
     pub(crate) qemu_version: String,
+    pub(crate) peer_tls: Arc<rustls::ClientConfig>,
     journal: Journal,
     guests: Mutex<BTreeMap<String, Guest>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -77,6 +78,11 @@ impl Agent {
             "unknown".into()
         });
         let journal = Journal::open(&cfg.state_dir)?;
+        let peer_tls = {
+            let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+            let me = vmove_api::pki::CertPair { cert_pem: read(&cfg.cert)?, key_pem: read(&cfg.key)? };
+            vmove_api::tls::client_config(&read(&cfg.ca)?, &me)?
+        };
         std::fs::create_dir_all(cfg.state_dir.join("guests"))?;
         let mut guests = BTreeMap::new();
         for e in std::fs::read_dir(cfg.state_dir.join("guests"))? {
@@ -97,6 +103,7 @@ impl Agent {
             cfg,
             accel,
             qemu_version,
+            peer_tls,
             journal,
             guests: Mutex::new(guests),
             op_locks: Mutex::new(HashMap::new()),
@@ -227,7 +234,7 @@ impl Agent {
         self.cfg.memory_limit_mib.map_or(real, |l| l.min(real))
     }
 
-    fn volume_path(&self, pool: &str, volume: &str) -> Result<PathBuf> {
+    pub(crate) fn volume_path(&self, pool: &str, volume: &str) -> Result<PathBuf> {
         let p = self
             .cfg
             .pools
@@ -250,13 +257,67 @@ impl Agent {
             guest.spec.clone()
         };
         let t = self.journal.begin(Intent::Start { guest: name.to_string() })?;
-        let r = self.launch(&spec).await;
+        let r = self.launch(&spec, false).await;
         self.journal.done(t);
         r?;
         self.show(name)
     }
 
-    async fn launch(self: &Arc<Self>, spec: &GuestSpec) -> Result<()> {
+    /// Starts a defined guest's QEMU waiting for an incoming migration (`-incoming defer`).
+    pub async fn start_incoming(self: &Arc<Self>, name: &str) -> Result<GuestStatus> {
+        let lock = self.op_lock(name);
+        let _op = lock.lock().await;
+        let spec = {
+            let g = self.lock_guests();
+            let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+            if guest.pid.is_some() {
+                bail!("guest {name} already has a QEMU on {}", self.cfg.name);
+            }
+            guest.spec.clone()
+        };
+        let t = self.journal.begin(Intent::Start { guest: name.to_string() })?;
+        let r = self.launch(&spec, true).await;
+        self.journal.done(t);
+        r?;
+        self.show(name)
+    }
+
+    /// The guest's QMP connection and state.
+    pub fn qmp_of(&self, name: &str) -> Result<(Qmp, GuestState)> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        match &guest.qmp {
+            Some(q) if guest.pid.is_some() => Ok((q.clone(), guest.state)),
+            _ => bail!("guest {name} has no running QEMU on {}", self.cfg.name),
+        }
+    }
+
+    /// The guest's run directory.
+    pub fn run_dir_of(&self, name: &str) -> PathBuf {
+        self.run_dir(name)
+    }
+
+    /// Records a new run state.
+    pub fn set_state(&self, name: &str, st: GuestState) {
+        if let Some(g) = self.lock_guests().get_mut(name) {
+            g.state = st;
+        }
+    }
+
+    /// Drops a stopped guest's definition without touching its leases (it moved away).
+    pub async fn forget(&self, name: &str) -> Result<()> {
+        let lock = self.op_lock(name);
+        let _op = lock.lock().await;
+        let spec = self.stopped_spec(name)?;
+        let t = self.journal.begin(Intent::Undefine { guest: name.to_string() })?;
+        self.unplug_taps(&spec).await;
+        self.remove_definition(name)?;
+        self.journal.done(t);
+        tracing::info!(guest = %name, "forgotten (moved away)");
+        Ok(())
+    }
+
+    async fn launch(self: &Arc<Self>, spec: &GuestSpec, incoming: bool) -> Result<()> {
         let mut disks = Vec::new();
         for d in &spec.disks {
             let path = self.volume_path(&d.pool, &d.volume)?;
@@ -269,6 +330,9 @@ impl Agent {
             }
             let direct = qemu::supports_o_direct(&path);
             disks.push((path, direct));
+        }
+        if !incoming {
+            self.attach_volumes(spec, vmove_host::lease::Take::Exclusive)?;
         }
         let nics = self.plug_taps(spec).await?;
         let direct_boot = match &spec.boot {
@@ -293,7 +357,7 @@ impl Agent {
             direct_boot,
             disks,
             nics,
-            incoming: None,
+            incoming: incoming.then(|| "defer".to_string()),
             console_port: spec.console_port,
         };
         let args = qemu::args(spec, &launch);
@@ -328,7 +392,13 @@ impl Agent {
             if let Some(guest) = g.get_mut(&spec.name) {
                 guest.pid = Some(pid);
                 guest.started_ms = Some(started_ms);
-                guest.state = if st.running { GuestState::Running } else { GuestState::Paused };
+                guest.state = if incoming {
+                    GuestState::Incoming
+                } else if st.running {
+                    GuestState::Running
+                } else {
+                    GuestState::Paused
+                };
                 guest.qmp = Some(qmp.clone());
             }
         }
@@ -342,8 +412,77 @@ impl Agent {
         Ok(())
     }
 
+    /// Takes the leases of the guest's volumes for this host.
+    pub fn attach_volumes(&self, spec: &GuestSpec, how: vmove_host::lease::Take) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        for d in &spec.disks {
+            let path = self.volume_path(&d.pool, &d.volume)?;
+            let pool = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let l = vmove_host::lease::acquire(&pool, &d.volume, &self.cfg.name, &spec.name, how)?;
+            notes.push(format!("{}/{} (lease epoch {})", d.pool, d.volume, l.epoch));
+        }
+        Ok(notes)
+    }
+
+    /// Releases this host's leases of a stopped guest's volumes.
+    pub fn detach_volumes(&self, name: &str) -> Result<Vec<String>> {
+        let spec = self.stopped_spec(name)?;
+        let mut notes = Vec::new();
+        for d in &spec.disks {
+            let path = self.volume_path(&d.pool, &d.volume)?;
+            let pool = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if vmove_host::lease::release(&pool, &d.volume, &self.cfg.name)? {
+                notes.push(format!("{}/{}", d.pool, d.volume));
+            }
+        }
+        Ok(notes)
+    }
+
+    /// Releases this host's leases (or incoming claims) of a spec's volumes, defined or not.
+    pub fn release_leases(&self, spec: &GuestSpec) -> Result<usize> {
+        let mut n = 0;
+        for d in &spec.disks {
+            let path = self.volume_path(&d.pool, &d.volume)?;
+            let pool = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if vmove_host::lease::release(&pool, &d.volume, &self.cfg.name)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes a stopped guest's taps.
+    pub async fn detach_interfaces(&self, name: &str) -> Result<usize> {
+        let spec = self.stopped_spec(name)?;
+        self.unplug_taps(&spec).await;
+        Ok(spec.nics.len())
+    }
+
+    /// A defined guest's spec, refusing while QEMU runs.
+    pub fn stopped_spec(&self, name: &str) -> Result<GuestSpec> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        if guest.pid.is_some() {
+            bail!("guest {name} is running on {}", self.cfg.name);
+        }
+        Ok(guest.spec.clone())
+    }
+
+    /// A defined guest's spec.
+    pub fn spec(&self, name: &str) -> Option<GuestSpec> {
+        self.lock_guests().get(name).map(|g| g.spec.clone())
+    }
+
+    /// Creates a bridge unless it exists.
+    pub async fn ensure_bridge(&self, bridge: &str) -> Result<bool> {
+        let nl = Netlink::connect()?;
+        let existed = nl.link(bridge).await?.is_some();
+        nl.ensure_bridge(bridge).await?;
+        Ok(!existed)
+    }
+
     /// Creates the guest's taps and puts them on their networks' bridges.
-    async fn plug_taps(&self, spec: &GuestSpec) -> Result<Vec<(String, String)>> {
+    pub async fn plug_taps(&self, spec: &GuestSpec) -> Result<Vec<(String, String)>> {
         let nl = Netlink::connect()?;
         let mut out = Vec::new();
         for (i, n) in spec.nics.iter().enumerate() {
@@ -365,7 +504,7 @@ impl Agent {
         Ok(out)
     }
 
-    async fn unplug_taps(&self, spec: &GuestSpec) {
+    pub(crate) async fn unplug_taps(&self, spec: &GuestSpec) {
         for i in 0..spec.nics.len() {
             let t = tap::tap_name(&spec.name, i);
             if let Err(e) = tap::delete(&t) {
@@ -441,7 +580,7 @@ impl Agent {
         self.show(name)
     }
 
-    async fn wait_stopped(&self, name: &str, pid: u32, timeout: Duration) -> Result<()> {
+    pub(crate) async fn wait_stopped(&self, name: &str, pid: u32, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let gone = self.lock_guests().get(name).is_none_or(|g| g.pid != Some(pid));
@@ -467,6 +606,7 @@ impl Agent {
             }
         }
         let t = self.journal.begin(Intent::Undefine { guest: name.to_string() })?;
+        let _ = self.detach_volumes(name);
         self.remove_definition(name)?;
         self.journal.done(t);
         tracing::info!(guest = %name, "undefined");
@@ -481,6 +621,23 @@ impl Agent {
         let _ = std::fs::remove_dir_all(self.run_dir(name));
         self.lock_guests().remove(name);
         Ok(())
+    }
+
+    /// Measures the guest's memory dirty rate over `calc_s` seconds, bytes/s.
+    pub async fn dirty_rate(&self, name: &str, calc_s: u64) -> Result<u64> {
+        let (q, _) = self.qmp_of(name)?;
+        q.calc_dirty_rate(calc_s.clamp(1, 60)).await.context("calc-dirty-rate")?;
+        let deadline = Instant::now() + Duration::from_secs(calc_s + 10);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let info = q.query_dirty_rate().await.context("query-dirty-rate")?;
+            if info.status.as_str() == "measured" {
+                return Ok(info.dirty_rate_mib_per_s.unwrap_or(0) << 20);
+            }
+            if Instant::now() > deadline {
+                bail!("dirty rate of {name} not measured within {} s", calc_s + 10);
+            }
+        }
     }
 
     /// The tail of a guest's serial console.
@@ -517,6 +674,22 @@ impl Agent {
                 }
             }
         }
+        for name in &names {
+            if let Some(holder) = self.volume_held_elsewhere(name) {
+                let running = self.lock_guests().get(name).and_then(|g| g.pid);
+                if let Some(pid) = running {
+                    tracing::warn!(guest = %name, pid, "its volumes are leased to {holder}: fencing this copy");
+                    proc::kill9(pid);
+                    self.wait_stopped(name, pid, Duration::from_secs(10)).await.ok();
+                }
+                tracing::warn!(guest = %name, "moved to {holder} while this agent was down; dropping the local definition");
+                let spec = self.lock_guests().get(name).map(|g| g.spec.clone());
+                if let Some(spec) = spec {
+                    self.unplug_taps(&spec).await;
+                }
+                self.remove_definition(name)?;
+            }
+        }
         for (name, pid) in ours {
             if !names.contains(&name) {
                 tracing::warn!(guest = %name, pid, "QEMU of an undefined guest: killing it");
@@ -534,6 +707,16 @@ impl Agent {
             self.journal.forget(e.seq);
         }
         Ok(())
+    }
+
+    /// Another host that holds the lease of one of the guest's volumes.
+    pub fn volume_held_elsewhere(&self, name: &str) -> Option<String> {
+        let spec = self.spec(name)?;
+        spec.disks.iter().find_map(|d| {
+            let path = self.volume_path(&d.pool, &d.volume).ok()?;
+            let l = vmove_host::lease::read(path.parent()?, &d.volume).ok()??;
+            (l.holder != self.cfg.name && l.incoming.as_deref() != Some(&self.cfg.name)).then_some(l.holder)
+        })
     }
 
     /// QEMU processes started by this agent (their pid file is in our run dir), by guest.

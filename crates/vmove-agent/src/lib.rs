@@ -4,8 +4,11 @@
 
 mod guests;
 mod inventory;
+mod jobs;
 mod journal;
+mod live;
 mod server;
+mod steps;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,5 +57,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("create {}", cfg.run_dir.display()))?;
     let agent = Arc::new(guests::Agent::new(cfg.clone()).await?);
     agent.reconcile().await?;
-    server::serve(agent, &cfg).await
+    let jobs = jobs::Jobs::open(agent.clone())?;
+    server::serve(agent, jobs, &cfg).await
 }

@@ -11,12 +11,13 @@ use vmove_api::{GuestLog, Health, Reply, Request, Role};
 use vmove_model::AgentConfig;
 
 use crate::guests::Agent;
+use crate::jobs::Jobs;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1 << 20;
 
 /// Serves the API until the process ends.
-pub async fn serve(agent: Arc<Agent>, cfg: &AgentConfig) -> Result<()> {
+pub async fn serve(agent: Arc<Agent>, jobs: Arc<Jobs>, cfg: &AgentConfig) -> Result<()> {
     let ca = std::fs::read_to_string(&cfg.ca).with_context(|| format!("read {}", cfg.ca.display()))?;
     let me = CertPair {
         cert_pem: std::fs::read_to_string(&cfg.cert).with_context(|| format!("read {}", cfg.cert.display()))?,
@@ -35,15 +36,16 @@ pub async fn serve(agent: Arc<Agent>, cfg: &AgentConfig) -> Result<()> {
         };
         let acceptor = acceptor.clone();
         let agent = agent.clone();
+        let jobs = jobs.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(agent, acceptor, tcp).await {
+            if let Err(e) = connection(agent, jobs, acceptor, tcp).await {
                 tracing::info!(%peer, "connection: {e:#}");
             }
         });
     }
 }
 
-async fn connection(agent: Arc<Agent>, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream) -> Result<()> {
+async fn connection(agent: Arc<Agent>, jobs: Arc<Jobs>, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
         .await
@@ -64,9 +66,16 @@ async fn connection(agent: Arc<Agent>, acceptor: TlsAcceptor, tcp: tokio::net::T
         (Ok(Ok(_)), Some(role)) => match serde_json::from_str::<Request>(line.trim_end()) {
             Err(e) => Reply::err(format!("malformed request: {e}")),
             Ok(req) if !req.allowed_for(&role) => Reply::err(format!("{} is not allowed for a {role:?} certificate", req.op())),
+            Ok(Request::JobWatch { id, from_seq }) => match jobs.get(&id) {
+                Err(e) => Reply::err(format!("{e:#}")),
+                Ok(cell) => {
+                    let rec = crate::jobs::watch_events(&cell, from_seq, &mut wr).await?;
+                    Reply::ok(rec)
+                }
+            },
             Ok(req) => {
                 let op = req.op();
-                let r = handle(&agent, req, role).await;
+                let r = handle(&agent, &jobs, req, role).await;
                 if let Err(e) = &r {
                     tracing::info!(op, "refused: {e:#}");
                 }
@@ -81,7 +90,7 @@ async fn connection(agent: Arc<Agent>, acceptor: TlsAcceptor, tcp: tokio::net::T
     Ok(())
 }
 
-async fn handle(agent: &Arc<Agent>, req: Request, role: Role) -> Result<Reply> {
+async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) -> Result<Reply> {
     Ok(match req {
         Request::Health => Reply::ok(Health {
             host: agent.cfg.name.clone(),
@@ -101,5 +110,56 @@ async fn handle(agent: &Arc<Agent>, req: Request, role: Role) -> Result<Reply> {
         Request::GuestList => Reply::ok(agent.list()),
         Request::GuestShow { name } => Reply::ok(agent.show(&name)?),
         Request::GuestLog { name, max_bytes } => Reply::ok(GuestLog { text: agent.log(&name, max_bytes)? }),
+        Request::GuestDirtyRate { name, calc_s } => Reply::ok(agent.dirty_rate(&name, calc_s).await?),
+        Request::JobSubmit { spec } => {
+            if let Some(id) = jobs.running_for(&spec.guest.name) {
+                anyhow::bail!("guest {} is already being migrated by job {id}", spec.guest.name);
+            }
+            Reply::ok(jobs.submit(spec)?)
+        }
+        Request::JobShow { id } => Reply::ok(jobs.get(&id)?.snapshot()),
+        Request::JobList => Reply::ok(jobs.list()),
+        Request::JobWatch { .. } => Reply::err("job_watch is a streaming call"),
+        Request::JobCancel { id } => Reply::ok(jobs.cancel(&id)?),
+        Request::JobRecover { id } => Reply::ok(jobs.recover(&id)?),
+        Request::PeerGuest { name } => Reply::ok(agent.show(&name)?),
+        Request::PeerStopGuest { name, force, timeout_s } => {
+            if let Some(id) = jobs.running_for(&name) {
+                anyhow::bail!("guest {name} is itself being migrated to {} by job {id}", agent.cfg.name);
+            }
+            Reply::ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?)
+        }
+        Request::PeerDetachInterfaces { name } => Reply::ok(agent.detach_interfaces(&name).await?),
+        Request::PeerDetachVolumes { name } => Reply::ok(agent.detach_volumes(&name)?),
+        Request::PeerAttachVolumes { name } => {
+            let spec = agent.stopped_spec(&name)?;
+            Reply::ok(agent.attach_volumes(&spec, vmove_host::lease::Take::Exclusive)?)
+        }
+        Request::PeerStartGuest { name } => {
+            if agent.show(&name)?.pid.is_some() {
+                Reply::ok(agent.show(&name)?)
+            } else {
+                Reply::ok(agent.start(&name).await?)
+            }
+        }
+        Request::PeerUndefine { name } => {
+            if agent.spec(&name).is_some() {
+                agent.undefine(&name).await?;
+            }
+            Reply::ok(serde_json::json!({ "undefined": name }))
+        }
+        Request::PeerMigrateOut { name, uri, tls_hostname, params } => {
+            if let Some(id) = jobs.running_for(&name) {
+                anyhow::bail!("guest {name} is itself being migrated to {} by job {id}", agent.cfg.name);
+            }
+            crate::live::src_migrate_out(agent, &name, &uri, tls_hostname, &params).await?;
+            Reply::ok(serde_json::json!({ "started": uri }))
+        }
+        Request::PeerMigrateQuery { name } => Reply::ok(crate::live::src_migrate_query(agent, &name).await?),
+        Request::PeerMigrateCancel { name } => Reply::ok(crate::live::src_migrate_cancel(agent, &name).await?),
+        Request::PeerMigrateFinish { name } => {
+            crate::live::src_migrate_finish(agent, &name).await?;
+            Reply::ok(serde_json::json!({ "finished": name }))
+        }
     })
 }

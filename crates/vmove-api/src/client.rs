@@ -84,3 +84,53 @@ impl AgentClient {
         serde_json::from_str(buf.trim_end()).with_context(|| format!("{}: malformed answer", self.server_name))
     }
 }
+
+impl AgentClient {
+    /// Follows a job's event stream from `from_seq` until the job ends. `on_event` sees
+    /// every event (heartbeats excluded). Fails if the stream stays silent for `idle`.
+    pub async fn watch(
+        &self,
+        id: &str,
+        from_seq: u64,
+        idle: Duration,
+        mut on_event: impl FnMut(&crate::JobEvent),
+    ) -> Result<crate::JobRecord> {
+        let req = Request::JobWatch { id: id.to_string(), from_seq };
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| anyhow!("{} ({}): cannot connect within {:?}", self.server_name, self.addr, self.timeout))?
+            .with_context(|| format!("{} ({}): cannot connect", self.server_name, self.addr))?;
+        let name = ServerName::try_from(self.server_name.clone()).context("server name")?;
+        let tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await.context("TLS handshake failed")?;
+        let (rd, mut wr) = tokio::io::split(tls);
+        let mut line = serde_json::to_vec(&req)?;
+        line.push(b'\n');
+        wr.write_all(&line).await?;
+        wr.flush().await?;
+        let mut rd = BufReader::new(rd);
+        loop {
+            let mut buf = String::new();
+            let n = tokio::time::timeout(idle, rd.read_line(&mut buf))
+                .await
+                .map_err(|_| anyhow!("{}: no news from job {id} for {:?} (agent or link down?)", self.server_name, idle))??;
+            if n == 0 {
+                return Err(anyhow!("{}: the agent closed the stream of job {id}", self.server_name));
+            }
+            match serde_json::from_str::<crate::StreamLine>(buf.trim_end())
+                .with_context(|| format!("{}: malformed stream line", self.server_name))?
+            {
+                crate::StreamLine::Event { job_event } => {
+                    if job_event.seq != crate::HEARTBEAT_SEQ {
+                        on_event(&job_event);
+                    }
+                }
+                crate::StreamLine::Reply(r) if r.ok => {
+                    return serde_json::from_value(r.result.unwrap_or_default()).context("job record");
+                }
+                crate::StreamLine::Reply(r) => {
+                    return Err(anyhow!("{}: {}", self.server_name, r.error.unwrap_or_else(|| "failed".into())))
+                }
+            }
+        }
+    }
+}

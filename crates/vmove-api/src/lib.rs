@@ -14,11 +14,13 @@
 #![warn(missing_docs)]
 
 pub mod client;
+mod job;
 pub mod pki;
 pub mod tls;
 mod wire;
 
 pub use client::AgentClient;
+pub use job::*;
 pub use wire::*;
 
 /// The agent's default TCP port.

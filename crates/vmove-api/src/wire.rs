@@ -1,6 +1,7 @@
 //! Wire types of the agent API.
 use serde::{Deserialize, Serialize};
 use vmove_model::GuestSpec;
+pub use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
 
 /// Who is calling, from the client certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,110 @@ pub enum Request {
         /// Guest name.
         name: String,
     },
+    /// Measure a running guest's memory dirty rate (QEMU calc-dirty-rate).
+    GuestDirtyRate {
+        /// Guest name.
+        name: String,
+        /// Measurement period, seconds.
+        #[serde(default = "default_calc_s")]
+        calc_s: u64,
+    },
+    /// Start a migration job on this (the target) host.
+    JobSubmit {
+        /// What to do.
+        spec: crate::JobSpec,
+    },
+    /// One job.
+    JobShow {
+        /// Job id.
+        id: String,
+    },
+    /// Every job this host runs or ran.
+    JobList,
+    /// A job's events from `from_seq` on, streamed until the job ends.
+    JobWatch {
+        /// Job id.
+        id: String,
+        /// First event to send.
+        #[serde(default)]
+        from_seq: u64,
+    },
+    /// Cancel a job before its point of no return.
+    JobCancel {
+        /// Job id.
+        id: String,
+    },
+    /// Bring a failed job's guest back to running in exactly one place.
+    JobRecover {
+        /// Job id.
+        id: String,
+    },
+    /// Peer: one guest's status.
+    PeerGuest {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: stop a guest (migration source).
+    PeerStopGuest {
+        /// Guest name.
+        name: String,
+        /// Kill instead of ACPI.
+        force: bool,
+        /// Graceful stop timeout, seconds.
+        timeout_s: u64,
+    },
+    /// Peer: remove a stopped guest's taps.
+    PeerDetachInterfaces {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: release a stopped guest's volume leases.
+    PeerDetachVolumes {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: take a guest's volume leases back (rollback).
+    PeerAttachVolumes {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: start a guest again (rollback).
+    PeerStartGuest {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: remove a stopped guest's definition (it moved).
+    PeerUndefine {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: start the outgoing live migration on the source QEMU.
+    PeerMigrateOut {
+        /// Guest name.
+        name: String,
+        /// Target URI, `tcp:IP:PORT`.
+        uri: String,
+        /// Target name in its certificate (TLS), or none for clear text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls_hostname: Option<String>,
+        /// Parameters.
+        params: crate::MigrationParams,
+    },
+    /// Peer: the outgoing migration's progress.
+    PeerMigrateQuery {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: cancel the outgoing migration; the guest keeps running on the source.
+    PeerMigrateCancel {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: after switchover, end the source QEMU, remove taps, drop the definition.
+    PeerMigrateFinish {
+        /// Guest name.
+        name: String,
+    },
     /// The tail of a guest's serial console log.
     GuestLog {
         /// Guest name.
@@ -65,6 +170,9 @@ pub enum Request {
 fn default_stop_timeout() -> u64 {
     120
 }
+fn default_calc_s() -> u64 {
+    1
+}
 fn default_log_bytes() -> u64 {
     64 * 1024
 }
@@ -74,7 +182,23 @@ impl Request {
     pub fn allowed_for(&self, role: &Role) -> bool {
         match role {
             Role::Operator => true,
-            Role::Host => matches!(self, Request::Health | Request::HostInfo),
+            Role::Host => matches!(
+                self,
+                Request::Health
+                    | Request::HostInfo
+                    | Request::JobList
+                    | Request::PeerGuest { .. }
+                    | Request::PeerStopGuest { .. }
+                    | Request::PeerDetachInterfaces { .. }
+                    | Request::PeerDetachVolumes { .. }
+                    | Request::PeerAttachVolumes { .. }
+                    | Request::PeerStartGuest { .. }
+                    | Request::PeerUndefine { .. }
+                    | Request::PeerMigrateOut { .. }
+                    | Request::PeerMigrateQuery { .. }
+                    | Request::PeerMigrateCancel { .. }
+                    | Request::PeerMigrateFinish { .. }
+            ),
         }
     }
 
@@ -90,6 +214,24 @@ impl Request {
             Request::GuestList => "guest_list",
             Request::GuestShow { .. } => "guest_show",
             Request::GuestLog { .. } => "guest_log",
+            Request::GuestDirtyRate { .. } => "guest_dirty_rate",
+            Request::JobSubmit { .. } => "job_submit",
+            Request::JobShow { .. } => "job_show",
+            Request::JobList => "job_list",
+            Request::JobWatch { .. } => "job_watch",
+            Request::JobCancel { .. } => "job_cancel",
+            Request::JobRecover { .. } => "job_recover",
+            Request::PeerGuest { .. } => "peer_guest",
+            Request::PeerStopGuest { .. } => "peer_stop_guest",
+            Request::PeerDetachInterfaces { .. } => "peer_detach_interfaces",
+            Request::PeerDetachVolumes { .. } => "peer_detach_volumes",
+            Request::PeerAttachVolumes { .. } => "peer_attach_volumes",
+            Request::PeerStartGuest { .. } => "peer_start_guest",
+            Request::PeerUndefine { .. } => "peer_undefine",
+            Request::PeerMigrateOut { .. } => "peer_migrate_out",
+            Request::PeerMigrateQuery { .. } => "peer_migrate_query",
+            Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
+            Request::PeerMigrateFinish { .. } => "peer_migrate_finish",
         }
     }
 }
@@ -131,107 +273,6 @@ pub struct Health {
     pub agent_version: String,
     /// The caller's role as the agent sees it.
     pub caller: Role,
-}
-
-/// A guest's run state on a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GuestState {
-    /// Defined, no QEMU.
-    Stopped,
-    /// QEMU started, not yet confirmed running.
-    Starting,
-    /// Running.
-    Running,
-    /// QEMU paused (stopped vCPUs).
-    Paused,
-    /// Graceful shutdown requested.
-    ShuttingDown,
-    /// QEMU waiting for an incoming migration.
-    Incoming,
-    /// QEMU exited without being asked to.
-    Crashed,
-}
-
-/// A guest as a host reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GuestStatus {
-    /// Definition.
-    pub spec: GuestSpec,
-    /// Run state.
-    pub state: GuestState,
-    /// QEMU's pid, when running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    /// Seconds since QEMU started, when running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uptime_s: Option<u64>,
-}
-
-/// A bridge on a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BridgeInfo {
-    /// Bridge name.
-    pub name: String,
-    /// VLAN id, if the bridge is a VLAN bridge.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<u16>,
-}
-
-/// A storage pool as a host sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolInfo {
-    /// Pool name.
-    pub name: String,
-    /// Directory.
-    pub path: String,
-    /// Whether the host can write it.
-    pub writable: bool,
-}
-
-/// `host_info` result: the host inventory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HostInfo {
-    /// Host name.
-    pub name: String,
-    /// Agent version.
-    pub agent_version: String,
-    /// QEMU version, `major.minor.micro`.
-    pub qemu_version: String,
-    /// Hardware model (DMI product name, or a configured value).
-    pub hardware_model: String,
-    /// Hardware generation (configured).
-    pub hardware_generation: u32,
-    /// Accelerator setting (`kvm`, `tcg`, `auto`) and what it resolves to.
-    pub accel: String,
-    /// CPU model name.
-    pub cpu_model: String,
-    /// CPU flags.
-    pub cpu_flags: Vec<String>,
-    /// Logical CPUs.
-    pub cpu_count: u32,
-    /// Memory, MiB.
-    pub memory_total_mib: u64,
-    /// Memory the kernel reports available, MiB.
-    pub memory_free_mib: u64,
-    /// Memory reserved for the host itself, MiB.
-    pub memory_reserve_mib: u64,
-    /// Memory of every defined guest, MiB.
-    pub memory_committed_mib: u64,
-    /// What a new guest may still use: total − reserve − committed, MiB.
-    pub memory_available_mib: u64,
-    /// vCPUs of every defined guest.
-    pub vcpus_committed: u32,
-    /// Bridges.
-    pub bridges: Vec<BridgeInfo>,
-    /// Storage pools.
-    pub pools: Vec<PoolInfo>,
-    /// Console TCP ports in use.
-    pub console_ports_in_use: Vec<u16>,
-    /// Console ports this host hands out.
-    pub console_port_range: (u16, u16),
-    /// Guests and their states.
-    pub guests: Vec<GuestStatus>,
 }
 
 /// `guest_log` result.

@@ -28,6 +28,79 @@ pub enum Command {
     /// Guests.
     #[command(subcommand)]
     Guest(GuestCmd),
+    /// Move a guest to another host: prechecks, then the steps of its mode.
+    Migrate(MigrateArgs),
+    /// Migration jobs.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Guest name.
+    pub guest: String,
+    /// Target host.
+    #[arg(long)]
+    pub to: String,
+    /// Source host (default: where the cluster file says the guest is).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// live, offline or offline-force (offlineforce).
+    #[arg(long, default_value = "live")]
+    pub mode: String,
+    /// Run exactly one step (STOP_GUEST or stop-guest), or PRECHECK_LIVEMIGRATION.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Run the prechecks only; change nothing.
+    #[arg(long)]
+    pub precheck: bool,
+    /// Cancel a live migration that has not finished after this long (default: policy, 10m).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Maximum downtime at switchover (default: policy, 300ms).
+    #[arg(long)]
+    pub max_downtime: Option<String>,
+    /// Bandwidth cap, e.g. 100M (MiB/s) or 800Mbit (default: unlimited).
+    #[arg(long)]
+    pub bandwidth: Option<String>,
+    /// Migrate memory in clear text (trusted networks, benchmarks).
+    #[arg(long)]
+    pub insecure_transport: bool,
+    /// multifd channels (0 = one stream).
+    #[arg(long, default_value_t = 2)]
+    pub multifd: u8,
+    /// Return the job id at once instead of following the job.
+    #[arg(long)]
+    pub detach: bool,
+    /// Test hook: fail this step on purpose (lab agents only).
+    #[arg(long, hide = true)]
+    pub inject_fault: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Every job on every host.
+    List,
+    /// One job and its steps.
+    Show {
+        /// Job id (HOST-N).
+        id: String,
+    },
+    /// Follow a job's events until it ends.
+    Watch {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job before its point of no return.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+    /// Bring a failed job's guest back to running in exactly one place.
+    Recover {
+        /// Job id.
+        id: String,
+    },
 }
 
 /// Default lab directory.

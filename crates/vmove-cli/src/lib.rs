@@ -4,6 +4,8 @@
 mod args;
 mod cmd_guest;
 mod cmd_host;
+mod cmd_job;
+mod cmd_migrate;
 mod cmd_lab;
 mod ctx;
 mod out;
@@ -49,5 +51,7 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Lab(c) => cmd_lab::run(&ctx, c).await,
         args::Command::Host(c) => cmd_host::run(&ctx, c).await,
         args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
+        args::Command::Migrate(a) => cmd_migrate::run(&ctx, a).await,
+        args::Command::Job(c) => cmd_job::run(&ctx, c).await,
     }
 }

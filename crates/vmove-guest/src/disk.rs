@@ -55,7 +55,9 @@ impl Dev {
         let data = &buf.0[..SECTOR];
         match self.file.write_all_at(data, sector * SECTOR as u64) {
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                say(&format!("DISK NOTE O_DIRECT write failed ({e}): using buffered writes"));
+                say(&format!(
+                    "DISK NOTE O_DIRECT write failed ({e}): using buffered writes"
+                ));
                 self.file = open(false)?;
                 self.direct = false;
                 self.file.write_all_at(data, sector * SECTOR as u64)?;
@@ -117,7 +119,9 @@ pub fn start(shared: &Arc<Shared>) -> Option<DiskHandle> {
     };
     let capacity = size / SECTOR as u64;
     // Read through a plain (page cache) descriptor: no alignment constraints.
-    let scan = match File::open(DEVICE).and_then(|f| disklog::scan(|off, buf| f.read_at(buf, off), capacity)) {
+    let scan = match File::open(DEVICE)
+        .and_then(|f| disklog::scan(|off, buf| f.read_at(buf, off), capacity))
+    {
         Ok(s) => s,
         Err(e) => {
             say(&format!("DISK FAIL cannot read {DEVICE}: {e}"));
@@ -144,7 +148,14 @@ pub fn start(shared: &Arc<Shared>) -> Option<DiskHandle> {
     let spawned = std::thread::Builder::new()
         .name("disk".to_string())
         .spawn(move || {
-            writer(&mut dev, &sh, scan.records, scan.last_boot + 1, capacity, &stop_rx);
+            writer(
+                &mut dev,
+                &sh,
+                scan.records,
+                scan.last_boot + 1,
+                capacity,
+                &stop_rx,
+            );
             let _ = done_tx.send(());
         });
     if let Err(e) = spawned {

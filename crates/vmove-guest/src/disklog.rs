@@ -184,10 +184,7 @@ where
         Ok(Some(buf[at..at + SECTOR].to_vec()))
     };
     let mut i = 0u64;
-    loop {
-        let Some(s) = sector(i, &mut buf, &mut buf_first, &mut buf_len)? else {
-            break;
-        };
+    while let Some(s) = sector(i, &mut buf, &mut buf_first, &mut buf_len)? {
         if is_zero(&s) {
             break;
         }
@@ -295,7 +292,10 @@ mod tests {
         assert_eq!((s.records, s.last_boot, s.note, s.fail), (5, 1, None, None));
         // A completely full device ends the log at the device end.
         let s = scan_vec(&disk(300, &log(300)));
-        assert_eq!((s.records, s.last_boot, s.note, s.fail), (300, 3, None, None));
+        assert_eq!(
+            (s.records, s.last_boot, s.note, s.fail),
+            (300, 3, None, None)
+        );
         // Zero-length device.
         assert_eq!(scan_vec(&[]), Scan::default());
     }
@@ -335,7 +335,10 @@ mod tests {
         d[2 * SECTOR + 40] ^= 1;
         let s = scan_vec(&d);
         assert_eq!(s.records, 2);
-        assert!(s.fail.as_deref().unwrap().starts_with("sector 2: bad crc"), "{s:?}");
+        assert!(
+            s.fail.as_deref().unwrap().starts_with("sector 2: bad crc"),
+            "{s:?}"
+        );
         // Two garbage sectors at the end: the first of them is not the last record.
         let mut d = disk(16, &log(6));
         d[4 * SECTOR..6 * SECTOR].fill(0x33);
@@ -352,13 +355,22 @@ mod tests {
             d[i * SECTOR..(i + 1) * SECTOR].copy_from_slice(&encode(r));
         }
         let s = scan_vec(&d);
-        assert!(s.fail.as_deref().unwrap().contains("sequence 4 where 3"), "{s:?}");
+        assert!(
+            s.fail.as_deref().unwrap().contains("sequence 4 where 3"),
+            "{s:?}"
+        );
         // Boot numbers must not go backwards.
         let mut recs = log(4);
         recs[1].boot = 2;
         recs[2].boot = 1;
         let s = scan_vec(&disk(16, &recs));
-        assert!(s.fail.as_deref().unwrap().contains("boot number 1 after boot 2"), "{s:?}");
+        assert!(
+            s.fail
+                .as_deref()
+                .unwrap()
+                .contains("boot number 1 after boot 2"),
+            "{s:?}"
+        );
         // A hole ends the log (the records after it are not looked at).
         let mut d = disk(16, &log(6));
         d[3 * SECTOR..4 * SECTOR].fill(0);

@@ -62,7 +62,7 @@ pub struct Shared {
     pub stats: Stats,
 }
 
-/// System uptime in seconds (from /proc/uptime), or the process' if that is unreadable.
+/// System uptime in seconds (from /proc/uptime; 0 if unreadable).
 pub fn uptime_secs() -> f64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
@@ -76,10 +76,32 @@ pub fn is_init() -> bool {
 }
 
 /// Entry point. As PID 1 it never returns.
+///
+/// Refuses to run as anything but PID 1: on a host it would take over ports 7 and 80,
+/// write to /dev/vda (maybe the host's system disk) and power the machine off.
 pub fn run() {
+    if !is_init() {
+        eprintln!(
+            "vmove-guest: not PID 1; this is the lab guest's init and must only run inside \
+             the lab guest image (it writes /dev/vda and powers the machine off)"
+        );
+        std::process::exit(2);
+    }
     std::panic::set_hook(Box::new(|info| {
         say(&format!("VMOVE PANIC {info}"));
     }));
+    if std::panic::catch_unwind(start).is_err() {
+        // Keep the guest up (exiting as PID 1 would panic the kernel) so that the console
+        // shows what happened.
+        say("VMOVE FATAL the workload failed to start");
+    }
+    // PID 1 must never exit; the power button thread ends everything.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn start() {
     let raw = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let config = cmdline::parse(&raw);
     for w in &config.warnings {
@@ -107,9 +129,4 @@ pub fn run() {
     net::start(&shared);
     power::start(disk);
     say(&format!("VMOVE READY {}", shared.config.name));
-
-    // PID 1 must never exit; the power button thread ends everything.
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }

@@ -15,13 +15,25 @@ const MAX_REPORTED: usize = 8;
 
 /// Allocate and touch the working set, then start the dirtier and the verifier.
 pub fn start(shared: &Arc<Shared>) {
-    let npages = u64::from(shared.config.wss_mib) * (1 << 20) / PAGE_SIZE as u64;
+    let mut wss_mib = u64::from(shared.config.wss_mib);
+    if let Some(avail) = available_mib() {
+        // Leave room for the kernel and the rest of us: running out of memory as PID 1
+        // would panic the guest.
+        let max = avail.saturating_sub(48);
+        if wss_mib > max {
+            say(&format!(
+                "VMOVE WARN wss={wss_mib}MiB does not fit ({avail}MiB available): using {max}MiB"
+            ));
+            wss_mib = max;
+        }
+    }
+    let npages = wss_mib * (1 << 20) / PAGE_SIZE as u64;
     let t = Instant::now();
     let store = Arc::new(Store::new(npages));
     say(&format!(
         "VMOVE MEMORY pages={} wss={}MiB filled in {} ms",
         npages,
-        shared.config.wss_mib,
+        wss_mib,
         t.elapsed().as_millis()
     ));
     if shared.config.dirty_mb_s > 0 && npages > 0 {
@@ -30,6 +42,18 @@ pub fn start(shared: &Arc<Shared>) {
     }
     let sh = shared.clone();
     spawn("verifier", move || verifier(&store, &sh));
+}
+
+/// MemAvailable from /proc/meminfo, MiB.
+fn available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) {
@@ -125,6 +149,13 @@ fn verifier(store: &Store, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo() {
+        let m = "MemTotal:         501268 kB\nMemFree:          420000 kB\nMemAvailable:     430080 kB\n";
+        assert_eq!(parse_mem_available(m), Some(420));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
 
     #[test]
     fn rate() {

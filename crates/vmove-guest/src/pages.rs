@@ -204,14 +204,20 @@ impl fmt::Display for PageFailure {
             PageError::BadIndex { found } => write!(f, "wrong index {found}"),
             PageError::BadGen { found } => write!(f, "wrong generation {found}"),
             PageError::BadChecksum { stored, computed } => {
-                write!(f, "checksum mismatch stored={stored:#018x} computed={computed:#018x}")
+                write!(
+                    f,
+                    "checksum mismatch stored={stored:#018x} computed={computed:#018x}"
+                )
             }
             PageError::BadMarker => write!(f, "marker missing"),
             PageError::BadWord {
                 word,
                 expected,
                 found,
-            } => write!(f, "word {word} expected {expected:#018x} found {found:#018x}"),
+            } => write!(
+                f,
+                "word {word} expected {expected:#018x} found {found:#018x}"
+            ),
         }
     }
 }
@@ -449,15 +455,24 @@ mod tests {
         let e = verify(&p, 5, 4).unwrap_err();
         assert_eq!(e.error, PageError::BadGen { found: 3 });
         assert_eq!((e.index, e.expected_gen, e.found_gen), (5, 4, 3));
-        assert!(e.to_string().contains("page=5 expected_gen=4 found_gen=3"), "{e}");
+        assert!(
+            e.to_string().contains("page=5 expected_gen=4 found_gen=3"),
+            "{e}"
+        );
     }
 
     #[test]
     fn verify_detects_wrong_index_and_magic() {
         let p = page(5, 3);
-        assert_eq!(verify(&p, 6, 3).unwrap_err().error, PageError::BadIndex { found: 5 });
+        assert_eq!(
+            verify(&p, 6, 3).unwrap_err().error,
+            PageError::BadIndex { found: 5 }
+        );
         let z = Page::ZERO;
-        assert!(matches!(verify(&z, 0, 1).unwrap_err().error, PageError::BadMagic { .. }));
+        assert!(matches!(
+            verify(&z, 0, 1).unwrap_err().error,
+            PageError::BadMagic { .. }
+        ));
     }
 
     #[test]

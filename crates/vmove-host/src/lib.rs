@@ -5,6 +5,7 @@
 //! namespace runs on a dedicated OS thread ([`netns::run_in`]), never on a tokio worker.
 #![warn(missing_docs)]
 
+pub mod lease;
 pub mod net;
 pub mod netns;
 pub mod proc;

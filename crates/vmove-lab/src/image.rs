@@ -291,14 +291,12 @@ pub fn ensure(guest_bin: &Path, kernel_root: &Path, cache_dir: &Path) -> Result<
     }
     fs::create_dir_all(cache_dir)
         .with_context(|| format!("cannot create the image cache {}", cache_dir.display()))?;
+    remove_stale_temps(cache_dir);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let tmp = cache_dir.join(format!(
-        ".tmp-guest-{key}-{}-{nanos}",
-        std::process::id()
-    ));
+    let tmp = cache_dir.join(format!(".tmp-guest-{key}-{}-{nanos}", std::process::id()));
     let _cleanup = RemoveOnDrop(tmp.clone());
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let out = tmp.join("out");
@@ -321,12 +319,32 @@ pub fn ensure(guest_bin: &Path, kernel_root: &Path, cache_dir: &Path) -> Result<
         // Someone else won the race: theirs is as good as ours.
         Err(_) if image.kernel.is_file() && image.initrd.is_file() => {}
         Err(e) => {
-            return Err(e).with_context(|| {
-                format!("cannot move the image to {}", dir.display())
-            })
+            return Err(e).with_context(|| format!("cannot move the image to {}", dir.display()))
         }
     }
     Ok(image)
+}
+
+/// Remove temporary build directories left by builds that died (older than an hour, so
+/// that builds in progress are left alone).
+fn remove_stale_temps(cache_dir: &Path) {
+    let Ok(rd) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(".tmp-guest-") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if old {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -347,23 +365,37 @@ struct BuildInputs<'a> {
 
 fn build(i: &BuildInputs<'_>, root: &Path, out: &Path) -> Result<()> {
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "root",
-        "lib/modules", "mnt",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "etc",
+        "root",
+        "lib/modules",
+        "mnt",
     ] {
         fs::create_dir_all(root.join(d))?;
     }
 
     // busybox and its applets.
     let bb = root.join("bin/busybox");
-    fs::copy(i.busybox, &bb)
-        .with_context(|| format!("cannot copy {}", i.busybox.display()))?;
+    fs::copy(i.busybox, &bb).with_context(|| format!("cannot copy {}", i.busybox.display()))?;
     set_mode(&bb, 0o755)?;
     let list = Command::new(i.busybox)
         .arg("--list-full")
         .output()
         .with_context(|| format!("cannot run {} --list-full", i.busybox.display()))?;
     if !list.status.success() {
-        bail!("{} --list-full failed: {}", i.busybox.display(), list.status);
+        bail!(
+            "{} --list-full failed: {}",
+            i.busybox.display(),
+            list.status
+        );
     }
     let applets = String::from_utf8_lossy(&list.stdout).into_owned();
     for a in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
@@ -488,8 +520,7 @@ fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
     if !out.status.success() {
         // Static binaries make ldd fail with "not a dynamic executable".
         let err = String::from_utf8_lossy(&out.stderr);
-        if text.contains("not a dynamic executable") || err.contains("not a dynamic executable")
-        {
+        if text.contains("not a dynamic executable") || err.contains("not a dynamic executable") {
             return Ok(Vec::new());
         }
         bail!("ldd {} failed: {}{}", bin.display(), text, err);
@@ -568,8 +599,7 @@ fn early_cpio() -> Vec<u8> {
 }
 
 fn list_tree(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?.collect::<std::io::Result<Vec<_>>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let r = rel.join(e.file_name());
@@ -770,7 +800,10 @@ mod tests {
         // Cached: a second call returns the same files untouched.
         let mtime = fs::metadata(&img.initrd).unwrap().modified().unwrap();
         assert_eq!(&ensure(bin, &kroot, &cache).unwrap(), img);
-        assert_eq!(fs::metadata(&img.initrd).unwrap().modified().unwrap(), mtime);
+        assert_eq!(
+            fs::metadata(&img.initrd).unwrap().modified().unwrap(),
+            mtime
+        );
 
         // The archive holds what /init needs.
         let raw = fs::read(&img.initrd).unwrap();

@@ -186,6 +186,7 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
             console_ports: (5900, 5999),
             lab_kernel: Some(image.kernel.clone()),
             lab_initrd: Some(image.initrd.clone()),
+            allow_fault_injection: true,
             pools: pools.clone(),
             networks: networks.clone(),
         };

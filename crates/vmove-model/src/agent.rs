@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// Lab image: initramfs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab_initrd: Option<PathBuf>,
+    /// Honour `inject_fault` in job requests (labs and tests only).
+    #[serde(default)]
+    pub allow_fault_injection: bool,
     /// Storage pools on this host.
     #[serde(default)]
     pub pools: Vec<PoolEntry>,

@@ -74,6 +74,9 @@ pub struct Policy {
     pub require_encrypted_migration: bool,
     /// Whether post-copy is allowed.
     pub allow_postcopy: bool,
+    /// Throughput of the migration link, bytes/s, when known (for the convergence check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_link_bytes_per_s: Option<u64>,
 }
 
 impl Default for Policy {
@@ -87,6 +90,7 @@ impl Default for Policy {
             min_hardware_generation: 0,
             require_encrypted_migration: true,
             allow_postcopy: false,
+            migration_link_bytes_per_s: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 mod agent;
 mod cluster;
 mod guest;
+pub mod inventory;
 mod units;
 
 pub use agent::AgentConfig;

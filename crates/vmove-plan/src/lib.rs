@@ -1,1 +1,22 @@
-//! vmove-plan
+//! vmove-plan: what a migration is made of, and whether it may start. Pure logic, no I/O.
+//!
+//! - [`Mode`]: `OFFLINE`, `OFFLINEFORCE`, `LIVE`.
+//! - [`Step`]: the seeds' step names, the ordered plan of each mode ([`Step::plan`]) and
+//!   whether a single step may run now ([`can_run_step`]).
+//! - [`checks`]: the prechecks, pure functions from the cluster file, the request and the
+//!   agents' inventories to [`Finding`]s ([`run`]). `docs/prechecks.md` maps every
+//!   prerequisite of the seeds to a check.
+#![warn(missing_docs)]
+
+pub mod checks;
+mod mode;
+mod step;
+mod version;
+
+pub use checks::{
+    any_failed, run, run_one, worst, Busy, CheckId, CheckInput, Finding, MigrationRequest, Reach,
+    Verdict,
+};
+pub use mode::{Mode, ModeParseError};
+pub use step::{can_run_step, Step, StepError, StepParseError, StepReadiness};
+pub use version::{compare_versions, parse_version};

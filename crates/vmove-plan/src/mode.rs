@@ -18,7 +18,9 @@ pub enum Mode {
 
 /// A migration mode that [`Mode::parse`] does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown migration mode {input:?}: expected offline, offlineforce (or offline-force) or live")]
+#[error(
+    "unknown migration mode {input:?}: expected offline, offlineforce (or offline-force) or live"
+)]
 pub struct ModeParseError {
     /// What was given.
     pub input: String,
@@ -35,7 +37,9 @@ impl Mode {
             "offline" => Ok(Mode::Offline),
             "offlineforce" | "offline-force" | "offline_force" => Ok(Mode::OfflineForce),
             "live" => Ok(Mode::Live),
-            _ => Err(ModeParseError { input: s.to_string() }),
+            _ => Err(ModeParseError {
+                input: s.to_string(),
+            }),
         }
     }
 
@@ -117,7 +121,12 @@ mod tests {
     #[test]
     fn parse_error_names_the_accepted_values() {
         let e = Mode::parse("hot").unwrap_err();
-        assert_eq!(e, ModeParseError { input: "hot".into() });
+        assert_eq!(
+            e,
+            ModeParseError {
+                input: "hot".into()
+            }
+        );
         assert_eq!(
             e.to_string(),
             "unknown migration mode \"hot\": expected offline, offlineforce (or offline-force) or live"
@@ -135,13 +144,19 @@ mod tests {
 
     #[test]
     fn serde_is_lower_case() {
-        assert_eq!(serde_json::to_string(&Mode::OfflineForce).unwrap(), "\"offlineforce\"");
+        assert_eq!(
+            serde_json::to_string(&Mode::OfflineForce).unwrap(),
+            "\"offlineforce\""
+        );
         assert_eq!(serde_json::to_string(&Mode::Live).unwrap(), "\"live\"");
         for m in Mode::ALL {
             let j = serde_json::to_string(&m).unwrap();
             assert_eq!(serde_json::from_str::<Mode>(&j).unwrap(), m);
         }
-        assert_eq!(serde_json::from_str::<Mode>("\"offline-force\"").unwrap(), Mode::OfflineForce);
+        assert_eq!(
+            serde_json::from_str::<Mode>("\"offline-force\"").unwrap(),
+            Mode::OfflineForce
+        );
         assert!(serde_json::from_str::<Mode>("\"warp\"").is_err());
     }
 }

@@ -101,7 +101,12 @@ fn read_log(q: &Qemu) -> String {
 }
 
 /// Poll the serial log until `pred` finds something, QEMU exits, or the deadline passes.
-fn wait_log<T>(q: &mut Qemu, what: &str, timeout: Duration, pred: impl Fn(&str) -> Option<T>) -> Result<T> {
+fn wait_log<T>(
+    q: &mut Qemu,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&str) -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         let text = read_log(q);
@@ -124,6 +129,14 @@ fn numbers(text: &str, prefix: &str) -> Vec<u64> {
         .filter_map(|l| l.trim().strip_prefix(prefix))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+/// The guest's own lines (not the kernel's).
+fn status_lines(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn has_line(text: &str, prefix: &str) -> bool {
@@ -239,7 +252,11 @@ fn guest_image_boots_serves_and_survives_a_reboot() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let guest_bin = Path::new(env!("CARGO_BIN_EXE_vmove-guest"));
     let t = Instant::now();
-    let img = image::ensure(guest_bin, &image::default_kernel_root(), &tmp.path().join("cache"))?;
+    let img = image::ensure(
+        guest_bin,
+        &image::default_kernel_root(),
+        &tmp.path().join("cache"),
+    )?;
     eprintln!(
         "image built in {:?}: kernel {} ({}), initrd {} ({} bytes)",
         t.elapsed(),
@@ -271,20 +288,43 @@ fn guest_image_boots_serves_and_survives_a_reboot() -> Result<()> {
         has_line(t, "VERIFY OK ").then_some(())
     })?;
     // A periodic DISK OK that counts records written during this boot.
-    wait_log(&mut q, "DISK OK <n> with n > 0", Duration::from_secs(30), |t| {
-        numbers(t, "DISK OK ").into_iter().any(|n| n > 0).then_some(())
-    })?;
+    wait_log(
+        &mut q,
+        "DISK OK <n> with n > 0",
+        Duration::from_secs(30),
+        |t| {
+            numbers(t, "DISK OK ")
+                .into_iter()
+                .any(|n| n > 0)
+                .then_some(())
+        },
+    )?;
 
+    let t = Instant::now();
     qmp_powerdown(&q).context("QMP system_powerdown")?;
     let st = wait_exit(&mut q, Duration::from_secs(60))?;
     let log1 = read_log(&q);
-    eprintln!("first boot: QEMU exited ({st}) after {:?}", q.started.elapsed());
+    eprintln!(
+        "first boot: QEMU exited ({st}) {:?} after system_powerdown; guest lines:\n{}",
+        t.elapsed(),
+        status_lines(&log1)
+    );
     assert!(st.success(), "QEMU exit status {st}");
-    assert!(has_line(&log1, "POWERING OFF"), "no POWERING OFF in:\n{log1}");
-    assert!(!log1.contains("VERIFY FAIL"), "verification failed:\n{log1}");
+    assert!(
+        has_line(&log1, "POWERING OFF"),
+        "no POWERING OFF in:\n{log1}"
+    );
+    assert!(
+        !log1.contains("VERIFY FAIL"),
+        "verification failed:\n{log1}"
+    );
     assert!(!log1.contains("DISK FAIL"), "disk log failed:\n{log1}");
     let first = numbers(&log1, "DISK OK ");
-    assert_eq!(first.first(), Some(&0), "fresh disk must hold 0 records:\n{log1}");
+    assert_eq!(
+        first.first(),
+        Some(&0),
+        "fresh disk must hold 0 records:\n{log1}"
+    );
     let n1 = *first.iter().max().unwrap_or(&0);
     drop(q);
 
@@ -295,26 +335,38 @@ fn guest_image_boots_serves_and_survives_a_reboot() -> Result<()> {
         http: free_tcp_port(),
     };
     let mut q = boot(&img, &disk, tmp.path(), "2", &ports)?;
-    let n2 = wait_log(&mut q, "DISK OK at the second boot", Duration::from_secs(90), |t| {
-        if t.contains("DISK FAIL") {
-            return Some(Err(t.to_string()));
-        }
-        numbers(t, "DISK OK ").first().copied().map(Ok)
-    })?;
+    let n2 = wait_log(
+        &mut q,
+        "DISK OK at the second boot",
+        Duration::from_secs(90),
+        |t| {
+            if t.contains("DISK FAIL") {
+                return Some(Err(t.to_string()));
+            }
+            numbers(t, "DISK OK ").first().copied().map(Ok)
+        },
+    )?;
     let n2 = match n2 {
         Ok(n) => n,
         Err(log) => panic!("DISK FAIL at the second boot:\n{log}"),
     };
-    wait_log(&mut q, "VMOVE READY (second boot)", Duration::from_secs(60), |t| {
-        t.contains(&ready).then_some(())
-    })?;
+    wait_log(
+        &mut q,
+        "VMOVE READY (second boot)",
+        Duration::from_secs(60),
+        |t| t.contains(&ready).then_some(()),
+    )?;
     eprintln!(
         "second boot: READY after {:?}; disk records: {n1} (last seen at boot 1) -> {n2}",
         q.started.elapsed()
     );
-    assert!(n2 > n1, "records at second boot {n2} <= {n1} seen at the first boot");
+    assert!(
+        n2 > n1,
+        "records at second boot {n2} <= {n1} seen at the first boot"
+    );
     check_http(ports.http).context("http after reboot")?;
     let log2 = read_log(&q);
+    eprintln!("second boot, guest lines:\n{}", status_lines(&log2));
     assert!(!log2.contains("DISK FAIL"), "{log2}");
     assert!(
         !log2.contains("DISK NOTE"),

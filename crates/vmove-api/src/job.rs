@@ -1,0 +1,364 @@
+//! Jobs: a migration (or its recovery) run by the target host's agent, step by step, with
+//! an event stream the CLI follows.
+use serde::{Deserialize, Serialize};
+use vmove_model::GuestSpec;
+use vmove_plan::{Mode, Step};
+
+/// Parameters of a migration: one typed set, units in the names. Applied to both QEMUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationParams {
+    /// Cancel an unfinished live migration after this long, seconds (policy default 600).
+    pub timeout_s: u64,
+    /// Maximum downtime at switchover, milliseconds (QEMU `downtime-limit`; default 300).
+    pub max_downtime_ms: u64,
+    /// Bandwidth cap, bytes/s. `None` = unlimited (never QEMU's 128 MiB/s default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// Migrate in clear text instead of TLS with the cluster CA's certificates.
+    #[serde(default)]
+    pub insecure_transport: bool,
+    /// multifd channels; 0 = a single stream.
+    #[serde(default)]
+    pub multifd_channels: u8,
+    /// Whether the migration may switch to post-copy.
+    #[serde(default)]
+    pub allow_postcopy: bool,
+    /// How long a graceful (ACPI) stop may take, seconds.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_s: u64,
+}
+
+fn default_stop_timeout() -> u64 {
+    120
+}
+
+impl Default for MigrationParams {
+    fn default() -> Self {
+        MigrationParams {
+            timeout_s: 600,
+            max_downtime_ms: 300,
+            bandwidth_bytes_per_s: None,
+            insecure_transport: false,
+            multifd_channels: 2,
+            allow_postcopy: false,
+            stop_timeout_s: default_stop_timeout(),
+        }
+    }
+}
+
+/// Another host, as the cluster file names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHost {
+    /// Host name.
+    pub name: String,
+    /// Agent address, `IP:PORT`.
+    pub address: String,
+}
+
+/// What the operator asks the target agent to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The guest's definition from the cluster file.
+    pub guest: GuestSpec,
+    /// Migration mode.
+    pub mode: Mode,
+    /// Where the guest is now.
+    pub source: PeerHost,
+    /// The target (the agent that runs the job).
+    pub target: String,
+    /// Run exactly this step instead of the whole plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+    /// Parameters.
+    pub params: MigrationParams,
+    /// Test hook: fail this step on purpose (honoured only by agents that allow it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_fault: Option<Step>,
+}
+
+/// What kind of job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    /// A migration (whole plan or one step).
+    Migrate,
+    /// Recovery of a failed migration job.
+    Recover {
+        /// The failed job.
+        of: String,
+    },
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// A step failed; see the error.
+    Failed,
+    /// Cancelled (by the operator or the timeout) before it could finish.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        self != JobStatus::Running
+    }
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Running.
+    Running,
+    /// Completed.
+    Done,
+    /// Completed earlier (a no-op now).
+    AlreadyDone,
+    /// Failed.
+    Failed,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step.
+    pub step: Step,
+    /// Its status.
+    pub status: StepStatus,
+    /// Start, unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// End, unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Live migration progress, from the source QEMU's `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// QEMU's migration status (`active`, `device`, `completed`, ...).
+    pub status: String,
+    /// Memory pass (dirty sync count).
+    pub pass: u64,
+    /// Bytes sent so far.
+    pub transferred_bytes: u64,
+    /// RAM bytes still to send.
+    pub remaining_bytes: u64,
+    /// Guest RAM, bytes.
+    pub total_bytes: u64,
+    /// Current rate, bytes/s.
+    pub rate_bytes_per_s: u64,
+    /// Guest dirty rate, bytes/s.
+    pub dirty_rate_bytes_per_s: u64,
+    /// QEMU's expected downtime, ms.
+    pub expected_downtime_ms: u64,
+    /// Estimated time to completion, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<u64>,
+    /// Time since the migration started, ms.
+    pub elapsed_ms: u64,
+}
+
+/// End-of-migration figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Whole job, ms.
+    pub total_ms: u64,
+    /// Memory migration (QEMU `total-time`), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_ms: Option<u64>,
+    /// Downtime, QEMU's figure, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Bytes sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_bytes: Option<u64>,
+    /// Memory passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<u64>,
+}
+
+/// Something that happened in a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The job started.
+    JobStarted {
+        /// One-line description in the seeds' words.
+        action: String,
+    },
+    /// A step started.
+    StepStarted {
+        /// Step.
+        step: Step,
+    },
+    /// A step ended well.
+    StepDone {
+        /// Step.
+        step: Step,
+        /// How long it took, ms.
+        elapsed_ms: u64,
+        /// What it did.
+        note: String,
+    },
+    /// A step failed.
+    StepFailed {
+        /// Step.
+        step: Step,
+        /// Why.
+        error: String,
+    },
+    /// Live migration progress.
+    Progress(Progress),
+    /// A message for the operator.
+    Info {
+        /// Text.
+        message: String,
+    },
+    /// The job ended.
+    JobEnded {
+        /// Final status.
+        status: JobStatus,
+        /// Why it did not succeed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Figures.
+        summary: Summary,
+    },
+}
+
+/// An event with its sequence number and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// 0, 1, 2, ... within the job.
+    pub seq: u64,
+    /// Unix time, ms.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// A job, as the target agent keeps it (durably, rewritten at every change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Format version.
+    pub version: u32,
+    /// Job id, `<target>-<n>`.
+    pub id: String,
+    /// Kind.
+    pub kind: JobKind,
+    /// The request.
+    pub spec: JobSpec,
+    /// Status.
+    pub status: JobStatus,
+    /// Steps this job runs, in order.
+    pub steps: Vec<StepRecord>,
+    /// Created, unix ms.
+    pub created_ms: u64,
+    /// Ended, unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Events so far.
+    pub events: Vec<JobEvent>,
+    /// Where the guest is defined after this job, once that is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_host: Option<String>,
+}
+
+/// Sequence number of heartbeat events (sent on idle streams, never stored).
+pub const HEARTBEAT_SEQ: u64 = u64::MAX;
+
+impl JobRecord {
+    /// Whether MIGRATE_GUEST has completed (the guest's definition is on the target).
+    pub fn guest_moved(&self) -> bool {
+        self.steps.iter().any(|s| s.step == Step::MigrateGuest && matches!(s.status, StepStatus::Done | StepStatus::AlreadyDone))
+    }
+
+    /// The seeds' one-line description.
+    pub fn action(&self) -> String {
+        let s = &self.spec;
+        let mut a = format!(
+            "MIGRATE GUEST HOSTNAME={} MODE={} SRCHOST={} TGTHOST={}",
+            s.guest.name,
+            s.mode.as_str(),
+            s.source.name,
+            s.target
+        );
+        if let Some(step) = s.step {
+            a.push_str(&format!(" WHERE STEPNAME={}", step.seed_name()));
+        }
+        a
+    }
+}
+
+/// A line of a job list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobBrief {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: JobKind,
+    /// Guest.
+    pub guest: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Source host.
+    pub source: String,
+    /// Target host.
+    pub target: String,
+    /// Status.
+    pub status: JobStatus,
+    /// The step running or failed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<Step>,
+    /// Created, unix ms.
+    pub created_ms: u64,
+}
+
+impl From<&JobRecord> for JobBrief {
+    fn from(r: &JobRecord) -> Self {
+        JobBrief {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            guest: r.spec.guest.name.clone(),
+            mode: r.spec.mode,
+            source: r.spec.source.name.clone(),
+            target: r.spec.target.clone(),
+            status: r.status,
+            current_step: r
+                .steps
+                .iter()
+                .find(|s| matches!(s.status, StepStatus::Running | StepStatus::Failed))
+                .map(|s| s.step),
+            created_ms: r.created_ms,
+        }
+    }
+}
+
+/// A line of a streaming reply (`job_watch`): an event, or the final reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamLine {
+    /// A job event.
+    Event {
+        /// The event.
+        job_event: JobEvent,
+    },
+    /// The final reply.
+    Reply(crate::Reply),
+}

@@ -1,0 +1,232 @@
+//! `vmove job list|show|watch|cancel|recover`, and following a job as it runs.
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use futures::future::join_all;
+use vmove_api::{EventKind, JobBrief, JobEvent, JobRecord, JobStatus, Progress, Request};
+
+use crate::args::JobCmd;
+use crate::ctx::Ctx;
+
+/// The host that runs a job: ids are `<target>-<n>`.
+fn host_of(id: &str) -> Result<&str> {
+    id.rsplit_once('-').map(|(h, _)| h).filter(|h| !h.is_empty()).ok_or_else(|| anyhow!("{id:?} is not a job id (HOST-N)"))
+}
+
+pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
+    match cmd {
+        JobCmd::List => {
+            let cluster = ctx.cluster()?;
+            let clients = ctx.clients(&cluster)?;
+            let lists = join_all(clients.iter().map(|(_, c)| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
+            let mut all: Vec<JobBrief> = lists.into_iter().flatten().flatten().collect();
+            all.sort_by_key(|j| j.created_ms);
+            if ctx.json {
+                crate::out::json(&all);
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|j| {
+                        vec![
+                            j.id.clone(),
+                            j.guest.clone(),
+                            j.mode.as_str().into(),
+                            format!("{}->{}", j.source, j.target),
+                            status_str(j.status),
+                            j.current_step.map(|s| s.seed_name().to_string()).unwrap_or_default(),
+                            match &j.kind {
+                                vmove_api::JobKind::Migrate => "migrate".into(),
+                                vmove_api::JobKind::Recover { of } => format!("recover {of}"),
+                            },
+                        ]
+                    })
+                    .collect();
+                crate::out::table(&["JOB", "GUEST", "MODE", "HOSTS", "STATUS", "STEP", "KIND"], &rows);
+            }
+            Ok(())
+        }
+        JobCmd::Show { id } => {
+            let cluster = ctx.cluster()?;
+            let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobShow { id }).await?;
+            sync_cluster(ctx, &rec)?;
+            if ctx.json {
+                crate::out::json(&rec);
+            } else {
+                println!("job {}: {} [{}]", rec.id, rec.action(), status_str(rec.status));
+                for s in &rec.steps {
+                    let el = match (s.started_ms, s.ended_ms) {
+                        (Some(a), Some(b)) => format!(" [Elapsed = {} mS]", b.saturating_sub(a)),
+                        _ => String::new(),
+                    };
+                    println!("  {:<22} {:<12}{el} {}", s.step.seed_name(), format!("{:?}", s.status).to_lowercase(), s.note.clone().unwrap_or_default());
+                }
+                if let Some(e) = &rec.error {
+                    println!("error: {e}");
+                }
+            }
+            Ok(())
+        }
+        JobCmd::Watch { id } => {
+            let host = host_of(&id)?.to_string();
+            follow(ctx, &host, &id).await
+        }
+        JobCmd::Cancel { id } => {
+            let cluster = ctx.cluster()?;
+            let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobCancel { id: id.clone() }).await?;
+            if ctx.json {
+                crate::out::json(&serde_json::json!({ "ok": true, "job": rec.id, "cancel_requested": true }));
+            } else {
+                println!("cancel requested for job {id}");
+            }
+            Ok(())
+        }
+        JobCmd::Recover { id } => {
+            let host = host_of(&id)?.to_string();
+            let cluster = ctx.cluster()?;
+            let rec: JobRecord = ctx.client(&cluster, &host)?.call(&Request::JobRecover { id }).await?;
+            follow(ctx, &host, &rec.id).await
+        }
+    }
+}
+
+fn status_str(s: JobStatus) -> String {
+    format!("{s:?}").to_lowercase()
+}
+
+/// Moves the guest in the cluster file to where the job says it is now.
+pub fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
+    let Some(host) = &rec.guest_host else { return Ok(()) };
+    let mut c = ctx.cluster()?;
+    if let Some(g) = c.guest_mut(&rec.spec.guest.name) {
+        if &g.host != host {
+            g.host = host.clone();
+            c.save(&ctx.cluster_path)?;
+        }
+    }
+    Ok(())
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Follows a job to its end, printing steps and progress; fails if the job did not succeed.
+pub async fn follow(ctx: &Ctx, host: &str, id: &str) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    let client = ctx.client(&cluster, host)?;
+    let started = Instant::now();
+    let bar = (!ctx.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {bytes}/{total_bytes} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let json = ctx.json;
+    let rec = client
+        .watch(id, 0, Duration::from_secs(20), |e: &JobEvent| {
+            if json {
+                crate::out::json(&serde_json::json!({ "job": id, "event": e }));
+                return;
+            }
+            match &e.kind {
+                EventKind::Progress(p) => {
+                    let line = progress_line(p);
+                    match &bar {
+                        Some(b) => {
+                            b.set_length(p.total_bytes.max(1));
+                            b.set_position(p.total_bytes.saturating_sub(p.remaining_bytes));
+                            b.set_message(line);
+                        }
+                        None => {
+                            if last_line.elapsed() >= Duration::from_secs(2) {
+                                println!("    {line}");
+                                last_line = Instant::now();
+                            }
+                        }
+                    }
+                }
+                other => {
+                    if let Some(b) = &bar {
+                        b.finish_and_clear();
+                    }
+                    if let Some(s) = event_line(id, other) {
+                        println!("{s}");
+                    }
+                }
+            }
+        })
+        .await?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    sync_cluster(ctx, &rec)?;
+    let _ = started;
+    match rec.status {
+        JobStatus::Succeeded => Ok(()),
+        s => bail!("job {} {}: {}", rec.id, status_str(s), rec.error.clone().unwrap_or_default()),
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    format!(
+        "pass {} | {:.0}/{:.0} MiB sent, {:.0} MiB left | {:.1} MiB/s | dirty {:.1} MiB/s | expected downtime {} ms | ETA {}",
+        p.pass,
+        mib(p.transferred_bytes),
+        mib(p.total_bytes),
+        mib(p.remaining_bytes),
+        mib(p.rate_bytes_per_s),
+        mib(p.dirty_rate_bytes_per_s),
+        p.expected_downtime_ms,
+        p.eta_s.map_or("-".to_string(), |s| format!("{s} s"))
+    )
+}
+
+fn seed_date() -> String {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] UTC [year]"
+    );
+    time::OffsetDateTime::now_utc().format(&fmt).unwrap_or_default()
+}
+
+fn event_line(id: &str, e: &EventKind) -> Option<String> {
+    Some(match e {
+        EventKind::JobStarted { action } => format!("Deploying Action ID : {id} {action}"),
+        EventKind::StepStarted { step } => format!("  {} ...", step.seed_name()),
+        EventKind::StepDone { step, elapsed_ms, note } => {
+            format!("  Step {} completed successfully [Elapsed = {elapsed_ms} mS]: {note}", step.seed_name())
+        }
+        EventKind::StepFailed { step, error } => format!("  Step {} FAILED: {error}", step.seed_name()),
+        EventKind::Info { message } if message.is_empty() => return None,
+        EventKind::Info { message } => format!("    {message}"),
+        EventKind::Progress(_) => return None,
+        EventKind::JobEnded { status, error, summary } => {
+            let mut s = String::new();
+            if let (Some(d), Some(t)) = (summary.downtime_ms, summary.migration_ms) {
+                s.push_str(&format!(
+                    "Summary: total {} ms, memory migration {t} ms, downtime {d} ms (QEMU), {:.1} MiB sent in {} passes\n",
+                    summary.total_ms,
+                    mib(summary.transferred_bytes.unwrap_or(0)),
+                    summary.passes.unwrap_or(0)
+                ));
+            }
+            match status {
+                JobStatus::Succeeded => s.push_str(&format!(
+                    "Done...\nDone [Elapsed = {} mS [{:.1} minutes] {}]",
+                    summary.total_ms,
+                    summary.total_ms as f64 / 60000.0,
+                    seed_date()
+                )),
+                other => s.push_str(&format!(
+                    "{} [Elapsed = {} mS]: {}",
+                    format!("{other:?}").to_uppercase(),
+                    summary.total_ms,
+                    error.clone().unwrap_or_default()
+                )),
+            }
+            s
+        }
+    })
+}

@@ -1,0 +1,181 @@
+//! `vmove migrate`: prechecks, then a job on the target agent, followed to its end.
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use futures::future::join_all;
+use vmove_api::{JobBrief, JobSpec, JobStatus, MigrationParams, PeerHost, Request};
+use vmove_model::{parse_duration_ms, parse_rate_bytes_per_s, Cluster};
+use vmove_plan::{Busy, CheckInput, Finding, MigrationRequest, Mode, Reach, Step, Verdict};
+
+use crate::args::MigrateArgs;
+use crate::ctx::Ctx;
+
+pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    let guest = cluster
+        .guest(&a.guest)
+        .ok_or_else(|| anyhow!("no guest named {} in {}", a.guest, ctx.cluster_path.display()))?
+        .clone();
+    let source = a.from.clone().unwrap_or_else(|| guest.host.clone());
+    let mode = Mode::parse(&a.mode).map_err(|e| anyhow!("--mode: {e}"))?;
+    let step = a.step.as_deref().map(Step::parse).transpose().map_err(|e| anyhow!("--step: {e}"))?;
+    if let Some(s) = step {
+        if !s.valid_for(mode) {
+            bail!("--step {}: not a step of {} migration", s.seed_name(), mode.as_str());
+        }
+    }
+    let params = params(&cluster, &a)?;
+    let req = MigrationRequest {
+        guest: guest.name.clone(),
+        source: source.clone(),
+        target: a.to.clone(),
+        mode,
+        timeout_s: params.timeout_s,
+        max_downtime_ms: params.max_downtime_ms,
+        bandwidth_bytes_per_s: params.bandwidth_bytes_per_s,
+        insecure_transport: params.insecure_transport,
+    };
+    let precheck_only = a.precheck || step == Some(Step::PrecheckLiveMigration);
+    if precheck_only || step.is_none() {
+        let findings = prechecks(ctx, &cluster, &req).await?;
+        let failed = vmove_plan::any_failed(&findings);
+        if precheck_only || failed {
+            print_findings(ctx, &req, &findings);
+        }
+        if failed {
+            bail!(
+                "precheck failed: {}",
+                findings.iter().filter(|f| f.verdict == Verdict::Fail).map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        if precheck_only {
+            return Ok(());
+        }
+        if !ctx.json {
+            let warns = findings.iter().filter(|f| f.verdict == Verdict::Warn).count();
+            eprintln!("prechecks passed ({} checks, {warns} warnings)", findings.len());
+            for f in findings.iter().filter(|f| f.verdict == Verdict::Warn) {
+                eprintln!("  WARN {}: {}", f.id.as_str(), f.reason);
+            }
+        }
+    }
+    let src = cluster.host(&source).ok_or_else(|| anyhow!("no host named {source} in the cluster file"))?;
+    let spec = JobSpec {
+        guest,
+        mode,
+        source: PeerHost { name: src.name.clone(), address: src.address.clone() },
+        target: a.to.clone(),
+        step,
+        params,
+        inject_fault: a.inject_fault.as_deref().map(Step::parse).transpose().map_err(|e| anyhow!("--inject-fault: {e}"))?,
+    };
+    let client = ctx.client(&cluster, &a.to)?;
+    let rec: vmove_api::JobRecord = client.call(&Request::JobSubmit { spec }).await?;
+    if a.detach {
+        if ctx.json {
+            crate::out::json(&serde_json::json!({ "job": rec.id, "target": a.to }));
+        } else {
+            println!("{}", rec.id);
+        }
+        return Ok(());
+    }
+    crate::cmd_job::follow(ctx, &a.to, &rec.id).await
+}
+
+fn params(c: &Cluster, a: &MigrateArgs) -> Result<MigrationParams> {
+    let ms = |s: &Option<String>, what: &str| -> Result<Option<u64>> {
+        s.as_deref().map(|v| parse_duration_ms(v).map_err(|e| anyhow!("--{what}: {e}"))).transpose()
+    };
+    let p = MigrationParams {
+        timeout_s: ms(&a.timeout, "timeout")?.map_or(c.policy.live_timeout_s, |m| m.div_ceil(1000)),
+        max_downtime_ms: ms(&a.max_downtime, "max-downtime")?.unwrap_or(c.policy.max_downtime_ms),
+        bandwidth_bytes_per_s: a
+            .bandwidth
+            .as_deref()
+            .map(|b| parse_rate_bytes_per_s(b).map_err(|e| anyhow!("--bandwidth: {e}")))
+            .transpose()?,
+        insecure_transport: a.insecure_transport,
+        multifd_channels: a.multifd,
+        allow_postcopy: c.policy.allow_postcopy,
+        ..MigrationParams::default()
+    };
+    if p.timeout_s == 0 {
+        bail!("--timeout must be positive");
+    }
+    Ok(p)
+}
+
+/// Gathers the live reports and runs every precheck.
+pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> Result<Vec<Finding>> {
+    let short = Duration::from_secs(5);
+    let client_of = |h: &str| ctx.client(cluster, h).ok().map(|c| c.with_timeout(short));
+    let (src_c, dst_c) = (client_of(&req.source), client_of(&req.target));
+    async fn info(c: &Option<vmove_api::AgentClient>) -> Result<vmove_api::HostInfo> {
+        match c {
+            Some(c) => c.call(&Request::HostInfo).await,
+            None => Err(anyhow!("not in the cluster file")),
+        }
+    }
+    let (si, di) = tokio::join!(info(&src_c), info(&dst_c));
+    let mut busy = Vec::new();
+    let lists = join_all([&src_c, &dst_c].into_iter().flatten().map(|c| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
+    for l in lists.into_iter().flatten() {
+        for j in l.into_iter().filter(|j| j.status == JobStatus::Running) {
+            busy.push(Busy {
+                guest: Some(j.guest.clone()),
+                host: Some(j.target.clone()),
+                what: format!("job {} ({} of {})", j.id, j.mode.as_str(), j.guest),
+            });
+            busy.push(Busy { guest: None, host: Some(j.source.clone()), what: format!("job {} migrates {} away", j.id, j.guest) });
+        }
+    }
+    let dirty = if req.mode == Mode::Live && si.is_ok() {
+        match &src_c {
+            Some(c) => c
+                .clone()
+                .with_timeout(Duration::from_secs(15))
+                .call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1 })
+                .await
+                .ok(),
+            None => None,
+        }
+    } else {
+        None
+    };
+    fn reach(r: &Result<vmove_api::HostInfo>) -> Reach<'_> {
+        match r {
+            Ok(i) => Reach::Answered(i),
+            Err(e) => Reach::Unreachable(format!("{e:#}").replace('\n', " ")),
+        }
+    }
+    let input = CheckInput {
+        cluster,
+        request: req,
+        source: reach(&si),
+        target: reach(&di),
+        busy: &busy,
+        dirty_rate_bytes_per_s: dirty,
+        link_bytes_per_s: cluster.policy.migration_link_bytes_per_s,
+    };
+    Ok(vmove_plan::run(&input))
+}
+
+fn print_findings(ctx: &Ctx, req: &MigrationRequest, f: &[Finding]) {
+    if ctx.json {
+        crate::out::json(&serde_json::json!({
+            "guest": req.guest, "source": req.source, "target": req.target, "mode": req.mode,
+            "passed": !vmove_plan::any_failed(f), "findings": f,
+        }));
+        return;
+    }
+    println!(
+        "PRECHECK {} migration of {} from {} to {}",
+        req.mode.as_str(),
+        req.guest,
+        req.source,
+        req.target
+    );
+    let rows: Vec<Vec<String>> =
+        f.iter().map(|x| vec![x.verdict.as_str().to_uppercase(), x.id.as_str().to_string(), x.reason.clone()]).collect();
+    crate::out::table(&["VERDICT", "CHECK", "REASON"], &rows);
+}

@@ -1,0 +1,106 @@
+//! What a host reports about itself: the inventory and its guests' states.
+use serde::{Deserialize, Serialize};
+
+use crate::GuestSpec;
+
+/// A guest's run state on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestState {
+    /// Defined, no QEMU.
+    Stopped,
+    /// QEMU started, not yet confirmed running.
+    Starting,
+    /// Running.
+    Running,
+    /// QEMU paused (stopped vCPUs).
+    Paused,
+    /// Graceful shutdown requested.
+    ShuttingDown,
+    /// QEMU waiting for an incoming migration.
+    Incoming,
+    /// QEMU exited without being asked to.
+    Crashed,
+}
+
+/// A guest as a host reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestStatus {
+    /// Definition.
+    pub spec: GuestSpec,
+    /// Run state.
+    pub state: GuestState,
+    /// QEMU's pid, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Seconds since QEMU started, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<u64>,
+}
+
+/// A bridge on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeInfo {
+    /// Bridge name.
+    pub name: String,
+    /// VLAN id, if the bridge is a VLAN bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+/// A storage pool as a host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// Pool name.
+    pub name: String,
+    /// Directory.
+    pub path: String,
+    /// Whether the host can write it.
+    pub writable: bool,
+}
+
+/// `host_info` result: the host inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Host name.
+    pub name: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// QEMU version, `major.minor.micro`.
+    pub qemu_version: String,
+    /// Hardware model (DMI product name, or a configured value).
+    pub hardware_model: String,
+    /// Hardware generation (configured).
+    pub hardware_generation: u32,
+    /// Accelerator setting (`kvm`, `tcg`, `auto`) and what it resolves to.
+    pub accel: String,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// CPU flags.
+    pub cpu_flags: Vec<String>,
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// Memory, MiB.
+    pub memory_total_mib: u64,
+    /// Memory the kernel reports available, MiB.
+    pub memory_free_mib: u64,
+    /// Memory reserved for the host itself, MiB.
+    pub memory_reserve_mib: u64,
+    /// Memory of every defined guest, MiB.
+    pub memory_committed_mib: u64,
+    /// What a new guest may still use: total − reserve − committed, MiB.
+    pub memory_available_mib: u64,
+    /// vCPUs of every defined guest.
+    pub vcpus_committed: u32,
+    /// Bridges.
+    pub bridges: Vec<BridgeInfo>,
+    /// Storage pools.
+    pub pools: Vec<PoolInfo>,
+    /// Console TCP ports in use.
+    pub console_ports_in_use: Vec<u16>,
+    /// Console ports this host hands out.
+    pub console_port_range: (u16, u16),
+    /// Guests and their states.
+    pub guests: Vec<GuestStatus>,
+}
+

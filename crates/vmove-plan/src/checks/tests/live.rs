@@ -1,0 +1,240 @@
+//! LIVE-only checks.
+use super::*;
+
+#[test]
+fn offline_modes_have_no_live_checks() {
+    for mode in [Mode::Offline, Mode::OfflineForce] {
+        assert!(Fx::new(mode).run().iter().all(|f| !f.id.live_only()));
+    }
+}
+
+mod guest_running {
+    use super::*;
+    const ID: CheckId = CheckId::GuestRunning;
+
+    #[test]
+    fn passes() {
+        let fx = Fx::new(Mode::Live);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "vm1 is running on host1 (pid 4242)")
+        );
+    }
+
+    #[test]
+    fn fails_when_stopped() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.guests[0] = status(fx.cluster.guests[0].clone(), GuestState::Stopped);
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "vm1 is stopped on host1: LIVE needs a running guest (use MODE=OFFLINE)"
+            )
+        );
+    }
+
+    #[test]
+    fn fails_when_absent_or_unreachable() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.guests.clear();
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "host1 does not report vm1: LIVE needs a running guest"
+            )
+        );
+        fx.src_down = Some("connection refused".into());
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "not evaluated: source host1 unreachable (connection refused)"
+            )
+        );
+    }
+}
+
+mod same_hardware_and_cpu {
+    use super::*;
+    const ID: CheckId = CheckId::SameHardwareAndCpu;
+
+    #[test]
+    fn passes_for_identical_hosts() {
+        let fx = Fx::new(Mode::Live);
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Pass,
+                "host1 and host2: same hardware (Lab KVM), 8 CPUs, CPU model Xeon-E5"
+            )
+        );
+    }
+
+    #[test]
+    fn passes_when_the_source_flags_are_a_subset() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.tgt.cpu_count = 16;
+        fx.tgt.cpu_flags.push("avx512f".into());
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "host1 and host2 differ (CPUs 8 vs 16), but host1's CPU flags are a subset of host2's")
+        );
+    }
+
+    #[test]
+    fn fails_listing_at_most_five_missing_flags() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.cpu_flags = [
+            "fpu", "sse2", "avx", "avx2", "avx512f", "avx512bw", "avx512vl", "vmx", "aes",
+        ]
+        .map(String::from)
+        .to_vec();
+        fx.tgt.cpu_model = "EPYC".into();
+        fx.tgt.cpu_flags = vec!["fpu".into(), "sse2".into()];
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "host1 and host2 differ (CPU model Xeon-E5 vs EPYC) and host2 lacks 7 of host1's CPU flags: \
+                 avx, avx2, avx512f, avx512bw, avx512vl (+2 more)"
+            )
+        );
+    }
+}
+
+mod encrypted_channel {
+    use super::*;
+    const ID: CheckId = CheckId::EncryptedChannel;
+
+    #[test]
+    fn passes() {
+        let fx = Fx::new(Mode::Live);
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Pass,
+                "migration stream encrypted with TLS (cluster CA certificates)"
+            )
+        );
+    }
+
+    #[test]
+    fn fails_when_policy_requires_encryption() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.req.insecure_transport = true;
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "policy requires an encrypted migration channel, but insecure transport was requested")
+        );
+    }
+
+    #[test]
+    fn warns_when_policy_allows_insecure() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.req.insecure_transport = true;
+        fx.cluster.policy.require_encrypted_migration = false;
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Warn,
+                "insecure transport: the migration stream is not encrypted (policy allows it)"
+            )
+        );
+    }
+}
+
+mod policy_minimums {
+    use super::*;
+    const ID: CheckId = CheckId::PolicyMinimums;
+
+    #[test]
+    fn passes() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.cluster.policy.min_hardware_generation = 2;
+        fx.src.hardware_generation = 3;
+        fx.tgt.hardware_generation = 3;
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "agents host1 0.1.0, host2 0.1.0 >= 0.1.0; hardware generations host1 3, host2 3 >= 2")
+        );
+    }
+
+    #[test]
+    fn fails_below_the_minimums() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.cluster.policy.min_agent_version = "0.1.10".into();
+        fx.cluster.policy.min_hardware_generation = 2;
+        fx.src.agent_version = "0.1.10".into();
+        fx.src.hardware_generation = 3;
+        fx.tgt.agent_version = "0.1.9".into();
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "below policy minimums: host2 agent 0.1.9 < 0.1.10; host2 hardware generation 1 < 2")
+        );
+    }
+}
+
+mod predicted_convergence {
+    use super::*;
+    const ID: CheckId = CheckId::PredictedConvergence;
+
+    #[test]
+    fn passes_within_the_timeout() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.link = Some(100 * MIB);
+        fx.dirty = Some(20 * MIB);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "about 7s to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, within the timeout of 10m")
+        );
+    }
+
+    #[test]
+    fn fails_when_dirtying_outpaces_the_link() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.link = Some(100 * MIB);
+        fx.req.bandwidth_bytes_per_s = Some(50 * MIB);
+        fx.dirty = Some(60 * MIB);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "vm1 dirties 60 MB/s, link moves 50 MB/s: will not converge; it would time out after 10m")
+        );
+    }
+
+    #[test]
+    fn fails_when_too_slow_for_the_timeout() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.req.timeout_s = 5;
+        fx.req.bandwidth_bytes_per_s = Some(100 * MIB);
+        fx.dirty = Some(20 * MIB);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "predicted 7s to copy 512 MiB at 100 MB/s with 20 MB/s dirtied exceeds the timeout of 5s")
+        );
+    }
+
+    #[test]
+    fn warns_when_not_measured() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.link = Some(100 * MIB);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Warn, "not measured: dirty rate of vm1 unknown")
+        );
+        fx.dirty = Some(MIB);
+        fx.link = None;
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Warn, "not measured: link throughput unknown")
+        );
+    }
+}
