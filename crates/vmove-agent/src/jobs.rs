@@ -37,6 +37,9 @@ pub struct MigrationState {
     pub mode: Mode,
     /// Source host.
     pub source: String,
+    /// Source agent address.
+    #[serde(default)]
+    pub source_address: String,
     /// Steps completed so far.
     pub completed: Vec<Step>,
     /// Whether the guest ran before the migration (it runs again after, or stays stopped).
@@ -232,8 +235,16 @@ impl Jobs {
     }
 
     /// Accepts a migration job and starts it.
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord> {
+    pub fn submit(self: &Arc<Self>, mut spec: JobSpec) -> Result<JobRecord> {
         let me = &self.agent.cfg.name;
+        if spec.source.name == *me && spec.step.is_some() {
+            // The cluster file already says the guest is here (MIGRATE_GUEST done): the
+            // unfinished migration knows where it came from.
+            if let Some(m) = self.load_mig(&spec.guest.name).filter(|m| !m.finished && !m.source_address.is_empty()) {
+                spec.source = vmove_api::PeerHost { name: m.source.clone(), address: m.source_address.clone() };
+                spec.guest.host = m.source.clone();
+            }
+        }
         if spec.target != *me {
             bail!("this is {me}, not the target {}", spec.target);
         }
@@ -259,6 +270,7 @@ impl Jobs {
                 guest: spec.guest.name.clone(),
                 mode: spec.mode,
                 source: spec.source.name.clone(),
+                source_address: spec.source.address.clone(),
                 completed: vec![],
                 was_running: None,
                 finished: false,

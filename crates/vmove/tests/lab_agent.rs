@@ -41,7 +41,7 @@ fn guest_lifecycle_disk_acpi_stop_and_agent_restart() {
     let st = lab.json(&["guest", "show", "vm1"]);
     assert_eq!(st["state"], "running", "{st}");
     assert_eq!(st["pid"].as_u64(), Some(u64::from(pid)), "same QEMU re-adopted");
-    assert_eq!(qemu_pids("vm1"), vec![pid], "exactly one QEMU for vm1");
+    assert_eq!(lab.qemu_pids("vm1"), vec![pid], "exactly one QEMU for vm1");
     let all = lab.json(&["guest", "list"]);
     assert_eq!(all.as_array().unwrap().iter().filter(|g| g["guest"]["spec"]["name"] == "vm1").count(), 1);
     lab.tcp_echo("192.0.2.11:7").expect("echo after re-adoption");
@@ -51,7 +51,7 @@ fn guest_lifecycle_disk_acpi_stop_and_agent_restart() {
     let st = lab.json(&["guest", "stop", "vm1"]);
     assert_eq!(st["state"], "stopped", "{st}");
     assert!(lab.log("vm1").contains("POWERING OFF"), "stopped through the ACPI power button");
-    assert!(qemu_pids("vm1").is_empty(), "no QEMU after stop");
+    assert!(lab.qemu_pids("vm1").is_empty(), "no QEMU after stop");
 
     // The disk log survives and grows across boots.
     lab.ok(&["guest", "start", "vm1"]);
@@ -63,7 +63,7 @@ fn guest_lifecycle_disk_acpi_stop_and_agent_restart() {
     assert!(!log.contains("DISK FAIL"), "{log}");
 
     lab.ok(&["guest", "destroy", "vm1"]);
-    assert!(qemu_pids("vm1").is_empty());
+    assert!(lab.qemu_pids("vm1").is_empty());
     lab.fails(&["guest", "show", "vm1"]);
 }
 

@@ -188,3 +188,66 @@ pub fn assert_nothing_left(name: &str, dir: &Path) {
         .count();
     assert_eq!(slots, 0, "lab slot still claimed");
 }
+
+impl Lab {
+    /// Where the cluster file puts a guest.
+    pub fn cluster_host(&self, guest: &str) -> String {
+        let c = vmove_model::Cluster::load(&self.cluster).expect("cluster file");
+        c.guest(guest).map(|g| g.host.clone()).unwrap_or_default()
+    }
+
+    /// Creates and starts a lab-image guest with a NIC (and a data disk) and waits until it
+    /// answers TCP echo and verifies its memory (and disk).
+    pub fn boot_guest(&self, name: &str, host: &str, ip: &str, dirty: u32, disk: bool) {
+        let nic = format!("lab-net,ip={ip}/24");
+        let vol = format!("shared/{name}-data.img:32M");
+        let dirty = dirty.to_string();
+        let mut args = vec!["guest", "create", name, "--host", host, "--nic", &nic, "--dirty-rate", &dirty, "--start"];
+        if disk {
+            args.extend(["--disk", &vol]);
+        }
+        self.ok(&args);
+        self.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(120));
+        self.wait_log(name, "VERIFY OK", Duration::from_secs(60), |l| l.contains("VERIFY OK") && (!disk || l.contains("DISK OK")));
+    }
+
+    /// The lab host whose namespace holds a process.
+    pub fn host_of_pid(&self, pid: u32) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+        (1..=13).map(|i| format!("host{i}")).find(|h| {
+            std::fs::metadata(vmove_host::netns::path(&self.host_ns(h))).is_ok_and(|n| n.ino() == m.ino() && n.dev() == m.dev())
+        })
+    }
+
+    /// QEMU processes of a guest in this lab.
+    pub fn qemu_pids(&self, guest: &str) -> Vec<u32> {
+        let dir = self.dir.display().to_string();
+        qemu_pids(guest).into_iter().filter(|p| vmove_host::proc::cmdline(*p).iter().any(|a| a.contains(&dir))).collect()
+    }
+
+    /// Hosts where a QEMU of the guest runs.
+    pub fn qemu_hosts(&self, guest: &str) -> Vec<String> {
+        self.qemu_pids(guest).into_iter().filter_map(|p| self.host_of_pid(p)).collect()
+    }
+
+    /// `vmove --json ...` when it is expected to fail: the first JSON line of stdout.
+    pub fn json_fail(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.vmove(&a);
+        assert!(!o.status.success(), "vmove {args:?} should have failed");
+        let out = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(out.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"))
+    }
+}
+
+/// The verdict of one check in a precheck's JSON.
+pub fn verdict(findings: &Value, id: &str) -> String {
+    findings["findings"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["id"] == id))
+        .and_then(|f| f["verdict"].as_str())
+        .unwrap_or("missing")
+        .to_string()
+}

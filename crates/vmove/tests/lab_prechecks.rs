@@ -1,0 +1,70 @@
+//! Issue "Cluster file and prechecks": `migrate --precheck` and PRECHECK_LIVEMIGRATION
+//! against real agents, for a pass and for each kind of failure.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vmove_api::{AgentClient, Request};
+
+#[test]
+fn prechecks_pass_fail_and_warn_against_real_agents() {
+    let lab = Lab::up("pre", 2);
+    lab.boot_guest("vm1", "host1", "192.0.2.21", 0, false);
+
+    // A precheck that passes changes nothing and exits 0.
+    let f = lab.json(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--precheck"]);
+    assert_eq!(f["passed"], true, "{f}");
+    assert_eq!(verdict(&f, "target-memory"), "pass");
+    assert_eq!(lab.cluster_host("vm1"), "host1");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()], "nothing moved");
+    let live = lab.json(&["migrate", "vm1", "--to", "host2", "--step", "PRECHECK_LIVEMIGRATION"]);
+    assert_eq!(live["passed"], true, "{live}");
+    assert_eq!(verdict(&live, "guest-running"), "pass");
+    assert_eq!(verdict(&live, "encrypted-channel"), "pass");
+
+    // vCPUs past the target's physical count: a warning, not a failure.
+    lab.ok(&["guest", "create", "wide", "--host", "host1", "--vcpus", "3", "--memory", "256M"]);
+    let f = lab.json(&["migrate", "wide", "--to", "host2", "--mode", "offline", "--precheck"]);
+    assert_eq!(f["passed"], true, "{f}");
+    assert_eq!(verdict(&f, "vcpu-overcommit"), "warn");
+
+    // A live precheck of a stopped guest fails.
+    let f = lab.json_fail(&["migrate", "wide", "--to", "host2", "--step", "PRECHECK_LIVEMIGRATION"]);
+    assert_eq!(verdict(&f, "guest-running"), "fail", "{f}");
+
+    // Memory: the target has less free memory than the guest needs.
+    lab.ok(&["guest", "create", "filler", "--host", "host2", "--memory", "5600M"]);
+    let f = lab.json_fail(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--precheck"]);
+    assert_eq!(verdict(&f, "target-memory"), "fail", "{f}");
+    lab.ok(&["guest", "destroy", "filler"]);
+
+    // The guest's name is already used on the target (defined there behind the file's back).
+    let pki = lab.dir.join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let op = vmove_api::pki::CertPair::read(&pki, "operator").unwrap();
+    let c = vmove_model::Cluster::load(&lab.cluster).unwrap();
+    let h2 = c.host("host2").unwrap().address.parse().unwrap();
+    let client = AgentClient::new(h2, "host2", vmove_api::tls::client_config(&ca, &op).unwrap());
+    let mut dup = c.guest("wide").unwrap().clone();
+    dup.name = "vm1".into();
+    dup.nics.clear();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(client.call::<serde_json::Value>(&Request::GuestDefine { spec: dup })).unwrap();
+    let f = lab.json_fail(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--precheck"]);
+    assert_eq!(verdict(&f, "guest-name-free-on-target"), "fail", "{f}");
+    rt.block_on(client.call::<serde_json::Value>(&Request::GuestUndefine { name: "vm1".into() })).unwrap();
+
+    // A missing bridge on the target.
+    let ns = lab.host_ns("host2");
+    let st = std::process::Command::new("ip").args(["netns", "exec", &ns, "ip", "link", "del", "lab-net"]).status().unwrap();
+    assert!(st.success());
+    let f = lab.json_fail(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--precheck"]);
+    assert_eq!(verdict(&f, "networks-on-target"), "fail", "{f}");
+    // ...and a whole migration stops on it, changing nothing.
+    let e = lab.fails(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
+    assert!(e.contains("precheck failed") && e.contains("networks-on-target"), "{e}");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
+    lab.tcp_echo("192.0.2.21:7").expect("guest untouched");
+    let _ = Duration::from_secs(0);
+}
