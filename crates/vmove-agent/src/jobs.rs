@@ -405,8 +405,26 @@ impl Jobs {
                     let cancelled = cell.cancelled() || msg.contains("cancelled");
                     self.set_step(&cell, step, StepStatus::Failed, Some(msg.clone()));
                     self.emit(&cell, EventKind::StepFailed { step, error: msg.clone() });
-                    let (status, error) = if cancelled && step == Step::MigrateGuest && spec.mode == Mode::Live {
-                        (JobStatus::Cancelled, format!("{}: {msg}", step.seed_name()))
+                    let live_before_switchover = spec.mode == Mode::Live && step == Step::MigrateGuest;
+                    if live_before_switchover {
+                        // The guest never left the source: undo the target's preparations
+                        // at once, so the target is clean and a new migration can start.
+                        for done in mig.completed.clone().into_iter().rev() {
+                            if let Err(u) = crate::steps::undo_step(&self, done, &spec, &mig).await {
+                                tracing::error!("undo {}: {u:#}", done.seed_name());
+                            }
+                        }
+                        mig.completed.clear();
+                        mig.finished = true;
+                        mig.rolled_back = true;
+                        let _ = self.save_mig(&mig);
+                        cell.lock().guest_host = Some(spec.source.name.clone());
+                    }
+                    let (status, error) = if live_before_switchover {
+                        (
+                            if cancelled || msg.contains("timed out") { JobStatus::Cancelled } else { JobStatus::Failed },
+                            format!("{}: {msg}; the target was cleaned up", step.seed_name()),
+                        )
                     } else {
                         (
                             JobStatus::Failed,

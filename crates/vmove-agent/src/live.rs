@@ -332,6 +332,9 @@ async fn dst_migrate_inner(
             vmove_api::EventKind::Info { message: format!("the source did not confirm the end of its QEMU ({e:#}); its agent fences it at restart") },
         );
     }
+    // Announce once more now that the source QEMU and its tap are gone: a late frame
+    // flushed from the paused source could otherwise have taught the switches the old port.
+    q.announce_self(&AnnounceParameters::default()).await.context("announce-self")?;
     Ok(format!(
         "switched over to {} in {} ms, downtime {} ms, {} MiB sent in {} passes; announced",
         agent.cfg.name,

@@ -69,6 +69,9 @@ pub struct MigrateArgs {
     /// multifd channels (0 = one stream).
     #[arg(long, default_value_t = 2)]
     pub multifd: u8,
+    /// Go on even if this check fails (its finding becomes a warning); repeatable.
+    #[arg(long, value_name = "CHECK")]
+    pub ignore_check: Vec<String>,
     /// Return the job id at once instead of following the job.
     #[arg(long)]
     pub detach: bool,

@@ -37,7 +37,14 @@ pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
     };
     let precheck_only = a.precheck || step == Some(Step::PrecheckLiveMigration);
     if precheck_only || step.is_none() {
-        let findings = prechecks(ctx, &cluster, &req).await?;
+        let mut findings = prechecks(ctx, &cluster, &req).await?;
+        for id in &a.ignore_check {
+            let id = vmove_plan::CheckId::parse(id).ok_or_else(|| anyhow!("--ignore-check {id:?}: no such check"))?;
+            for f in findings.iter_mut().filter(|f| f.id == id && f.verdict == Verdict::Fail) {
+                f.verdict = Verdict::Warn;
+                f.reason = format!("ignored by the operator: {}", f.reason);
+            }
+        }
         let failed = vmove_plan::any_failed(&findings);
         if precheck_only || failed {
             print_findings(ctx, &req, &findings);

@@ -203,6 +203,9 @@ fn writer(
         if seq >= capacity {
             say(&format!("DISK FULL {seq}"));
             full = true;
+            if stopping {
+                return;
+            }
             continue;
         }
         let event = if stopping { "poweroff" } else { "tick" };
