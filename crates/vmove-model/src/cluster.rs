@@ -189,7 +189,7 @@ impl Cluster {
     /// The file's text.
     pub fn to_toml(&self) -> String {
         let mut c = self.clone();
-        c.hosts.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        c.hosts.sort_by_key(|h| natural_key(&h.name));
         c.networks.sort_by(|a, b| a.name.cmp(&b.name));
         c.pools.sort_by(|a, b| a.name.cmp(&b.name));
         c.guests.sort_by(|a, b| a.name.cmp(&b.name));
