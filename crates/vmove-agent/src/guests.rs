@@ -618,7 +618,10 @@ impl Agent {
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))?;
         }
-        let _ = std::fs::remove_dir_all(self.run_dir(name));
+        // Keep the last console log for forensics (`run/.<name>.previous/`).
+        let prev = self.cfg.run_dir.join(format!(".{name}.previous"));
+        let _ = std::fs::remove_dir_all(&prev);
+        let _ = std::fs::rename(self.run_dir(name), &prev);
         self.lock_guests().remove(name);
         Ok(())
     }

@@ -208,6 +208,22 @@ fn progress(info: &MigrationInfo) -> Progress {
     }
 }
 
+/// QEMU marks a migration completed a moment before it fills in `total-time` and
+/// `downtime`: ask again until they are there (up to a second).
+async fn final_figures(peer: &vmove_api::AgentClient, name: &str, mut info: MigrationInfo) -> MigrationInfo {
+    for _ in 0..20 {
+        if info.total_time.unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match peer.call::<MigrationInfo>(&Request::PeerMigrateQuery { name: name.to_string() }).await {
+            Ok(i) => info = i,
+            Err(_) => break,
+        }
+    }
+    info
+}
+
 /// dst MIGRATE_GUEST.
 pub async fn dst_migrate(jobs: &Jobs, cell: &JobCell, spec: &JobSpec, summary: &mut Summary) -> Result<String> {
     let agent = jobs.agent.clone();
@@ -284,7 +300,7 @@ async fn dst_migrate_inner(
                 misses = 0;
                 let pr = progress(&info);
                 match pr.status.as_str() {
-                    "completed" => break info,
+                    "completed" => break final_figures(peer, name, info).await,
                     "failed" | "cancelled" => bail!(
                         "the source reports the migration {}: {}",
                         pr.status,

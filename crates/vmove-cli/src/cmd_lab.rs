@@ -108,7 +108,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     let sub = Ctx { cluster_path: info.cluster_file.clone(), json: ctx.json };
     say(ctx, "hosts");
     crate::cmd_host::run(&sub, crate::args::HostCmd::List).await?;
-    say(ctx, "guest vm1 on host1: 512 MiB, a NIC on lab-net at 192.0.2.10, a data disk in shared");
+    say(ctx, "guest vm1 on host1: 512 MiB, 192.0.2.10 on lab-net, a data disk, dirtying 20 MB/s of memory");
     let create = crate::args::CreateArgs {
         name: "vm1".into(),
         host: "host1".into(),
@@ -118,38 +118,71 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
         nic: vec!["lab-net,ip=192.0.2.10/24".into()],
         disk: vec!["shared/vm1-data.img:64M".into()],
         image: "lab".into(),
-        dirty_rate: 5,
-        wss: 64,
+        dirty_rate: 20,
+        wss: 128,
         start: true,
     };
     crate::cmd_guest::run(&sub, crate::args::GuestCmd::Create(create)).await?;
-    say(ctx, "waiting for the guest's services");
     let addr = "192.0.2.10:7".parse()?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let rtt = loop {
-        match vmove_lab::probe::tcp_echo(&info.client_namespace, addr, b"hello from the client").await {
-            Ok(d) => break d,
-            Err(e) if Instant::now() > deadline => bail!("guest did not answer TCP echo: {e:#}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+    while vmove_lab::probe::tcp_echo(&info.client_namespace, addr, b"hello").await.is_err() {
+        if Instant::now() > deadline {
+            bail!("guest vm1 did not answer TCP echo within 60 s");
         }
-    };
-    let udp = vmove_lab::probe::udp_echo(&info.client_namespace, addr, b"ping").await?;
-    say(
-        ctx,
-        &format!(
-            "client {} -> vm1: TCP echo {:.1} ms, UDP echo {:.1} ms",
-            info.client_namespace,
-            rtt.as_secs_f64() * 1e3,
-            udp.as_secs_f64() * 1e3
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    say(ctx, &format!("client {} opens one TCP connection to vm1 and echoes a message every 10 ms", info.client_namespace));
+    let session = vmove_lab::probe::TcpSession::start(&info.client_namespace, addr, Duration::from_millis(10))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    say(ctx, "live migration of vm1 from host1 to host2 (TLS, multifd, downtime limit 300 ms)");
+    let migrated = crate::cmd_migrate::run(
+        &sub,
+        crate::args::MigrateArgs {
+            guest: "vm1".into(),
+            to: "host2".into(),
+            from: None,
+            mode: "live".into(),
+            step: None,
+            precheck: false,
+            timeout: None,
+            max_downtime: None,
+            bandwidth: None,
+            insecure_transport: false,
+            multifd: 2,
+            ignore_check: vec![],
+            detach: false,
+            inject_fault: None,
+        },
+    )
+    .await;
+    let before = session.echoed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session.echoed() < before + 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rep = session.stop();
+    migrated?;
+    match &rep.error {
+        None => say(
+            ctx,
+            &format!(
+                "client: the connection survived (same connection, local port {}): {} echoes, longest gap {} ms",
+                rep.local_port, rep.echoed, rep.longest_gap_ms
+            ),
         ),
-    );
+        Some(e) => say(ctx, &format!("client: the connection did NOT survive: {e}")),
+    }
+    if ctx.json {
+        crate::out::json(&serde_json::json!({ "client": rep }));
+    }
     say(ctx, "guests");
     crate::cmd_guest::run(&sub, crate::args::GuestCmd::List { host: None }).await?;
-    say(ctx, "vm1's console (last lines)");
     let log = crate::cmd_guest::log_text(&sub, "vm1").await?;
-    for l in log.lines().filter(|l| l.starts_with("VERIFY") || l.starts_with("DISK") || l.starts_with("VMOVE")).rev().take(4).collect::<Vec<_>>().into_iter().rev() {
-        say(ctx, l);
+    if let Some(l) = log.lines().rev().find(|l| l.starts_with("VERIFY")) {
+        say(ctx, &format!("vm1's memory verifier on host2: {l}"));
     }
-    say(ctx, "stop vm1 through ACPI");
-    crate::cmd_guest::run(&sub, crate::args::GuestCmd::Stop { name: "vm1".into(), force: false, timeout: "2m".into() }).await
+    if rep.error.is_some() {
+        bail!("the client's connection broke during the migration");
+    }
+    Ok(())
 }
