@@ -40,6 +40,7 @@ pub struct Agent {
     journal: Journal,
     guests: Mutex<BTreeMap<String, Guest>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    outgoing: Mutex<HashMap<String, String>>,
 }
 
 fn now_ms() -> u64 {
@@ -107,6 +108,7 @@ impl Agent {
             journal,
             guests: Mutex::new(guests),
             op_locks: Mutex::new(HashMap::new()),
+            outgoing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -127,6 +129,24 @@ impl Agent {
     fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Records that a guest is being migrated away from this host (to `target`), or not.
+    pub fn set_outgoing(&self, guest: &str, target: Option<&str>) {
+        let mut o = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+        match target {
+            Some(t) => {
+                o.insert(guest.to_string(), t.to_string());
+            }
+            None => {
+                o.remove(guest);
+            }
+        }
+    }
+
+    /// Where a guest is being migrated to from this host, if it is.
+    pub fn outgoing_to(&self, guest: &str) -> Option<String> {
+        self.outgoing.lock().unwrap_or_else(|p| p.into_inner()).get(guest).cloned()
     }
 
     /// Every guest's status.
@@ -751,6 +771,43 @@ impl Agent {
     async fn adopt(self: &Arc<Self>, name: &str, pid: u32, started_ms: Option<u64>) {
         let run_dir = self.run_dir(name);
         let qmp = Qmp::connect(&RunFiles::qmp(&run_dir), Duration::from_secs(5)).await;
+        if let Ok(q) = &qmp {
+            if q.query_status().await.is_ok_and(|s| s.status.as_str() == "postmigrate") {
+                tracing::warn!(guest = %name, pid, "QEMU finished migrating the guest away while this agent was down: ending it");
+                proc::kill9(pid);
+                for _ in 0..100 {
+                    if !proc::alive(pid) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = std::fs::remove_file(self.run_record_path(name));
+                if let Some(spec) = self.spec(name) {
+                    self.unplug_taps(&spec).await;
+                }
+                let _ = self.remove_definition(name);
+                return;
+            }
+        }
+        if let Ok(q) = &qmp {
+            // An outgoing migration that nobody drives any more (this agent restarted):
+            // cancel it, so the guest runs here again instead of staying paused.
+            let st = q.query_migrate().await.ok().and_then(|i| i.status).map(|s| s.as_str().to_string()).unwrap_or_default();
+            if matches!(st.as_str(), "setup" | "active" | "pre-switchover" | "device") {
+                tracing::warn!(guest = %name, "cancelling an outgoing migration ({st}) left from before the restart");
+                let _ = q.migrate_cancel().await;
+                for _ in 0..100 {
+                    let s = q.query_migrate().await.ok().and_then(|i| i.status).map(|s| s.as_str().to_string()).unwrap_or_default();
+                    if !matches!(s.as_str(), "setup" | "active" | "pre-switchover" | "device" | "cancelling") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if q.query_status().await.is_ok_and(|s| !s.running && s.status.as_str() != "postmigrate") {
+                    let _ = q.cont().await;
+                }
+            }
+        }
         let state = match &qmp {
             Ok(q) => match q.query_status().await {
                 Ok(s) if s.running => GuestState::Running,

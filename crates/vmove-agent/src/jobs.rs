@@ -56,6 +56,7 @@ pub struct JobCell {
     pub(crate) rec: Mutex<JobRecord>,
     pub(crate) events: watch::Sender<u64>,
     pub(crate) cancel: watch::Sender<bool>,
+    pub(crate) resume: watch::Sender<bool>,
 }
 
 impl JobCell {
@@ -71,6 +72,22 @@ impl JobCell {
     /// Whether cancel was requested.
     pub fn cancelled(&self) -> bool {
         *self.cancel.borrow()
+    }
+
+    /// Waits until the job is resumed or cancelled (test hooks).
+    pub async fn wait_resumed(&self) {
+        let mut r = self.resume.subscribe();
+        let mut c = self.cancel.subscribe();
+        loop {
+            if *r.borrow_and_update() || *c.borrow_and_update() {
+                self.resume.send_replace(false);
+                return;
+            }
+            tokio::select! {
+                _ = r.changed() => {}
+                _ = c.changed() => {}
+            }
+        }
     }
 }
 
@@ -120,7 +137,7 @@ impl Jobs {
             let n = rec.events.len() as u64;
             cells.insert(
                 rec.id.clone(),
-                Arc::new(JobCell { rec: Mutex::new(rec), events: watch::channel(n).0, cancel: watch::channel(false).0 }),
+                Arc::new(JobCell { rec: Mutex::new(rec), events: watch::channel(n).0, cancel: watch::channel(false).0, resume: watch::channel(false).0 }),
             );
         }
         Ok(Arc::new(Jobs { agent, dir, mig_dir, cells: Mutex::new(cells), next: AtomicU64::new(max + 1) }))
@@ -229,7 +246,7 @@ impl Jobs {
             guest_host: None,
         };
         self.persist(&rec)?;
-        let cell = Arc::new(JobCell { rec: Mutex::new(rec), events: watch::channel(0).0, cancel: watch::channel(false).0 });
+        let cell = Arc::new(JobCell { rec: Mutex::new(rec), events: watch::channel(0).0, cancel: watch::channel(false).0, resume: watch::channel(false).0 });
         self.cells().insert(id, cell.clone());
         Ok(cell)
     }
@@ -253,6 +270,12 @@ impl Jobs {
         }
         if let Some(id) = self.running_for(&spec.guest.name) {
             bail!("guest {} is already being migrated by job {id}", spec.guest.name);
+        }
+        if let Some(to) = self.agent.outgoing_to(&spec.guest.name) {
+            bail!("{me} is itself migrating guest {} away (to {to}); a migration to {me} is refused", spec.guest.name);
+        }
+        if (spec.pause_before.is_some() || spec.pause_at_switchover || spec.inject_fault.is_some()) && !self.agent.cfg.allow_fault_injection {
+            bail!("test hooks (pause, fault injection) are disabled on {me}");
         }
         if spec.step == Some(Step::PrecheckLiveMigration) {
             bail!("PRECHECK_LIVEMIGRATION runs in the CLI (vmove migrate --step PRECHECK_LIVEMIGRATION)");
@@ -306,6 +329,13 @@ impl Jobs {
         Ok(cell.snapshot())
     }
 
+    /// Lets a paused job go on.
+    pub fn resume(&self, id: &str) -> Result<JobRecord> {
+        let cell = self.get(id)?;
+        cell.resume.send_replace(true);
+        Ok(cell.snapshot())
+    }
+
     /// Starts the recovery of a failed or cancelled job.
     pub fn recover(self: &Arc<Self>, id: &str) -> Result<JobRecord> {
         let old = self.get(id)?.snapshot();
@@ -324,7 +354,8 @@ impl Jobs {
             );
         }
         let plan = Step::plan(mig.mode);
-        let forward = crate::steps::recover_forward(&mig);
+        let runs_here = self.agent.show(&guest).is_ok_and(|s| s.state == vmove_api::GuestState::Running);
+        let forward = crate::steps::recover_forward(&mig) || (mig.mode == Mode::Live && runs_here);
         let steps: Vec<Step> = if forward {
             plan.iter().copied().filter(|s| !mig.completed.contains(s)).collect()
         } else {
@@ -380,6 +411,13 @@ impl Jobs {
                 self.emit(&cell, EventKind::StepDone { step, elapsed_ms: 0, note: "already completed".into() });
                 continue;
             }
+            if spec.pause_before == Some(step) && self.agent.cfg.allow_fault_injection {
+                self.emit(&cell, EventKind::Info { message: format!("paused before {} (test hook)", step.seed_name()) });
+                cell.wait_resumed().await;
+                if cell.cancelled() {
+                    continue;
+                }
+            }
             self.set_step(&cell, step, StepStatus::Running, None);
             self.emit(&cell, EventKind::StepStarted { step });
             let t = std::time::Instant::now();
@@ -409,16 +447,32 @@ impl Jobs {
                     if live_before_switchover {
                         // The guest never left the source: undo the target's preparations
                         // at once, so the target is clean and a new migration can start.
+                        let mut clean = true;
                         for done in mig.completed.clone().into_iter().rev() {
                             if let Err(u) = crate::steps::undo_step(&self, done, &spec, &mig).await {
                                 tracing::error!("undo {}: {u:#}", done.seed_name());
+                                clean = false;
                             }
                         }
-                        mig.completed.clear();
-                        mig.finished = true;
-                        mig.rolled_back = true;
+                        // Finished only if the source confirms it is not migrating any more
+                        // (else `job recover` cancels it there once it answers).
+                        let src_idle = self
+                            .peer(&spec)
+                            .ok()
+                            .map(|p| async move { p.call_raw(&vmove_api::Request::PeerMigrateCancel { name: spec.guest.name.clone() }).await.is_ok() });
+                        let src_idle = match src_idle {
+                            Some(f) => f.await,
+                            None => false,
+                        };
+                        if clean && src_idle {
+                            mig.completed.clear();
+                            mig.finished = true;
+                            mig.rolled_back = true;
+                            cell.lock().guest_host = Some(spec.source.name.clone());
+                        } else {
+                            mig.completed.retain(|s| *s != Step::MigrateGuest);
+                        }
                         let _ = self.save_mig(&mig);
-                        cell.lock().guest_host = Some(spec.source.name.clone());
                     }
                     let (status, error) = if live_before_switchover {
                         (

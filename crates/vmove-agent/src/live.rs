@@ -35,6 +35,7 @@ fn capabilities(p: &MigrationParams) -> Vec<(MigrationCapability, bool)> {
         (MigrationCapability::Events, true),
         (MigrationCapability::Multifd, p.multifd_channels > 0),
         (MigrationCapability::PostcopyRam, p.allow_postcopy),
+        (MigrationCapability::PauseBeforeSwitchover, p.pause_before_switchover),
     ]
 }
 
@@ -97,9 +98,19 @@ pub async fn src_migrate_query(agent: &Agent, name: &str) -> Result<MigrationInf
     Ok(q.query_migrate().await?)
 }
 
+/// src: lets a migration held at switchover go on.
+pub async fn src_migrate_continue(agent: &Agent, name: &str) -> Result<()> {
+    let (q, _) = agent.qmp_of(name)?;
+    q.migrate_continue(MigrationStatus::PreSwitchover).await.context("migrate-continue")?;
+    Ok(())
+}
+
 /// src: cancels the outgoing migration and waits until the guest runs here again.
 pub async fn src_migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> {
-    let (q, _) = agent.qmp_of(name)?;
+    let Ok((q, _)) = agent.qmp_of(name) else {
+        // No QEMU here: nothing is migrating.
+        return Ok(MigrationInfo::default());
+    };
     let _ = q.migrate_cancel().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -231,7 +242,16 @@ pub async fn dst_migrate(jobs: &Jobs, cell: &JobCell, spec: &JobSpec, summary: &
     let peer = jobs.peer(spec)?;
     if let Some(st) = agent.spec(&name).and_then(|_| agent.show(&name).ok()) {
         if st.state == GuestState::Running {
-            return Ok(format!("guest already runs on {}", agent.cfg.name));
+            // The switchover happened while nobody watched (e.g. this agent restarted):
+            // end the source's paused QEMU and announce.
+            let finish = peer.clone().with_timeout(Duration::from_secs(30)).call_raw(&Request::PeerMigrateFinish { name: name.clone() }).await;
+            if let Ok((q, _)) = agent.qmp_of(&name) {
+                q.announce_self(&AnnounceParameters::default()).await.context("announce-self")?;
+            }
+            return Ok(match finish {
+                Ok(_) => format!("guest already runs on {}; source QEMU ended", agent.cfg.name),
+                Err(e) => format!("guest already runs on {}; source not confirmed ({e:#})", agent.cfg.name),
+            });
         }
     }
     crate::steps::dst_take_definition(jobs, spec).await?;
@@ -255,7 +275,9 @@ async fn dst_migrate_inner(
     name: &str,
     peer: &vmove_api::AgentClient,
 ) -> Result<String> {
-    let p = &spec.params;
+    let mut params = spec.params.clone();
+    params.pause_before_switchover = spec.pause_at_switchover && agent.cfg.allow_fault_injection;
+    let p = &params;
     agent.clone().start_incoming(name).await?;
     let (q, _) = agent.qmp_of(name)?;
     setup_qemu(&q, agent, &agent.run_dir_of(name), p, "server", None).await?;
@@ -301,6 +323,14 @@ async fn dst_migrate_inner(
                 let pr = progress(&info);
                 match pr.status.as_str() {
                     "completed" => break final_figures(peer, name, info).await,
+                    "pre-switchover" => {
+                        jobs.emit(cell, vmove_api::EventKind::Info { message: "paused at switchover (test hook)".into() });
+                        cell.wait_resumed().await;
+                        if cell.cancelled() {
+                            bail!("cancelled by the operator at switchover; the guest keeps running on {}", spec.source.name);
+                        }
+                        peer.call_raw(&Request::PeerMigrateContinue { name: name.to_string() }).await.context("continue at switchover")?;
+                    }
                     "failed" | "cancelled" => bail!(
                         "the source reports the migration {}: {}",
                         pr.status,

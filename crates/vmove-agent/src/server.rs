@@ -101,6 +101,7 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
         Request::GuestDefine { spec } => Reply::ok(agent.define(spec).await?),
         Request::GuestStart { name } => Reply::ok(agent.start(&name).await?),
         Request::GuestStop { name, force, timeout_s } => {
+            agent.set_outgoing(&name, Some("a migration target"));
             Reply::ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?)
         }
         Request::GuestUndefine { name } => {
@@ -122,11 +123,17 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
         Request::JobWatch { .. } => Reply::err("job_watch is a streaming call"),
         Request::JobCancel { id } => Reply::ok(jobs.cancel(&id)?),
         Request::JobRecover { id } => Reply::ok(jobs.recover(&id)?),
+        Request::JobResume { id } => Reply::ok(jobs.resume(&id)?),
+        Request::PeerMigrateContinue { name } => {
+            crate::live::src_migrate_continue(agent, &name).await?;
+            Reply::ok(serde_json::json!({ "continued": name }))
+        }
         Request::PeerGuest { name } => Reply::ok(agent.show(&name)?),
         Request::PeerStopGuest { name, force, timeout_s } => {
             if let Some(id) = jobs.running_for(&name) {
                 anyhow::bail!("guest {name} is itself being migrated to {} by job {id}", agent.cfg.name);
             }
+            agent.set_outgoing(&name, Some("a migration target"));
             Reply::ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?)
         }
         Request::PeerDetachInterfaces { name } => Reply::ok(agent.detach_interfaces(&name).await?),
@@ -136,6 +143,7 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
             Reply::ok(agent.attach_volumes(&spec, vmove_host::lease::Take::Exclusive)?)
         }
         Request::PeerStartGuest { name } => {
+            agent.set_outgoing(&name, None);
             if agent.show(&name)?.pid.is_some() {
                 Reply::ok(agent.show(&name)?)
             } else {
@@ -143,6 +151,7 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
             }
         }
         Request::PeerUndefine { name } => {
+            agent.set_outgoing(&name, None);
             if agent.spec(&name).is_some() {
                 agent.undefine(&name).await?;
             }
@@ -152,13 +161,22 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
             if let Some(id) = jobs.running_for(&name) {
                 anyhow::bail!("guest {name} is itself being migrated to {} by job {id}", agent.cfg.name);
             }
-            crate::live::src_migrate_out(agent, &name, &uri, tls_hostname, &params).await?;
+            agent.set_outgoing(&name, Some(uri.as_str()));
+            if let Err(e) = crate::live::src_migrate_out(agent, &name, &uri, tls_hostname, &params).await {
+                agent.set_outgoing(&name, None);
+                return Err(e);
+            }
             Reply::ok(serde_json::json!({ "started": uri }))
         }
         Request::PeerMigrateQuery { name } => Reply::ok(crate::live::src_migrate_query(agent, &name).await?),
-        Request::PeerMigrateCancel { name } => Reply::ok(crate::live::src_migrate_cancel(agent, &name).await?),
+        Request::PeerMigrateCancel { name } => {
+            let r = crate::live::src_migrate_cancel(agent, &name).await;
+            agent.set_outgoing(&name, None);
+            Reply::ok(r?)
+        }
         Request::PeerMigrateFinish { name } => {
             crate::live::src_migrate_finish(agent, &name).await?;
+            agent.set_outgoing(&name, None);
             Reply::ok(serde_json::json!({ "finished": name }))
         }
     })

@@ -179,6 +179,7 @@ pub async fn undo_step(jobs: &Jobs, step: Step, spec: &JobSpec, mig: &MigrationS
     match step {
         Step::MigrateGuest => {
             if spec.mode == Mode::Live {
+                let _ = peer.call_raw(&Request::PeerMigrateCancel { name: name.clone() }).await;
                 return crate::live::dst_abort_incoming(jobs, spec).await;
             }
             if let Some(g) = agent.spec(&name) {

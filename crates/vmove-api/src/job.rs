@@ -26,6 +26,9 @@ pub struct MigrationParams {
     /// How long a graceful (ACPI) stop may take, seconds.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_s: u64,
+    /// Hold the source at switchover until told to continue (QEMU pause-before-switchover).
+    #[serde(default)]
+    pub pause_before_switchover: bool,
 }
 
 fn default_stop_timeout() -> u64 {
@@ -42,6 +45,7 @@ impl Default for MigrationParams {
             multifd_channels: 2,
             allow_postcopy: false,
             stop_timeout_s: default_stop_timeout(),
+            pause_before_switchover: false,
         }
     }
 }
@@ -74,6 +78,13 @@ pub struct JobSpec {
     /// Test hook: fail this step on purpose (honoured only by agents that allow it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_fault: Option<Step>,
+    /// Test hook: wait before this step until `job_resume` (agents that allow fault injection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_before: Option<Step>,
+    /// Test hook: hold a live migration at switchover (QEMU pause-before-switchover) until
+    /// `job_resume`.
+    #[serde(default)]
+    pub pause_at_switchover: bool,
 }
 
 /// What kind of job.

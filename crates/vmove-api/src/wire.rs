@@ -86,6 +86,11 @@ pub enum Request {
         /// Job id.
         id: String,
     },
+    /// Let a job paused by a test hook go on.
+    JobResume {
+        /// Job id.
+        id: String,
+    },
     /// Bring a failed job's guest back to running in exactly one place.
     JobRecover {
         /// Job id.
@@ -147,6 +152,11 @@ pub enum Request {
         /// Guest name.
         name: String,
     },
+    /// Peer: let a migration held at switchover go on.
+    PeerMigrateContinue {
+        /// Guest name.
+        name: String,
+    },
     /// Peer: cancel the outgoing migration; the guest keeps running on the source.
     PeerMigrateCancel {
         /// Guest name.
@@ -197,6 +207,7 @@ impl Request {
                     | Request::PeerMigrateOut { .. }
                     | Request::PeerMigrateQuery { .. }
                     | Request::PeerMigrateCancel { .. }
+                    | Request::PeerMigrateContinue { .. }
                     | Request::PeerMigrateFinish { .. }
             ),
         }
@@ -221,6 +232,7 @@ impl Request {
             Request::JobWatch { .. } => "job_watch",
             Request::JobCancel { .. } => "job_cancel",
             Request::JobRecover { .. } => "job_recover",
+            Request::JobResume { .. } => "job_resume",
             Request::PeerGuest { .. } => "peer_guest",
             Request::PeerStopGuest { .. } => "peer_stop_guest",
             Request::PeerDetachInterfaces { .. } => "peer_detach_interfaces",
@@ -231,6 +243,7 @@ impl Request {
             Request::PeerMigrateOut { .. } => "peer_migrate_out",
             Request::PeerMigrateQuery { .. } => "peer_migrate_query",
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
+            Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
             Request::PeerMigrateFinish { .. } => "peer_migrate_finish",
         }
     }

@@ -33,6 +33,16 @@ pub enum Command {
     /// Migration jobs.
     #[command(subcommand)]
     Job(JobCmd),
+    /// The seeds' command language (LOAD FILE, MIGRATE GUEST, MERGE/DEPLOY ACTIONS, ...),
+    /// interactive or from a script.
+    Oedacli(OedacliArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OedacliArgs {
+    /// Script file (`-`: standard input). Without it: an `oedacli> ` prompt when standard
+    /// input is a terminal, else a script read from standard input.
+    pub script: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +88,12 @@ pub struct MigrateArgs {
     /// Test hook: fail this step on purpose (lab agents only).
     #[arg(long, hide = true)]
     pub inject_fault: Option<String>,
+    /// Test hook: wait before this step until `vmove job resume` (lab agents only).
+    #[arg(long, hide = true)]
+    pub pause_before: Option<String>,
+    /// Test hook: hold a live migration at switchover until `vmove job resume`.
+    #[arg(long, hide = true)]
+    pub pause_at_switchover: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +117,12 @@ pub enum JobCmd {
     },
     /// Bring a failed job's guest back to running in exactly one place.
     Recover {
+        /// Job id.
+        id: String,
+    },
+    /// Let a job held by a test hook go on.
+    #[command(hide = true)]
+    Resume {
         /// Job id.
         id: String,
     },
@@ -136,7 +158,7 @@ pub enum LabCmd {
         /// `kill` (SIGKILL) or `start`.
         action: String,
     },
-    /// Lab up, a guest, a look at every host, lab down.
+    /// Lab up, a guest with a workload, a live migration watched by a client, lab down.
     Demo {
         /// Lab directory.
         #[arg(long, default_value = DEFAULT_LAB_DIR)]

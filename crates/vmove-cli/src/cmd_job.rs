@@ -80,6 +80,16 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             }
             Ok(())
         }
+        JobCmd::Resume { id } => {
+            let cluster = ctx.cluster()?;
+            let _: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobResume { id: id.clone() }).await?;
+            if ctx.json {
+                crate::out::json(&serde_json::json!({ "ok": true, "job": id, "resumed": true }));
+            } else {
+                println!("job {id} resumed");
+            }
+            Ok(())
+        }
         JobCmd::Recover { id } => {
             let host = host_of(&id)?.to_string();
             let cluster = ctx.cluster()?;
@@ -110,12 +120,37 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+/// How [`follow_with`] shows a job.
+pub struct FollowOpts {
+    /// Printed instead of `Deploying Action ID : <job> <action>` when the job starts.
+    pub started_line: Option<String>,
+    /// Print the seeds' `Done...` / `Done [Elapsed = ...]` lines when the job succeeds.
+    pub done_lines: bool,
+    /// Print nothing at all (the caller reports the outcome).
+    pub quiet: bool,
+}
+
+impl Default for FollowOpts {
+    fn default() -> Self {
+        FollowOpts { started_line: None, done_lines: true, quiet: false }
+    }
+}
+
 /// Follows a job to its end, printing steps and progress; fails if the job did not succeed.
 pub async fn follow(ctx: &Ctx, host: &str, id: &str) -> Result<()> {
+    let rec = follow_with(ctx, host, id, &FollowOpts::default()).await?;
+    match rec.status {
+        JobStatus::Succeeded => Ok(()),
+        s => bail!("job {} {}: {}", rec.id, status_str(s), rec.error.clone().unwrap_or_default()),
+    }
+}
+
+/// Follows a job to its end as `opts` says, updates the cluster file where the guest
+/// moved, and returns the job's final record whatever its status.
+pub async fn follow_with(ctx: &Ctx, host: &str, id: &str, opts: &FollowOpts) -> Result<JobRecord> {
     let cluster = ctx.cluster()?;
     let client = ctx.client(&cluster, host)?;
-    let started = Instant::now();
-    let bar = (!ctx.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+    let bar = (!ctx.json && !opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
             indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {bytes}/{total_bytes} {msg}")
@@ -127,6 +162,9 @@ pub async fn follow(ctx: &Ctx, host: &str, id: &str) -> Result<()> {
     let json = ctx.json;
     let rec = client
         .watch(id, 0, Duration::from_secs(20), |e: &JobEvent| {
+            if opts.quiet {
+                return;
+            }
             if json {
                 crate::out::json(&serde_json::json!({ "job": id, "event": e }));
                 return;
@@ -152,7 +190,7 @@ pub async fn follow(ctx: &Ctx, host: &str, id: &str) -> Result<()> {
                     if let Some(b) = &bar {
                         b.finish_and_clear();
                     }
-                    if let Some(s) = event_line(id, other) {
+                    if let Some(s) = event_line(id, other, opts) {
                         println!("{s}");
                     }
                 }
@@ -163,11 +201,7 @@ pub async fn follow(ctx: &Ctx, host: &str, id: &str) -> Result<()> {
         b.finish_and_clear();
     }
     sync_cluster(ctx, &rec)?;
-    let _ = started;
-    match rec.status {
-        JobStatus::Succeeded => Ok(()),
-        s => bail!("job {} {}: {}", rec.id, status_str(s), rec.error.clone().unwrap_or_default()),
-    }
+    Ok(rec)
 }
 
 fn progress_line(p: &Progress) -> String {
@@ -184,16 +218,21 @@ fn progress_line(p: &Progress) -> String {
     )
 }
 
-fn seed_date() -> String {
+/// Now, as the seeds print it (`Wed Jul 30 16:14:59 UTC 2025`).
+pub fn seed_date() -> String {
     let fmt = time::macros::format_description!(
         "[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] UTC [year]"
     );
     time::OffsetDateTime::now_utc().format(&fmt).unwrap_or_default()
 }
 
-fn event_line(id: &str, e: &EventKind) -> Option<String> {
+fn event_line(id: &str, e: &EventKind, opts: &FollowOpts) -> Option<String> {
     Some(match e {
-        EventKind::JobStarted { action } => format!("Deploying Action ID : {id} {action}"),
+        EventKind::JobStarted { .. } if opts.started_line.as_deref() == Some("") => return None,
+        EventKind::JobStarted { action } => match &opts.started_line {
+            Some(l) => l.clone(),
+            None => format!("Deploying Action ID : {id} {action}"),
+        },
         EventKind::StepStarted { step } => format!("  {} ...", step.seed_name()),
         EventKind::StepDone { step, elapsed_ms, note } => {
             format!("  Step {} completed successfully [Elapsed = {elapsed_ms} mS]: {note}", step.seed_name())
@@ -213,6 +252,12 @@ fn event_line(id: &str, e: &EventKind) -> Option<String> {
                 ));
             }
             match status {
+                JobStatus::Succeeded if !opts.done_lines => {
+                    if s.is_empty() {
+                        return None;
+                    }
+                    s.truncate(s.trim_end().len());
+                }
                 JobStatus::Succeeded => s.push_str(&format!(
                     "Done...\nDone [Elapsed = {} mS [{:.1} minutes] {}]",
                     summary.total_ms,

@@ -152,6 +152,8 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
             ignore_check: vec![],
             detach: false,
             inject_fault: None,
+            pause_before: None,
+            pause_at_switchover: false,
         },
     )
     .await;

@@ -4,17 +4,40 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use futures::future::join_all;
 use vmove_api::{JobBrief, JobSpec, JobStatus, MigrationParams, PeerHost, Request};
-use vmove_model::{parse_duration_ms, parse_rate_bytes_per_s, Cluster};
+use vmove_model::{parse_duration_ms, parse_rate_bytes_per_s, Cluster, GuestSpec};
 use vmove_plan::{Busy, CheckInput, Finding, MigrationRequest, Mode, Reach, Step, Verdict};
 
 use crate::args::MigrateArgs;
 use crate::ctx::Ctx;
 
-pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
-    let cluster = ctx.cluster()?;
+/// A `vmove migrate` request checked against a cluster file: what `vmove migrate` and
+/// oedacli's `MIGRATE GUEST` (at MERGE and DEPLOY) both run.
+pub struct Prepared {
+    /// The request, as the prechecks see it.
+    pub req: MigrationRequest,
+    /// The guest's definition in the cluster file.
+    pub guest: GuestSpec,
+    /// Exactly one step (`--step`, `WHERE STEPNAME=`), if any.
+    pub step: Option<Step>,
+    /// Migration parameters.
+    pub params: MigrationParams,
+    /// Only the prechecks run (`--precheck` or `PRECHECK_LIVEMIGRATION`).
+    pub precheck_only: bool,
+}
+
+impl Prepared {
+    /// Whether the prechecks run: for the whole plan and for the precheck alone, not
+    /// for a single step.
+    pub fn runs_prechecks(&self) -> bool {
+        self.precheck_only || self.step.is_none()
+    }
+}
+
+/// Checks the arguments against the cluster file (names, mode, step, parameters).
+pub fn prepare(cluster: &Cluster, a: &MigrateArgs) -> Result<Prepared> {
     let guest = cluster
         .guest(&a.guest)
-        .ok_or_else(|| anyhow!("no guest named {} in {}", a.guest, ctx.cluster_path.display()))?
+        .ok_or_else(|| anyhow!("no guest named {} in {}", a.guest, cluster.path.display()))?
         .clone();
     let source = a.from.clone().unwrap_or_else(|| guest.host.clone());
     let mode = Mode::parse(&a.mode).map_err(|e| anyhow!("--mode: {e}"))?;
@@ -24,10 +47,10 @@ pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
             bail!("--step {}: not a step of {} migration", s.seed_name(), mode.as_str());
         }
     }
-    let params = params(&cluster, &a)?;
+    let params = params(cluster, a)?;
     let req = MigrationRequest {
         guest: guest.name.clone(),
-        source: source.clone(),
+        source,
         target: a.to.clone(),
         mode,
         timeout_s: params.timeout_s,
@@ -36,26 +59,76 @@ pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
         insecure_transport: params.insecure_transport,
     };
     let precheck_only = a.precheck || step == Some(Step::PrecheckLiveMigration);
-    if precheck_only || step.is_none() {
-        let mut findings = prechecks(ctx, &cluster, &req).await?;
-        for id in &a.ignore_check {
-            let id = vmove_plan::CheckId::parse(id).ok_or_else(|| anyhow!("--ignore-check {id:?}: no such check"))?;
-            for f in findings.iter_mut().filter(|f| f.id == id && f.verdict == Verdict::Fail) {
-                f.verdict = Verdict::Warn;
-                f.reason = format!("ignored by the operator: {}", f.reason);
-            }
+    Ok(Prepared { req, guest, step, params, precheck_only })
+}
+
+/// Turns the failures of the checks the operator named (`--ignore-check`) into warnings.
+pub fn ignore_checks(findings: &mut [Finding], ids: &[String]) -> Result<()> {
+    for id in ids {
+        let id = vmove_plan::CheckId::parse(id).ok_or_else(|| anyhow!("--ignore-check {id:?}: no such check"))?;
+        for f in findings.iter_mut().filter(|f| f.id == id && f.verdict == Verdict::Fail) {
+            f.verdict = Verdict::Warn;
+            f.reason = format!("ignored by the operator: {}", f.reason);
         }
+    }
+    Ok(())
+}
+
+/// The ids of the failed checks, comma-separated.
+pub fn failed_ids(findings: &[Finding]) -> String {
+    findings.iter().filter(|f| f.verdict == Verdict::Fail).map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Test hooks of a job (honoured by lab agents only).
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Fail this step on purpose.
+    pub inject_fault: Option<Step>,
+    /// Wait before this step until `vmove job resume`.
+    pub pause_before: Option<Step>,
+    /// Hold a live migration at switchover until `vmove job resume`.
+    pub pause_at_switchover: bool,
+}
+
+/// Submits the job to the target agent.
+pub async fn submit(ctx: &Ctx, cluster: &Cluster, p: &Prepared, inject_fault: Option<Step>) -> Result<vmove_api::JobRecord> {
+    submit_with(ctx, cluster, p, Hooks { inject_fault, ..Hooks::default() }).await
+}
+
+/// Submits the job to the target agent, with test hooks.
+pub async fn submit_with(ctx: &Ctx, cluster: &Cluster, p: &Prepared, hooks: Hooks) -> Result<vmove_api::JobRecord> {
+    let source = &p.req.source;
+    let src = cluster.host(source).ok_or_else(|| anyhow!("no host named {source} in the cluster file"))?;
+    let spec = JobSpec {
+        guest: p.guest.clone(),
+        mode: p.req.mode,
+        source: PeerHost { name: src.name.clone(), address: src.address.clone() },
+        target: p.req.target.clone(),
+        step: p.step,
+        params: p.params.clone(),
+        inject_fault: hooks.inject_fault,
+        pause_before: hooks.pause_before,
+        pause_at_switchover: hooks.pause_at_switchover,
+    };
+    let client = ctx.client(cluster, &p.req.target)?;
+    client.call(&Request::JobSubmit { spec }).await
+}
+
+pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    let p = prepare(&cluster, &a)?;
+    let req = &p.req;
+    if p.runs_prechecks() {
+        let mut findings = prechecks(ctx, &cluster, req).await?;
+        ignore_checks(&mut findings, &a.ignore_check)?;
         let failed = vmove_plan::any_failed(&findings);
-        if precheck_only || failed {
-            print_findings(ctx, &req, &findings);
+        if p.precheck_only || failed {
+            print_findings(ctx, req, &findings);
         }
         if failed {
-            bail!(
-                "precheck failed: {}",
-                findings.iter().filter(|f| f.verdict == Verdict::Fail).map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
-            );
+            bail!("precheck failed: {}", failed_ids(&findings));
         }
-        if precheck_only {
+        if p.precheck_only {
             return Ok(());
         }
         if !ctx.json {
@@ -66,18 +139,12 @@ pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
             }
         }
     }
-    let src = cluster.host(&source).ok_or_else(|| anyhow!("no host named {source} in the cluster file"))?;
-    let spec = JobSpec {
-        guest,
-        mode,
-        source: PeerHost { name: src.name.clone(), address: src.address.clone() },
-        target: a.to.clone(),
-        step,
-        params,
+    let hooks = Hooks {
         inject_fault: a.inject_fault.as_deref().map(Step::parse).transpose().map_err(|e| anyhow!("--inject-fault: {e}"))?,
+        pause_before: a.pause_before.as_deref().map(Step::parse).transpose().map_err(|e| anyhow!("--pause-before: {e}"))?,
+        pause_at_switchover: a.pause_at_switchover,
     };
-    let client = ctx.client(&cluster, &a.to)?;
-    let rec: vmove_api::JobRecord = client.call(&Request::JobSubmit { spec }).await?;
+    let rec = submit_with(ctx, &cluster, &p, hooks).await?;
     if a.detach {
         if ctx.json {
             crate::out::json(&serde_json::json!({ "job": rec.id, "target": a.to }));
@@ -167,7 +234,7 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
     Ok(vmove_plan::run(&input))
 }
 
-fn print_findings(ctx: &Ctx, req: &MigrationRequest, f: &[Finding]) {
+pub fn print_findings(ctx: &Ctx, req: &MigrationRequest, f: &[Finding]) {
     if ctx.json {
         crate::out::json(&serde_json::json!({
             "guest": req.guest, "source": req.source, "target": req.target, "mode": req.mode,

@@ -8,6 +8,7 @@ mod cmd_job;
 mod cmd_migrate;
 mod cmd_lab;
 mod ctx;
+mod oedacli;
 mod out;
 
 use std::process::ExitCode;
@@ -36,7 +37,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
-            if json {
+            if json && !e.is::<oedacli::Reported>() {
                 println!("{}", serde_json::json!({ "ok": false, "error": msg }));
             }
             eprintln!("vmove: {msg}");
@@ -53,5 +54,6 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
         args::Command::Migrate(a) => cmd_migrate::run(&ctx, a).await,
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
+        args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,
     }
 }

@@ -42,9 +42,17 @@ fn set_persist(name: &str, persist: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether a link of that name exists in the calling thread's network namespace.
+///
+/// (Not `/sys/class/net`: an agent in a network namespace but the root mount namespace
+/// sees the root namespace's links there.)
+pub fn exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
 /// Creates a persistent tap in the calling thread's namespace (no-op if it exists).
 pub fn create(name: &str) -> Result<()> {
-    if std::path::Path::new("/sys/class/net").join(name).exists() {
+    if exists(name) {
         return Ok(());
     }
     set_persist(name, true)
@@ -52,7 +60,7 @@ pub fn create(name: &str) -> Result<()> {
 
 /// Removes a persistent tap (no-op if it does not exist).
 pub fn delete(name: &str) -> Result<()> {
-    if !std::path::Path::new("/sys/class/net").join(name).exists() {
+    if !exists(name) {
         return Ok(());
     }
     set_persist(name, false)
