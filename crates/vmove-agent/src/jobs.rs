@@ -390,6 +390,10 @@ impl Jobs {
                     let _ = self.save_mig(&mig);
                 }
                 Err(e) => {
+                    // Nothing was done: this migration is over (a new one may start).
+                    mig.finished = true;
+                    mig.rolled_back = true;
+                    let _ = self.save_mig(&mig);
                     self.finish(&cell, JobStatus::Failed, Some(format!("{e:#}")), Summary::default());
                     return;
                 }

@@ -286,7 +286,8 @@ async fn dst_migrate_inner(
     let uri = format!("tcp:{ip}:{port}");
     q.migrate_incoming(&uri).await.context("migrate-incoming")?;
     let tls_hostname = (!p.insecure_transport).then(|| agent.cfg.name.clone());
-    peer.call_raw(&Request::PeerMigrateOut { name: name.to_string(), uri: uri.clone(), tls_hostname, params: p.clone() })
+    let job = Some(format!("the migration to {}", spec.target));
+    peer.call_raw(&Request::PeerMigrateOut { name: name.to_string(), uri: uri.clone(), tls_hostname, params: p.clone(), job })
         .await
         .context("start the migration on the source")?;
     jobs.emit(

@@ -60,7 +60,7 @@ async fn connection(agent: Arc<Agent>, jobs: Arc<Jobs>, acceptor: TlsAcceptor, t
         (Err(_), _) => Reply::err("no request within 30 s"),
         (Ok(Err(e)), _) => Reply::err(format!("malformed request: {e}")),
         (Ok(Ok(_)), _) if !line.ends_with('\n') => {
-            Reply::err(format!("malformed request: no complete line within {MAX_REQUEST} bytes"))
+            Reply::err(format!("malformed request: not one JSON line ending in a newline (at most {MAX_REQUEST} bytes)"))
         }
         (Ok(Ok(_)), None) => Reply::err("certificate has no vmove role (operator.vmove or host.vmove)"),
         (Ok(Ok(_)), Some(role)) => match serde_json::from_str::<Request>(line.trim_end()) {
@@ -87,6 +87,14 @@ async fn connection(agent: Arc<Agent>, jobs: Arc<Jobs>, acceptor: TlsAcceptor, t
     out.push(b'\n');
     wr.write_all(&out).await?;
     wr.shutdown().await?;
+    // Read what the client still sends (its close_notify) before closing, so that the
+    // kernel does not answer it with a reset that would destroy the reply in flight.
+    let mut sink = [0u8; 4096];
+    let rd = rd.get_mut();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
     Ok(())
 }
 
@@ -128,12 +136,25 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
             crate::live::src_migrate_continue(agent, &name).await?;
             Reply::ok(serde_json::json!({ "continued": name }))
         }
-        Request::PeerGuest { name } => Reply::ok(agent.show(&name)?),
-        Request::PeerStopGuest { name, force, timeout_s } => {
+        Request::PeerGuest { name, claim } => {
+            let st = agent.show(&name)?;
+            if let Some(c) = claim {
+                if let Some(other) = agent.outgoing_to(&name).filter(|o| *o != c) {
+                    anyhow::bail!("guest {name} is already being migrated away from {} by {other}", agent.cfg.name);
+                }
+                agent.set_outgoing(&name, Some(&c));
+            }
+            Reply::ok(st)
+        }
+        Request::PeerStopGuest { name, force, timeout_s, job } => {
             if let Some(id) = jobs.running_for(&name) {
                 anyhow::bail!("guest {name} is itself being migrated to {} by job {id}", agent.cfg.name);
             }
-            agent.set_outgoing(&name, Some("a migration target"));
+            let job = job.unwrap_or_else(|| "a migration job".into());
+            if let Some(other) = agent.outgoing_to(&name).filter(|o| *o != job) {
+                anyhow::bail!("guest {name} is already being migrated away from {} by {other}", agent.cfg.name);
+            }
+            agent.set_outgoing(&name, Some(&job));
             Reply::ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?)
         }
         Request::PeerDetachInterfaces { name } => Reply::ok(agent.detach_interfaces(&name).await?),
@@ -157,11 +178,15 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
             }
             Reply::ok(serde_json::json!({ "undefined": name }))
         }
-        Request::PeerMigrateOut { name, uri, tls_hostname, params } => {
+        Request::PeerMigrateOut { name, uri, tls_hostname, params, job } => {
             if let Some(id) = jobs.running_for(&name) {
                 anyhow::bail!("guest {name} is itself being migrated to {} by job {id}", agent.cfg.name);
             }
-            agent.set_outgoing(&name, Some(uri.as_str()));
+            let job = job.unwrap_or_else(|| uri.clone());
+            if let Some(other) = agent.outgoing_to(&name).filter(|o| *o != job) {
+                anyhow::bail!("guest {name} is already being migrated away from {} by {other}", agent.cfg.name);
+            }
+            agent.set_outgoing(&name, Some(&job));
             if let Err(e) = crate::live::src_migrate_out(agent, &name, &uri, tls_hostname, &params).await {
                 agent.set_outgoing(&name, None);
                 return Err(e);

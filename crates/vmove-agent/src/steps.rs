@@ -12,7 +12,8 @@ use crate::jobs::{JobCell, Jobs, MigrationState};
 /// Whether the guest ran on the source when the migration began.
 pub async fn guest_was_running(jobs: &Jobs, spec: &JobSpec) -> Result<bool> {
     let name = &spec.guest.name;
-    match jobs.peer(spec)?.call::<GuestStatus>(&Request::PeerGuest { name: name.clone() }).await {
+    let claim = Some(format!("the migration to {}", spec.target));
+    match jobs.peer(spec)?.call::<GuestStatus>(&Request::PeerGuest { name: name.clone(), claim }).await {
         Ok(st) => {
             let running = matches!(st.state, GuestState::Running | GuestState::Paused | GuestState::Starting);
             if spec.mode == Mode::Live && !running {
@@ -20,6 +21,7 @@ pub async fn guest_was_running(jobs: &Jobs, spec: &JobSpec) -> Result<bool> {
             }
             Ok(running)
         }
+        Err(e) if e.to_string().contains("already being migrated away") => Err(e),
         Err(e) if spec.mode == Mode::OfflineForce => {
             tracing::warn!("source {} unreachable ({e:#}); guest assumed {:?}", spec.source.name, spec.guest.desired);
             Ok(spec.guest.desired == vmove_model::DesiredState::Running)
@@ -70,7 +72,8 @@ pub async fn run_step(
                 return Ok("guest was not running".into());
             }
             let timeout = Duration::from_secs(spec.params.stop_timeout_s + 30);
-            let req = Request::PeerStopGuest { name, force, timeout_s: spec.params.stop_timeout_s };
+            let req =
+                Request::PeerStopGuest { name, force, timeout_s: spec.params.stop_timeout_s, job: Some(format!("the migration to {}", spec.target)) };
             Ok(match src_call(jobs, spec, req, timeout).await? {
                 Some(_) if force => format!("guest killed on {}", spec.source.name),
                 Some(_) => format!("guest shut down on {} (ACPI)", spec.source.name),

@@ -58,6 +58,19 @@ impl AgentClient {
     }
 
     async fn call_inner(&self, req: &Request) -> Result<Reply> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.send_bytes(&line).await
+    }
+
+    /// Sends raw bytes as a request (for tests of malformed input) and returns the reply.
+    pub async fn call_bytes(&self, bytes: &[u8]) -> Result<Reply> {
+        tokio::time::timeout(self.timeout, self.send_bytes(bytes))
+            .await
+            .map_err(|_| anyhow!("{} ({}): no answer within {:?}", self.server_name, self.addr, self.timeout))?
+    }
+
+    async fn send_bytes(&self, line: &[u8]) -> Result<Reply> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("{} ({}): cannot connect", self.server_name, self.addr))?;
@@ -68,10 +81,11 @@ impl AgentClient {
             .await
             .with_context(|| format!("{} ({}): TLS handshake failed", self.server_name, self.addr))?;
         let (rd, mut wr) = tokio::io::split(tls);
-        let mut line = serde_json::to_vec(req)?;
-        line.push(b'\n');
-        wr.write_all(&line).await?;
-        wr.flush().await?;
+        let fail = || format!("{} ({}): connection failed", self.server_name, self.addr);
+        wr.write_all(line).await.with_context(fail)?;
+        wr.flush().await.with_context(fail)?;
+        // Half-close: the agent sees the end of the request even without a newline.
+        let _ = wr.shutdown().await;
         let mut rd = BufReader::new(rd);
         let mut buf = String::new();
         let n = rd

@@ -96,10 +96,14 @@ pub enum Request {
         /// Job id.
         id: String,
     },
-    /// Peer: one guest's status.
+    /// Peer: one guest's status. With `claim`, the calling migration (named by its target)
+    /// claims the guest on the source; a different migration is refused until it ends.
     PeerGuest {
         /// Guest name.
         name: String,
+        /// The migration claiming the guest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<String>,
     },
     /// Peer: stop a guest (migration source).
     PeerStopGuest {
@@ -109,6 +113,9 @@ pub enum Request {
         force: bool,
         /// Graceful stop timeout, seconds.
         timeout_s: u64,
+        /// The migration job asking (the source refuses a second one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
     },
     /// Peer: remove a stopped guest's taps.
     PeerDetachInterfaces {
@@ -146,6 +153,9 @@ pub enum Request {
         tls_hostname: Option<String>,
         /// Parameters.
         params: crate::MigrationParams,
+        /// The migration job asking (the source refuses a second one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
     },
     /// Peer: the outgoing migration's progress.
     PeerMigrateQuery {

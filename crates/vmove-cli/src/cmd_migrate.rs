@@ -192,7 +192,10 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
     }
     let (si, di) = tokio::join!(info(&src_c), info(&dst_c));
     let mut busy = Vec::new();
-    let lists = join_all([&src_c, &dst_c].into_iter().flatten().map(|c| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
+    // Every host's jobs: a guest may be on its way elsewhere, driven by a third host.
+    let all: Vec<vmove_api::AgentClient> =
+        ctx.clients(cluster).map(|v| v.into_iter().map(|(_, c)| c.with_timeout(short)).collect()).unwrap_or_default();
+    let lists = join_all(all.iter().map(|c| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
     for l in lists.into_iter().flatten() {
         for j in l.into_iter().filter(|j| j.status == JobStatus::Running) {
             busy.push(Busy {

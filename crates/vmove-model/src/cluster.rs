@@ -38,6 +38,7 @@ pub enum ModelError {
 
 /// `[cluster]`: identity of the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterMeta {
     /// Cluster name.
     pub name: String,
@@ -45,6 +46,7 @@ pub struct ClusterMeta {
 
 /// `[tls]`: the operator's credentials, paths relative to the cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The cluster CA certificate (PEM).
     pub ca: PathBuf,
@@ -56,7 +58,7 @@ pub struct TlsFiles {
 
 /// `[policy]`: cluster-wide migration policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// vCPUs may be overcommitted up to this many times the physical CPU count.
     pub vcpu_overcommit_ratio: f64,
@@ -97,6 +99,7 @@ impl Default for Policy {
 
 /// `[[hosts]]`: one KVM host and its agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostEntry {
     /// Host name.
     pub name: String,
@@ -113,6 +116,7 @@ fn default_accel() -> String {
 
 /// `[[networks]]`: a guest L2 network, present on hosts as a bridge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkEntry {
     /// Network name.
     pub name: String,
@@ -128,6 +132,7 @@ pub struct NetworkEntry {
 
 /// `[[pools]]`: a storage pool, a directory visible to every host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolEntry {
     /// Pool name.
     pub name: String,
@@ -137,6 +142,7 @@ pub struct PoolEntry {
 
 /// The whole cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// Identity.
     pub cluster: ClusterMeta,

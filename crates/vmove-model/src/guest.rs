@@ -35,6 +35,7 @@ pub enum DesiredState {
 
 /// One virtual NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NicSpec {
     /// Cluster network the NIC is attached to (its bridge has the same name on every host).
     pub network: String,
@@ -47,6 +48,7 @@ pub struct NicSpec {
 
 /// One virtual disk: a volume (a file) in a storage pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// Storage pool name.
     pub pool: String,
@@ -59,6 +61,7 @@ pub struct DiskSpec {
 
 /// A guest's definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GuestSpec {
     /// Guest name, unique in the cluster.
     pub name: String,
