@@ -36,6 +36,15 @@ pub enum Command {
     /// The seeds' command language (LOAD FILE, MIGRATE GUEST, MERGE/DEPLOY ACTIONS, ...),
     /// interactive or from a script.
     Oedacli(OedacliArgs),
+    /// The cluster file against reality.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Where the cluster file and the agents' reports differ (drift); non-zero if they do.
+    Check,
 }
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod args;
+mod cmd_cluster;
 mod cmd_guest;
 mod cmd_host;
 mod cmd_job;
@@ -54,6 +55,7 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
         args::Command::Migrate(a) => cmd_migrate::run(&ctx, a).await,
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
+        args::Command::Cluster(args::ClusterCmd::Check) => cmd_cluster::check(&ctx).await,
         args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,
     }
 }

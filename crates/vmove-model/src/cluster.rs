@@ -182,7 +182,13 @@ impl Cluster {
             message: one_line_toml_error(text, &e),
         })?;
         c.path = path.to_path_buf();
-        c.validate().map_err(|message| ModelError::Invalid { path: path.into(), message })?;
+        c.validate().map_err(|message| ModelError::Invalid {
+            path: path.into(),
+            message: match locate(text, &message) {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            },
+        })?;
         Ok(c)
     }
 
@@ -274,6 +280,56 @@ impl Cluster {
             self.path.parent().unwrap_or(Path::new(".")).join(p)
         }
     }
+}
+
+/// The line of the value a validation message is about. Messages name the place as
+/// `table[name].field` or `table.field: "value"`.
+fn locate(text: &str, message: &str) -> Option<usize> {
+    let place = message.split(':').next()?;
+    let (table, rest) = place.split_once(['[', '.'])?;
+    let (entry, field) = match rest.split_once("].") {
+        Some((entry, field)) => (Some(entry), field),
+        None => (None, rest.trim_end_matches(']')),
+    };
+    let field = field.rsplit('.').next()?;
+    let quoted = message.split('"').nth(1);
+    let header = format!("[[{table}]]");
+    let mut in_table = false;
+    let mut in_entry = entry.is_none();
+    let mut candidate = None;
+    let last = message.ends_with("appears twice");
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = t == header;
+            in_entry = entry.is_none();
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if let Some(e) = entry {
+            if t.starts_with("name") && t.contains(&format!("\"{e}\"")) {
+                in_entry = true;
+                if field == "name" {
+                    candidate.get_or_insert(i + 1);
+                }
+            }
+        }
+        let names_field = t.starts_with(field) || t.contains(&format!("{field} ="));
+        let has_value = quoted.is_none_or(|q| t.contains(&format!("\"{q}\"")));
+        if in_entry && names_field && has_value {
+            if last {
+                candidate = Some(i + 1);
+                continue;
+            }
+            if entry.is_some() || quoted.is_some() {
+                return Some(i + 1);
+            }
+            candidate.get_or_insert(i + 1);
+        }
+    }
+    candidate
 }
 
 fn unique<'a>(items: impl Iterator<Item = &'a str>, table: &str, field: &str) -> Result<(), String> {
@@ -380,9 +436,19 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
     fn dangling_references_are_invalid() {
         let bad = SAMPLE.replace("host = \"host1\"", "host = \"host9\"");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
-        assert_eq!(e, "c.toml: guests[vm1].host: no host named \"host9\"");
+        assert_eq!(e, "c.toml: line 23: guests[vm1].host: no host named \"host9\"");
         let bad = SAMPLE.replace("network = \"lab-net\"", "network = \"nope\"");
         assert!(Cluster::parse(&bad, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn validation_errors_name_the_line() {
+        let bad = SAMPLE.replace("name = \"host1\"", "name = \"host2\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: line 13: hosts.name: \"host2\" appears twice");
+        let bad = SAMPLE.replace("accel = \"tcg\"", "accel = \"warp\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: line 11: hosts[host2].accel: \"warp\" is not kvm, tcg or auto");
     }
 
     #[test]

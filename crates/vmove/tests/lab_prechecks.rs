@@ -12,6 +12,8 @@ fn prechecks_pass_fail_and_warn_against_real_agents() {
     let lab = Lab::up("pre", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.21", 0, false);
 
+    // The file and the agents agree.
+    assert!(lab.ok(&["cluster", "check"]).contains("matches the agents"));
     // A precheck that passes changes nothing and exits 0.
     let f = lab.json(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--precheck"]);
     assert_eq!(f["passed"], true, "{f}");
@@ -53,6 +55,10 @@ fn prechecks_pass_fail_and_warn_against_real_agents() {
     rt.block_on(client.call::<serde_json::Value>(&Request::GuestDefine { spec: dup })).unwrap();
     let f = lab.json_fail(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--precheck"]);
     assert_eq!(verdict(&f, "guest-name-free-on-target"), "fail", "{f}");
+    // ...which is drift, and `cluster check` says where.
+    let d = lab.json_fail(&["cluster", "check"]);
+    let drift = d["drift"].as_array().unwrap();
+    assert!(drift.iter().any(|x| x["kind"] == "duplicate" && x["guest"] == "vm1"), "{d}");
     rt.block_on(client.call::<serde_json::Value>(&Request::GuestUndefine { name: "vm1".into() })).unwrap();
 
     // A missing bridge on the target.
