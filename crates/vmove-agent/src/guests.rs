@@ -41,6 +41,16 @@ pub struct Agent {
     guests: Mutex<BTreeMap<String, Guest>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     outgoing: Mutex<HashMap<String, String>>,
+    events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
+}
+
+/// What QEMU's MIGRATION and MIGRATION_PASS events said about an outgoing migration.
+#[derive(Debug, Default)]
+pub struct MigrationEvents {
+    /// Last MIGRATION_PASS number.
+    pub passes: u64,
+    /// Last MIGRATION status.
+    pub status: String,
 }
 
 fn now_ms() -> u64 {
@@ -109,6 +119,7 @@ impl Agent {
             guests: Mutex::new(guests),
             op_locks: Mutex::new(HashMap::new()),
             outgoing: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
         })
     }
 
@@ -142,6 +153,11 @@ impl Agent {
                 o.remove(guest);
             }
         }
+    }
+
+    /// The event record of a guest's outgoing migration.
+    pub fn migration_events(&self, guest: &str) -> Arc<Mutex<MigrationEvents>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(guest.to_string()).or_default().clone()
     }
 
     /// Where a guest is being migrated to from this host, if it is.
@@ -266,6 +282,15 @@ impl Agent {
 
     /// Starts a defined guest and waits until QEMU reports it running.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<GuestStatus> {
+        self.start_qemu(name, false).await
+    }
+
+    /// Starts a defined guest's QEMU waiting for an incoming migration (`-incoming defer`).
+    pub async fn start_incoming(self: &Arc<Self>, name: &str) -> Result<GuestStatus> {
+        self.start_qemu(name, true).await
+    }
+
+    async fn start_qemu(self: &Arc<Self>, name: &str, incoming: bool) -> Result<GuestStatus> {
         let lock = self.op_lock(name);
         let _op = lock.lock().await;
         let spec = {
@@ -277,26 +302,7 @@ impl Agent {
             guest.spec.clone()
         };
         let t = self.journal.begin(Intent::Start { guest: name.to_string() })?;
-        let r = self.launch(&spec, false).await;
-        self.journal.done(t);
-        r?;
-        self.show(name)
-    }
-
-    /// Starts a defined guest's QEMU waiting for an incoming migration (`-incoming defer`).
-    pub async fn start_incoming(self: &Arc<Self>, name: &str) -> Result<GuestStatus> {
-        let lock = self.op_lock(name);
-        let _op = lock.lock().await;
-        let spec = {
-            let g = self.lock_guests();
-            let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
-            if guest.pid.is_some() {
-                bail!("guest {name} already has a QEMU on {}", self.cfg.name);
-            }
-            guest.spec.clone()
-        };
-        let t = self.journal.begin(Intent::Start { guest: name.to_string() })?;
-        let r = self.launch(&spec, true).await;
+        let r = self.launch(&spec, incoming).await;
         self.journal.done(t);
         r?;
         self.show(name)
@@ -439,6 +445,7 @@ impl Agent {
             let path = self.volume_path(&d.pool, &d.volume)?;
             let pool = path.parent().unwrap_or(Path::new("/")).to_path_buf();
             let l = vmove_host::lease::acquire(&pool, &d.volume, &self.cfg.name, &spec.name, how)?;
+            vmove_host::lease::record_address(&pool, &d.volume, &self.cfg.name, &self.cfg.listen)?;
             notes.push(format!("{}/{} (lease epoch {})", d.pool, d.volume, l.epoch));
         }
         Ok(notes)
@@ -698,20 +705,25 @@ impl Agent {
             }
         }
         for name in &names {
-            if let Some(holder) = self.volume_held_elsewhere(name) {
-                let running = self.lock_guests().get(name).and_then(|g| g.pid);
-                if let Some(pid) = running {
-                    tracing::warn!(guest = %name, pid, "its volumes are leased to {holder}: fencing this copy");
-                    proc::kill9(pid);
-                    self.wait_stopped(name, pid, Duration::from_secs(10)).await.ok();
-                }
-                tracing::warn!(guest = %name, "moved to {holder} while this agent was down; dropping the local definition");
-                let spec = self.lock_guests().get(name).map(|g| g.spec.clone());
-                if let Some(spec) = spec {
-                    self.unplug_taps(&spec).await;
-                }
-                self.remove_definition(name)?;
+            let Some((holder, addr)) = self.volume_held_elsewhere(name) else { continue };
+            // Drop the guest only when the lease holder confirms it has the guest: a
+            // migration that stopped half-way must not lose the only definition.
+            if !self.holder_has(name, &holder, addr.as_deref()).await {
+                tracing::warn!(guest = %name, "its volumes are leased to {holder}, which does not confirm having it: keeping the definition (the lease stops it from starting here)");
+                continue;
             }
+            let running = self.lock_guests().get(name).and_then(|g| g.pid);
+            if let Some(pid) = running {
+                tracing::warn!(guest = %name, pid, "its volumes are leased to {holder}: fencing this copy");
+                proc::kill9(pid);
+                self.wait_stopped(name, pid, Duration::from_secs(10)).await.ok();
+            }
+            tracing::warn!(guest = %name, "moved to {holder} while this agent was down; dropping the local definition");
+            let spec = self.lock_guests().get(name).map(|g| g.spec.clone());
+            if let Some(spec) = spec {
+                self.unplug_taps(&spec).await;
+            }
+            self.remove_definition(name)?;
         }
         for (name, pid) in ours {
             if !names.contains(&name) {
@@ -732,14 +744,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Another host that holds the lease of one of the guest's volumes.
-    pub fn volume_held_elsewhere(&self, name: &str) -> Option<String> {
+    /// Another host that holds the lease of one of the guest's volumes, and its address.
+    pub fn volume_held_elsewhere(&self, name: &str) -> Option<(String, Option<String>)> {
         let spec = self.spec(name)?;
         spec.disks.iter().find_map(|d| {
             let path = self.volume_path(&d.pool, &d.volume).ok()?;
             let l = vmove_host::lease::read(path.parent()?, &d.volume).ok()??;
-            (l.holder != self.cfg.name && l.incoming.as_deref() != Some(&self.cfg.name)).then_some(l.holder)
+            (l.holder != self.cfg.name && l.incoming.as_deref() != Some(&self.cfg.name)).then_some((l.holder, l.holder_address))
         })
+    }
+
+    /// Whether another host's agent confirms that it has the guest defined.
+    async fn holder_has(&self, name: &str, holder: &str, addr: Option<&str>) -> bool {
+        let Some(addr) = addr.and_then(|a| a.parse().ok()) else { return false };
+        let c = vmove_api::AgentClient::new(addr, holder, self.peer_tls.clone()).with_timeout(Duration::from_secs(5));
+        c.call_raw(&vmove_api::Request::PeerGuest { name: name.to_string(), claim: None }).await.is_ok()
     }
 
     /// QEMU processes started by this agent (their pid file is in our run dir), by guest.

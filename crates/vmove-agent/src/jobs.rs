@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use vmove_api::{
-    AgentClient, EventKind, JobBrief, JobEvent, JobKind, JobRecord, JobSpec, JobStatus, StepRecord, StepStatus,
+    AgentClient, EventKind, Request, JobBrief, JobEvent, JobKind, JobRecord, JobSpec, JobStatus, StepRecord, StepStatus,
     Summary,
 };
 use vmove_plan::{can_run_step, Mode, Step, StepReadiness};
@@ -337,7 +337,7 @@ impl Jobs {
     }
 
     /// Starts the recovery of a failed or cancelled job.
-    pub fn recover(self: &Arc<Self>, id: &str) -> Result<JobRecord> {
+    pub async fn recover(self: &Arc<Self>, id: &str) -> Result<JobRecord> {
         let old = self.get(id)?.snapshot();
         if old.status == JobStatus::Running {
             bail!("job {id} is still running; cancel it first");
@@ -356,6 +356,18 @@ impl Jobs {
         let plan = Step::plan(mig.mode);
         let runs_here = self.agent.show(&guest).is_ok_and(|s| s.state == vmove_api::GuestState::Running);
         let forward = crate::steps::recover_forward(&mig) || (mig.mode == Mode::Live && runs_here);
+        let forward = if forward {
+            true
+        } else {
+            // Rolling back needs the source, with the guest still defined there; if the
+            // source no longer has it, the guest lives here now: go forward.
+            let peer = self.peer(&old.spec)?;
+            match peer.call_raw(&Request::PeerGuest { name: guest.clone(), claim: None }).await {
+                Ok(_) => false,
+                Err(e) if format!("{e:#}").contains("no guest named") && self.agent.spec(&guest).is_some() => true,
+                Err(e) => bail!("cannot roll back: the source {} must answer ({e:#}); retry when it is back", old.spec.source.name),
+            }
+        };
         let steps: Vec<Step> = if forward {
             plan.iter().copied().filter(|s| !mig.completed.contains(s)).collect()
         } else {
@@ -419,7 +431,19 @@ impl Jobs {
                 self.emit(&cell, EventKind::Info { message: format!("paused before {} (test hook)", step.seed_name()) });
                 cell.wait_resumed().await;
                 if cell.cancelled() {
-                    continue;
+                    if !mig.completed.contains(&Step::MigrateGuest) {
+                        self.finish(
+                            &cell,
+                            JobStatus::Cancelled,
+                            Some(format!("cancelled before {}; run `vmove job recover {}` to roll back", step.seed_name(), rec.id)),
+                            summary,
+                        );
+                        return;
+                    }
+                    self.emit(
+                        &cell,
+                        EventKind::Info { message: "cancel ignored: the guest already moved (past the point of no return)".into() },
+                    );
                 }
             }
             self.set_step(&cell, step, StepStatus::Running, None);

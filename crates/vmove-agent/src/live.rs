@@ -87,6 +87,30 @@ pub async fn src_migrate_out(agent: &Arc<Agent>, name: &str, uri: &str, tls_host
         bail!("guest {name} is {st:?} on {}, not running", agent.cfg.name);
     }
     setup_qemu(&q, agent, &agent.run_dir_of(name), p, "client", tls_hostname).await?;
+    // Follow QEMU's MIGRATION and MIGRATION_PASS events for the target's queries.
+    let mut events = q.subscribe();
+    let seen = agent.migration_events(name);
+    *seen.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(pass) = e.migration_pass() {
+                        s.passes = pass;
+                    }
+                    if let Some(st) = e.migration_status() {
+                        s.status = st.as_str().to_string();
+                        if matches!(s.status.as_str(), "completed" | "failed" | "cancelled") {
+                            break;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    });
     q.migrate(uri).await.context("migrate")?;
     agent.set_state(name, GuestState::Running);
     Ok(())
@@ -95,7 +119,12 @@ pub async fn src_migrate_out(agent: &Arc<Agent>, name: &str, uri: &str, tls_host
 /// src: the outgoing migration's state.
 pub async fn src_migrate_query(agent: &Agent, name: &str) -> Result<MigrationInfo> {
     let (q, _) = agent.qmp_of(name)?;
-    Ok(q.query_migrate().await?)
+    let mut info = q.query_migrate().await?;
+    let seen = agent.migration_events(name);
+    let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+    info.extra.insert("vmove-passes".into(), s.passes.into());
+    info.extra.insert("vmove-event-status".into(), s.status.clone().into());
+    Ok(info)
 }
 
 /// src: lets a migration held at switchover go on.
@@ -169,6 +198,7 @@ pub async fn dst_detach_volumes(jobs: &Jobs, spec: &JobSpec) -> Result<String> {
         let path = agent.volume_path(&d.pool, &d.volume)?;
         let pool = path.parent().unwrap_or(Path::new("/"));
         let l = vmove_host::lease::switch_to_incoming(pool, &d.volume, &agent.cfg.name)?;
+        vmove_host::lease::record_address(pool, &d.volume, &agent.cfg.name, &agent.cfg.listen)?;
         notes.push(format!("{}/{} (epoch {})", d.pool, d.volume, l.epoch));
     }
     Ok(if notes.is_empty() {
@@ -200,6 +230,13 @@ pub async fn dst_abort_incoming(jobs: &Jobs, spec: &JobSpec) -> Result<String> {
 }
 
 fn progress(info: &MigrationInfo) -> Progress {
+    let from_events = info.extra.get("vmove-passes").and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut p = progress_from_query(info);
+    p.pass = p.pass.max(from_events);
+    p
+}
+
+fn progress_from_query(info: &MigrationInfo) -> Progress {
     let ram = info.ram.clone().unwrap_or_default();
     let rate = ram.mbps.map(|m| (m * 1e6 / 8.0) as u64).unwrap_or(0);
     let dirty = ram.dirty_pages_rate.unwrap_or(0) * ram.page_size.unwrap_or(4096);
@@ -304,6 +341,7 @@ async fn dst_migrate_inner(
     let started = Instant::now();
     let timeout = Duration::from_secs(p.timeout_s);
     let mut misses = 0;
+    let mut dst_events = q.subscribe();
     let last = loop {
         if cell.cancelled() {
             bail!("cancelled by the operator during the memory phase; the guest keeps running on {}", spec.source.name);
@@ -353,7 +391,18 @@ async fn dst_migrate_inner(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Wait for the next poll, or for the target QEMU's MIGRATION event (it reports the
+        // incoming side's completion at once).
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match dst_events.recv().await {
+                    Ok(e) if e.migration_status().is_some() => break,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
     };
     // Switchover: the incoming QEMU resumes the guest by itself.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -130,7 +130,7 @@ async fn handle(agent: &Arc<Agent>, jobs: &Arc<Jobs>, req: Request, role: Role) 
         Request::JobList => Reply::ok(jobs.list()),
         Request::JobWatch { .. } => Reply::err("job_watch is a streaming call"),
         Request::JobCancel { id } => Reply::ok(jobs.cancel(&id)?),
-        Request::JobRecover { id } => Reply::ok(jobs.recover(&id)?),
+        Request::JobRecover { id } => Reply::ok(jobs.recover(&id).await?),
         Request::JobResume { id } => Reply::ok(jobs.resume(&id)?),
         Request::PeerMigrateContinue { name } => {
             crate::live::src_migrate_continue(agent, &name).await?;

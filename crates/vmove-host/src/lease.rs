@@ -26,6 +26,9 @@ pub struct Lease {
     pub incoming: Option<String>,
     /// Unix time of the last change, ms.
     pub since_ms: u64,
+    /// The holder's agent address, so that other hosts can ask it about the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_address: Option<String>,
 }
 
 fn dir(pool: &Path) -> PathBuf {
@@ -81,10 +84,17 @@ pub fn acquire(pool: &Path, volume: &str, host: &str, guest: &str, how: Take) ->
     let _l = lock(pool)?;
     let cur = read(pool, volume)?;
     let lease = match cur {
-        None => Lease { holder: host.into(), guest: guest.into(), epoch: 1, incoming: None, since_ms: now_ms() },
+        None => Lease { holder: host.into(), guest: guest.into(), epoch: 1, incoming: None, since_ms: now_ms(), holder_address: None },
         Some(c) if c.holder == host => Lease { incoming: None, since_ms: now_ms(), ..c },
         Some(c) if how == Take::Takeover => {
-            Lease { holder: host.into(), guest: guest.into(), epoch: c.epoch + 1, incoming: None, since_ms: now_ms() }
+            Lease {
+                holder: host.into(),
+                guest: guest.into(),
+                epoch: c.epoch + 1,
+                incoming: None,
+                since_ms: now_ms(),
+                holder_address: None,
+            }
         }
         Some(c) => bail!("volume {volume} is leased to {} (guest {}); it cannot be used on {host}", c.holder, c.guest),
     };
@@ -114,7 +124,14 @@ pub fn add_incoming(pool: &Path, volume: &str, holder: &str, target: &str, guest
     let _l = lock(pool)?;
     let mut c = match read(pool, volume)? {
         Some(c) => c,
-        None => Lease { holder: holder.into(), guest: guest.into(), epoch: 1, incoming: None, since_ms: now_ms() },
+        None => Lease {
+            holder: holder.into(),
+            guest: guest.into(),
+            epoch: 1,
+            incoming: None,
+            since_ms: now_ms(),
+            holder_address: None,
+        },
     };
     if c.holder != holder && c.holder != target {
         bail!("volume {volume} is leased to {}, not to the source {holder}", c.holder);
@@ -137,9 +154,21 @@ pub fn switch_to_incoming(pool: &Path, volume: &str, target: &str) -> Result<Lea
     if c.incoming.as_deref() != Some(target) {
         bail!("volume {volume}: {target} is not its incoming host");
     }
-    let l = Lease { holder: target.into(), incoming: None, since_ms: now_ms(), ..c };
+    let l = Lease { holder: target.into(), incoming: None, since_ms: now_ms(), holder_address: None, ..c };
     write(pool, volume, &l)?;
     Ok(l)
+}
+
+/// Records the holder's agent address (if `host` holds the lease).
+pub fn record_address(pool: &Path, volume: &str, host: &str, address: &str) -> Result<()> {
+    let _l = lock(pool)?;
+    if let Some(mut c) = read(pool, volume)? {
+        if c.holder == host && c.holder_address.as_deref() != Some(address) {
+            c.holder_address = Some(address.into());
+            write(pool, volume, &c)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

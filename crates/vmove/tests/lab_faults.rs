@@ -124,6 +124,7 @@ fn live_cases() -> Vec<Case> {
             Case { mode: "live", at: At::Switchover, fault: Fault::KillDstAgent },
             Case { mode: "live", at: At::Switchover, fault: Fault::LinkDown },
             Case { mode: "live", at: At::Before("DETACH_VOLUMES"), fault: Fault::KillDstQemu },
+            Case { mode: "live", at: At::Before("DETACH_VOLUMES"), fault: Fault::Cancel },
         ]
     }
 }
@@ -282,8 +283,28 @@ fn report(title: &str, rows: &[Row]) {
 
 fn matrix(tag: &str, title: &str, cases: Vec<Case>) {
     let lab = Lab::up(tag, 2);
-    let rows: Vec<Row> = cases.iter().enumerate().map(|(i, c)| run_case(&lab, i + 1, c)).collect();
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let t = Instant::now();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&lab, i + 1, c))) {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let line = msg.lines().next().unwrap_or("").to_string();
+                failed.push(format!("{}: {line}", c.name()));
+                rows.push(Row { case: c.name(), outcome: format!("FAILED: {line}"), recover_ms: t.elapsed().as_millis() });
+                // Leave the lab usable for the next case.
+                let _ = lab.vmove(&["guest", "destroy", &format!("f{}", i + 1)]);
+            }
+        }
+    }
     report(title, &rows);
+    assert!(failed.is_empty(), "{} case(s) failed:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
