@@ -7,6 +7,7 @@ mod inventory;
 mod jobs;
 mod journal;
 mod live;
+mod reconcile;
 mod server;
 mod steps;
 
