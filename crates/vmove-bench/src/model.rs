@@ -1,0 +1,354 @@
+//! What the benchmark measures and writes to `report.json` (plain data).
+use serde::{Deserialize, Serialize};
+
+/// A migration tool taking its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    /// `vmove migrate` with its defaults (TLS, 2 multifd channels, no bandwidth cap, 300 ms).
+    Vmove,
+    /// The same QEMU driven over QMP with QEMU's defaults: a plain `migrate tcp:...`.
+    Qemu,
+    /// `virsh migrate --live` (native: QEMU's own stream, managed by virsh).
+    Virsh,
+    /// `virsh migrate --live --p2p --tunnelled` (the stream goes through libvirtd).
+    VirshTunnelled,
+    /// No migration: the hand-started guest stays where it is for as long as a migration
+    /// takes (the probes' floor, and how often the guest breaks without a migration).
+    Control,
+}
+
+impl Contender {
+    /// Every contender, in report order.
+    pub const ALL: [Contender; 5] =
+        [Contender::Vmove, Contender::Qemu, Contender::Virsh, Contender::VirshTunnelled, Contender::Control];
+
+    /// Short name (command line, JSON, file names).
+    pub fn id(self) -> &'static str {
+        match self {
+            Contender::Vmove => "vmove",
+            Contender::Qemu => "qemu",
+            Contender::Virsh => "virsh",
+            Contender::VirshTunnelled => "virsh-tunnelled",
+            Contender::Control => "control",
+        }
+    }
+
+    /// What the report calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::Vmove => "vmove migrate (defaults)",
+            Contender::Qemu => "QEMU by hand (QEMU defaults)",
+            Contender::Virsh => "virsh migrate --live",
+            Contender::VirshTunnelled => "virsh migrate --live --tunnelled",
+            Contender::Control => "no migration (control)",
+        }
+    }
+
+    /// Parses [`Contender::id`].
+    pub fn parse(s: &str) -> Option<Contender> {
+        Contender::ALL.into_iter().find(|c| c.id() == s)
+    }
+
+    /// Whether it migrates at all.
+    pub fn migrates(self) -> bool {
+        self != Contender::Control
+    }
+
+    /// Whether it needs libvirt.
+    pub fn is_libvirt(self) -> bool {
+        matches!(self, Contender::Virsh | Contender::VirshTunnelled)
+    }
+}
+
+/// What the guest does during the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Nothing (the working set is allocated and read, never rewritten).
+    Idle,
+    /// HTTP requests from the client while the guest dirties 20 MB/s.
+    Http20,
+    /// Dirtying at a rate near the migration link's measured throughput.
+    NearLink,
+}
+
+impl Workload {
+    /// Every workload, in report order.
+    pub const ALL: [Workload; 3] = [Workload::Idle, Workload::Http20, Workload::NearLink];
+
+    /// Short name.
+    pub fn id(self) -> &'static str {
+        match self {
+            Workload::Idle => "idle",
+            Workload::Http20 => "http-20",
+            Workload::NearLink => "near-link",
+        }
+    }
+
+    /// Parses [`Workload::id`].
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.id() == s)
+    }
+}
+
+/// One cell of the matrix: a guest size and a workload, on one link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellSpec {
+    /// Guest memory, MiB.
+    pub memory_mib: u64,
+    /// Workload.
+    pub workload: Workload,
+    /// The guest's dirty rate, MB/s.
+    pub dirty_mb_s: u32,
+    /// The guest's working set, MiB.
+    pub wss_mib: u32,
+    /// Whether the client sends HTTP requests during the migration.
+    pub http_load: bool,
+    /// The migration link's cap (tc tbf on both hosts' mgmt0), Mbit/s; None: the raw veth link.
+    pub link_cap_mbit: Option<u32>,
+    /// That link's throughput, measured by a plain TCP copy between the host namespaces, bytes/s.
+    pub link_bytes_per_s: f64,
+}
+
+impl CellSpec {
+    /// `512M-idle`, `2048M-near-link`, ...
+    pub fn id(&self) -> String {
+        format!("{}M-{}", self.memory_mib, self.workload.id())
+    }
+
+    /// One line describing the cell.
+    pub fn describe(&self) -> String {
+        let guest = if self.memory_mib % 1024 == 0 {
+            format!("{} GiB", self.memory_mib / 1024)
+        } else {
+            format!("{} MiB", self.memory_mib)
+        };
+        let work = match self.workload {
+            Workload::Idle => format!("idle (working set {} MiB, not rewritten)", self.wss_mib),
+            Workload::Http20 => {
+                format!("HTTP served while dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib)
+            }
+            Workload::NearLink => format!("dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib),
+        };
+        let link = match self.link_cap_mbit {
+            Some(c) => format!("link capped at {c} Mbit/s"),
+            None => "raw lab link".to_string(),
+        };
+        format!("{guest} guest, {work}, {link}")
+    }
+}
+
+/// One point of the remaining-bytes curve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Since the contender's command started, ms.
+    pub t_ms: u64,
+    /// RAM bytes still to send.
+    pub remaining_bytes: u64,
+    /// Bytes sent so far.
+    pub transferred_bytes: u64,
+}
+
+/// What the client saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    /// UDP datagrams sent (one per ms).
+    pub udp_sent: u64,
+    /// UDP echoes received.
+    pub udp_received: u64,
+    /// Longest time without a UDP echo, ms (None: no echo at all).
+    pub udp_longest_gap_ms: Option<u64>,
+    /// UDP gaps of 20 ms or more: (start after the migration command started, length), ms.
+    #[serde(default)]
+    pub udp_gaps: Vec<(u64, u64)>,
+    /// Longest stall of the TCP echo connection, ms.
+    pub tcp_longest_stall_ms: Option<u64>,
+    /// Why the TCP connection broke, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_error: Option<String>,
+    /// HTTP requests answered (HTTP workload only).
+    pub http_ok: u64,
+    /// HTTP requests that failed.
+    pub http_failed: u64,
+    /// HTTP gaps of 200 ms or more: (start after the migration command started, length), ms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_gaps: Vec<(u64, u64)>,
+    /// Longest time without an HTTP answer, ms (HTTP workload only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_longest_gap_ms: Option<u64>,
+}
+
+/// One migration by one contender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// [`CellSpec::id`].
+    pub cell: String,
+    /// Who.
+    pub contender: Contender,
+    /// Run number, from 1.
+    pub run: u32,
+    /// The guest's name.
+    pub guest: String,
+    /// Whether the migration completed within the time budget.
+    pub converged: bool,
+    /// What went wrong, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The contender's whole operation, wall clock, ms.
+    pub total_ms: Option<u64>,
+    /// QEMU's `total-time` of the memory migration, ms.
+    pub qemu_total_ms: Option<u64>,
+    /// QEMU's downtime, ms.
+    pub downtime_ms: Option<u64>,
+    /// Bytes sent.
+    pub transferred_bytes: Option<u64>,
+    /// Guest memory, bytes.
+    pub memory_bytes: u64,
+    /// Guest memory that is not zero pages (total − zero pages), bytes, where the tool reports it.
+    pub touched_bytes: Option<u64>,
+    /// Memory passes (dirty syncs).
+    pub passes: Option<u64>,
+    /// Dirty rate the guest achieved just before the migration, MB/s.
+    pub dirty_rate_mb_s: Option<f64>,
+    /// The client's view.
+    pub outage: Outage,
+    /// Whether the guest answered TCP echo on the target afterwards (or on the source, if not converged).
+    pub answers_after: bool,
+    /// The first console line showing that the guest was damaged (oops, failed verification), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
+    /// `VERIFY OK` lines on the console (memory sweeps that found every page intact).
+    #[serde(default)]
+    pub verify_ok: u64,
+    /// Remaining bytes over time.
+    pub samples: Vec<Sample>,
+    /// Anything else worth keeping (parameters QEMU reported, ...).
+    pub notes: Vec<String>,
+}
+
+impl RunResult {
+    /// A run that has not measured anything yet.
+    pub fn new(cell: String, contender: Contender, run: u32, guest: String, memory_bytes: u64) -> RunResult {
+        RunResult {
+            cell,
+            contender,
+            run,
+            guest,
+            converged: false,
+            error: None,
+            total_ms: None,
+            qemu_total_ms: None,
+            downtime_ms: None,
+            transferred_bytes: None,
+            memory_bytes,
+            touched_bytes: None,
+            passes: None,
+            dirty_rate_mb_s: None,
+            outage: Outage::default(),
+            answers_after: false,
+            damage: None,
+            verify_ok: 0,
+            samples: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// The machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `nproc`.
+    pub nproc: usize,
+    /// MemTotal, GiB.
+    pub memory_gib: f64,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// `qemu-system-x86_64 --version`, first line.
+    pub qemu: String,
+    /// libvirtd's version, if installed.
+    pub libvirt: Option<String>,
+    /// vmove's version.
+    pub vmove: String,
+    /// The source tree the binaries came from: commit, and whether it had uncommitted changes.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// What else ran on the machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Conditions {
+    /// /proc/loadavg before the first measurement.
+    pub load_before: String,
+    /// /proc/loadavg at the end.
+    pub load_after: String,
+    /// QEMU processes outside the benchmark's lab before it started (command line, shortened).
+    pub other_qemu_before: Vec<String>,
+    /// ...and at the end.
+    pub other_qemu_after: Vec<String>,
+    /// The largest number of foreign QEMUs seen between runs.
+    pub other_qemu_max: usize,
+    /// Runs during which at least one foreign QEMU existed.
+    pub runs_with_other_qemu: usize,
+}
+
+/// The links.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Links {
+    /// Raw lab link: plain TCP copies host1 → host2, bytes/s each.
+    pub raw_samples: Vec<f64>,
+    /// Their median.
+    pub raw_bytes_per_s: f64,
+    /// The cap for the near-link workload, Mbit/s.
+    pub cap_mbit: Option<u32>,
+    /// Capped link: plain TCP copies, bytes/s each.
+    pub capped_samples: Vec<f64>,
+    /// Their median.
+    pub capped_bytes_per_s: Option<f64>,
+}
+
+/// Settings of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Runs per cell and contender.
+    pub runs: u32,
+    /// Time budget per migration, s (beyond it: cancelled, not converged).
+    pub budget_s: u64,
+    /// Near-link dirty rate as a fraction of the capped link's throughput.
+    pub near_fraction: f64,
+    /// Working set of the near-link workload, MiB.
+    pub near_wss_mib: u32,
+    /// Quick mode.
+    pub quick: bool,
+}
+
+/// Everything `report.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Start, UTC, RFC 3339.
+    pub started: String,
+    /// Wall time of the whole benchmark, s.
+    pub duration_s: u64,
+    /// The command line.
+    pub command: String,
+    /// The machine.
+    pub machine: Machine,
+    /// Load and foreign QEMUs.
+    pub conditions: Conditions,
+    /// Settings.
+    pub settings: Settings,
+    /// Link measurements.
+    pub links: Links,
+    /// Contenders that took part.
+    pub contenders: Vec<Contender>,
+    /// Contenders left out, and why.
+    pub left_out: Vec<(Contender, String)>,
+    /// The matrix.
+    pub cells: Vec<CellSpec>,
+    /// Every run.
+    pub runs: Vec<RunResult>,
+    /// Remarks for the report (what was chosen and why, problems seen).
+    pub remarks: Vec<String>,
+}

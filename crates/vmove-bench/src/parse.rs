@@ -1,0 +1,245 @@
+//! Parsing what the tools print (pure).
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use vmove_api::{EventKind, JobEvent, JobStatus};
+use vmove_qmp::MigrationInfo;
+
+use crate::model::Sample;
+
+/// One line of `vmove --json migrate`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmoveLine {
+    /// A progress event: unix ms and the sample's figures.
+    Progress {
+        /// Unix time, ms.
+        at_ms: u64,
+        /// RAM bytes still to send.
+        remaining_bytes: u64,
+        /// Bytes sent so far.
+        transferred_bytes: u64,
+    },
+    /// The job ended.
+    Ended {
+        /// Whether it succeeded.
+        succeeded: bool,
+        /// Why not.
+        error: Option<String>,
+        /// Whole job, ms.
+        total_ms: u64,
+        /// QEMU's total-time, ms.
+        migration_ms: Option<u64>,
+        /// QEMU's downtime, ms.
+        downtime_ms: Option<u64>,
+        /// Bytes sent.
+        transferred_bytes: Option<u64>,
+        /// Passes.
+        passes: Option<u64>,
+    },
+    /// Anything else (steps, prechecks, info).
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    event: JobEvent,
+}
+
+/// Parses one line of `vmove --json migrate` output; None if it is not a job event.
+pub fn vmove_line(line: &str) -> Option<VmoveLine> {
+    let l: Line = serde_json::from_str(line.trim()).ok()?;
+    Some(match l.event.kind {
+        // Before RAM statistics exist (status `setup`) everything is 0: not a sample.
+        EventKind::Progress(p) if p.total_bytes == 0 => VmoveLine::Other,
+        EventKind::Progress(p) => VmoveLine::Progress {
+            at_ms: l.event.at_ms,
+            remaining_bytes: p.remaining_bytes,
+            transferred_bytes: p.transferred_bytes,
+        },
+        EventKind::JobEnded { status, error, summary } => VmoveLine::Ended {
+            succeeded: status == JobStatus::Succeeded,
+            error,
+            total_ms: summary.total_ms,
+            migration_ms: summary.migration_ms,
+            downtime_ms: summary.downtime_ms,
+            transferred_bytes: summary.transferred_bytes,
+            passes: summary.passes,
+        },
+        _ => VmoveLine::Other,
+    })
+}
+
+/// `virsh domjobinfo --rawstats`: `key: value` lines with integer values.
+pub fn virsh_rawstats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter_map(|(k, v)| Some((k.trim().to_string(), v.trim().parse::<u64>().ok()?)))
+        .filter(|(k, _)| !k.is_empty() && !k.contains(' '))
+        .collect()
+}
+
+/// A remaining-bytes sample from libvirt's raw job statistics (None while it has none).
+pub fn virsh_sample(stats: &BTreeMap<String, u64>, t_ms: u64) -> Option<Sample> {
+    let remaining = *stats.get("memory_remaining")?;
+    let transferred = stats.get("memory_processed").copied().unwrap_or(0);
+    (stats.get("memory_total").copied().unwrap_or(0) > 0).then_some(Sample {
+        t_ms,
+        remaining_bytes: remaining,
+        transferred_bytes: transferred,
+    })
+}
+
+/// Touched memory from libvirt's completed job: total − zero ("constant") pages.
+pub fn virsh_touched(stats: &BTreeMap<String, u64>) -> Option<u64> {
+    let total = *stats.get("memory_total")?;
+    let zero = *stats.get("memory_constant")?;
+    let page = stats.get("memory_page_size").copied().unwrap_or(4096);
+    Some(total.saturating_sub(zero * page))
+}
+
+/// A remaining-bytes sample from `query-migrate` (None before RAM statistics exist).
+pub fn qmp_sample(info: &MigrationInfo, t_ms: u64) -> Option<Sample> {
+    let ram = info.ram.as_ref()?;
+    Some(Sample { t_ms, remaining_bytes: ram.remaining?, transferred_bytes: ram.transferred.unwrap_or(0) })
+}
+
+/// Touched memory from `query-migrate`: total − zero ("duplicate") pages.
+pub fn qmp_touched(info: &MigrationInfo) -> Option<u64> {
+    let ram = info.ram.as_ref()?;
+    let page = ram.page_size.unwrap_or(4096);
+    Some(ram.total?.saturating_sub(ram.duplicate? * page))
+}
+
+/// A counter (`pages_dirtied`, `verify_sweeps`, ...) from the lab guest's HTTP status page.
+pub fn status_field(page: &str, key: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The body of an HTTP/1.x response with status 200.
+pub fn http_ok_body(resp: &str) -> Option<&str> {
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.lines().next().filter(|l| l.starts_with("HTTP/1.") && l.split_whitespace().nth(1) == Some("200"))?;
+    Some(body)
+}
+
+/// The first console line that shows the guest was damaged: a failed memory verification,
+/// a kernel oops or panic, a crashed workload.
+pub fn damage(console: &str) -> Option<String> {
+    const BAD: [&str; 8] = [
+        "VERIFY FAIL",
+        "VMOVE PANIC",
+        "VMOVE FATAL",
+        "BUG:",
+        "Oops",
+        "Kernel panic",
+        "general protection fault",
+        "segfault",
+    ];
+    console.lines().find(|l| BAD.iter().any(|b| l.contains(b))).map(|l| l.trim().to_string())
+}
+
+/// `model name` from /proc/cpuinfo.
+pub fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// MemTotal from /proc/meminfo, GiB.
+pub fn mem_total_gib(meminfo: &str) -> Option<f64> {
+    let kb: f64 = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmove_progress_and_end() {
+        let p = r#"{"event":{"at_ms":1795314877754,"dirty_rate_bytes_per_s":0,"elapsed_ms":512,"eta_s":2,"event":"progress","expected_downtime_ms":300,"pass":1,"rate_bytes_per_s":191232769,"remaining_bytes":451149824,"seq":8,"status":"active","total_bytes":537665536,"transferred_bytes":74523609},"job":"host2-1"}"#;
+        assert_eq!(
+            vmove_line(p),
+            Some(VmoveLine::Progress { at_ms: 1795314877754, remaining_bytes: 451149824, transferred_bytes: 74523609 })
+        );
+        let e = r#"{"event":{"at_ms":1795314878897,"event":"job_ended","seq":13,"status":"succeeded","summary":{"downtime_ms":92,"migration_ms":1229,"passes":4,"total_ms":1930,"transferred_bytes":180699400}},"job":"host2-1"}"#;
+        assert_eq!(
+            vmove_line(e),
+            Some(VmoveLine::Ended {
+                succeeded: true,
+                error: None,
+                total_ms: 1930,
+                migration_ms: Some(1229),
+                downtime_ms: Some(92),
+                transferred_bytes: Some(180699400),
+                passes: Some(4)
+            })
+        );
+        let f = r#"{"event":{"at_ms":1,"event":"job_ended","seq":9,"status":"cancelled","error":"timed out after 6 s","summary":{"total_ms":6100}},"job":"host2-3"}"#;
+        match vmove_line(f) {
+            Some(VmoveLine::Ended { succeeded: false, error: Some(e), migration_ms: None, .. }) => assert!(e.contains("timed out")),
+            other => panic!("{other:?}"),
+        }
+        let setup = r#"{"event":{"at_ms":1795314877247,"dirty_rate_bytes_per_s":0,"elapsed_ms":0,"event":"progress","expected_downtime_ms":0,"pass":0,"rate_bytes_per_s":0,"remaining_bytes":0,"seq":7,"status":"setup","total_bytes":0,"transferred_bytes":0},"job":"host2-1"}"#;
+        assert_eq!(vmove_line(setup), Some(VmoveLine::Other), "no statistics yet");
+        let s = r#"{"event":{"at_ms":1,"event":"step_started","seq":11,"step":"DETACH_VOLUMES"},"job":"host2-1"}"#;
+        assert_eq!(vmove_line(s), Some(VmoveLine::Other));
+        assert_eq!(vmove_line("not json"), None);
+        assert_eq!(vmove_line(r#"{"guest":"vm1","passed":true}"#), None);
+    }
+
+    #[test]
+    fn virsh_raw_statistics() {
+        let t = "Job type: 3\n\noperation: 4\ntime_elapsed: 1126\ndowntime: 135\ndata_processed: 163379100\nmemory_total: 537526272\nmemory_processed: 163379100\nmemory_remaining: 0\nmemory_constant: 95159\nmemory_page_size: 4096\nmemory_iteration: 3\n";
+        let s = virsh_rawstats(t);
+        assert_eq!(s.get("downtime"), Some(&135));
+        assert_eq!(s.get("memory_iteration"), Some(&3));
+        assert!(!s.contains_key("Job type"), "the header line is not a statistic");
+        assert_eq!(virsh_touched(&s), Some(537526272 - 95159 * 4096));
+        assert_eq!(virsh_sample(&s, 7), Some(Sample { t_ms: 7, remaining_bytes: 0, transferred_bytes: 163379100 }));
+        assert_eq!(virsh_sample(&virsh_rawstats("Job type: 2\n"), 7), None);
+    }
+
+    #[test]
+    fn qmp_figures() {
+        let info: MigrationInfo = serde_json::from_str(
+            r#"{"status":"active","ram":{"transferred":100,"remaining":4096000,"total":8192000,"duplicate":1000,"page-size":4096,"mbps":12.5}}"#,
+        )
+        .unwrap();
+        assert_eq!(qmp_sample(&info, 5), Some(Sample { t_ms: 5, remaining_bytes: 4096000, transferred_bytes: 100 }));
+        assert_eq!(qmp_touched(&info), Some(8192000 - 4096000));
+        assert_eq!(qmp_sample(&MigrationInfo::default(), 5), None);
+    }
+
+    #[test]
+    fn guest_page_and_http() {
+        let resp = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nname: vm1\nverify_sweeps: 5\npages_dirtied: 52734\n";
+        let body = http_ok_body(resp).unwrap();
+        assert_eq!(status_field(body, "pages_dirtied"), Some(52734));
+        assert_eq!(status_field(body, "verify_sweeps"), Some(5));
+        assert_eq!(status_field(body, "pages"), None);
+        assert_eq!(http_ok_body("HTTP/1.1 405 Method Not Allowed\r\n\r\nno"), None);
+        assert_eq!(http_ok_body("garbage"), None);
+    }
+
+    #[test]
+    fn damaged_consoles() {
+        assert_eq!(damage("VMOVE READY x\nVERIFY OK 1\nVERIFY OK 2\n"), None);
+        assert_eq!(
+            damage("VERIFY OK 1\n[   11.573032] BUG: kernel NULL pointer dereference, address: 0000000000000000\n[ 11.6] Oops: 0010\n").as_deref(),
+            Some("[   11.573032] BUG: kernel NULL pointer dereference, address: 0000000000000000")
+        );
+        assert_eq!(damage("VERIFY FAIL page 7: crc\n").as_deref(), Some("VERIFY FAIL page 7: crc"));
+    }
+
+    #[test]
+    fn machine_files() {
+        assert_eq!(cpu_model("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t: x\n").as_deref(), Some("AMD EPYC"));
+        let g = mem_total_gib("MemTotal:       24634568 kB\nMemFree: 1 kB\n").unwrap();
+        assert!((g - 23.49).abs() < 0.01, "{g}");
+    }
+}

@@ -1,0 +1,232 @@
+//! The client's probes, run from its namespace: a 1 ms UDP echo stream, one TCP echo
+//! connection exchanging every millisecond, HTTP requests, and one-off HTTP reads of the
+//! guest's status page. Each records when answers arrive, so that gaps are measured over
+//! the same window (from the migration command's start to 2 s after its end).
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use vmove_host::netns;
+
+/// Arrival times of echoes, ms since the probe started.
+#[derive(Debug, Clone, Default)]
+pub struct Arrivals {
+    /// When the probe started.
+    pub base: Option<Instant>,
+    /// Requests sent.
+    pub sent: u64,
+    /// Failed requests (HTTP).
+    pub failed: u64,
+    /// Arrival times, ms since `base`, ascending.
+    pub at_ms: Vec<u64>,
+}
+
+impl Arrivals {
+    /// ms since `base` of an instant (0 before it).
+    pub fn ms(&self, t: Instant) -> u64 {
+        self.base.map(|b| t.saturating_duration_since(b).as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// A datagram to the guest's UDP echo every millisecond; records when echoes come back.
+pub struct UdpStream {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    arrivals: Arc<Mutex<Vec<u64>>>,
+    base: Instant,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UdpStream {
+    /// Starts the stream from namespace `ns`.
+    pub fn start(ns: &str, addr: SocketAddr) -> Result<UdpStream> {
+        let sock = netns::run_in(ns, move || {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(addr)?;
+            Ok(s)
+        })?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let rx = sock.try_clone()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 16)));
+        let base = Instant::now();
+        let (st, se) = (stop.clone(), sent.clone());
+        let tx = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            let mut seq = 0u64;
+            while !st.load(Ordering::Relaxed) {
+                let _ = sock.send(&seq.to_be_bytes());
+                seq += 1;
+                se.store(seq, Ordering::Relaxed);
+                next += Duration::from_millis(1);
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else if now - next > Duration::from_millis(50) {
+                    next = now;
+                }
+            }
+        });
+        let (st, arr) = (stop.clone(), arrivals.clone());
+        let rxt = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut buf) {
+                    if n == 8 {
+                        let t = base.elapsed().as_millis() as u64;
+                        if let Ok(mut a) = arr.lock() {
+                            a.push(t);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(UdpStream { stop, sent, arrivals, base, threads: vec![tx, rxt] })
+    }
+
+    /// Echoes so far.
+    pub fn received(&self) -> usize {
+        self.arrivals.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Stops and returns what arrived.
+    pub fn stop(self) -> Arrivals {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let at_ms = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+        Arrivals { base: Some(self.base), sent: self.sent.load(Ordering::Relaxed), failed: 0, at_ms }
+    }
+}
+
+/// One TCP connection to the guest's echo service, exchanging 8 bytes every millisecond.
+/// Like `vmove_lab::probe::TcpSession`, but it records arrival times and keeps waiting
+/// through stalls (a lost segment is retransmitted) until stopped; only a reset or EOF
+/// breaks it.
+pub struct TcpEcho {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(Arrivals, Option<String>)>,
+}
+
+impl TcpEcho {
+    /// Connects from namespace `ns` and starts exchanging.
+    pub fn start(ns: &str, addr: SocketAddr) -> Result<TcpEcho> {
+        let mut s = netns::run_in(ns, move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let base = Instant::now();
+            let mut a = Arrivals { base: Some(base), ..Default::default() };
+            let mut err = None;
+            'outer: while !st.load(Ordering::Relaxed) {
+                let msg = a.sent.to_be_bytes();
+                a.sent += 1;
+                if let Err(e) = s.write_all(&msg) {
+                    err = Some(format!("write after {} echoes: {e}", a.at_ms.len()));
+                    break;
+                }
+                let mut got = [0u8; 8];
+                let mut n = 0;
+                while n < 8 {
+                    match s.read(&mut got[n..]) {
+                        Ok(0) => {
+                            err = Some(format!("closed after {} echoes", a.at_ms.len()));
+                            break 'outer;
+                        }
+                        Ok(k) => n += k,
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+                            if st.load(Ordering::Relaxed) {
+                                break 'outer;
+                            }
+                        }
+                        Err(e) => {
+                            err = Some(format!("broke after {} echoes: {e}", a.at_ms.len()));
+                            break 'outer;
+                        }
+                    }
+                }
+                if got != msg {
+                    err = Some(format!("echo {} came back altered", a.sent - 1));
+                    break;
+                }
+                a.at_ms.push(base.elapsed().as_millis() as u64);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (a, err)
+        });
+        Ok(TcpEcho { stop, handle })
+    }
+
+    /// Stops and returns what arrived, and why the connection broke if it did.
+    pub fn stop(self) -> (Arrivals, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_else(|_| (Arrivals::default(), Some("probe thread panicked".into())))
+    }
+}
+
+/// One `GET /` from namespace-bound socket creation; returns the body of a 200 answer.
+fn http_get_in_ns(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).context("connect")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    crate::parse::http_ok_body(&text).map(str::to_string).ok_or_else(|| anyhow!("bad HTTP answer"))
+}
+
+/// One `GET /` of the guest's status page from namespace `ns`.
+pub fn http_get(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String> {
+    netns::run_in(ns, move || http_get_in_ns(addr, timeout))
+}
+
+/// HTTP requests every `interval` from namespace `ns`; records when answers arrive.
+pub struct HttpLoad {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Arrivals>,
+}
+
+impl HttpLoad {
+    /// Starts the load.
+    pub fn start(ns: &str, addr: SocketAddr, interval: Duration) -> Result<HttpLoad> {
+        let fd = netns::open(ns)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let base = Instant::now();
+            let mut a = Arrivals { base: Some(base), ..Default::default() };
+            if netns::enter(&fd).is_err() {
+                return a;
+            }
+            while !st.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                a.sent += 1;
+                match http_get_in_ns(addr, Duration::from_secs(1)) {
+                    Ok(_) => a.at_ms.push(base.elapsed().as_millis() as u64),
+                    Err(_) => a.failed += 1,
+                }
+                if let Some(rest) = interval.checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            a
+        });
+        Ok(HttpLoad { stop, handle })
+    }
+
+    /// Stops and returns what arrived.
+    pub fn stop(self) -> Arrivals {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
