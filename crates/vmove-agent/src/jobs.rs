@@ -120,7 +120,7 @@ impl Jobs {
             if rec.status == JobStatus::Running {
                 let step = rec.steps.iter().find(|s| s.status == StepStatus::Running).map(|s| s.step);
                 let msg = match step {
-                    Some(s) => format!("the agent on {} restarted during {}", rec.spec.target, s.seed_name()),
+                    Some(s) => format!("the agent on {} restarted during {}", rec.spec.target, s.name()),
                     None => format!("the agent on {} restarted", rec.spec.target),
                 };
                 for s in rec.steps.iter_mut().filter(|s| s.status == StepStatus::Running) {
@@ -417,7 +417,7 @@ impl Jobs {
                 self.finish(
                     &cell,
                     JobStatus::Cancelled,
-                    Some(format!("cancelled before {}; run `vmove job recover {}` to roll back", step.seed_name(), rec.id)),
+                    Some(format!("cancelled before {}; run `vmove job recover {}` to roll back", step.name(), rec.id)),
                     summary,
                 );
                 return;
@@ -428,14 +428,14 @@ impl Jobs {
                 continue;
             }
             if spec.pause_before == Some(step) && self.agent.cfg.allow_fault_injection {
-                self.emit(&cell, EventKind::Info { message: format!("paused before {} (test hook)", step.seed_name()) });
+                self.emit(&cell, EventKind::Info { message: format!("paused before {} (test hook)", step.name()) });
                 cell.wait_resumed().await;
                 if cell.cancelled() {
                     if !mig.completed.contains(&Step::MigrateGuest) {
                         self.finish(
                             &cell,
                             JobStatus::Cancelled,
-                            Some(format!("cancelled before {}; run `vmove job recover {}` to roll back", step.seed_name(), rec.id)),
+                            Some(format!("cancelled before {}; run `vmove job recover {}` to roll back", step.name(), rec.id)),
                             summary,
                         );
                         return;
@@ -478,7 +478,7 @@ impl Jobs {
                         let mut clean = true;
                         for done in mig.completed.clone().into_iter().rev() {
                             if let Err(u) = crate::steps::undo_step(&self, done, &spec, &mig).await {
-                                tracing::error!("undo {}: {u:#}", done.seed_name());
+                                tracing::error!("undo {}: {u:#}", done.name());
                                 clean = false;
                             }
                         }
@@ -505,15 +505,15 @@ impl Jobs {
                     let (status, error) = if live_before_switchover {
                         (
                             if cancelled || msg.contains("timed out") { JobStatus::Cancelled } else { JobStatus::Failed },
-                            format!("{}: {msg}; the target was cleaned up", step.seed_name()),
+                            format!("{}: {msg}; the target was cleaned up", step.name()),
                         )
                     } else {
                         (
                             JobStatus::Failed,
                             format!(
                                 "{} failed: {msg}; resume with --step {} or run `vmove job recover {}`",
-                                step.seed_name(),
-                                step.seed_name(),
+                                step.name(),
+                                step.name(),
                                 rec.id
                             ),
                         )
@@ -572,7 +572,7 @@ impl Jobs {
                     let msg = format!("{e:#}");
                     self.set_step(&cell, step, StepStatus::Failed, Some(msg.clone()));
                     self.emit(&cell, EventKind::StepFailed { step, error: msg.clone() });
-                    self.finish(&cell, JobStatus::Failed, Some(format!("recovery step {} failed: {msg}", step.seed_name())), summary);
+                    self.finish(&cell, JobStatus::Failed, Some(format!("recovery step {} failed: {msg}", step.name())), summary);
                     return;
                 }
             }
@@ -594,7 +594,7 @@ fn names(steps: &[Step]) -> String {
     if steps.is_empty() {
         return "none".into();
     }
-    steps.iter().map(|s| s.seed_name()).collect::<Vec<_>>().join(", ")
+    steps.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
 }
 
 async fn send<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, e: JobEvent) -> Result<()> {

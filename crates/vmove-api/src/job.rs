@@ -206,7 +206,7 @@ pub struct Summary {
 pub enum EventKind {
     /// The job started.
     JobStarted {
-        /// One-line description in the seeds' words.
+        /// One-line description in oedacli's words.
         action: String,
     },
     /// A step started.
@@ -300,7 +300,7 @@ impl JobRecord {
         self.steps.iter().any(|s| s.step == Step::MigrateGuest && matches!(s.status, StepStatus::Done | StepStatus::AlreadyDone))
     }
 
-    /// The seeds' one-line description.
+    /// The one-line description, in oedacli's words.
     pub fn action(&self) -> String {
         let s = &self.spec;
         let mut a = format!(
@@ -311,7 +311,7 @@ impl JobRecord {
             s.target
         );
         if let Some(step) = s.step {
-            a.push_str(&format!(" WHERE STEPNAME={}", step.seed_name()));
+            a.push_str(&format!(" WHERE STEPNAME={}", step.name()));
         }
         a
     }

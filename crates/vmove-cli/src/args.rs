@@ -1,4 +1,4 @@
-//! Command-line arguments (DESIGN.md §6).
+//! Command-line arguments (the commands of README.md and docs/DESIGN.md).
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,7 +33,7 @@ pub enum Command {
     /// Migration jobs.
     #[command(subcommand)]
     Job(JobCmd),
-    /// The seeds' command language (LOAD FILE, MIGRATE GUEST, MERGE/DEPLOY ACTIONS, ...),
+    /// Oracle Exadata's oedacli command language (LOAD FILE, MIGRATE GUEST, MERGE/DEPLOY ACTIONS, ...),
     /// interactive or from a script.
     Oedacli(OedacliArgs),
     /// The cluster file against reality.

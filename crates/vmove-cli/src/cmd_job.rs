@@ -33,7 +33,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
                             j.mode.as_str().into(),
                             format!("{}->{}", j.source, j.target),
                             status_str(j.status),
-                            j.current_step.map(|s| s.seed_name().to_string()).unwrap_or_default(),
+                            j.current_step.map(|s| s.name().to_string()).unwrap_or_default(),
                             match &j.kind {
                                 vmove_api::JobKind::Migrate => "migrate".into(),
                                 vmove_api::JobKind::Recover { of } => format!("recover {of}"),
@@ -58,7 +58,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
                         (Some(a), Some(b)) => format!(" [Elapsed = {} mS]", b.saturating_sub(a)),
                         _ => String::new(),
                     };
-                    println!("  {:<22} {:<12}{el} {}", s.step.seed_name(), format!("{:?}", s.status).to_lowercase(), s.note.clone().unwrap_or_default());
+                    println!("  {:<22} {:<12}{el} {}", s.step.name(), format!("{:?}", s.status).to_lowercase(), s.note.clone().unwrap_or_default());
                 }
                 if let Some(e) = &rec.error {
                     println!("error: {e}");
@@ -124,7 +124,7 @@ fn mib(b: u64) -> f64 {
 pub struct FollowOpts {
     /// Printed instead of `Deploying Action ID : <job> <action>` when the job starts.
     pub started_line: Option<String>,
-    /// Print the seeds' `Done...` / `Done [Elapsed = ...]` lines when the job succeeds.
+    /// Print oedacli's `Done...` / `Done [Elapsed = ...]` lines when the job succeeds.
     pub done_lines: bool,
     /// Print nothing at all (the caller reports the outcome).
     pub quiet: bool,
@@ -218,8 +218,8 @@ fn progress_line(p: &Progress) -> String {
     )
 }
 
-/// Now, as the seeds print it (`Wed Jul 30 16:14:59 UTC 2025`).
-pub fn seed_date() -> String {
+/// Now, as oedacli prints it (`Wed Jul 30 16:14:59 UTC 2025`).
+pub fn oedacli_date() -> String {
     let fmt = time::macros::format_description!(
         "[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] UTC [year]"
     );
@@ -233,11 +233,11 @@ fn event_line(id: &str, e: &EventKind, opts: &FollowOpts) -> Option<String> {
             Some(l) => l.clone(),
             None => format!("Deploying Action ID : {id} {action}"),
         },
-        EventKind::StepStarted { step } => format!("  {} ...", step.seed_name()),
+        EventKind::StepStarted { step } => format!("  {} ...", step.name()),
         EventKind::StepDone { step, elapsed_ms, note } => {
-            format!("  Step {} completed successfully [Elapsed = {elapsed_ms} mS]: {note}", step.seed_name())
+            format!("  Step {} completed successfully [Elapsed = {elapsed_ms} mS]: {note}", step.name())
         }
-        EventKind::StepFailed { step, error } => format!("  Step {} FAILED: {error}", step.seed_name()),
+        EventKind::StepFailed { step, error } => format!("  Step {} FAILED: {error}", step.name()),
         EventKind::Info { message } if message.is_empty() => return None,
         EventKind::Info { message } => format!("    {message}"),
         EventKind::Progress(_) => return None,
@@ -262,7 +262,7 @@ fn event_line(id: &str, e: &EventKind, opts: &FollowOpts) -> Option<String> {
                     "Done...\nDone [Elapsed = {} mS [{:.1} minutes] {}]",
                     summary.total_ms,
                     summary.total_ms as f64 / 60000.0,
-                    seed_date()
+                    oedacli_date()
                 )),
                 other => s.push_str(&format!(
                     "{} [Elapsed = {} mS]: {}",

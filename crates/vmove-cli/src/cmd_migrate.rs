@@ -44,7 +44,7 @@ pub fn prepare(cluster: &Cluster, a: &MigrateArgs) -> Result<Prepared> {
     let step = a.step.as_deref().map(Step::parse).transpose().map_err(|e| anyhow!("--step: {e}"))?;
     if let Some(s) = step {
         if !s.valid_for(mode) {
-            bail!("--step {}: not a step of {} migration", s.seed_name(), mode.as_str());
+            bail!("--step {}: not a step of {} migration", s.name(), mode.as_str());
         }
     }
     let params = params(cluster, a)?;

@@ -1,5 +1,5 @@
 //! The cluster model: hosts, networks, storage pools, guests and policy, and the cluster
-//! file (TOML) that holds them — the analogue of the seeds' `es.xml`.
+//! file (TOML) that holds them — the analogue of Oracle Exadata's `es.xml`.
 //!
 //! Everything here is pure data: loading, validating and saving. Nothing talks to a host.
 #![warn(missing_docs)]

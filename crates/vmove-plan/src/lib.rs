@@ -1,11 +1,11 @@
 //! vmove-plan: what a migration is made of, and whether it may start. Pure logic, no I/O.
 //!
 //! - [`Mode`]: `OFFLINE`, `OFFLINEFORCE`, `LIVE`.
-//! - [`Step`]: the seeds' step names, the ordered plan of each mode ([`Step::plan`]) and
+//! - [`Step`]: the step names of Oracle Exadata's `MIGRATE GUEST`, the ordered plan of each mode ([`Step::plan`]) and
 //!   whether a single step may run now ([`can_run_step`]).
 //! - [`checks`]: the prechecks, pure functions from the cluster file, the request and the
 //!   agents' inventories to [`Finding`]s ([`run`]). `docs/prechecks.md` maps every
-//!   prerequisite of the seeds to a check.
+//!   prerequisite of Oracle Exadata, Oracle VM Server for SPARC and Xen migration to a check.
 #![warn(missing_docs)]
 
 pub mod checks;

@@ -1,4 +1,4 @@
-//! Migration modes: `OFFLINE`, `OFFLINEFORCE`, `LIVE` (the seeds' `MODE=` argument).
+//! Migration modes: `OFFLINE`, `OFFLINEFORCE`, `LIVE` (oedacli `MIGRATE GUEST`'s `MODE=` argument).
 use std::fmt;
 use std::str::FromStr;
 
@@ -27,7 +27,7 @@ pub struct ModeParseError {
 }
 
 impl Mode {
-    /// Every mode, in the seeds' order.
+    /// Every mode, in oedacli's order.
     pub const ALL: [Mode; 3] = [Mode::Offline, Mode::OfflineForce, Mode::Live];
 
     /// Parses `offline`, `offlineforce`, `offline-force` (or `offline_force`) and `live`,
@@ -43,7 +43,7 @@ impl Mode {
         }
     }
 
-    /// The seeds' name: `OFFLINE`, `OFFLINEFORCE`, `LIVE`.
+    /// The oedacli name: `OFFLINE`, `OFFLINEFORCE`, `LIVE`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Offline => "OFFLINE",

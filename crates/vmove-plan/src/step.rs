@@ -1,4 +1,4 @@
-//! Migration steps (the seeds' `STEPNAME=`), the ordered plan of each mode, and whether a
+//! Migration steps (oedacli `MIGRATE GUEST`'s `STEPNAME=`), the ordered plan of each mode, and whether a
 //! single step may run (`--step NAME` / `WHERE STEPNAME=...`).
 use std::fmt;
 use std::str::FromStr;
@@ -82,14 +82,14 @@ impl Step {
         }
         Step::ALL
             .into_iter()
-            .find(|st| st.seed_name() == norm)
+            .find(|st| st.name() == norm)
             .ok_or_else(|| StepParseError {
                 input: s.to_string(),
             })
     }
 
-    /// The seeds' name, e.g. `STOP_GUEST`.
-    pub fn seed_name(self) -> &'static str {
+    /// The oedacli name, e.g. `STOP_GUEST`.
+    pub fn name(self) -> &'static str {
         match self {
             Step::StopGuest => "STOP_GUEST",
             Step::CreateBridges => "CREATE_BRIDGES",
@@ -105,7 +105,7 @@ impl Step {
 
     /// The CLI's spelling, e.g. `stop-guest`.
     pub fn cli_name(self) -> String {
-        self.seed_name().to_ascii_lowercase().replace('_', "-")
+        self.name().to_ascii_lowercase().replace('_', "-")
     }
 
     /// The ordered steps of a whole migration in `mode`. `PRECHECK_LIVEMIGRATION` is in no
@@ -136,7 +136,7 @@ impl Step {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.seed_name())
+        f.write_str(self.name())
     }
 }
 
@@ -149,7 +149,7 @@ impl FromStr for Step {
 
 impl Serialize for Step {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.seed_name())
+        s.serialize_str(self.name())
     }
 }
 
@@ -197,7 +197,7 @@ fn not_valid_message(step: Step, mode: Mode) -> String {
     if step == Step::PrecheckLiveMigration {
         return format!("{step} is only valid with MODE=LIVE, not MODE={mode}");
     }
-    let plan: Vec<&str> = Step::plan(mode).iter().map(|s| s.seed_name()).collect();
+    let plan: Vec<&str> = Step::plan(mode).iter().map(|s| s.name()).collect();
     format!(
         "{step} is not a step of the {mode} plan ({})",
         plan.join(", ")
@@ -242,7 +242,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_seed_and_cli_spellings() {
+    fn parses_oedacli_and_cli_spellings() {
         assert_eq!(Step::parse("STOP_GUEST"), Ok(Step::StopGuest));
         assert_eq!(Step::parse("stop-guest"), Ok(Step::StopGuest));
         assert_eq!(Step::parse("Stop_Guest"), Ok(Step::StopGuest));
@@ -255,7 +255,7 @@ mod tests {
             Ok(Step::PrecheckLiveMigration)
         );
         for s in Step::ALL {
-            assert_eq!(Step::parse(s.seed_name()), Ok(s));
+            assert_eq!(Step::parse(s.name()), Ok(s));
             assert_eq!(s.cli_name().parse::<Step>(), Ok(s));
         }
         assert_eq!(Step::StartupGuest.cli_name(), "startup-guest");
@@ -283,11 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn plans_are_in_seed_order() {
+    fn plans_are_in_oedacli_order() {
         let names = |m| {
             Step::plan(m)
                 .iter()
-                .map(|s| s.seed_name())
+                .map(|s| s.name())
                 .collect::<Vec<_>>()
         };
         let offline = [
@@ -328,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn serde_uses_seed_names() {
+    fn serde_uses_oedacli_names() {
         assert_eq!(
             serde_json::to_string(&Step::MigrateGuest).unwrap(),
             "\"MIGRATE_GUEST\""

@@ -1,5 +1,5 @@
-//! Issue "The seeds' command language": `vmove oedacli` runs examples 4-29 (offline
-//! migration), 4-30 (live-migration precheck) and 4-31 (live migration) of seed 000 with the
+//! `vmove oedacli` runs examples 4-29 (offline migration), 4-30 (live-migration precheck)
+//! and 4-31 (live migration) of Oracle Exadata's `MIGRATE GUEST` documentation with the
 //! lab's names, as scripts; a script with an error stops with a one-line error naming the
 //! token. The merged file is the planned state while the guest still runs on the source;
 //! the deployed file is where the guest really runs afterwards.

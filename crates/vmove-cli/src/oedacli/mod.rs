@@ -1,4 +1,4 @@
-//! `vmove oedacli`: the seeds' command language (seed 000, shared/DESIGN.md §6).
+//! `vmove oedacli`: Oracle Exadata's oedacli command language (docs/oedacli.md).
 //!
 //! - [`parse`]: one line to one [`parse::Command`] (pure);
 //! - [`session`]: the interpreter (the loaded model, the actions, MERGE and DEPLOY);

@@ -1,4 +1,4 @@
-//! The OEDACLI language (seed 000, shared/DESIGN.md §6): one line to one [`Command`].
+//! The OEDACLI language (Oracle Exadata's oedacli; docs/oedacli.md): one line to one [`Command`].
 //!
 //! Pure: no files, no agents. Keywords, argument names and `MODE=`/`STEPNAME=` values are
 //! case-insensitive; other values keep their case. `NAME=value` pairs come in any order and
@@ -63,7 +63,7 @@ impl Migrate {
 }
 
 impl fmt::Display for Migrate {
-    /// The command as the seeds write it: `MIGRATE GUEST HOSTNAME=vm1 MODE=offline ...`.
+    /// The command as Oracle Exadata's oedacli writes it: `MIGRATE GUEST HOSTNAME=vm1 MODE=offline ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -74,7 +74,7 @@ impl fmt::Display for Migrate {
             quote(&self.target)
         )?;
         if let Some(s) = self.step {
-            write!(f, " WHERE STEPNAME={}", s.seed_name())?;
+            write!(f, " WHERE STEPNAME={}", s.name())?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The driver: an interactive `oedacli> ` prompt with line editing and history, or a
 //! script read from a file or from standard input.
 //!
-//! Scripts echo each command after `oedacli> `, so that a run reads like the seeds'
+//! Scripts echo each command after `oedacli> `, so that a run reads like an Oracle Exadata oedacli session's
 //! transcripts; the first error stops the script (non-zero exit, one line naming the
 //! script's line). Interactively an error is printed and the prompt comes back. With
 //! `--json` nothing is echoed and every command gives one JSON line:

@@ -18,7 +18,7 @@ use vmove_plan::{Finding, Mode, Step, Verdict};
 
 use super::parse::{quote, Command, Migrate};
 use crate::args::MigrateArgs;
-use crate::cmd_job::{follow_with, seed_date, FollowOpts};
+use crate::cmd_job::{follow_with, oedacli_date, FollowOpts};
 use crate::cmd_migrate;
 use crate::ctx::Ctx;
 
@@ -52,7 +52,7 @@ impl ActionState {
 pub struct Action {
     /// Its number in the session.
     pub id: u32,
-    /// The command, as the seeds write it.
+    /// The command, as Oracle Exadata's oedacli writes it.
     pub command: String,
     /// Where it is.
     pub state: ActionState,
@@ -315,7 +315,7 @@ impl Session {
         reloaded.map_err(|e| anyhow!("DEPLOY ACTIONS: reload the cluster file: {e}"))?;
         let ms = t0.elapsed().as_millis() as u64;
         if text {
-            println!("Done [Elapsed = {ms} mS [{:.1} minutes] {}]", ms as f64 / 60000.0, seed_date());
+            println!("Done [Elapsed = {ms} mS [{:.1} minutes] {}]", ms as f64 / 60000.0, oedacli_date());
         }
         Outcome::ok(json!({ "actions": results, "elapsed_ms": ms }))
     }
@@ -364,7 +364,7 @@ fn migrate_args(m: &Migrate) -> MigrateArgs {
         to: m.target.clone(),
         from: Some(m.source.clone()),
         mode: m.mode.wire_name().into(),
-        step: m.step.map(|s| s.seed_name().into()),
+        step: m.step.map(|s| s.name().into()),
         precheck: false,
         timeout: None,
         max_downtime: None,

@@ -10,7 +10,7 @@ fn err(line: &str) -> ParseError {
 }
 
 #[test]
-fn the_seed_examples_parse() {
+fn the_exadata_examples_parse() {
     // Example 4-29
     assert_eq!(parse("LOAD FILE NAME=exa01.xml"), Ok(Command::LoadFile { name: "exa01.xml".into() }));
     assert_eq!(
@@ -41,7 +41,7 @@ fn the_other_commands_parse() {
     assert_eq!(parse("QUIT"), Ok(Command::Exit));
     assert_eq!(parse(""), Ok(Command::Empty));
     assert_eq!(parse("   \t "), Ok(Command::Empty));
-    assert_eq!(parse("# the seed's example 4-29"), Ok(Command::Empty));
+    assert_eq!(parse("# the Exadata guide's example 4-29"), Ok(Command::Empty));
     assert_eq!(parse("oedacli>"), Ok(Command::Empty));
 }
 
