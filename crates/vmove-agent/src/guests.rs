@@ -36,6 +36,7 @@ pub struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) accel: String,
     pub(crate) qemu_version: String,
+    pub(crate) qemu: vmove_model::inventory::QemuFeatures,
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
     pub(crate) journal: Journal,
     guests: Mutex<BTreeMap<String, Guest>>,
@@ -84,10 +85,12 @@ impl Agent {
             "kvm" | "tcg" => cfg.accel.clone(),
             other => bail!("accel {other:?} is not kvm, tcg or auto"),
         };
-        let qemu_version = qemu_version().await.unwrap_or_else(|e| {
-            tracing::warn!("cannot read the QEMU version: {e:#}");
-            "unknown".into()
-        });
+        let qemu = vmove_host::qemu_probe::probe(qemu::QEMU_BIN, &cfg.run_dir.join(".probe"))
+            .await
+            .context("cannot learn what this host's QEMU can do")?;
+        vmove_host::qemu_probe::check_minimum(&qemu)?;
+        tracing::info!(version = %qemu.version, capabilities = qemu.migration_capabilities.len(), "QEMU features learned");
+        let qemu_version = qemu.version.clone();
         let journal = Journal::open(&cfg.state_dir)?;
         let peer_tls = {
             let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
@@ -114,6 +117,7 @@ impl Agent {
             cfg,
             accel,
             qemu_version,
+            qemu,
             peer_tls,
             journal,
             guests: Mutex::new(guests),
@@ -687,16 +691,6 @@ pub(crate) fn status(g: &Guest) -> GuestStatus {
         pid: g.pid,
         uptime_s: g.started_ms.map(|s| now_ms().saturating_sub(s) / 1000),
     }
-}
-
-async fn qemu_version() -> Result<String> {
-    let out = tokio::process::Command::new(qemu::QEMU_BIN).arg("--version").output().await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "version")
-        .nth(1)
-        .map(|v| v.to_string())
-        .ok_or_else(|| anyhow!("unexpected output {text:?}"))
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
         name: agent.cfg.name.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         qemu_version: agent.qemu_version.clone(),
+        qemu: agent.qemu.clone(),
         hardware_model: hardware_model(agent),
         hardware_generation: agent.cfg.hardware_generation,
         accel: if agent.cfg.accel == agent.accel { agent.accel.clone() } else { format!("{} ({})", agent.cfg.accel, agent.accel) },

@@ -59,13 +59,13 @@ struct RunArgs {
     #[arg(long, default_value = "/var/tmp/bench-lab")]
     lab_dir: PathBuf,
     /// Guest sizes, MiB.
-    #[arg(long, value_delimiter = ',', default_values_t = [512u64, 2048])]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [512u64, 2048])]
     memory: Vec<u64>,
     /// Workloads: idle, http-20, near-link.
-    #[arg(long, value_delimiter = ',', default_values_t = Workload::ALL.map(|w| w.id().to_string()))]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = Workload::ALL.map(|w| w.id().to_string()))]
     workloads: Vec<String>,
     /// Contenders: vmove, qemu, virsh, virsh-tunnelled, control (no migration).
-    #[arg(long, value_delimiter = ',', default_values_t = Contender::ALL.map(|c| c.id().to_string()))]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = Contender::ALL.map(|c| c.id().to_string()))]
     contenders: Vec<String>,
     /// Time budget of one migration, seconds; beyond it the migration is cancelled and counts as not converged.
     #[arg(long, default_value_t = 150)]
@@ -594,6 +594,23 @@ mod tests {
         assert_eq!(b.mac, "52:54:00:b1:01:2c");
         assert!((10..250).contains(&b.ip.octets()[3]));
         assert!(format!("bq{}d", 99_999).len() < 16, "tap names fit IFNAMSIZ");
+    }
+
+    #[test]
+    fn several_values_after_one_flag() {
+        for argv in [
+            &["vmove-bench", "--workloads", "http-20", "near-link", "--contenders", "vmove", "qemu", "--memory", "512", "2048"][..],
+            &["vmove-bench", "--workloads", "http-20,near-link", "--contenders", "vmove,qemu", "--memory", "512,2048"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert!(cli.cmd.is_none(), "{argv:?}: no subcommand");
+            let p = plan(&cli.run).unwrap();
+            assert_eq!(p.workloads, vec![Workload::Http20, Workload::NearLink], "{argv:?}");
+            assert_eq!(p.contenders, vec![Contender::Vmove, Contender::Qemu], "{argv:?}");
+            assert_eq!(p.memory, vec![512, 2048], "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["vmove-bench", "render", "/tmp/r"]).unwrap();
+        assert!(matches!(cli.cmd, Some(Cmd::Render { .. })));
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             } else {
                 println!("host:            {}", i.name);
                 println!("agent version:   {}", i.agent_version);
-                println!("qemu version:    {}", i.qemu_version);
+                println!("qemu version:    {} ({})", i.qemu_version, i.qemu.package);
+                println!("qemu migration capabilities: {}", i.qemu.migration_capabilities.join(" "));
+                let params: Vec<String> = i.qemu.migration_parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("qemu migration parameters:   {}", params.join(" "));
                 println!("hardware:        {} (generation {})", i.hardware_model, i.hardware_generation);
                 println!("accel:           {}", i.accel);
                 println!("cpu:             {} x {} ({} flags)", i.cpu_count, i.cpu_model, i.cpu_flags.len());

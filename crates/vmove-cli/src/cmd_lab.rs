@@ -108,9 +108,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     let sub = Ctx { cluster_path: info.cluster_file.clone(), json: ctx.json };
     say(ctx, "hosts");
     crate::cmd_host::run(&sub, crate::args::HostCmd::List).await?;
-    // 8 MB/s: the lab runs guests under TCG, whose dirty tracking can miss writes when a
-    // guest dirties much faster on a busy machine (docs/DESIGN.md); real hosts use KVM.
-    say(ctx, "guest vm1 on host1: 512 MiB, 192.0.2.10 on lab-net, a data disk, dirtying 8 MB/s of memory");
+    say(ctx, "guest vm1 on host1: 512 MiB, 192.0.2.10 on lab-net, a data disk, dirtying 20 MB/s over a 128 MiB working set");
     let create = crate::args::CreateArgs {
         name: "vm1".into(),
         host: "host1".into(),
@@ -120,7 +118,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
         nic: vec!["lab-net,ip=192.0.2.10/24".into()],
         disk: vec!["shared/vm1-data.img:64M".into()],
         image: "lab".into(),
-        dirty_rate: 8,
+        dirty_rate: 20,
         wss: 128,
         start: true,
     };

@@ -53,10 +53,7 @@ pub fn prepare(cluster: &Cluster, a: &MigrateArgs) -> Result<Prepared> {
         source,
         target: a.to.clone(),
         mode,
-        timeout_s: params.timeout_s,
-        max_downtime_ms: params.max_downtime_ms,
-        bandwidth_bytes_per_s: params.bandwidth_bytes_per_s,
-        insecure_transport: params.insecure_transport,
+        params: params.clone(),
     };
     let precheck_only = a.precheck || step == Some(Step::PrecheckLiveMigration);
     Ok(Prepared { req, guest, step, params, precheck_only })

@@ -10,4 +10,5 @@ pub mod net;
 pub mod netns;
 pub mod proc;
 pub mod qemu;
+pub mod qemu_probe;
 pub mod tap;

@@ -16,6 +16,27 @@ use crate::topology::{self, Plan, GUEST_NET, MAX_HOSTS, SLOTS};
 /// Where slot claims live.
 const SLOT_DIR: &str = "/run/vmove/lab-slots";
 
+/// What `lab up` makes inside the lab directory (cluster file, PKI, the shared pool with its
+/// volumes and leases, each host's agent configuration, state and run directories).
+/// `lab down` removes all of it; `lab up` on a directory holding an old lab starts clean.
+const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts"];
+
+/// Removes what an earlier lab left in `dir`, and `dir` itself when nothing else is in it.
+fn remove_lab_files(dir: &Path) -> Result<()> {
+    for item in LAB_ITEMS {
+        let p = dir.join(item);
+        let r = match std::fs::symlink_metadata(&p) {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+        };
+        r.with_context(|| format!("remove {}", p.display()))?;
+    }
+    // Only succeeds when empty: files of the operator's own stay, and so does the directory.
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
 /// What `lab up` is asked for.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -128,6 +149,8 @@ pub async fn up(o: &LabOptions) -> Result<LabInfo> {
             bail!("{} not found (build the workspace first)", bin.display());
         }
     }
+    // An old lab's state (agents' guests and jobs, volume leases) must not leak into this one.
+    remove_lab_files(&o.dir)?;
     std::fs::create_dir_all(&o.dir).with_context(|| format!("create {}", o.dir.display()))?;
     let dir = std::fs::canonicalize(&o.dir)?;
     let slot = claim_slot(&name)?;
@@ -276,8 +299,10 @@ async fn wait_for_agents(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// Tears a lab down: kills agents and guests, removes namespaces and links. Idempotent;
-/// works on half-built labs (without lab.json it goes by the directory's name).
+/// Tears a lab down: kills agents and guests, removes namespaces and links, and removes
+/// everything the lab made in its directory (agent state, volumes and their leases, PKI,
+/// cluster file). Idempotent; works on half-built labs (without lab.json it goes by the
+/// directory's name).
 pub fn down(dir: &Path) -> Result<String> {
     let name = lab_name(dir)?;
     let info = LabInfo::load(dir).ok();
@@ -288,9 +313,7 @@ pub fn down(dir: &Path) -> Result<String> {
     });
     topology::destroy(&name, root_link.as_deref())?;
     release_slot(&name);
-    if info.is_some() {
-        let _ = std::fs::remove_file(dir.join("lab.json"));
-    }
+    remove_lab_files(dir)?;
     Ok(name)
 }
 

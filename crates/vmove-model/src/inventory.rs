@@ -59,6 +59,42 @@ pub struct PoolInfo {
     pub writable: bool,
 }
 
+/// What a host's QEMU can do, learned when the agent starts (`query-version`,
+/// `query-migrate-capabilities`, `query-migrate-parameters` on a QEMU with `-machine none`).
+/// Migrations decide by these features, never by the version number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuFeatures {
+    /// Upstream version, `major.minor.micro`.
+    pub version: String,
+    /// Distribution package string (e.g. `Debian 1:10.0.2+ds-2+deb13u1~bpo12+1`).
+    #[serde(default)]
+    pub package: String,
+    /// Migration capabilities this QEMU knows (`query-migrate-capabilities`), sorted.
+    #[serde(default)]
+    pub migration_capabilities: Vec<String>,
+    /// Migration parameters and their defaults (`query-migrate-parameters`), sorted by name;
+    /// values as QEMU prints them.
+    #[serde(default)]
+    pub migration_parameters: Vec<(String, String)>,
+}
+
+impl QemuFeatures {
+    /// Whether this QEMU knows the migration capability `name` (e.g. `switchover-ack`).
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.migration_capabilities.iter().any(|c| c == name)
+    }
+
+    /// Whether this QEMU knows the migration parameter `name` (e.g. `tls-creds`).
+    pub fn has_parameter(&self, name: &str) -> bool {
+        self.migration_parameters.iter().any(|(n, _)| n == name)
+    }
+
+    /// Whether the features were learned at all (an agent older than this field reports none).
+    pub fn known(&self) -> bool {
+        !self.migration_capabilities.is_empty()
+    }
+}
+
 /// `host_info` result: the host inventory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
@@ -68,6 +104,9 @@ pub struct HostInfo {
     pub agent_version: String,
     /// QEMU version, `major.minor.micro`.
     pub qemu_version: String,
+    /// What the host's QEMU can do (migration capabilities and parameters).
+    #[serde(default)]
+    pub qemu: QemuFeatures,
     /// Hardware model (DMI product name, or a configured value).
     pub hardware_model: String,
     /// Hardware generation (configured).

@@ -10,6 +10,7 @@
 
 pub mod checks;
 mod mode;
+mod params;
 mod step;
 mod version;
 
@@ -18,5 +19,6 @@ pub use checks::{
     Verdict,
 };
 pub use mode::{Mode, ModeParseError};
+pub use params::MigrationParams;
 pub use step::{can_run_step, Step, StepError, StepParseError, StepReadiness};
 pub use version::{compare_versions, parse_version};

@@ -13,7 +13,7 @@ fn guest_lifecycle_disk_acpi_stop_and_agent_restart() {
     let lab = Lab::up("agent", 2);
     lab.ok(&[
         "guest", "create", "vm1", "--host", "host1", "--nic", "lab-net,ip=192.0.2.11/24", "--disk", "shared/vm1-data.img:32M",
-        "--dirty-rate", "2", "--start",
+        "--dirty-rate", "20", "--start",
     ]);
     lab.wait_tcp_echo("192.0.2.11:7", Duration::from_secs(120));
     lab.udp_echo("192.0.2.11:7").expect("UDP echo");

@@ -156,7 +156,7 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
     let ip = format!("192.0.2.{}", 100 + n);
     let dir = lab.dir.to_str().unwrap().to_string();
     let live = c.mode == "live";
-    lab.boot_guest(&g, "host1", &ip, if live { 2 } else { 0 }, true);
+    lab.boot_guest(&g, "host1", &ip, if live { BUSY_MB_S } else { 0 }, true);
     let before = last_disk_ok(&lab.log(&g)).unwrap_or(0);
 
     let mut args: Vec<String> = ["migrate", &g, "--to", "host2", "--mode", c.mode, "--detach"].iter().map(|s| s.to_string()).collect();

@@ -12,9 +12,7 @@ use vmove_lab::probe::TcpSession;
 #[test]
 fn live_migration_keeps_the_client_connection_and_memory() {
     let lab = Lab::up("live", 2);
-    // 2 MB/s: a dirtying workload that stays clear of a QEMU 7.2 TCG dirty-tracking race
-    // seen under CPU contention (docs/DESIGN.md, "TCG and live migration").
-    lab.boot_guest("vm1", "host1", "192.0.2.41", 2, true);
+    lab.boot_guest("vm1", "host1", "192.0.2.41", BUSY_MB_S, true);
     let session = TcpSession::start(&lab.client_ns, "192.0.2.41:7".parse().unwrap(), Duration::from_millis(10)).unwrap();
     wait_for("the session to run", Duration::from_secs(10), || (session.echoed() > 10).then_some(()));
     let out = lab.ok(&["migrate", "vm1", "--to", "host2"]);
@@ -64,7 +62,7 @@ fn live_migration_times_out_and_leaves_the_guest_on_the_source() {
 #[test]
 fn cancel_during_the_memory_phase() {
     let lab = Lab::up("cancel", 2);
-    lab.boot_guest("vm1", "host1", "192.0.2.43", 5, false);
+    lab.boot_guest("vm1", "host1", "192.0.2.43", BUSY_MB_S, false);
     let id = lab.ok(&["migrate", "vm1", "--to", "host2", "--bandwidth", "4M", "--ignore-check", "predicted-convergence", "--detach"]).trim().to_string();
     wait_for("the memory phase", Duration::from_secs(60), || {
         let j = lab.json(&["job", "show", &id]);

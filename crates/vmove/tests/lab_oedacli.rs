@@ -147,7 +147,7 @@ fn example_4_29_offline_migration_and_script_errors() {
     assert_eq!(last["ok"], false);
     assert_eq!(last["error"], "line 2: MODE=fast: expected OFFLINE, OFFLINEFORCE or LIVE");
 
-    lab.boot_guest("vm1", "host1", "192.0.2.61", 2, true);
+    lab.boot_guest("vm1", "host1", "192.0.2.61", BUSY_MB_S, true);
 
     // --json: one line per command.
     let o = run_script(
@@ -236,7 +236,7 @@ fn example_4_29_offline_migration_and_script_errors() {
 #[test]
 fn examples_4_30_and_4_31_live_precheck_and_live_migration() {
     let lab = Lab::up("oedalive", 2);
-    lab.boot_guest("vm1", "host1", "192.0.2.62", 5, true);
+    lab.boot_guest("vm1", "host1", "192.0.2.62", BUSY_MB_S, true);
 
     // Example 4-30, as a transcript replayed from a file (the prompts are ignored).
     let o = run_script(

@@ -13,7 +13,7 @@ fn disk_records(lab: &Lab, guest: &str) -> u64 {
 #[test]
 fn offline_migration_of_a_running_guest_with_a_data_disk() {
     let lab = Lab::up("off", 2);
-    lab.boot_guest("vm1", "host1", "192.0.2.31", 2, true);
+    lab.boot_guest("vm1", "host1", "192.0.2.31", BUSY_MB_S, true);
     lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
     let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
     let before = {

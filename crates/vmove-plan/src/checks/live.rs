@@ -91,7 +91,7 @@ pub(crate) fn same_hardware_and_cpu(c: &Ctx) -> Outcome {
 
 pub(crate) fn encrypted_channel(c: &Ctx) -> Outcome {
     match (
-        c.req.insecure_transport,
+        c.req.params.insecure_transport,
         c.cluster.policy.require_encrypted_migration,
     ) {
         (true, true) => Err(
@@ -157,11 +157,11 @@ pub(crate) fn policy_minimums(c: &Ctx) -> Outcome {
 
 pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let g = c.guest()?;
-    let link = match (c.req.bandwidth_bytes_per_s, c.input.link_bytes_per_s) {
+    let link = match (c.req.params.bandwidth_bytes_per_s, c.input.link_bytes_per_s) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let timeout = fmt_secs(c.req.timeout_s);
+    let timeout = fmt_secs(c.req.params.timeout_s);
     let (d, b) = match (c.input.dirty_rate_bytes_per_s, link) {
         (Some(d), Some(b)) => (d, b),
         (None, None) => {
@@ -194,7 +194,7 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let net = u128::from(b - d);
     let secs = u64::try_from(bytes.div_ceil(net)).unwrap_or(u64::MAX);
     let what = format!("{} MiB at {moves} with {dirty} dirtied", g.memory_mib);
-    if secs > c.req.timeout_s {
+    if secs > c.req.params.timeout_s {
         return Err(format!(
             "predicted {} to copy {what} exceeds the timeout of {timeout}",
             fmt_secs(secs)

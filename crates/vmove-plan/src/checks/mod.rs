@@ -12,15 +12,18 @@ use vmove_model::inventory::HostInfo;
 use vmove_model::{Cluster, GuestSpec, Policy};
 
 use crate::mode::Mode;
+use crate::params::MigrationParams;
 
 mod live;
 mod placement;
+pub mod qemu;
 mod resources;
 #[cfg(test)]
 mod tests;
 
-/// What the operator asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the operator asked for: the guest, the hosts, the mode and the migration's
+/// parameters (the same [`MigrationParams`] the target agent and both QEMUs get).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationRequest {
     /// Guest name.
     pub guest: String,
@@ -30,16 +33,8 @@ pub struct MigrationRequest {
     pub target: String,
     /// Migration mode.
     pub mode: Mode,
-    /// Live migration timeout, seconds.
-    pub timeout_s: u64,
-    /// Maximum downtime at switchover, milliseconds.
-    pub max_downtime_ms: u64,
-    /// Migration bandwidth limit, bytes per second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth_bytes_per_s: Option<u64>,
-    /// Unencrypted migration stream (`--insecure-transport`).
-    #[serde(default)]
-    pub insecure_transport: bool,
+    /// Timeout, downtime, bandwidth, transport, multifd, post-copy.
+    pub params: MigrationParams,
 }
 
 impl MigrationRequest {
@@ -56,10 +51,11 @@ impl MigrationRequest {
             source: source.to_string(),
             target: target.to_string(),
             mode,
-            timeout_s: policy.live_timeout_s,
-            max_downtime_ms: policy.max_downtime_ms,
-            bandwidth_bytes_per_s: None,
-            insecure_transport: false,
+            params: MigrationParams {
+                timeout_s: policy.live_timeout_s,
+                max_downtime_ms: policy.max_downtime_ms,
+                ..MigrationParams::default()
+            },
         }
     }
 }
@@ -235,6 +231,8 @@ check_ids! {
     EncryptedChannel = "encrypted-channel", live: true;
     /// Both hosts meet the policy's minimum agent version and hardware generation.
     PolicyMinimums = "policy-minimums", live: true;
+    /// Both QEMUs have every migration capability the chosen migration needs.
+    QemuCapabilities = "qemu-capabilities", live: true;
     /// The measured dirty rate and the link predict convergence within the timeout.
     PredictedConvergence = "predicted-convergence", live: true;
 }
@@ -360,6 +358,7 @@ fn check_fn(id: CheckId) -> CheckFn {
         CheckId::SameHardwareAndCpu => live::same_hardware_and_cpu,
         CheckId::EncryptedChannel => live::encrypted_channel,
         CheckId::PolicyMinimums => live::policy_minimums,
+        CheckId::QemuCapabilities => qemu::qemu_capabilities,
         CheckId::PredictedConvergence => live::predicted_convergence,
     }
 }

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// How fast busy test guests dirty memory, MB/s (over their 128 MiB working set). QEMU 10
+/// tracks dirty pages under TCG correctly at this rate (7.2 did not; docs/DESIGN.md).
+pub const BUSY_MB_S: u32 = 20;
+
 /// The `vmove` binary under test.
 pub fn vmove_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vmove")
@@ -42,6 +46,13 @@ impl Lab {
         }
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), lab.cluster.display().to_string(), "lab up prints the cluster file");
         lab
+    }
+
+    /// The same lab, after the test brought it up again itself (`vmove lab up` on its
+    /// directory): torn down on drop again.
+    pub fn reopened(mut self) -> Lab {
+        self.down = false;
+        self
     }
 
     /// Runs `vmove` against this lab's cluster file.
@@ -87,10 +98,18 @@ impl Lab {
         })
     }
 
-    /// Tears the lab down now.
+    /// Tears the lab down now. When the test is failing, the agents' logs, state and guest
+    /// consoles are copied to `<dir>.failed/` first (`lab down` removes them).
     pub fn down(&mut self) {
         if !self.down {
             self.down = true;
+            if std::thread::panicking() {
+                let keep = self.dir.with_extension("failed");
+                let _ = std::fs::remove_dir_all(&keep);
+                let _ = std::fs::create_dir_all(&keep);
+                let _ = Command::new("cp").arg("-a").arg(self.dir.join("hosts")).arg(&keep).status();
+                eprintln!("lab {}: logs kept in {}", self.name, keep.display());
+            }
             let o = Command::new(vmove_bin()).args(["lab", "down", "--dir"]).arg(&self.dir).output();
             if let Ok(o) = o {
                 if !o.status.success() {
@@ -187,6 +206,9 @@ pub fn assert_nothing_left(name: &str, dir: &Path) {
         .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|o| o == name))
         .count();
     assert_eq!(slots, 0, "lab slot still claimed");
+    for item in ["lab.json", "cluster.toml", "pki", "shared", "hosts"] {
+        assert!(!dir.join(item).exists(), "{item} left in {}", dir.display());
+    }
 }
 
 impl Lab {

@@ -129,7 +129,7 @@ mod encrypted_channel {
     #[test]
     fn fails_when_policy_requires_encryption() {
         let mut fx = Fx::new(Mode::Live);
-        fx.req.insecure_transport = true;
+        fx.req.params.insecure_transport = true;
         assert_eq!(
             fx.check(ID),
             f(ID, Verdict::Fail, "policy requires an encrypted migration channel, but insecure transport was requested")
@@ -139,7 +139,7 @@ mod encrypted_channel {
     #[test]
     fn warns_when_policy_allows_insecure() {
         let mut fx = Fx::new(Mode::Live);
-        fx.req.insecure_transport = true;
+        fx.req.params.insecure_transport = true;
         fx.cluster.policy.require_encrypted_migration = false;
         assert_eq!(
             fx.check(ID),
@@ -202,7 +202,7 @@ mod predicted_convergence {
     fn fails_when_dirtying_outpaces_the_link() {
         let mut fx = Fx::new(Mode::Live);
         fx.link = Some(100 * MIB);
-        fx.req.bandwidth_bytes_per_s = Some(50 * MIB);
+        fx.req.params.bandwidth_bytes_per_s = Some(50 * MIB);
         fx.dirty = Some(60 * MIB);
         assert_eq!(
             fx.check(ID),
@@ -213,8 +213,8 @@ mod predicted_convergence {
     #[test]
     fn fails_when_too_slow_for_the_timeout() {
         let mut fx = Fx::new(Mode::Live);
-        fx.req.timeout_s = 5;
-        fx.req.bandwidth_bytes_per_s = Some(100 * MIB);
+        fx.req.params.timeout_s = 5;
+        fx.req.params.bandwidth_bytes_per_s = Some(100 * MIB);
         fx.dirty = Some(20 * MIB);
         assert_eq!(
             fx.check(ID),

@@ -6,7 +6,7 @@
 //! running there. Both hosts answer, identical, and everything passes.
 use std::path::PathBuf;
 
-use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
+use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo, QemuFeatures};
 use vmove_model::{
     BootSource, Cluster, ClusterMeta, DesiredState, DiskSpec, GuestSpec, HostEntry, NetworkEntry,
     NicSpec, Policy, PoolEntry, TlsFiles,
@@ -16,6 +16,7 @@ use super::*;
 
 mod live;
 mod placement;
+mod qemu;
 mod resources;
 
 pub(crate) const MIB: u64 = 1_048_576;
@@ -97,6 +98,16 @@ pub(crate) fn two_host_cluster() -> Cluster {
     }
 }
 
+/// QEMU features with these migration capabilities and the `tls-creds` parameter.
+pub(crate) fn qemu_features(version: &str, caps: &[&str]) -> QemuFeatures {
+    QemuFeatures {
+        version: version.into(),
+        package: String::new(),
+        migration_capabilities: caps.iter().map(|c| c.to_string()).collect(),
+        migration_parameters: vec![("tls-creds".into(), String::new())],
+    }
+}
+
 /// A host inventory with no guests: agent 0.1.0, QEMU 8.2.2, 8 CPUs, 2048 MiB available,
 /// both cluster bridges, pool `shared` writable, console ports 5900-5999 free. Tests adjust
 /// the fields they are about.
@@ -105,6 +116,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         name: name.into(),
         agent_version: "0.1.0".into(),
         qemu_version: "8.2.2".into(),
+        qemu: qemu_features("8.2.2", &["events", "multifd", "postcopy-ram", "return-path", "pause-before-switchover", "switchover-ack"]),
         hardware_model: "Lab KVM".into(),
         hardware_generation: 1,
         accel: "tcg".into(),
@@ -235,11 +247,12 @@ const COMMON: [&str; 15] = [
     "console-port-on-target",
 ];
 
-const LIVE_ONLY: [&str; 5] = [
+const LIVE_ONLY: [&str; 6] = [
     "guest-running",
     "same-hardware-and-cpu",
     "encrypted-channel",
     "policy-minimums",
+    "qemu-capabilities",
     "predicted-convergence",
 ];
 
@@ -301,7 +314,7 @@ fn every_reason_is_one_line_without_a_trailing_period() {
     fx.tgt_down = Some("connection refused".into());
     fx.req.guest = "vm9".into();
     fx.req.target = "host1".into();
-    fx.req.insecure_transport = true;
+    fx.req.params.insecure_transport = true;
     all.extend(fx.run());
     for f in &all {
         assert!(!f.reason.is_empty() && !f.reason.contains('\n'), "{f:?}");
@@ -312,7 +325,7 @@ fn every_reason_is_one_line_without_a_trailing_period() {
 
 #[test]
 fn check_ids_are_stable_strings() {
-    assert_eq!(CheckId::ALL.len(), 20);
+    assert_eq!(CheckId::ALL.len(), 21);
     for id in CheckId::ALL {
         assert_eq!(CheckId::parse(id.as_str()), Some(*id));
         assert_eq!(id.as_str().parse::<CheckId>(), Ok(*id));
@@ -323,7 +336,7 @@ fn check_ids_are_stable_strings() {
     }
     assert_eq!(CheckId::parse("nope"), None);
     assert_eq!(CheckId::for_mode(Mode::OfflineForce).len(), 15);
-    assert_eq!(CheckId::for_mode(Mode::Live).len(), 20);
+    assert_eq!(CheckId::for_mode(Mode::Live).len(), 21);
 }
 
 #[test]
@@ -351,10 +364,10 @@ fn request_defaults_come_from_policy() {
     let r = MigrationRequest::new("vm1", "host1", "host2", Mode::Live, &p);
     assert_eq!(
         (
-            r.timeout_s,
-            r.max_downtime_ms,
-            r.bandwidth_bytes_per_s,
-            r.insecure_transport
+            r.params.timeout_s,
+            r.params.max_downtime_ms,
+            r.params.bandwidth_bytes_per_s,
+            r.params.insecure_transport
         ),
         (600, 300, None, false)
     );

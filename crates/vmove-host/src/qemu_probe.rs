@@ -1,0 +1,102 @@
+//! What the host's QEMU can do, learned once when the agent starts.
+//!
+//! The agent runs its QEMU binary with `-machine none` (no guest, no accelerator work) and
+//! asks it over QMP: `query-version`, `query-migrate-capabilities`,
+//! `query-migrate-parameters`. Migrations then decide by these features (a capability that
+//! the chosen migration needs and one side lacks fails a precheck), never by the version
+//! number, except for the floor below which vmove does not run at all.
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use vmove_model::inventory::QemuFeatures;
+use vmove_qmp::{MigrationCapabilityStatus, Qmp, VersionInfo};
+
+/// The oldest QEMU vmove runs with (`major`, `minor`).
+pub const MIN_QEMU: (u64, u64) = (7, 2);
+
+/// How long the probe may take in all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `bin -machine none` with a QMP socket under `scratch` and learns its features.
+pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures> {
+    std::fs::create_dir_all(scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let sock = scratch.join("probe-qmp.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut child = tokio::process::Command::new(bin)
+        .args(["-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {bin}"))?;
+    let result = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let q = Qmp::connect_retry(&sock, PROBE_TIMEOUT).await.context("connect to QMP")?;
+        let version = q.query_version().await.context("query-version")?;
+        let caps = q.query_migrate_capabilities().await.context("query-migrate-capabilities")?;
+        let params = q.execute("query-migrate-parameters", None).await.context("query-migrate-parameters")?;
+        let _ = q.quit().await;
+        Ok::<_, anyhow::Error>(features_from(&version, &caps, &params))
+    })
+    .await;
+    let _ = child.start_kill();
+    let out = child.wait_with_output().await.ok();
+    let _ = std::fs::remove_file(&sock);
+    match result {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(e)) => {
+            let stderr = out.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
+            let last = stderr.lines().last().unwrap_or("").to_string();
+            if last.is_empty() {
+                Err(e)
+            } else {
+                Err(e.context(last))
+            }
+        }
+        Err(_) => bail!("{bin} did not answer its QMP queries within {PROBE_TIMEOUT:?}"),
+    }
+}
+
+/// The features, from QEMU's replies (pure).
+pub fn features_from(version: &VersionInfo, caps: &[MigrationCapabilityStatus], params: &serde_json::Value) -> QemuFeatures {
+    let mut migration_capabilities: Vec<String> = caps.iter().map(|c| c.capability.as_str().to_string()).collect();
+    migration_capabilities.sort();
+    migration_capabilities.dedup();
+    let mut migration_parameters: Vec<(String, String)> = params
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect()
+        })
+        .unwrap_or_default();
+    migration_parameters.sort();
+    QemuFeatures {
+        version: format!("{}.{}.{}", version.qemu.major, version.qemu.minor, version.qemu.micro),
+        package: version.package.clone(),
+        migration_capabilities,
+        migration_parameters,
+    }
+}
+
+/// Refuses a QEMU older than [`MIN_QEMU`], with the reason in one line.
+pub fn check_minimum(f: &QemuFeatures) -> Result<()> {
+    let mut it = f.version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    if (major, minor) < MIN_QEMU {
+        bail!(
+            "QEMU {} is too old: vmove needs QEMU {}.{} or newer (migration capabilities and TLS it relies on)",
+            f.version,
+            MIN_QEMU.0,
+            MIN_QEMU.1
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "qemu_probe_tests.rs"]
+mod tests;

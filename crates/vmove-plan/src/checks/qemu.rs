@@ -1,0 +1,97 @@
+//! LIVE: both QEMUs have every migration capability the chosen migration needs. Decided by
+//! the capabilities each agent learned from its QEMU at start, never by version numbers.
+use vmove_model::inventory::HostInfo;
+
+use crate::params::MigrationParams;
+
+use super::{Ctx, Outcome, Verdict};
+
+/// A QEMU feature a live migration uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// Capability (or parameter) name, as QEMU spells it.
+    pub name: &'static str,
+    /// A parameter (`query-migrate-parameters`) rather than a capability.
+    pub parameter: bool,
+    /// Required (the migration cannot run without it) or used only where both QEMUs have it.
+    pub required: bool,
+    /// What it is for, a few words.
+    pub why: &'static str,
+}
+
+/// The QEMU features a live migration with `p` uses.
+pub fn needs(p: &MigrationParams) -> Vec<Need> {
+    let mut v = vec![Need { name: "events", parameter: false, required: true, why: "progress events" }];
+    if p.multifd_channels > 0 {
+        v.push(Need { name: "multifd", parameter: false, required: true, why: "parallel channels" });
+    }
+    if !p.insecure_transport {
+        v.push(Need { name: "tls-creds", parameter: true, required: true, why: "TLS" });
+    }
+    if p.allow_postcopy {
+        v.push(Need { name: "postcopy-ram", parameter: false, required: true, why: "post-copy" });
+    }
+    if p.pause_before_switchover {
+        v.push(Need { name: "pause-before-switchover", parameter: false, required: true, why: "hold at switchover" });
+    }
+    v.push(Need { name: "return-path", parameter: false, required: false, why: "target acknowledgements" });
+    v.push(Need { name: "switchover-ack", parameter: false, required: false, why: "target ready before switchover" });
+    v
+}
+
+fn has(h: &HostInfo, n: &Need) -> bool {
+    if n.parameter {
+        h.qemu.has_parameter(n.name)
+    } else {
+        h.qemu.has_capability(n.name)
+    }
+}
+
+pub(crate) fn qemu_capabilities(c: &Ctx) -> Outcome {
+    let s = c.source()?;
+    let t = c.target()?;
+    let hosts: [(&String, &HostInfo); 2] = [(&c.req.source, s), (&c.req.target, t)];
+    let unknown: Vec<&str> = hosts.iter().filter(|(_, h)| !h.qemu.known()).map(|(n, _)| n.as_str()).collect();
+    if !unknown.is_empty() {
+        return Ok((
+            Verdict::Warn,
+            format!("not evaluated: {} did not report its QEMU's migration capabilities", unknown.join(" and ")),
+        ));
+    }
+    let needs = needs(&c.req.params);
+    let mut missing = Vec::new();
+    for n in needs.iter().filter(|n| n.required) {
+        for (name, h) in hosts {
+            if !has(h, n) {
+                let kind = if n.parameter { "parameter" } else { "capability" };
+                missing.push(format!("{name}'s QEMU {} lacks migration {kind} {} ({})", h.qemu.version, n.name, n.why));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(missing.join("; "));
+    }
+    let required: Vec<&str> = needs.iter().filter(|n| n.required).map(|n| n.name).collect();
+    let optional: Vec<String> = needs
+        .iter()
+        .filter(|n| !n.required)
+        .map(|n| {
+            let lacking: Vec<&str> = hosts.iter().filter(|(_, h)| !has(h, n)).map(|(name, _)| name.as_str()).collect();
+            if lacking.is_empty() {
+                format!("{} used", n.name)
+            } else {
+                format!("{} not used ({} lacks it)", n.name, lacking.join(", "))
+            }
+        })
+        .collect();
+    Ok((
+        Verdict::Pass,
+        format!(
+            "QEMU {} and {} have {}; {}",
+            s.qemu.version,
+            t.qemu.version,
+            required.join(", "),
+            optional.join(", ")
+        ),
+    ))
+}

@@ -1,0 +1,50 @@
+//! The parameters of a migration: one typed set, units in the names, shared by the
+//! prechecks (in [`crate::MigrationRequest`]), the job the target agent runs, and both QEMUs.
+use serde::{Deserialize, Serialize};
+
+/// Parameters of a migration: one typed set, units in the names. Applied to both QEMUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationParams {
+    /// Cancel an unfinished live migration after this long, seconds (policy default 600).
+    pub timeout_s: u64,
+    /// Maximum downtime at switchover, milliseconds (QEMU `downtime-limit`; default 300).
+    pub max_downtime_ms: u64,
+    /// Bandwidth cap, bytes/s. `None` = unlimited (never QEMU's 128 MiB/s default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// Migrate in clear text instead of TLS with the cluster CA's certificates.
+    #[serde(default)]
+    pub insecure_transport: bool,
+    /// multifd channels; 0 = a single stream.
+    #[serde(default)]
+    pub multifd_channels: u8,
+    /// Whether the migration may switch to post-copy.
+    #[serde(default)]
+    pub allow_postcopy: bool,
+    /// How long a graceful (ACPI) stop may take, seconds.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_s: u64,
+    /// Hold the source at switchover until told to continue (QEMU pause-before-switchover).
+    #[serde(default)]
+    pub pause_before_switchover: bool,
+}
+
+fn default_stop_timeout() -> u64 {
+    120
+}
+
+impl Default for MigrationParams {
+    fn default() -> Self {
+        MigrationParams {
+            timeout_s: 600,
+            max_downtime_ms: 300,
+            bandwidth_bytes_per_s: None,
+            insecure_transport: false,
+            multifd_channels: 2,
+            allow_postcopy: false,
+            stop_timeout_s: default_stop_timeout(),
+            pause_before_switchover: false,
+        }
+    }
+}
+
