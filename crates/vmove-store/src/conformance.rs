@@ -337,27 +337,27 @@ impl Record for OtherRecord {
 pub async fn records(s: &dyn StateStore) {
     let rec = TestRecord { name: "web1".into(), size: 42 };
     let r = ok(put_record(s, "ct/rec/a", &rec, Precondition::Absent).await, "put_record");
-    assert_eq!(ok(get_record::<TestRecord, _>(s, "ct/rec/a").await, "get_record"), Some((rec.clone(), r)));
-    assert_eq!(ok(get_record::<TestRecord, _>(s, "ct/rec/none").await, "get_record"), None);
+    assert_eq!(ok(get_record::<TestRecord>(s, "ct/rec/a").await, "get_record"), Some((rec.clone(), r)));
+    assert_eq!(ok(get_record::<TestRecord>(s, "ct/rec/none").await, "get_record"), None);
     let raw = |v: &str| v.as_bytes().to_vec();
     ok(s.put("ct/rec/v1", raw(r#"{"kind":"ct-test","version":1,"data":{"name":"old"}}"#), ANY).await, "put");
-    let (old, _) = ok(get_record::<TestRecord, _>(s, "ct/rec/v1").await, "upgrade").unwrap_or_else(|| panic!("missing"));
+    let (old, _) = ok(get_record::<TestRecord>(s, "ct/rec/v1").await, "upgrade").unwrap_or_else(|| panic!("missing"));
     assert_eq!(old, TestRecord { name: "old".into(), size: 0 });
     ok(s.put("ct/rec/v3", raw(r#"{"kind":"ct-test","version":3,"data":{"name":"new"}}"#), ANY).await, "put");
-    let r = get_record::<TestRecord, _>(s, "ct/rec/v3").await;
+    let r = get_record::<TestRecord>(s, "ct/rec/v3").await;
     assert!(matches!(&r, Err(StoreError::Version { key, found: 3, supported: 2, .. }) if key == "ct/rec/v3"), "{r:?}");
     ok(s.put("ct/rec/v0", raw(r#"{"kind":"ct-test","version":0,"data":{"name":"older"}}"#), ANY).await, "put");
-    let r = get_record::<TestRecord, _>(s, "ct/rec/v0").await;
+    let r = get_record::<TestRecord>(s, "ct/rec/v0").await;
     assert!(matches!(r, Err(StoreError::Version { found: 0, .. })), "{r:?}");
-    let r = get_record::<OtherRecord, _>(s, "ct/rec/a").await;
+    let r = get_record::<OtherRecord>(s, "ct/rec/a").await;
     assert!(matches!(&r, Err(StoreError::Kind { found, expected: "ct-other", .. }) if found == "ct-test"), "{r:?}");
     ok(s.put("ct/rec/raw", raw("not json"), ANY).await, "put");
-    let r = get_record::<TestRecord, _>(s, "ct/rec/raw").await;
+    let r = get_record::<TestRecord>(s, "ct/rec/raw").await;
     assert!(matches!(r, Err(StoreError::Decode { .. })), "{r:?}");
     ok(s.delete("ct/rec/raw", ANY).await, "delete");
     ok(s.delete("ct/rec/v0", ANY).await, "delete");
     ok(s.delete("ct/rec/v3", ANY).await, "delete");
-    let all = ok(list_records::<TestRecord, _>(s, "ct/rec/").await, "list_records");
+    let all = ok(list_records::<TestRecord>(s, "ct/rec/").await, "list_records");
     let keys: Vec<&str> = all.iter().map(|(k, _, _)| k.as_str()).collect();
     assert_eq!(keys, ["ct/rec/a", "ct/rec/v1"]);
 }

@@ -4,7 +4,7 @@
 //!   listing, watches, and append-only logs (job events). Object-safe: use
 //!   `Arc<dyn StateStore>`.
 //! - [`FileStore`]: the embedded default, files in a directory (possibly on a pool shared
-//!   by several hosts); see [`file`] for the on-disk format and the locking rule.
+//!   by several hosts); see [`file`](mod@file) for the on-disk format and the locking rule.
 //! - [`MemStore`]: the same in memory, with fault injection ([`FailPolicy`]), for tests.
 //! - [`Record`], [`get_record`], [`put_record`]: typed, versioned JSON records.
 //! - `conformance` (feature `conformance`): the suite every implementation must pass.

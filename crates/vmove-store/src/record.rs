@@ -68,7 +68,7 @@ pub fn decode_record<T: Record>(key: &str, bytes: &[u8]) -> Result<T> {
 }
 
 /// The record at `key` and its revision.
-pub async fn get_record<T: Record, S: StateStore + ?Sized>(store: &S, key: &str) -> Result<Option<(T, u64)>> {
+pub async fn get_record<T: Record>(store: &dyn StateStore, key: &str) -> Result<Option<(T, u64)>> {
     match store.get(key).await? {
         Some(e) => Ok(Some((decode_record(key, &e.value)?, e.revision))),
         None => Ok(None),
@@ -76,18 +76,13 @@ pub async fn get_record<T: Record, S: StateStore + ?Sized>(store: &S, key: &str)
 }
 
 /// Writes a record if `cond` holds; returns the new revision.
-pub async fn put_record<T: Record, S: StateStore + ?Sized>(
-    store: &S,
-    key: &str,
-    value: &T,
-    cond: Precondition,
-) -> Result<u64> {
+pub async fn put_record<T: Record>(store: &dyn StateStore, key: &str, value: &T, cond: Precondition) -> Result<u64> {
     store.put(key, encode_record(key, value)?, cond).await
 }
 
 /// Every record under `prefix` as `(key, record, revision)`, sorted by key. One record of
 /// another kind or version fails the whole list (keep one kind per prefix).
-pub async fn list_records<T: Record, S: StateStore + ?Sized>(store: &S, prefix: &str) -> Result<Vec<(String, T, u64)>> {
+pub async fn list_records<T: Record>(store: &dyn StateStore, prefix: &str) -> Result<Vec<(String, T, u64)>> {
     store
         .list(prefix)
         .await?

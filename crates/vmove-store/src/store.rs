@@ -101,7 +101,7 @@ impl WatchEvent {
 /// - a failed precondition changes nothing and is
 ///   [`Conflict`](crate::StoreError::Conflict);
 /// - a write that returns `Ok` is durable; one that returns `Err` must be treated as
-///   possibly not done (fail-stop);
+///   possibly not done (fail-stop); one whose future is dropped may still happen;
 /// - methods never block the async runtime's worker threads.
 #[async_trait]
 pub trait StateStore: Send + Sync {

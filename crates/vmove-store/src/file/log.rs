@@ -1,17 +1,5 @@
-//! Logs of the file store: framing, reading, and the writer thread (group commit).
-//!
-//! A log file starts with the 8-byte magic `vmvlog1\n`, then holds one frame per record:
-//! `length: u32 LE | crc32: u32 LE | record`, the CRC-32 covering the length bytes and the
-//! record. Sequence numbers are not stored: record `n` is the `n`th frame.
-//!
-//! A frame cut short or with a bad checksum ends the log (a crash during an append, whose
-//! caller never got an answer): readers ignore it and the writer truncates it before its
-//! next append. A file shorter than the magic is an empty log.
-//!
-//! Appends go to one writer thread per store, which takes every request queued while it
-//! was busy and writes each log's share of them with one `write` and one `fdatasync`
-//! (group commit), holding an exclusive `flock` on the log file meanwhile so that
-//! processes sharing the root do not interleave.
+//! Logs of the file store: framing, reading, and the writer thread (group commit). The
+//! format and the locking rule are described in the parent module.
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};

@@ -22,8 +22,14 @@
 //! ```
 //!
 //! A file whose length or checksum does not match its header is reported as
-//! [`StoreError::Corrupt`](crate::StoreError::Corrupt) naming the key. Log files are
-//! described in the `log` module: a magic, then `length | crc32 | record` frames.
+//! [`StoreError::Corrupt`] naming the key.
+//!
+//! A log file starts with the 8-byte magic `vmvlog1\n`, then holds one frame per record:
+//! `length: u32 LE | crc32: u32 LE | record`, the CRC-32 covering the length bytes and the
+//! record. Sequence numbers are not stored: record `n` is the `n`th frame. A frame cut
+//! short or with a bad checksum ends the log (a crash during an append, whose caller got
+//! no answer): readers ignore it, the writer cuts it off before its next append. A file
+//! shorter than the magic is an empty log; another magic is `Corrupt`.
 //!
 //! # Writes and locking
 //!
@@ -47,9 +53,17 @@
 //!
 //! # Logs
 //!
-//! Appends go to a writer thread that batches whatever is queued (group commit: a burst
-//! of appends to a log costs one `write` and one `fdatasync`), holding an `flock` on the
-//! log file while it writes.
+//! Appends go to one writer thread per store (per root and process), which takes every
+//! request queued while it was busy and writes each log's share with one `write` and one
+//! `fdatasync` (group commit: a burst of appends to a log costs one `fsync`; appends to
+//! different logs cost one each). It holds an exclusive `flock` on the log file while it
+//! writes, and checks that the file is still the one at the path (a delete by another
+//! process) and where it ends (appends by another process) once it has the lock. A new
+//! log file also gets its directory `fsync`ed. Reads take no lock and read the whole file
+//! (logs are meant for job events: thousands of records, not millions).
+//!
+//! On NFS, `flock` is carried out as a POSIX lock on the server (Linux clients): locking
+//! works across hosts.
 //!
 //! # Watches
 //!
