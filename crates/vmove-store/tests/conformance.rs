@@ -37,6 +37,12 @@ async fn file_store_two_unshared_handles() {
     let a = FileStore::open_unshared(dir.path()).unwrap();
     let b = FileStore::open_unshared(dir.path()).unwrap();
     conformance::run_two_handles(&a, &b).await;
+    // Watches see the changes made through their own handle (process) only.
+    let mut w = a.watch("w/").await.unwrap();
+    b.put("w/by-b", vec![1], Precondition::Any).await.unwrap();
+    let r = a.put("w/by-a", vec![1], Precondition::Any).await.unwrap();
+    let e = w.recv().await.unwrap();
+    assert_eq!((e.key(), e.revision()), ("w/by-a", r));
 }
 
 /// Two `open`s of one root share watches.
