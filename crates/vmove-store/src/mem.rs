@@ -1,0 +1,233 @@
+//! [`MemStore`]: the store in memory, with fault injection, for unit tests.
+//!
+//! It keeps every rule of the trait (revisions, compare-and-swap, watches, logs) so that
+//! code tested against it behaves the same on the file store. [`MemStore::fail_writes`]
+//! makes writes fail with [`StoreError::Io`], to test that the caller stops when it cannot
+//! record its state:
+//!
+//! ```
+//! use vmove_store::{FailPolicy, MemStore, Precondition, StateStore};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = MemStore::new();
+//! store.fail_writes(FailPolicy::After(1));
+//! store.put("a", b"1".to_vec(), Precondition::Any).await.unwrap();
+//! assert!(store.put("b", b"2".to_vec(), Precondition::Any).await.is_err());
+//! # }
+//! ```
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::key::{check_size, validate_key, validate_prefix};
+use crate::watch::WatchHub;
+use crate::{Entry, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
+
+/// Which writes (`put`, `delete`, `append`, `delete_log`) fail.
+///
+/// Every write with a valid key counts, whether it fails or not; a failing write changes
+/// nothing (and takes no revision).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FailPolicy {
+    /// None (the default).
+    #[default]
+    Never,
+    /// The next `n` writes, then none again.
+    Next(u64),
+    /// Every write after the next `n` succeed (a disk that dies). `After(k)` for
+    /// `k in 0..MemStore::writes()` of a clean run fails "every phase" in turn.
+    After(u64),
+    /// Writes to keys or logs starting with this prefix.
+    Prefix(String),
+    /// Every write.
+    All,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revision: u64,
+    kv: BTreeMap<String, (Vec<u8>, u64)>,
+    logs: HashMap<String, Vec<Vec<u8>>>,
+    fail: FailPolicy,
+    writes: u64,
+}
+
+impl State {
+    /// Counts a write and applies the fault policy.
+    fn attempt(&mut self, target: &str) -> Result<()> {
+        self.writes += 1;
+        let fail = match &mut self.fail {
+            FailPolicy::Never => false,
+            FailPolicy::Next(0) => {
+                self.fail = FailPolicy::Never;
+                false
+            }
+            FailPolicy::Next(n) => {
+                *n -= 1;
+                true
+            }
+            FailPolicy::After(0) | FailPolicy::All => true,
+            FailPolicy::After(n) => {
+                *n -= 1;
+                false
+            }
+            FailPolicy::Prefix(p) => target.starts_with(p.as_str()),
+        };
+        if fail {
+            return Err(StoreError::io(format!("write {target}"), std::io::Error::other("injected fault")));
+        }
+        Ok(())
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+    hub: WatchHub,
+}
+
+/// The store in memory. Clones share the same data.
+#[derive(Debug, Clone, Default)]
+pub struct MemStore {
+    inner: Arc<Inner>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets which writes fail from now on (replacing the previous policy).
+    pub fn fail_writes(&self, policy: FailPolicy) {
+        self.state().fail = policy;
+    }
+
+    /// How many writes were attempted so far (failed ones included).
+    pub fn writes(&self) -> u64 {
+        self.state().writes
+    }
+
+    /// The current store revision (the last one handed out, 0 if none).
+    pub fn revision(&self) -> u64 {
+        self.state().revision
+    }
+}
+
+#[async_trait]
+impl StateStore for MemStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        validate_key(key)?;
+        Ok(self.state().kv.get(key).map(|(v, r)| Entry { key: key.into(), value: v.clone(), revision: *r }))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, cond: Precondition) -> Result<u64> {
+        validate_key(key)?;
+        check_size(key, value.len())?;
+        let mut s = self.state();
+        s.attempt(key)?;
+        cond.check(key, s.kv.get(key).map(|(_, r)| *r))?;
+        let revision = s.next_revision();
+        s.kv.insert(key.into(), (value.clone(), revision));
+        // Published under the state lock: watches see changes in revision order.
+        self.inner.hub.publish(&WatchEvent::Put(Entry { key: key.into(), value, revision }));
+        Ok(revision)
+    }
+
+    async fn delete(&self, key: &str, cond: Precondition) -> Result<bool> {
+        validate_key(key)?;
+        let mut s = self.state();
+        s.attempt(key)?;
+        let actual = s.kv.get(key).map(|(_, r)| *r);
+        cond.check(key, actual)?;
+        if actual.is_none() {
+            return Ok(false);
+        }
+        let revision = s.next_revision();
+        s.kv.remove(key);
+        self.inner.hub.publish(&WatchEvent::Delete { key: key.into(), revision });
+        Ok(true)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
+        validate_prefix(prefix)?;
+        let s = self.state();
+        Ok(s.kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, r))| Entry { key: k.clone(), value: v.clone(), revision: *r })
+            .collect())
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Watch> {
+        validate_prefix(prefix)?;
+        Ok(self.inner.hub.subscribe(prefix))
+    }
+
+    async fn append(&self, log: &str, record: Vec<u8>) -> Result<u64> {
+        validate_key(log)?;
+        check_size(log, record.len())?;
+        let mut s = self.state();
+        s.attempt(log)?;
+        let records = s.logs.entry(log.into()).or_default();
+        records.push(record);
+        Ok(records.len() as u64 - 1)
+    }
+
+    async fn read_log(&self, log: &str, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        validate_key(log)?;
+        let s = self.state();
+        let Some(records) = s.logs.get(log) else { return Ok(vec![]) };
+        Ok(records.iter().enumerate().skip_while(|(i, _)| (*i as u64) < from_seq).map(|(i, r)| (i as u64, r.clone())).collect())
+    }
+
+    async fn delete_log(&self, log: &str) -> Result<()> {
+        validate_key(log)?;
+        let mut s = self.state();
+        s.attempt(log)?;
+        s.logs.remove(log);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fail_policies() {
+        let m = MemStore::new();
+        let put = |k: &'static str| {
+            let m = m.clone();
+            async move { m.put(k, vec![1], Precondition::Any).await }
+        };
+        m.fail_writes(FailPolicy::Next(2));
+        assert!(matches!(put("a").await, Err(StoreError::Io { .. })));
+        assert!(put("a").await.is_err());
+        assert_eq!(put("a").await.unwrap(), 1);
+        m.fail_writes(FailPolicy::Prefix("jobs/".into()));
+        assert!(put("jobs/x").await.is_err());
+        assert!(m.append("jobs/x", vec![1]).await.is_err());
+        assert_eq!(put("guests/x").await.unwrap(), 2);
+        m.fail_writes(FailPolicy::After(1));
+        assert!(put("b").await.is_ok());
+        assert!(put("b").await.is_err());
+        assert!(m.delete("b", Precondition::Any).await.is_err());
+        assert!(m.get("b").await.unwrap().is_some(), "a failed delete changes nothing");
+        m.fail_writes(FailPolicy::All);
+        assert!(m.delete_log("l").await.is_err());
+        m.fail_writes(FailPolicy::Never);
+        assert_eq!(put("c").await.unwrap(), 4, "failed writes take no revision");
+        assert_eq!(m.writes(), 11);
+    }
+}
