@@ -113,7 +113,8 @@ impl Eval<'_, '_> {
         let Some(info) = slot.info.as_ref() else {
             return out;
         };
-        if let Some(why) = self.capabilities(slot.name, slot.view.map(|v| &v.qemu_capabilities[..])) {
+        if let Some(why) = self.capabilities(slot.name, slot.view.map(|v| &v.qemu_capabilities[..]))
+        {
             out.push(Judged {
                 rule: Rule::Planner(PlannerRule::QemuCapabilities),
                 verdict: Verdict::Fail,
@@ -148,40 +149,50 @@ impl Eval<'_, '_> {
         if missing.is_empty() {
             return None;
         }
-        let noun = if missing.len() == 1 { "capability" } else { "capabilities" };
+        let noun = if missing.len() == 1 {
+            "capability"
+        } else {
+            "capabilities"
+        };
         Some(format!("{host} lacks QEMU {noun} {}", missing.join(", ")))
     }
 
-    /// Why slot `idx` is not even a candidate, if it is not.
-    fn skip_reason(&mut self, idx: usize, exclude: &[String]) -> Option<(Rule, String)> {
+    /// Which rule makes slot `idx` no candidate at all, if any (no text: cheap).
+    fn skip_rule(&self, idx: usize, exclude: &[String]) -> Option<Rule> {
+        let slot = &self.proj.slots[idx];
+        if slot.name == self.req.source {
+            return Some(Rule::Check(CheckId::TargetIsNotSource));
+        }
+        if exclude.iter().any(|e| e == slot.name) {
+            return Some(Rule::Planner(PlannerRule::HostExcluded));
+        }
+        match slot.view {
+            Some(v) if v.drained => Some(Rule::Planner(PlannerRule::HostDrained)),
+            Some(v) if v.reach.info().is_some() => None,
+            _ => Some(Rule::Check(CheckId::TargetReachable)),
+        }
+    }
+
+    /// The reason for a [`Eval::skip_rule`], from the check where there is one.
+    fn skip_reason(&mut self, idx: usize, rule: Rule) -> String {
         let slot = &self.proj.slots[idx];
         let name = slot.name;
         self.set_target(name);
-        if name == self.req.source {
-            let f = self.check(self.source.clone(), CheckId::TargetIsNotSource);
-            return Some((Rule::Check(CheckId::TargetIsNotSource), f.reason));
-        }
-        if exclude.iter().any(|e| e == name) {
-            return Some((
-                Rule::Planner(PlannerRule::HostExcluded),
-                format!("{name} excluded by the caller"),
-            ));
-        }
-        let reach = match slot.view {
-            None => Reach::Unreachable(NO_INVENTORY.to_string()),
-            Some(v) if v.drained => {
-                return Some((
-                    Rule::Planner(PlannerRule::HostDrained),
-                    format!("{name} is drained (maintenance: no migrations in)"),
-                ))
+        match rule {
+            Rule::Planner(PlannerRule::HostExcluded) => format!("{name} excluded by the caller"),
+            Rule::Planner(PlannerRule::HostDrained) => {
+                format!("{name} is drained (maintenance: no migrations in)")
             }
-            Some(v) => v.reach.clone(),
-        };
-        match reach {
-            Reach::Answered(_) => None,
-            unreachable => {
-                let f = self.check(unreachable, CheckId::TargetReachable);
-                Some((Rule::Check(CheckId::TargetReachable), f.reason))
+            Rule::Check(CheckId::TargetIsNotSource) => {
+                self.check(self.source.clone(), CheckId::TargetIsNotSource)
+                    .reason
+            }
+            _ => {
+                let reach = match slot.view {
+                    Some(v) => v.reach.clone(),
+                    None => Reach::Unreachable(NO_INVENTORY.to_string()),
+                };
+                self.check(reach, CheckId::TargetReachable).reason
             }
         }
     }
@@ -252,11 +263,11 @@ pub(crate) fn place_one(proj: &mut Projection, req: &MoveRequest, exclude: &[Str
 
     // Rank the candidates.
     let ratio = ev.proj.input.cluster.policy.vcpu_overcommit_ratio;
-    let mut skipped: Vec<(usize, Rule, String)> = Vec::new();
+    let mut skipped: Vec<(usize, Rule)> = Vec::new();
     let mut cands: Vec<Candidate> = Vec::new();
     for idx in 0..ev.proj.slots.len() {
-        if let Some((rule, why)) = ev.skip_reason(idx, exclude) {
-            skipped.push((idx, rule, why));
+        if let Some(rule) = ev.skip_rule(idx, exclude) {
+            skipped.push((idx, rule));
             continue;
         }
         let slot = &ev.proj.slots[idx];
@@ -314,10 +325,11 @@ pub(crate) fn place_one(proj: &mut Projection, req: &MoveRequest, exclude: &[Str
     }
 
     // Nowhere: every failure on every candidate.
-    let mut per_host: Vec<(usize, Rejection)> = skipped
-        .into_iter()
-        .map(|(idx, rule, reason)| (idx, rejection(ev.proj, idx, rule, reason)))
-        .collect();
+    let mut per_host: Vec<(usize, Rejection)> = Vec::new();
+    for (idx, rule) in skipped {
+        let reason = ev.skip_reason(idx, rule);
+        per_host.push((idx, rejection(ev.proj, idx, rule, reason)));
+    }
     for c in &cands {
         for j in ev.target_findings(c.idx, false) {
             if j.verdict == Verdict::Fail {
@@ -375,4 +387,3 @@ fn planned(
         notes,
     }
 }
-

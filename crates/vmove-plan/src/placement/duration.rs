@@ -46,7 +46,12 @@ impl DurationModel {
     }
 
     /// Predicted seconds to move a guest of `memory_mib` in `mode`.
-    pub fn predict_s(&self, memory_mib: u64, mode: Mode, dirty_rate_bytes_per_s: Option<u64>) -> u64 {
+    pub fn predict_s(
+        &self,
+        memory_mib: u64,
+        mode: Mode,
+        dirty_rate_bytes_per_s: Option<u64>,
+    ) -> u64 {
         match mode {
             Mode::Live => {
                 let link = self.link_bytes_per_s.max(1);

@@ -346,4 +346,3 @@ pub fn replan_one(
         Outcome::Unplaced(u) => Err(u),
     }
 }
-

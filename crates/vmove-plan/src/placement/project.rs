@@ -149,7 +149,9 @@ pub(crate) fn utilisation(info: &HostInfo, g: &GuestSpec, ratio: f64) -> (f64, f
             used as f64 / cap as f64
         }
     };
-    let usable = info.memory_total_mib.saturating_sub(info.memory_reserve_mib);
+    let usable = info
+        .memory_total_mib
+        .saturating_sub(info.memory_reserve_mib);
     let mem = share(info.memory_committed_mib + g.memory_mib, usable);
     let limit = (f64::from(info.cpu_count) * ratio).floor().max(0.0) as u64;
     let cpu = share(u64::from(info.vcpus_committed) + u64::from(g.vcpus), limit);

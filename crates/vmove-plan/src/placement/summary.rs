@@ -3,7 +3,7 @@ use vmove_model::GuestSpec;
 
 use super::project::Projection;
 use super::{PlannerRule, Rejection, Rule};
-use crate::checks::CheckId;
+use crate::checks::{plural, CheckId};
 
 /// At most this many host names are listed per rule.
 const MAX_HOSTS_LISTED: usize = 3;
@@ -92,10 +92,8 @@ pub(crate) fn unplaced(
             }
             Rule::Check(CheckId::VcpuOvercommit) => {
                 let room = |i| info_of(i).map_or(0, |x| vcpu_room(x, ratio));
-                let mut s = format!(
-                    "{scope} room for {} more vCPUs within ratio {ratio}",
-                    spec.vcpus
-                );
+                let more = plural(spec.vcpus as usize, "more vCPU");
+                let mut s = format!("{scope} room for {more} within ratio {ratio}");
                 if let Some((h, v)) = best(&room) {
                     s.push_str(&format!(" ({best_of}: {h} with {v})"));
                 }
@@ -120,10 +118,10 @@ pub(crate) fn unplaced(
         parts.push(format!("{what}: {}", names(&hosts)));
     }
     format!(
-        "{} ({}, {} vCPUs) fits no host: {}",
+        "{} ({}, {}) fits no host: {}",
         spec.name,
         fmt_mib(spec.memory_mib),
-        spec.vcpus,
+        plural(spec.vcpus as usize, "vCPU"),
         parts.join("; ")
     )
 }
@@ -136,7 +134,11 @@ fn by_rule<'r>(list: &[(usize, &'r Rejection)]) -> Vec<(Rule, Vec<(usize, &'r Re
     rules
         .into_iter()
         .map(|rule| {
-            let hit = list.iter().filter(|(_, r)| r.rule == rule).copied().collect();
+            let hit = list
+                .iter()
+                .filter(|(_, r)| r.rule == rule)
+                .copied()
+                .collect();
             (rule, hit)
         })
         .collect()

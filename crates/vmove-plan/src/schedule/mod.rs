@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::placement::{PlannedMove, Placement, Unplaced};
+use crate::placement::{Placement, PlannedMove, Unplaced};
 
 #[cfg(test)]
 mod tests;

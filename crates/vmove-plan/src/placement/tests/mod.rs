@@ -159,7 +159,11 @@ impl World {
             desired: DesiredState::Running,
             nics: vec![NicSpec {
                 network: "lab-net".into(),
-                mac: format!("52:54:00:00:{:02x}:{:02x}", self.macs >> 8, self.macs & 0xff),
+                mac: format!(
+                    "52:54:00:00:{:02x}:{:02x}",
+                    self.macs >> 8,
+                    self.macs & 0xff
+                ),
                 ip: None,
             }],
             disks: vec![DiskSpec {
@@ -201,7 +205,9 @@ impl World {
 
     /// A host's inventory.
     pub fn host(&mut self, name: &str) -> &mut HostInfo {
-        self.infos.get_mut(name).expect("no such host in the fixture")
+        self.infos
+            .get_mut(name)
+            .expect("no such host in the fixture")
     }
 
     /// Marks hosts drained.
@@ -248,11 +254,6 @@ pub(crate) fn targets(p: &Placement) -> Vec<(&str, &str)> {
         .iter()
         .map(|m| (m.guest.as_str(), m.to.as_str()))
         .collect()
-}
-
-/// The names of the unplaced guests.
-pub(crate) fn unplaced_names(p: &Placement) -> Vec<&str> {
-    p.unplaced.iter().map(|u| u.guest.as_str()).collect()
 }
 
 /// A rejection, shortly.

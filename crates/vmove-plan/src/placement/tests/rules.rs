@@ -257,7 +257,8 @@ fn every_rule_passing_on_both_hosts_keeps_host2() {
 #[test]
 fn drained_unreachable_and_unknown_hosts_are_skipped() {
     let mut w = World::new(5);
-    w.guest("vm1", "host1", 2 * GIB, 2).drain(&["host1", "host2"]);
+    w.guest("vm1", "host1", 2 * GIB, 2)
+        .drain(&["host1", "host2"]);
     w.down.insert("host3".into(), "connection refused".into());
     w.infos.remove("host4");
     let p = w.plan_host("host1", Mode::Offline);
@@ -302,7 +303,10 @@ fn target_independent_failures_leave_the_guest_unplaced_once() {
         p.unplaced[0].reason,
         "vm1 cannot move: guest-running: vm1 is stopped on host1: LIVE needs a running guest (use MODE=OFFLINE)"
     );
-    assert_eq!(targets(&w.plan_host("host1", Mode::Offline)), [("vm1", "host2")]);
+    assert_eq!(
+        targets(&w.plan_host("host1", Mode::Offline)),
+        [("vm1", "host2")]
+    );
 
     let p = w.plan(&[MoveRequest::new("vm9", "host1", Mode::Offline)]);
     assert_eq!(
