@@ -8,7 +8,7 @@
 //!   prerequisite of Oracle Exadata, Oracle VM Server for SPARC and Xen migration to a check.
 //! - [`placement`]: where each guest of a drain or an evacuation goes ([`plan`],
 //!   [`replan_one`]), reusing the prechecks against projected inventories.
-//! - [`schedule`]: order, concurrency limits and predicted duration of the moves
+//! - [`mod@schedule`]: order, concurrency limits and predicted duration of the moves
 //!   ([`schedule()`], [`startable`], [`DrainPlan`]).
 #![warn(missing_docs)]
 

@@ -33,7 +33,7 @@
 //! dead, and a move that frees it has not run yet.
 //!
 //! At run time the runner retries a failed move once on another target with
-//! [`replan_one`]; [`crate::schedule`] orders the moves and limits how many run at once.
+//! [`replan_one`]; [`mod@crate::schedule`] orders the moves and limits how many run at once.
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
