@@ -235,6 +235,7 @@ async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool) -> Res
         nics: vec![NicSpec { network: "lab-net".into(), mac: g.mac.clone(), ip: Some(format!("{}/24", g.ip)) }],
         disks: vec![],
         console_port: None,
+        group: None,
     };
     let launch = Launch {
         accel: "tcg".into(),

@@ -223,6 +223,9 @@ pub struct CreateArgs {
     /// Start it once defined.
     #[arg(long)]
     pub start: bool,
+    /// Anti-affinity group: drains and evacuations keep guests of one group on different hosts.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -13,7 +13,8 @@ pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
         GuestCmd::List { host } => list(ctx, host).await,
         GuestCmd::Show { name } => {
             let (cluster, host) = locate(ctx, &name)?;
-            let st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestShow { name }).await?;
+            let mut st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestShow { name }).await?;
+            with_file_group(&cluster, &mut st);
             print_status(ctx, &st);
             Ok(())
         }
@@ -75,6 +76,13 @@ fn locate(ctx: &Ctx, name: &str) -> Result<(Cluster, String)> {
         .map(|g| g.host.clone())
         .ok_or_else(|| anyhow!("no guest named {name} in {}", ctx.cluster_path.display()))?;
     Ok((c, host))
+}
+
+/// The cluster file holds the anti-affinity group: show the file's, whatever the agent kept.
+fn with_file_group(c: &Cluster, st: &mut GuestStatus) {
+    if let Some(g) = c.guest(&st.spec.name) {
+        st.spec.group = g.group.clone();
+    }
 }
 
 fn set_desired(ctx: &Ctx, c: &mut Cluster, name: &str, d: DesiredState) -> Result<()> {
@@ -165,6 +173,9 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
     if boot == BootSource::Disk && disks.is_empty() {
         bail!("--image disk needs a --disk to boot from");
     }
+    if let Some(g) = a.group.as_deref().filter(|g| !vmove_model::valid_name(g)) {
+        bail!("--group {g:?}: use 1 to 64 letters, digits, '-', '_', '.'");
+    }
     let spec = GuestSpec {
         name: a.name.clone(),
         host: a.host.clone(),
@@ -176,6 +187,7 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
         nics,
         disks,
         console_port: None,
+        group: a.group.clone(),
     };
     let client = ctx.client(&cluster, &a.host)?;
     let st: GuestStatus = client.call(&Request::GuestDefine { spec }).await?;
@@ -205,7 +217,8 @@ async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
     for ((host, _), r) in clients.iter().zip(answers) {
         match r {
             Ok(list) => {
-                for g in list {
+                for mut g in list {
+                    with_file_group(&cluster, &mut g);
                     rows.push(row(&g));
                     js.push(serde_json::json!({ "host": host, "guest": g }));
                 }
@@ -219,7 +232,7 @@ async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
     if ctx.json {
         crate::out::json(&js);
     } else {
-        crate::out::table(&["GUEST", "HOST", "STATE", "VCPUS", "MEM_MIB", "IP", "PID"], &rows);
+        crate::out::table(&HEADER, &rows);
     }
     Ok(())
 }
@@ -227,6 +240,8 @@ async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
 fn state_str(s: GuestState) -> String {
     serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
+
+const HEADER: [&str; 8] = ["GUEST", "HOST", "STATE", "VCPUS", "MEM_MIB", "IP", "PID", "GROUP"];
 
 fn row(g: &GuestStatus) -> Vec<String> {
     vec![
@@ -237,6 +252,7 @@ fn row(g: &GuestStatus) -> Vec<String> {
         g.spec.memory_mib.to_string(),
         g.spec.nics.first().and_then(|n| n.ip.clone()).unwrap_or_default(),
         g.pid.map(|p| p.to_string()).unwrap_or_default(),
+        g.spec.group.clone().unwrap_or_default(),
     ]
 }
 
@@ -244,6 +260,58 @@ fn print_status(ctx: &Ctx, st: &GuestStatus) {
     if ctx.json {
         crate::out::json(st);
     } else {
-        crate::out::table(&["GUEST", "HOST", "STATE", "VCPUS", "MEM_MIB", "IP", "PID"], &[row(st)]);
+        crate::out::table(&HEADER, &[row(st)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+    use vmove_api::GuestState;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    #[test]
+    fn create_takes_a_group() {
+        let cli = Cli::try_parse_from(["vmove", "guest", "create", "db1", "--host", "host1", "--group", "db"]).unwrap();
+        let Command::Guest(GuestCmd::Create(a)) = cli.command else { panic!("not guest create: {:?}", cli.command) };
+        assert_eq!(a.group.as_deref(), Some("db"));
+        let cli = Cli::try_parse_from(["vmove", "guest", "create", "db1", "--host", "host1"]).unwrap();
+        let Command::Guest(GuestCmd::Create(a)) = cli.command else { panic!("not guest create: {:?}", cli.command) };
+        assert_eq!(a.group, None);
+    }
+
+    #[test]
+    fn show_and_list_use_the_file_group() {
+        let text = r#"
+[cluster]
+name = "c"
+[tls]
+ca = "ca.pem"
+cert = "op.pem"
+key = "op.key"
+[[hosts]]
+name = "host1"
+address = "198.51.100.2:7450"
+[[guests]]
+name = "db1"
+host = "host1"
+vcpus = 2
+memory_mib = 1024
+group = "db"
+boot = { kind = "lab" }
+"#;
+        let c = Cluster::parse(text, Path::new("c.toml")).unwrap();
+        let mut spec = c.guests[0].clone();
+        spec.group = None;
+        let mut st = GuestStatus { spec, state: GuestState::Running, pid: Some(7), uptime_s: None };
+        with_file_group(&c, &mut st);
+        assert_eq!(st.spec.group.as_deref(), Some("db"));
+        assert_eq!(row(&st), ["db1", "host1", "running", "2", "1024", "", "7", "db"]);
+        assert_eq!(serde_json::to_value(&st).unwrap()["spec"]["group"], "db");
+        assert_eq!(HEADER.len(), row(&st).len());
     }
 }

@@ -121,6 +121,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
         dirty_rate: 20,
         wss: 128,
         start: true,
+        group: None,
     };
     crate::cmd_guest::run(&sub, crate::args::GuestCmd::Create(create)).await?;
     let addr = "192.0.2.10:7".parse()?;

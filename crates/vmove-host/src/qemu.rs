@@ -179,6 +179,7 @@ mod tests {
             nics: vec![NicSpec { network: "lab-net".into(), mac: "52:54:00:00:00:01".into(), ip: None }],
             disks: vec![DiskSpec { pool: "shared".into(), volume: "d.img".into(), size_mib: Some(16) }],
             console_port: None,
+            group: None,
         }
     }
 

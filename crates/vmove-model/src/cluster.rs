@@ -231,6 +231,12 @@ impl Cluster {
             if g.vcpus == 0 || g.memory_mib == 0 {
                 return Err(format!("guests[{}]: vcpus and memory_mib must be positive", g.name));
             }
+            if let Some(group) = g.group.as_deref().filter(|x| !crate::guest::valid_name(x)) {
+                return Err(format!(
+                    "guests[{}].group: {group:?} is not a valid name (1 to 64 letters, digits, '-', '_', '.')",
+                    g.name
+                ));
+            }
             for n in &g.nics {
                 if self.network(&n.network).is_none() {
                     return Err(format!("guests[{}].nics.network: no network named {:?}", g.name, n.network));
@@ -449,6 +455,33 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         let bad = SAMPLE.replace("accel = \"tcg\"", "accel = \"warp\"");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
         assert_eq!(e, "c.toml: line 11: hosts[host2].accel: \"warp\" is not kvm, tcg or auto");
+    }
+
+    #[test]
+    fn group_roundtrips_and_is_validated() {
+        let with = SAMPLE.replace("memory_mib = 512\n", "memory_mib = 512\ngroup = \"db\"\n");
+        let c = Cluster::parse(&with, Path::new("c.toml")).unwrap();
+        assert_eq!(c.guests[0].group.as_deref(), Some("db"));
+        let text = c.to_toml();
+        assert!(text.contains("group = \"db\"\n"), "{text}");
+        let c2 = Cluster::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c2.guests, c.guests);
+        assert_eq!(c2.to_toml(), text);
+        let without = Cluster::parse(SAMPLE, Path::new("c.toml")).unwrap();
+        assert_eq!(without.guests[0].group, None);
+        assert!(!without.to_toml().contains("group"));
+        let bad = with.replace("group = \"db\"", "group = \"../db\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "c.toml: line 26: guests[vm1].group: \"../db\" is not a valid name (1 to 64 letters, digits, '-', '_', '.')"
+        );
+        let bad = with.replace("group = \"db\"", "group = \"\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line 26: guests[vm1].group: \"\" is not a valid name"), "{e}");
+        let bad = with.replace("group = \"db\"", "groups = \"db\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line ") && e.contains("unknown field `groups`"), "{e}");
     }
 
     #[test]

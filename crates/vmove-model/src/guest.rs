@@ -88,6 +88,10 @@ pub struct GuestSpec {
     /// Serial console TCP port on the host, if one was assigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_port: Option<u16>,
+    /// Anti-affinity group: the placement planner keeps two guests of one group on
+    /// different hosts whenever another host fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The CPU model used when none is given.
@@ -95,9 +99,33 @@ pub fn default_cpu_model() -> String {
     "qemu64".to_string()
 }
 
+/// Whether `s` is a valid name for a guest, a volume or an anti-affinity group: 1 to 64
+/// letters, digits, `-`, `_` or `.`, not starting with `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl GuestSpec {
     /// Every MAC address of the guest.
     pub fn macs(&self) -> impl Iterator<Item = &str> {
         self.nics.iter().map(|n| n.mac.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["db", "vm-1.example_2", "a", &"x".repeat(64)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "../etc", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 }

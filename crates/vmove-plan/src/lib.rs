@@ -6,11 +6,17 @@
 //! - [`checks`]: the prechecks, pure functions from the cluster file, the request and the
 //!   agents' inventories to [`Finding`]s ([`run`]). `docs/prechecks.md` maps every
 //!   prerequisite of Oracle Exadata, Oracle VM Server for SPARC and Xen migration to a check.
+//! - [`placement`]: where each guest of a drain or an evacuation goes ([`plan`],
+//!   [`replan_one`]), reusing the prechecks against projected inventories.
+//! - [`mod@schedule`]: order, concurrency limits and predicted duration of the moves
+//!   ([`schedule()`], [`startable`], [`DrainPlan`]).
 #![warn(missing_docs)]
 
 pub mod checks;
 mod mode;
 mod params;
+pub mod placement;
+pub mod schedule;
 mod step;
 mod version;
 
@@ -22,3 +28,8 @@ pub use mode::{Mode, ModeParseError};
 pub use params::MigrationParams;
 pub use step::{can_run_step, Step, StepError, StepParseError, StepReadiness};
 pub use version::{compare_versions, parse_version};
+pub use placement::{
+    plan, replan_one, DurationModel, HostView, MoveRequest, Placement, PlacementInput,
+    PlannedMove, PlannerRule, Rejection, Rule, Unplaced,
+};
+pub use schedule::{schedule, startable, DrainPlan, Limits, LimitsError, Schedule, ScheduledMove};

@@ -365,11 +365,17 @@ fn check_fn(id: CheckId) -> CheckFn {
 
 /// Evaluates one check, whatever the mode.
 pub fn run_one(input: &CheckInput, id: CheckId) -> Finding {
+    run_one_for(input, input.cluster.guest(&input.request.guest), id)
+}
+
+/// [`run_one`] with the guest's definition already looked up (the placement planner
+/// evaluates many targets for one guest of a large cluster file).
+pub(crate) fn run_one_for(input: &CheckInput, guest: Option<&GuestSpec>, id: CheckId) -> Finding {
     let ctx = Ctx {
         input,
         req: input.request,
         cluster: input.cluster,
-        guest: input.cluster.guest(&input.request.guest),
+        guest,
     };
     let (verdict, reason) = check_fn(id)(&ctx).unwrap_or_else(|why| (Verdict::Fail, why));
     Finding {

@@ -45,6 +45,7 @@ pub(crate) fn guest_spec(name: &str, host: &str, mac: &str) -> GuestSpec {
             size_mib: None,
         }],
         console_port: Some(5900),
+        group: None,
     }
 }
 
