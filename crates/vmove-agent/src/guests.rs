@@ -59,10 +59,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && !n.starts_with('.')
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    vmove_api::valid_name(n)
 }
 
 fn valid_mac(m: &str) -> bool {
@@ -356,7 +353,8 @@ impl Agent {
                     anyhow!("volume {}/{} does not exist and has no size to create it with", d.pool, d.volume)
                 })?;
                 let f = std::fs::File::create(&path).with_context(|| format!("create volume {}", path.display()))?;
-                f.set_len(size * 1024 * 1024)?;
+                let bytes = size.checked_mul(1024 * 1024).ok_or_else(|| anyhow!("volume {}/{}: size {size} MiB is too large", d.pool, d.volume))?;
+                f.set_len(bytes)?;
             }
             let direct = qemu::supports_o_direct(&path);
             disks.push((path, direct));
@@ -612,13 +610,13 @@ impl Agent {
     }
 
     pub(crate) async fn wait_stopped(&self, name: &str, pid: u32, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
         loop {
             let gone = self.lock_guests().get(name).is_none_or(|g| g.pid != Some(pid));
             if gone {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            if started.elapsed() > timeout {
                 bail!("timeout");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -660,7 +658,8 @@ impl Agent {
     /// Measures the guest's memory dirty rate over `calc_s` seconds, bytes/s.
     pub async fn dirty_rate(&self, name: &str, calc_s: u64) -> Result<u64> {
         let (q, _) = self.qmp_of(name)?;
-        q.calc_dirty_rate(calc_s.clamp(1, 60)).await.context("calc-dirty-rate")?;
+        let calc_s = calc_s.clamp(1, 60);
+        q.calc_dirty_rate(calc_s).await.context("calc-dirty-rate")?;
         let deadline = Instant::now() + Duration::from_secs(calc_s + 10);
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;

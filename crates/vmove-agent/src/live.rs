@@ -239,7 +239,7 @@ fn progress(info: &MigrationInfo) -> Progress {
 fn progress_from_query(info: &MigrationInfo) -> Progress {
     let ram = info.ram.clone().unwrap_or_default();
     let rate = ram.mbps.map(|m| (m * 1e6 / 8.0) as u64).unwrap_or(0);
-    let dirty = ram.dirty_pages_rate.unwrap_or(0) * ram.page_size.unwrap_or(4096);
+    let dirty = ram.dirty_pages_rate.unwrap_or(0).saturating_mul(ram.page_size.unwrap_or(4096));
     let remaining = ram.remaining.unwrap_or(0);
     let eta_s = (rate > dirty).then(|| remaining / (rate - dirty).max(1));
     Progress {
@@ -439,4 +439,21 @@ async fn dst_migrate_inner(
         pr.transferred_bytes >> 20,
         pr.pass
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_survives_any_numbers_from_the_source() {
+        let info: MigrationInfo = serde_json::from_value(json!({
+            "status": "active",
+            "ram": { "dirty-pages-rate": u64::MAX, "page-size": 4096, "mbps": 1e300, "remaining": u64::MAX }
+        }))
+        .unwrap();
+        let p = progress(&info);
+        assert_eq!(p.dirty_rate_bytes_per_s, u64::MAX);
+        assert_eq!(p.eta_s, None);
+    }
 }

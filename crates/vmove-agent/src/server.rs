@@ -63,8 +63,8 @@ async fn connection(agent: Arc<Agent>, jobs: Arc<Jobs>, acceptor: TlsAcceptor, t
             Reply::err(format!("malformed request: not one JSON line ending in a newline (at most {MAX_REQUEST} bytes)"))
         }
         (Ok(Ok(_)), None) => Reply::err("certificate has no vmove role (operator.vmove or host.vmove)"),
-        (Ok(Ok(_)), Some(role)) => match serde_json::from_str::<Request>(line.trim_end()) {
-            Err(e) => Reply::err(format!("malformed request: {e}")),
+        (Ok(Ok(_)), Some(role)) => match vmove_api::decode_request(&line) {
+            Err(e) => Reply::err(e.to_string()),
             Ok(req) if !req.allowed_for(&role) => Reply::err(format!("{} is not allowed for a {role:?} certificate", req.op())),
             Ok(Request::JobWatch { id, from_seq }) => match jobs.get(&id) {
                 Err(e) => Reply::err(format!("{e:#}")),

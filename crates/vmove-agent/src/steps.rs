@@ -71,7 +71,7 @@ pub async fn run_step(
             if !was_running {
                 return Ok("guest was not running".into());
             }
-            let timeout = Duration::from_secs(spec.params.stop_timeout_s + 30);
+            let timeout = Duration::from_secs(spec.params.stop_timeout_s.saturating_add(30));
             let req =
                 Request::PeerStopGuest { name, force, timeout_s: spec.params.stop_timeout_s, job: Some(format!("the migration to {}", spec.target)) };
             Ok(match src_call(jobs, spec, req, timeout).await? {

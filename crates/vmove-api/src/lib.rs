@@ -8,6 +8,10 @@
 //! ([`Reply`]): `{"ok":true,"result":...}` or `{"ok":false,"error":"one line"}`.
 //! Streaming calls (job events) answer with several lines, the last one a `Reply`.
 //!
+//! The agent decodes a line with [`decode_request`]: JSON parsing, then [`Request::validate`],
+//! which checks every number against its range in [`limits`] and every guest and volume
+//! name (they become file names) with [`valid_name`].
+//!
 //! Who may call what: the operator certificate (SAN `operator.vmove`) may make every call;
 //! host certificates (SAN `host.vmove`) only the peer calls that a migration needs
 //! ([`Request::allowed_for`]).
@@ -17,10 +21,12 @@ pub mod client;
 mod job;
 pub mod pki;
 pub mod tls;
+mod validate;
 mod wire;
 
 pub use client::AgentClient;
 pub use job::*;
+pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
 pub use wire::*;
 
 /// The agent's default TCP port.

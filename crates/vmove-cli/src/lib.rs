@@ -12,6 +12,10 @@ mod ctx;
 mod oedacli;
 mod out;
 
+/// The oedacli language's lexer and parser (pure: one line to one command), for tools and
+/// the fuzzer (`fuzz/`).
+pub use oedacli::parse as oedacli_parse;
+
 use std::process::ExitCode;
 
 use clap::Parser;

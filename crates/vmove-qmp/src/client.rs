@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::QmpError;
+use crate::message::{parse_line, Message};
 use crate::types::{Event, Greeting};
 
 /// Capacity of the event broadcast channel. A subscriber that falls this
@@ -137,64 +138,40 @@ impl Shared {
 
     /// Handles one received line. Never fails: anything odd is logged.
     fn dispatch_line(&self, raw: &[u8]) {
-        let line = raw.trim_ascii();
-        if line.is_empty() {
-            return;
-        }
-        let msg: Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
+        tracing::trace!(line = %String::from_utf8_lossy(raw.trim_ascii()), "qmp <-");
+        let (id, result) = match parse_line(raw) {
+            Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %e, line = %excerpt(line), "qmp: skipping malformed line");
+                tracing::warn!(error = %e, line = %excerpt(raw.trim_ascii()), "qmp: skipping malformed line");
                 return;
             }
-        };
-        tracing::trace!(msg = %msg, "qmp <-");
-        if let Some(event) = Event::from_value(&msg) {
             // No receiver is fine: nobody is interested right now.
-            let _ = self.events.send(event);
-            return;
-        }
-        let is_reply = msg.get("return").is_some() || msg.get("error").is_some();
-        if !is_reply {
-            if msg.get("QMP").is_some() {
-                tracing::warn!("qmp: unexpected second greeting, ignored");
-            } else {
-                tracing::warn!(line = %excerpt(line), "qmp: unknown message, ignored");
+            Ok(Some(Message::Event(event))) => {
+                let _ = self.events.send(event);
+                return;
             }
-            return;
-        }
-        let Some(id) = msg.get("id").and_then(Value::as_u64) else {
-            tracing::warn!(line = %excerpt(line), "qmp: reply without a known id, dropped");
+            Ok(Some(Message::Greeting(_))) => {
+                tracing::warn!("qmp: unexpected second greeting, ignored");
+                return;
+            }
+            Ok(Some(Message::Unknown(_))) => {
+                tracing::warn!(line = %excerpt(raw.trim_ascii()), "qmp: unknown message, ignored");
+                return;
+            }
+            Ok(Some(Message::Reply { id, result })) => (id, result),
+        };
+        let Some(id) = id else {
+            tracing::warn!(line = %excerpt(raw.trim_ascii()), "qmp: reply without a known id, dropped");
             return;
         };
         let Some(pending) = self.lock().map.remove(&id) else {
             tracing::warn!(id, "qmp: reply for unknown or timed-out id, dropped");
             return;
         };
-        let result = reply_result(msg);
         if pending.tx.send(result).is_err() {
             tracing::debug!(id, cmd = %pending.cmd, "qmp: reply arrived after caller left");
         }
     }
-}
-
-/// Turns a `{"return":..}` / `{"error":..}` message into a result.
-fn reply_result(mut msg: Value) -> ReplyResult {
-    if let Some(err) = msg.get("error") {
-        let field = |name: &str| match err.get(name) {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => String::new(),
-        };
-        return Err(QmpError::Qemu {
-            class: field("class"),
-            desc: field("desc"),
-        });
-    }
-    Ok(msg
-        .get_mut("return")
-        .map(Value::take)
-        .unwrap_or(Value::Null))
 }
 
 fn excerpt(line: &[u8]) -> String {

@@ -40,6 +40,7 @@ mod client;
 mod commands;
 mod error;
 mod lenient;
+mod message;
 mod migration;
 mod params;
 mod types;
@@ -52,6 +53,7 @@ mod tests;
 
 pub use client::{Qmp, DEFAULT_TIMEOUT, EVENT_CAPACITY};
 pub use error::QmpError;
+pub use message::{classify, parse_line, Message};
 pub use migration::{
     MigrationCapability, MigrationCapabilityStatus, MigrationInfo, MigrationStats, MigrationStatus,
     XbzrleCacheStats,

@@ -1,7 +1,7 @@
 //! Issue "Faults and recovery", the rest: concurrent migrations of one guest are refused,
 //! a migration to a host that is migrating the guest away is refused, malformed API
-//! requests get clear errors while the agent keeps serving, malformed cluster files get
-//! clear one-line errors.
+//! requests and requests with numbers out of range get clear errors while the agent keeps
+//! serving, malformed cluster files get clear one-line errors.
 mod common;
 
 use std::time::Duration;
@@ -111,4 +111,58 @@ fn malformed_api_requests_get_clear_errors_and_the_agent_keeps_serving() {
     let h: Health = rt.block_on(c.call(&Request::Health)).expect("the agent keeps serving");
     assert_eq!(h.host, "host1");
     lab.ok(&["host", "show", "host1"]);
+}
+
+/// Numbers that once could panic the agent (`Instant + u64::MAX s`, `calc_s + 10`,
+/// `size_mib * 1024 * 1024`) and names or URIs it must never act on are refused at the API
+/// boundary with a one-line error naming the field and its range; the agent keeps serving.
+#[test]
+fn out_of_range_numbers_are_refused_and_the_agent_keeps_serving() {
+    let lab = Lab::up("range", 1);
+    let c = operator(&lab, "host1");
+    let rt = rt();
+    let max = u64::MAX;
+    let define = |disk: &str| {
+        format!(
+            r#"{{"op":"guest_define","spec":{{"name":"big","host":"host1","vcpus":1,"memory_mib":64,"boot":{{"kind":"disk"}},"disks":[{disk}]}}}}"#
+        )
+    };
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!(r#"{{"op":"guest_stop","name":"vm1","timeout_s":{max}}}"#),
+            format!("invalid request: guest_stop: timeout_s {max} is out of range (1..=3600)"),
+        ),
+        (
+            format!(r#"{{"op":"peer_stop_guest","name":"vm1","force":false,"timeout_s":{max}}}"#),
+            format!("invalid request: peer_stop_guest: timeout_s {max} is out of range (1..=3600)"),
+        ),
+        (
+            format!(r#"{{"op":"guest_dirty_rate","name":"vm1","calc_s":{}}}"#, max - 5),
+            format!("invalid request: guest_dirty_rate: calc_s {} is out of range (1..=60)", max - 5),
+        ),
+        (
+            define(&format!(r#"{{"pool":"shared","volume":"big.img","size_mib":{max}}}"#)),
+            format!("invalid request: guest_define: spec.disks[0].size_mib {max} is out of range (1..=1073741824)"),
+        ),
+        (
+            define(r#"{"pool":"shared","volume":"../../etc/big.img","size_mib":1}"#),
+            "invalid request: guest_define: spec.disks[0].volume \"../../etc/big.img\" is not a valid name".into(),
+        ),
+        (
+            r#"{"op":"peer_migrate_out","name":"vm1","uri":"exec:touch /tmp/vmove-pwned","params":{"timeout_s":600,"max_downtime_ms":300}}"#.into(),
+            "invalid request: peer_migrate_out: uri \"exec:touch /tmp/vmove-pwned\" is not tcp:IP:PORT".into(),
+        ),
+    ];
+    for (req, want) in &cases {
+        let reply = rt.block_on(c.call_bytes(format!("{req}\n").as_bytes())).unwrap_or_else(|e| panic!("{req}: {e:#}"));
+        assert!(!reply.ok, "{req} should be refused");
+        let e = reply.error.unwrap_or_default();
+        assert!(e.starts_with(want.as_str()), "{req}:\n got {e:?}\nwant {want:?}");
+        assert!(!e.contains('\n'));
+    }
+    let h: Health = rt.block_on(c.call(&Request::Health)).expect("the agent keeps serving");
+    assert_eq!(h.host, "host1");
+    let guests: Vec<vmove_api::GuestStatus> = rt.block_on(c.call(&Request::GuestList)).expect("guest list");
+    assert!(guests.is_empty(), "nothing was defined: {guests:?}");
+    assert!(!lab.dir.join("shared/big.img").exists());
 }
