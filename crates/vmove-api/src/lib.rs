@@ -19,12 +19,14 @@
 
 pub mod client;
 mod job;
+pub mod operator;
 pub mod pki;
 pub mod tls;
 mod validate;
 mod wire;
 
 pub use client::AgentClient;
+pub use operator::{operator_clients, OperatorError};
 pub use job::*;
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
 pub use wire::*;
