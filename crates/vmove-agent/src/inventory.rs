@@ -1,43 +1,9 @@
-//! The host inventory: CPU, memory, versions, bridges, pools, consoles, guests.
-use anyhow::Result;
+//! The host inventory: CPU, memory, versions, QEMU features, bridges, pools, consoles,
+//! guests.
 use vmove_api::{BridgeInfo, HostInfo, PoolInfo};
-use vmove_host::net::Netlink;
 
+use crate::error::Result;
 use crate::guests::Agent;
-
-/// `(MemTotal, MemAvailable)` in MiB, from /proc/meminfo.
-pub fn meminfo() -> (u64, u64) {
-    let t = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |k: &str| {
-        t.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |kib| kib / 1024)
-    };
-    (field("MemTotal:"), field("MemAvailable:"))
-}
-
-/// `(model name, flags, logical CPUs)` from /proc/cpuinfo.
-pub fn cpuinfo() -> (String, Vec<String>, u32) {
-    let t = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let get = |k: &str| {
-        t.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let count = t.lines().filter(|l| l.starts_with("processor")).count() as u32;
-    let flags = get("flags").split_whitespace().map(String::from).collect();
-    (get("model name"), flags, count.max(1))
-}
-
-fn hardware_model(agent: &Agent) -> String {
-    agent.cfg.hardware_model.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/sys/class/dmi/id/product_name").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
-    })
-}
 
 fn writable(p: &std::path::Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
@@ -45,19 +11,18 @@ fn writable(p: &std::path::Path) -> bool {
 
 /// The whole inventory.
 pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
-    let (cpu_model, cpu_flags, cpu_count) = cpuinfo();
-    let (_, free) = meminfo();
+    let (cpu_model, cpu_flags, cpu_count) = agent.host.cpu();
+    let (_, free) = agent.host.memory_mib();
     let total = agent.memory_total_mib();
     let (committed, vcpus) = agent.committed();
-    let nl = Netlink::connect()?;
-    let bridges = nl
-        .links()
+    let bridges = agent
+        .host
+        .bridges()
         .await?
         .into_iter()
-        .filter(|l| l.kind.as_deref() == Some("bridge"))
-        .map(|l| {
-            let vlan = agent.cfg.networks.iter().find(|n| n.bridge == l.name).and_then(|n| n.vlan);
-            BridgeInfo { name: l.name, vlan }
+        .map(|name| {
+            let vlan = agent.cfg.networks.iter().find(|n| n.bridge == name).and_then(|n| n.vlan);
+            BridgeInfo { name, vlan }
         })
         .collect();
     let pools = agent
@@ -69,9 +34,9 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
     Ok(HostInfo {
         name: agent.cfg.name.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_version: agent.qemu_version.clone(),
+        qemu_version: agent.qemu.version.clone(),
         qemu: agent.qemu.clone(),
-        hardware_model: hardware_model(agent),
+        hardware_model: agent.cfg.hardware_model.clone().unwrap_or_else(|| agent.host.hardware_model()),
         hardware_generation: agent.cfg.hardware_generation,
         accel: if agent.cfg.accel == agent.accel { agent.accel.clone() } else { format!("{} ({})", agent.cfg.accel, agent.accel) },
         cpu_model,

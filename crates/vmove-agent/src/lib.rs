@@ -1,22 +1,49 @@
 //! `vmoved`, the host agent: runs guests as QEMU processes, owns the host's taps and
-//! volumes, keeps a crash-safe journal and serves the mTLS API.
+//! volume leases, keeps its state in a store and serves the mTLS API. Module map:
+//!
+//! - [`guests`]: the guest registry (define, start, stop, devices) over [`host::HostOps`];
+//! - [`jobs`]: migration jobs, each a [`vmove_plan::JobMachine`] run by [`jobs::runner`];
+//! - [`steps`]: one module per step, each with its `run` and `undo`;
+//! - [`migrate_dst`] and [`migrate_src`]: the two halves of live migration, named for the
+//!   host they run on; [`peer`]: calls from target to source;
+//! - [`state`]: typed records in a `vmove_store::StateStore`; [`leases`]: volume leases;
+//!   [`claims`]: source claims;
+//! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks.
 #![warn(missing_docs)]
 
-mod guests;
-mod inventory;
-mod jobs;
-mod journal;
-mod live;
-mod reconcile;
-mod server;
-mod steps;
+pub mod claims;
+pub mod dispatch;
+pub mod error;
+pub mod guests;
+pub mod hooks;
+pub mod host;
+pub mod inventory;
+pub mod jobs;
+pub mod leases;
+pub mod migrate_dst;
+pub mod migrate_src;
+pub mod peer;
+pub mod reconcile;
+pub mod server;
+pub mod state;
+pub mod steps;
 
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
+
+use crate::error::{fail, AgentError, Result, ResultExt};
+
+/// Now, unix ms.
+pub fn now_ms() -> u64 {
+    vmove_model::now_ms()
+}
 
 /// `vmoved` arguments.
 #[derive(Parser, Debug)]
@@ -31,9 +58,7 @@ struct Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -46,18 +71,57 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmoved: {e:#}");
+            eprintln!("vmoved: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = vmove_model::AgentConfig::load(&args.config)?;
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("create {}", cfg.state_dir.display()))?;
-    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("create {}", cfg.run_dir.display()))?;
-    let agent = Arc::new(guests::Agent::new(cfg.clone()).await?);
+/// `auto` → `kvm` if /dev/kvm opens, else `tcg`.
+fn resolve_accel(accel: &str) -> Result<String> {
+    Ok(match accel {
+        "auto" => {
+            if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+                "kvm".to_string()
+            } else {
+                "tcg".to_string()
+            }
+        }
+        "kvm" | "tcg" => accel.to_string(),
+        other => fail!(InvalidRequest, "accel {other:?} is not kvm, tcg or auto"),
+    })
+}
+
+async fn run(args: Args) -> Result<()> {
+    let cfg = vmove_model::AgentConfig::load(&args.config).map_err(AgentError::host)?;
+    for d in [&cfg.state_dir, &cfg.run_dir] {
+        std::fs::create_dir_all(d).with_ctx(|| format!("create {}", d.display()))?;
+    }
+    let accel = resolve_accel(&cfg.accel)?;
+    let qemu = vmove_host::qemu_probe::probe(vmove_host::qemu::QEMU_BIN, &cfg.run_dir.join(".probe"))
+        .await
+        .map_err(|e| AgentError::host(format!("cannot learn what this host's QEMU can do: {e:#}")))?;
+    vmove_host::qemu_probe::check_minimum(&qemu).map_err(|e| AgentError::host(format!("{e:#}")))?;
+    tracing::info!(version = %qemu.version, capabilities = qemu.migration_capabilities.len(), "QEMU features learned");
+    let store = vmove_store::FileStore::open(&cfg.state_dir).ctx("open the state store")?;
+    let mut leases = BTreeMap::new();
+    for p in &cfg.pools {
+        let s = vmove_store::FileStore::open(p.path.join(".vmove-leases")).with_ctx(|| format!("open the leases of pool {}", p.name))?;
+        leases.insert(p.name.clone(), leases::Leases::new(Arc::new(s), ""));
+    }
+    let (ca, me) = server::tls_files(&cfg)?;
+    let peer_tls = vmove_api::tls::client_config(&ca, &me).map_err(AgentError::host)?;
+    let parts = guests::Parts {
+        cfg: cfg.clone(),
+        accel,
+        qemu,
+        host: Arc::new(host::RealHost::default()),
+        state: state::State::new(Arc::new(store)),
+        leases,
+        peer_tls,
+    };
+    let agent = Arc::new(guests::Agent::new(parts).await?);
     agent.reconcile().await?;
-    let jobs = jobs::Jobs::open(agent.clone())?;
-    server::serve(agent, jobs, &cfg).await
+    let jobs = jobs::Jobs::open(agent.clone()).await?;
+    server::serve(Arc::new(dispatch::Api { agent, jobs }), &cfg).await
 }

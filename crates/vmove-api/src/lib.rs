@@ -2,11 +2,14 @@
 //!
 //! # Protocol
 //!
-//! Every call is one TLS connection (TLS 1.3/1.2, client certificate required, both sides
-//! verified against the cluster CA). The client writes one JSON object on one line
-//! ([`Request`], tagged by `"op"`); the agent answers with one JSON line
-//! ([`Reply`]): `{"ok":true,"result":...}` or `{"ok":false,"error":"one line"}`.
-//! Streaming calls (job events) answer with several lines, the last one a `Reply`.
+//! Calls travel over TLS connections (TLS 1.3/1.2, client certificate required, both sides
+//! verified against the cluster CA) that stay open: the client writes one JSON object on
+//! one line ([`Request`], tagged by `"op"`); the agent answers with one JSON line
+//! ([`Reply`]): `{"ok":true,"result":...}` or
+//! `{"ok":false,"error":{"code":"not_found","message":"one line"}}`; then the next request
+//! may follow on the same connection ([`client`], [`server`]). The error's code decides
+//! ([`ErrorCode`]), its message informs. Streaming calls (job events) answer with several
+//! lines, the last one a `Reply`, and end the connection.
 //!
 //! The agent decodes a line with [`decode_request`]: JSON parsing, then [`Request::validate`],
 //! which checks every number against its range in [`limits`] and every guest and volume
@@ -18,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod server;
 mod job;
 pub mod operator;
 pub mod pki;
@@ -25,7 +29,7 @@ pub mod tls;
 mod validate;
 mod wire;
 
-pub use client::AgentClient;
+pub use client::{one_line, AgentClient, ClientError};
 pub use operator::{operator_clients, OperatorError};
 pub use job::*;
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};

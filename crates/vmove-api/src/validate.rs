@@ -174,6 +174,9 @@ impl Check {
         if let Some(p) = g.console_port {
             self.range(format!("{at}.console_port"), u64::from(p), limits::CONSOLE_PORT)?;
         }
+        if let Some(grp) = &g.group {
+            self.name(format!("{at}.group"), grp)?;
+        }
         Ok(())
     }
 
@@ -246,6 +249,7 @@ impl Request {
             | Request::GuestUndefine { name }
             | Request::GuestShow { name }
             | Request::PeerGuest { name, .. }
+            | Request::PeerRelease { name, .. }
             | Request::PeerDetachInterfaces { name }
             | Request::PeerDetachVolumes { name }
             | Request::PeerAttachVolumes { name }

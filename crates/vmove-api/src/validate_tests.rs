@@ -18,6 +18,7 @@ fn guest() -> GuestSpec {
         nics: vec![NicSpec { network: "lab-net".into(), mac: "52:54:00:00:00:01".into(), ip: Some("192.0.2.10/24".into()) }],
         disks: vec![DiskSpec { pool: "shared".into(), volume: "vm1-data.img".into(), size_mib: Some(64) }],
         console_port: Some(5900),
+        group: None,
     }
 }
 

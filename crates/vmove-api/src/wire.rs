@@ -4,9 +4,10 @@ use vmove_model::GuestSpec;
 pub use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
 
 /// Who is calling, from the client certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// The operator (`vmove`).
+    #[default]
     Operator,
     /// Another host's agent.
     Host,
@@ -104,6 +105,13 @@ pub enum Request {
         /// The migration claiming the guest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         claim: Option<String>,
+    },
+    /// Peer: the migration `claim` is over (rolled back): the source releases the guest.
+    PeerRelease {
+        /// Guest name.
+        name: String,
+        /// The migration that held it.
+        claim: String,
     },
     /// Peer: stop a guest (migration source).
     PeerStopGuest {
@@ -208,6 +216,7 @@ impl Request {
                     | Request::HostInfo
                     | Request::JobList
                     | Request::PeerGuest { .. }
+                    | Request::PeerRelease { .. }
                     | Request::PeerStopGuest { .. }
                     | Request::PeerDetachInterfaces { .. }
                     | Request::PeerDetachVolumes { .. }
@@ -244,6 +253,7 @@ impl Request {
             Request::JobRecover { .. } => "job_recover",
             Request::JobResume { .. } => "job_resume",
             Request::PeerGuest { .. } => "peer_guest",
+            Request::PeerRelease { .. } => "peer_release",
             Request::PeerStopGuest { .. } => "peer_stop_guest",
             Request::PeerDetachInterfaces { .. } => "peer_detach_interfaces",
             Request::PeerDetachVolumes { .. } => "peer_detach_volumes",
@@ -259,6 +269,88 @@ impl Request {
     }
 }
 
+/// What kind of failure a call met: code decides, text informs. Stable on the wire
+/// (snake_case); a code this build does not know reads as [`ErrorCode::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a value is out of range.
+    InvalidRequest,
+    /// The caller's certificate may not make this call.
+    Forbidden,
+    /// No such guest, job or record.
+    NotFound,
+    /// A guest, name, MAC or port is already in use.
+    AlreadyExists,
+    /// Another job or migration holds the guest (a claim, a running job).
+    Busy,
+    /// The guest or job is in the wrong state for the call (running, stopped, ended).
+    WrongState,
+    /// Not enough memory, ports or other capacity on the host.
+    NoCapacity,
+    /// A peer agent could not be reached (connect, TLS, no answer in time).
+    Unreachable,
+    /// A volume is leased to another host.
+    Leased,
+    /// QEMU refused or failed.
+    Qemu,
+    /// A host operation failed (netlink, taps, files).
+    Host,
+    /// The agent could not save its state: the job stopped where it was.
+    StateWrite,
+    /// The operation timed out.
+    Timeout,
+    /// The operation was cancelled.
+    Cancelled,
+    /// Test hooks are not available on this agent.
+    Disabled,
+    /// Anything else (a bug, an unexpected answer).
+    Internal,
+    /// A code from a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire name, e.g. `not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::Busy => "busy",
+            ErrorCode::WrongState => "wrong_state",
+            ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::Unreachable => "unreachable",
+            ErrorCode::Leased => "leased",
+            ErrorCode::Qemu => "qemu",
+            ErrorCode::Host => "host",
+            ErrorCode::StateWrite => "state_write",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Disabled => "disabled",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed call's error on the wire: `{"code":"not_found","message":"no guest named vm9 on host2"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What kind of failure (decides).
+    pub code: ErrorCode,
+    /// One line for people (informs).
+    pub message: String,
+}
+
 /// The final answer to a call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
@@ -267,9 +359,9 @@ pub struct Reply {
     /// The result, when `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
-    /// A one-line reason, when not `ok`.
+    /// The error, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<WireError>,
 }
 
 impl Reply {
@@ -277,18 +369,18 @@ impl Reply {
     pub fn ok(v: impl Serialize) -> Reply {
         match serde_json::to_value(v) {
             Ok(result) => Reply { ok: true, result: Some(result), error: None },
-            Err(e) => Reply::err(format!("cannot encode result: {e}")),
+            Err(e) => Reply::err(ErrorCode::Internal, format!("cannot encode result: {e}")),
         }
     }
-    /// A failed reply.
-    pub fn err(msg: impl Into<String>) -> Reply {
+    /// A failed reply (the message is made one line).
+    pub fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
         let msg: String = msg.into();
-        Reply { ok: false, result: None, error: Some(msg.replace('\n', " ")) }
+        Reply { ok: false, result: None, error: Some(WireError { code, message: msg.replace('\n', " ") }) }
     }
 }
 
 /// `health` result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     /// Host name.
     pub host: String,
@@ -296,6 +388,12 @@ pub struct Health {
     pub agent_version: String,
     /// The caller's role as the agent sees it.
     pub caller: Role,
+    /// TLS connections the agent accepted since it started.
+    #[serde(default)]
+    pub connections_accepted: u64,
+    /// Requests it answered since it started.
+    #[serde(default)]
+    pub requests_served: u64,
 }
 
 /// `guest_log` result.

@@ -6,7 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod boot;
-pub mod lease;
 pub mod net;
 pub mod netns;
 pub mod proc;

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod checks;
+pub mod job;
 mod mode;
 mod params;
 pub mod placement;
@@ -24,6 +25,7 @@ pub use checks::{
     any_failed, run, run_one, worst, Busy, CheckId, CheckInput, Finding, MigrationRequest, Reach,
     Verdict,
 };
+pub use job::{Action, Direction, EndStatus, FailKind, Input, JobMachine, JobPhase, MigrationRecord, Note, Side};
 pub use mode::{Mode, ModeParseError};
 pub use params::MigrationParams;
 pub use step::{can_run_step, Step, StepError, StepParseError, StepReadiness};

@@ -260,8 +260,7 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
     let other = if host == "host1" { "host2" } else { "host1" };
     let tap = vmove_host::tap::tap_name(&g, 0);
     assert!(!in_ns(&lab.host_ns(other), &["test", "-e", &format!("/sys/class/net/{tap}")]), "{}: tap left on {other}", c.name());
-    let lease: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(leases.join(format!("{g}-data.img.lease"))).unwrap()).unwrap();
+    let lease = lab.lease(&format!("{g}-data.img")).unwrap_or_else(|| panic!("{}: no lease of {g}-data.img", c.name()));
     assert_eq!(lease["holder"], host.as_str(), "{}: lease {lease}", c.name());
     assert!(lease.get("incoming").is_none(), "{}: incoming claim left: {lease}", c.name());
     let recover_ms = t0.elapsed().as_millis();

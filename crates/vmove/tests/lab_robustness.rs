@@ -99,7 +99,9 @@ fn malformed_api_requests_get_clear_errors_and_the_agent_keeps_serving() {
         match rt.block_on(c.call_bytes(s)) {
             Ok(reply) => {
                 assert!(!reply.ok, "request {i} ({:?}...) should fail", String::from_utf8_lossy(&s[..s.len().min(40)]));
-                let e = reply.error.unwrap_or_default();
+                let e = reply.error.expect("an error");
+                assert_eq!(e.code, vmove_api::ErrorCode::InvalidRequest, "request {i}: {e:?}");
+                let e = e.message;
                 assert!(!e.is_empty() && !e.contains('\n'), "request {i}: one-line error, got {e:?}");
                 n += 1;
             }
@@ -156,7 +158,9 @@ fn out_of_range_numbers_are_refused_and_the_agent_keeps_serving() {
     for (req, want) in &cases {
         let reply = rt.block_on(c.call_bytes(format!("{req}\n").as_bytes())).unwrap_or_else(|e| panic!("{req}: {e:#}"));
         assert!(!reply.ok, "{req} should be refused");
-        let e = reply.error.unwrap_or_default();
+        let e = reply.error.expect("an error");
+        assert_eq!(e.code, vmove_api::ErrorCode::InvalidRequest, "{req}: {e:?}");
+        let e = e.message;
         assert!(e.starts_with(want.as_str()), "{req}:\n got {e:?}\nwant {want:?}");
         assert!(!e.contains('\n'));
     }

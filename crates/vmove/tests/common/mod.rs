@@ -212,6 +212,15 @@ pub fn assert_nothing_left(name: &str, dir: &Path) {
 }
 
 impl Lab {
+    /// The lease of a volume of the shared pool (the record's data, from the pool's lease
+    /// store: a header line, then `{"kind":"lease","version":1,"data":{...}}`).
+    pub fn lease(&self, volume: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.join("shared/.vmove-leases").join(format!("{volume}.json"))).ok()?;
+        let (_, body) = text.split_once('\n')?;
+        let v: Value = serde_json::from_str(body).ok()?;
+        Some(v["data"].clone())
+    }
+
     /// Where the cluster file puts a guest.
     pub fn cluster_host(&self, guest: &str) -> String {
         let c = vmove_model::Cluster::load(&self.cluster).expect("cluster file");

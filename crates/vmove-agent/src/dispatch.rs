@@ -1,0 +1,161 @@
+//! Requests to actions: every request the server has decoded, range-checked and allowed
+//! for the caller's role becomes one call on the agent, its jobs or a live-migration half.
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use vmove_api::server::{EventSink, Service};
+use vmove_api::{GuestLog, Health, Reply, Request, Role, WireError};
+
+use crate::claims::claim;
+use crate::error::{fail, Result};
+use crate::guests::Agent;
+use crate::jobs::Jobs;
+use crate::leases::Take;
+
+/// The agent's API.
+pub struct Api {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    /// Its jobs.
+    pub jobs: Arc<Jobs>,
+}
+
+#[async_trait]
+impl Service for Api {
+    async fn call(&self, req: Request, role: Role, events: &mut EventSink<'_>) -> Reply {
+        if let Request::JobWatch { id, from_seq } = &req {
+            return match self.jobs.get(id) {
+                Err(e) => reply_err(e),
+                Ok(cell) => match crate::jobs::watch::watch_events(&cell, *from_seq, events).await {
+                    Ok(rec) => Reply::ok(rec),
+                    Err(e) => Reply::err(vmove_api::ErrorCode::Internal, format!("stream failed: {e}")),
+                },
+            };
+        }
+        let op = req.op();
+        match self.handle(req, role).await {
+            Ok(v) => Reply { ok: true, result: Some(v), error: None },
+            Err(e) => {
+                tracing::info!(op, code = %e.code, "refused: {}", e.message);
+                reply_err(e)
+            }
+        }
+    }
+}
+
+fn reply_err(e: crate::error::AgentError) -> Reply {
+    let w: WireError = e.into();
+    Reply::err(w.code, w.message)
+}
+
+fn ok(v: impl serde::Serialize) -> Result<Value> {
+    Ok(serde_json::to_value(v)?)
+}
+
+impl Api {
+    /// Handles one request.
+    pub async fn handle(&self, req: Request, role: Role) -> Result<Value> {
+        let (agent, jobs) = (&self.agent, &self.jobs);
+        match req {
+            Request::Health => ok(Health {
+                host: agent.cfg.name.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                caller: role,
+                connections_accepted: agent.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+                requests_served: agent.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+            Request::HostInfo => ok(crate::inventory::host_info(agent).await?),
+            Request::GuestDefine { spec } => ok(agent.define(spec).await?),
+            Request::GuestStart { name } => ok(agent.start(&name).await?),
+            // An operator's stop is not a migration: it claims nothing.
+            Request::GuestStop { name, force, timeout_s } => ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?),
+            Request::GuestUndefine { name } => {
+                agent.undefine(&name).await?;
+                agent.unclaim(&name).await?;
+                ok(json!({ "undefined": name }))
+            }
+            Request::GuestList => ok(agent.list()),
+            Request::GuestShow { name } => ok(agent.show(&name)?),
+            Request::GuestLog { name, max_bytes } => ok(GuestLog { text: agent.log(&name, max_bytes)? }),
+            Request::GuestDirtyRate { name, calc_s } => ok(agent.dirty_rate(&name, calc_s).await?),
+            Request::JobSubmit { spec } => ok(jobs.submit(spec).await?),
+            Request::JobShow { id } => ok(jobs.get(&id)?.snapshot()),
+            Request::JobList => ok(jobs.list()),
+            Request::JobWatch { .. } => fail!(InvalidRequest, "job_watch is a streaming call"),
+            Request::JobCancel { id } => ok(jobs.cancel(&id).await?),
+            Request::JobRecover { id } => ok(jobs.recover(&id).await?),
+            Request::JobResume { id } => {
+                if !crate::hooks::enabled(agent) {
+                    fail!(Disabled, "test hooks (pause, fault injection) are disabled on {}", agent.cfg.name);
+                }
+                ok(jobs.resume(&id)?)
+            }
+            Request::PeerGuest { name, claim: by } => {
+                let st = agent.show(&name)?;
+                if let Some(by) = by {
+                    claim(jobs, &name, &by).await?;
+                }
+                ok(st)
+            }
+            Request::PeerRelease { name, claim: by } => {
+                if agent.claimed_by(&name).await?.as_deref() == Some(by.as_str()) {
+                    agent.unclaim(&name).await?;
+                }
+                ok(json!({ "released": name }))
+            }
+            Request::PeerStopGuest { name, force, timeout_s, job } => {
+                claim(jobs, &name, &job.unwrap_or_else(|| "a migration job".into())).await?;
+                ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?)
+            }
+            Request::PeerDetachInterfaces { name } => ok(agent.detach_interfaces(&name).await?),
+            Request::PeerDetachVolumes { name } => ok(agent.detach_volumes(&name).await?),
+            Request::PeerAttachVolumes { name } => {
+                let spec = agent.stopped_spec(&name)?;
+                ok(agent.attach_volumes(&spec, Take::Exclusive).await?)
+            }
+            Request::PeerStartGuest { name } => {
+                agent.unclaim(&name).await?;
+                if agent.show(&name)?.pid.is_some() {
+                    ok(agent.show(&name)?)
+                } else {
+                    ok(agent.start(&name).await?)
+                }
+            }
+            Request::PeerUndefine { name } => {
+                if agent.spec(&name).is_some() {
+                    agent.undefine(&name).await?;
+                }
+                agent.unclaim(&name).await?;
+                ok(json!({ "undefined": name }))
+            }
+            Request::PeerMigrateOut { name, uri, tls_hostname, params, job } => {
+                let by = job.unwrap_or_else(|| uri.clone());
+                claim(jobs, &name, &by).await?;
+                if let Err(e) = crate::migrate_src::migrate_out(agent, &name, &uri, tls_hostname, &params).await {
+                    agent.unclaim(&name).await?;
+                    return Err(e);
+                }
+                ok(json!({ "started": uri }))
+            }
+            Request::PeerMigrateQuery { name } => ok(crate::migrate_src::migrate_query(agent, &name).await?),
+            Request::PeerMigrateContinue { name } => {
+                crate::migrate_src::migrate_continue(agent, &name).await?;
+                ok(json!({ "continued": name }))
+            }
+            Request::PeerMigrateCancel { name } => {
+                let r = crate::migrate_src::migrate_cancel(agent, &name).await;
+                if r.is_ok() {
+                    agent.unclaim(&name).await?;
+                }
+                ok(r?)
+            }
+            Request::PeerMigrateFinish { name } => {
+                crate::migrate_src::migrate_finish(agent, &name).await?;
+                agent.unclaim(&name).await?;
+                ok(json!({ "finished": name }))
+            }
+        }
+    }
+}

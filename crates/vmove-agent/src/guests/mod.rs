@@ -1,0 +1,230 @@
+//! Guests on this host: the registry ([`Agent`]), definitions ([`define`]), QEMU runs
+//! ([`run`]), and their volumes and network devices ([`devices`]).
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmove_api::server::ServerStats;
+use vmove_api::{AgentClient, GuestState, GuestStatus};
+use vmove_model::inventory::QemuFeatures;
+use vmove_model::{AgentConfig, GuestSpec};
+use vmove_qmp::Qmp;
+
+use crate::error::{fail, AgentError, Result};
+use crate::host::HostOps;
+use crate::leases::Leases;
+use crate::state::{intent_key, Intent, IntentRec, State};
+
+pub mod define;
+pub mod devices;
+pub mod run;
+
+/// A guest as the agent holds it.
+pub(crate) struct Guest {
+    pub(crate) spec: GuestSpec,
+    pub(crate) state: GuestState,
+    pub(crate) pid: Option<u32>,
+    pub(crate) started_ms: Option<u64>,
+    pub(crate) qmp: Option<Qmp>,
+}
+
+/// What QEMU's MIGRATION and MIGRATION_PASS events said about an outgoing migration.
+#[derive(Debug, Default)]
+pub struct MigrationEvents {
+    /// Last MIGRATION_PASS number.
+    pub passes: u64,
+    /// Last MIGRATION status.
+    pub status: String,
+}
+
+/// Everything an [`Agent`] is made of (the real ones from `vmoved`'s configuration, fakes
+/// in unit tests).
+pub struct Parts {
+    /// Configuration.
+    pub cfg: AgentConfig,
+    /// `kvm` or `tcg` (resolved from `auto`).
+    pub accel: String,
+    /// What the host's QEMU can do.
+    pub qemu: QemuFeatures,
+    /// The host.
+    pub host: Arc<dyn HostOps>,
+    /// The agent's state.
+    pub state: State,
+    /// Volume leases, by pool name.
+    pub leases: BTreeMap<String, Leases>,
+    /// TLS configuration for calls to other agents (this host's certificate).
+    pub peer_tls: Arc<rustls::ClientConfig>,
+}
+
+/// The agent's state.
+pub struct Agent {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) accel: String,
+    pub(crate) qemu: QemuFeatures,
+    pub(crate) host: Arc<dyn HostOps>,
+    pub(crate) state: State,
+    pub(crate) leases: BTreeMap<String, Leases>,
+    pub(crate) peer_tls: Arc<rustls::ClientConfig>,
+    pub(crate) stats: Arc<ServerStats>,
+    guests: Mutex<BTreeMap<String, Guest>>,
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
+    peers: Mutex<HashMap<String, AgentClient>>,
+    journal_seq: AtomicU64,
+}
+
+impl Agent {
+    /// An agent over `parts`, with the guest definitions found in its state.
+    pub async fn new(parts: Parts) -> Result<Agent> {
+        let mut guests = BTreeMap::new();
+        for (_, crate::state::GuestDef(spec)) in parts.state.list::<crate::state::GuestDef>("guests/").await? {
+            guests.insert(spec.name.clone(), Guest { spec, state: GuestState::Stopped, pid: None, started_ms: None, qmp: None });
+        }
+        let journal_seq = parts
+            .state
+            .store()
+            .list("journal/")
+            .await?
+            .iter()
+            .filter_map(|e| e.key.rsplit('/').next().and_then(|s| s.parse::<u64>().ok()))
+            .max()
+            .unwrap_or(0);
+        Ok(Agent {
+            cfg: parts.cfg,
+            accel: parts.accel,
+            qemu: parts.qemu,
+            host: parts.host,
+            state: parts.state,
+            leases: parts.leases,
+            peer_tls: parts.peer_tls,
+            stats: Arc::default(),
+            guests: Mutex::new(guests),
+            op_locks: Mutex::default(),
+            events: Mutex::default(),
+            peers: Mutex::default(),
+            journal_seq: AtomicU64::new(journal_seq + 1),
+        })
+    }
+
+    /// This host's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub(crate) fn lock_guests(&self) -> MutexGuard<'_, BTreeMap<String, Guest>> {
+        self.guests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+
+    /// A client of another agent (kept, so its connections are reused), with this host's
+    /// certificate.
+    pub fn peer_client(&self, name: &str, address: &str) -> Result<AgentClient> {
+        let addr: std::net::SocketAddr =
+            address.parse().map_err(|_| AgentError::new(vmove_api::ErrorCode::InvalidRequest, format!("bad agent address {address} of {name}")))?;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!("{name}@{address}");
+        Ok(peers.entry(key).or_insert_with(|| AgentClient::new(addr, name, self.peer_tls.clone())).clone())
+    }
+
+    /// The event record of a guest's outgoing migration.
+    pub fn migration_events(&self, guest: &str) -> Arc<Mutex<MigrationEvents>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(guest.to_string()).or_default().clone()
+    }
+
+    /// Every guest's status.
+    pub fn list(&self) -> Vec<GuestStatus> {
+        self.lock_guests().values().map(status).collect()
+    }
+
+    /// One guest's status.
+    pub fn show(&self, name: &str) -> Result<GuestStatus> {
+        self.lock_guests().get(name).map(status).ok_or_else(|| self.no_such(name))
+    }
+
+    pub(crate) fn no_such(&self, name: &str) -> AgentError {
+        AgentError::not_found(format!("no guest named {name} on {}", self.cfg.name))
+    }
+
+    /// A defined guest's spec.
+    pub fn spec(&self, name: &str) -> Option<GuestSpec> {
+        self.lock_guests().get(name).map(|g| g.spec.clone())
+    }
+
+    /// A defined guest's spec, refusing while QEMU runs.
+    pub fn stopped_spec(&self, name: &str) -> Result<GuestSpec> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        if guest.pid.is_some() {
+            fail!(WrongState, "guest {name} is running on {}", self.cfg.name);
+        }
+        Ok(guest.spec.clone())
+    }
+
+    /// Memory and vCPUs of every defined guest.
+    pub fn committed(&self) -> (u64, u32) {
+        let g = self.lock_guests();
+        let mem = g.values().fold(0u64, |a, g| a.saturating_add(g.spec.memory_mib));
+        let cpus = g.values().fold(0u32, |a, g| a.saturating_add(g.spec.vcpus));
+        (mem, cpus)
+    }
+
+    /// Console ports of defined guests.
+    pub fn console_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.lock_guests().values().filter_map(|g| g.spec.console_port).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The guest's QMP connection and state.
+    pub fn qmp_of(&self, name: &str) -> Result<(Qmp, GuestState)> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        match &guest.qmp {
+            Some(q) if guest.pid.is_some() => Ok((q.clone(), guest.state)),
+            _ => fail!(WrongState, "guest {name} has no running QEMU on {}", self.cfg.name),
+        }
+    }
+
+    /// The guest's run directory.
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.cfg.run_dir.join(name)
+    }
+
+    /// Records a new run state.
+    pub fn set_state(&self, name: &str, st: GuestState) {
+        if let Some(g) = self.lock_guests().get_mut(name) {
+            g.state = st;
+        }
+    }
+
+    pub(crate) fn memory_total_mib(&self) -> u64 {
+        let real = self.host.memory_mib().0;
+        self.cfg.memory_limit_mib.map_or(real, |l| l.min(real))
+    }
+
+    /// Writes an intent before acting on it; returns its ticket.
+    pub(crate) async fn journal_begin(&self, intent: Intent) -> Result<u64> {
+        let seq = self.journal_seq.fetch_add(1, Ordering::SeqCst);
+        self.state.put(&intent_key(seq), &IntentRec { at_ms: crate::now_ms(), intent }).await?;
+        Ok(seq)
+    }
+
+    /// Closes an intent once its outcome is durable.
+    pub(crate) async fn journal_done(&self, seq: u64) -> Result<()> {
+        self.state.delete(&intent_key(seq)).await
+    }
+}
+
+pub(crate) fn status(g: &Guest) -> GuestStatus {
+    GuestStatus {
+        spec: g.spec.clone(),
+        state: g.state,
+        pid: g.pid,
+        uptime_s: g.started_ms.map(|s| crate::now_ms().saturating_sub(s) / 1000),
+    }
+}
