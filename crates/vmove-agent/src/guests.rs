@@ -370,13 +370,13 @@ impl Agent {
                 let (Some(k), Some(i)) = (&self.cfg.lab_kernel, &self.cfg.lab_initrd) else {
                     bail!("{} has no lab image configured", self.cfg.name);
                 };
-                let opts = vmove_lab::image::BootOpts {
+                let opts = vmove_host::boot::BootOpts {
                     name: spec.name.clone(),
                     ip: spec.nics.first().and_then(|n| n.ip.clone()),
                     dirty_mb_s: *dirty_mb_s,
                     wss_mib: *wss_mib,
                 };
-                Some((k.clone(), i.clone(), vmove_lab::image::cmdline(&opts)))
+                Some((k.clone(), i.clone(), vmove_host::boot::cmdline(&opts)))
             }
             BootSource::Disk => None,
         };
