@@ -15,11 +15,13 @@
 
 pub mod client;
 mod job;
+pub mod operator;
 pub mod pki;
 pub mod tls;
 mod wire;
 
 pub use client::AgentClient;
+pub use operator::{operator_clients, OperatorError};
 pub use job::*;
 pub use wire::*;
 

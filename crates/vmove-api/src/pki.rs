@@ -4,9 +4,8 @@
 //! management IP, so that they serve the agent API and QEMU's migration TLS alike.
 //! Operator certificates carry `operator.vmove`.
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -15,6 +14,39 @@ use rcgen::{
 pub const HOST_ROLE_NAME: &str = "host.vmove";
 /// SAN that marks an operator certificate.
 pub const OPERATOR_ROLE_NAME: &str = "operator.vmove";
+
+/// Why a certificate could not be made, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A certificate or key file could not be read or written.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// `read`, `write` or `create`.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// rcgen refused a certificate, a key or a PEM text.
+    #[error("{what}")]
+    Cert {
+        /// What was being made or read.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+fn io(what: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> PkiError {
+    move |source| PkiError::Io { what, path, source }
+}
+
+fn rcgen_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |source| PkiError::Cert { what, source }
+}
 
 /// A PEM certificate and its PEM private key.
 #[derive(Debug, Clone)]
@@ -27,25 +59,27 @@ pub struct CertPair {
 
 impl CertPair {
     /// Writes `<stem>.pem` and `<stem>.key` (0600) into `dir`.
-    pub fn write(&self, dir: &Path, stem: &str) -> Result<()> {
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), PkiError> {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        std::fs::write(dir.join(format!("{stem}.pem")), &self.cert_pem)?;
-        let mut f = std::fs::OpenOptions::new()
+        std::fs::create_dir_all(dir).map_err(io("create", dir.into()))?;
+        let pem = dir.join(format!("{stem}.pem"));
+        std::fs::write(&pem, &self.cert_pem).map_err(io("write", pem))?;
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(dir.join(format!("{stem}.key")))?;
-        std::io::Write::write_all(&mut f, self.key_pem.as_bytes())?;
-        Ok(())
+            .open(&key)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, self.key_pem.as_bytes()))
+            .map_err(io("write", key))
     }
 
     /// Reads `<stem>.pem` and `<stem>.key` from `dir`.
-    pub fn read(dir: &Path, stem: &str) -> Result<CertPair> {
+    pub fn read(dir: &Path, stem: &str) -> Result<CertPair, PkiError> {
         let read = |ext: &str| {
             let p = dir.join(format!("{stem}.{ext}"));
-            std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))
+            std::fs::read_to_string(&p).map_err(io("read", p))
         };
         Ok(CertPair { cert_pem: read("pem")?, key_pem: read("key")? })
     }
@@ -65,22 +99,22 @@ fn validity(p: &mut CertificateParams) {
 
 impl Ca {
     /// A new CA for a cluster.
-    pub fn generate(cluster: &str) -> Result<Ca> {
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
+    pub fn generate(cluster: &str) -> Result<Ca, PkiError> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_err("CA certificate"))?;
         p.distinguished_name.push(DnType::CommonName, format!("vmove CA {cluster}"));
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut p);
-        let key = KeyPair::generate()?;
-        let cert = p.self_signed(&key)?;
+        let key = KeyPair::generate().map_err(rcgen_err("CA key"))?;
+        let cert = p.self_signed(&key).map_err(rcgen_err("CA certificate"))?;
         Ok(Ca { pair: CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() }, cert, key })
     }
 
     /// Loads a CA from its PEM certificate and key.
-    pub fn load(pair: CertPair) -> Result<Ca> {
-        let key = KeyPair::from_pem(&pair.key_pem).context("CA key")?;
-        let params = CertificateParams::from_ca_cert_pem(&pair.cert_pem).context("CA certificate")?;
-        let cert = params.self_signed(&key)?;
+    pub fn load(pair: CertPair) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(&pair.key_pem).map_err(rcgen_err("CA key"))?;
+        let params = CertificateParams::from_ca_cert_pem(&pair.cert_pem).map_err(rcgen_err("CA certificate"))?;
+        let cert = params.self_signed(&key).map_err(rcgen_err("CA certificate"))?;
         Ok(Ca { pair, cert, key })
     }
 
@@ -90,26 +124,27 @@ impl Ca {
     }
 
     /// A host certificate: server and client auth, for `name` and its management IP.
-    pub fn issue_host(&self, name: &str, ip: IpAddr) -> Result<CertPair> {
-        let mut p = CertificateParams::new(vec![name.to_string(), HOST_ROLE_NAME.to_string()])?;
+    pub fn issue_host(&self, name: &str, ip: IpAddr) -> Result<CertPair, PkiError> {
+        let mut p = CertificateParams::new(vec![name.to_string(), HOST_ROLE_NAME.to_string()])
+            .map_err(rcgen_err("host certificate"))?;
         p.subject_alt_names.push(SanType::IpAddress(ip));
         p.distinguished_name.push(DnType::CommonName, name);
         self.leaf(p)
     }
 
     /// An operator certificate.
-    pub fn issue_operator(&self, name: &str) -> Result<CertPair> {
-        let mut p = CertificateParams::new(vec![OPERATOR_ROLE_NAME.to_string()])?;
+    pub fn issue_operator(&self, name: &str) -> Result<CertPair, PkiError> {
+        let mut p = CertificateParams::new(vec![OPERATOR_ROLE_NAME.to_string()]).map_err(rcgen_err("operator certificate"))?;
         p.distinguished_name.push(DnType::CommonName, name);
         self.leaf(p)
     }
 
-    fn leaf(&self, mut p: CertificateParams) -> Result<CertPair> {
+    fn leaf(&self, mut p: CertificateParams) -> Result<CertPair, PkiError> {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         validity(&mut p);
-        let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &self.cert, &self.key)?;
+        let key = KeyPair::generate().map_err(rcgen_err("certificate key"))?;
+        let cert = p.signed_by(&key, &self.cert, &self.key).map_err(rcgen_err("sign a certificate"))?;
         Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }

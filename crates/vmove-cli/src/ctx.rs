@@ -26,7 +26,7 @@ impl Ctx {
 
     /// Clients of every host, in file order.
     pub fn clients(&self, c: &Cluster) -> Result<Vec<(String, AgentClient)>> {
-        Ok(vmove_lab::lab::operator_clients(c)?
+        Ok(vmove_api::operator_clients(c)?
             .into_iter()
             .map(|(n, cl)| (n, cl.with_timeout(Duration::from_secs(10))))
             .collect())

@@ -2,13 +2,12 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vmove_api::pki::{Ca, CertPair};
-use vmove_api::{AgentClient, Health, Request};
+use vmove_api::pki::Ca;
+use vmove_api::{Health, Request};
 use vmove_model::{AgentConfig, Cluster, ClusterMeta, HostEntry, NetworkEntry, Policy, PoolEntry, TlsFiles};
 
 use crate::topology::{self, Plan, GUEST_NET, MAX_HOSTS, SLOTS};
@@ -266,27 +265,9 @@ pub fn start_agent(vmoved: &Path, config: &Path, ns: &str, log: &Path) -> Result
     Ok(child.id())
 }
 
-/// An operator client for every host of a cluster.
-pub fn operator_clients(cluster: &Cluster) -> Result<Vec<(String, AgentClient)>> {
-    let ca = std::fs::read_to_string(cluster.resolve(&cluster.tls.ca)).context("read the cluster CA")?;
-    let me = CertPair {
-        cert_pem: std::fs::read_to_string(cluster.resolve(&cluster.tls.cert)).context("read the operator certificate")?,
-        key_pem: std::fs::read_to_string(cluster.resolve(&cluster.tls.key)).context("read the operator key")?,
-    };
-    let tls: Arc<_> = vmove_api::tls::client_config(&ca, &me)?;
-    cluster
-        .hosts
-        .iter()
-        .map(|h| {
-            let addr = h.address.parse().with_context(|| format!("host {}: bad address", h.name))?;
-            Ok((h.name.clone(), AgentClient::new(addr, &h.name, tls.clone())))
-        })
-        .collect()
-}
-
 async fn wait_for_agents(cluster: &Cluster) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    for (name, c) in operator_clients(cluster)? {
+    for (name, c) in vmove_api::operator_clients(cluster)? {
         let c = c.with_timeout(Duration::from_secs(2));
         loop {
             match c.call::<Health>(&Request::Health).await {
