@@ -13,7 +13,7 @@ use crate::jobs::{JobCell, Jobs, MigrationState};
 pub async fn guest_was_running(jobs: &Jobs, spec: &JobSpec) -> Result<bool> {
     let name = &spec.guest.name;
     let claim = Some(format!("the migration to {}", spec.target));
-    match jobs.peer(spec)?.call::<GuestStatus>(&Request::PeerGuest { name: name.clone(), claim }).await {
+    match jobs.peer(spec)?.call::<GuestStatus>(&Request::PeerGuest { name: name.clone(), claim }).await.map_err(anyhow::Error::from) {
         Ok(st) => {
             let running = matches!(st.state, GuestState::Running | GuestState::Paused | GuestState::Starting);
             if spec.mode == Mode::Live && !running {
@@ -39,7 +39,7 @@ pub fn recover_forward(m: &MigrationState) -> bool {
 /// A peer call that OFFLINEFORCE may skip when the source does not answer.
 async fn src_call(jobs: &Jobs, spec: &JobSpec, req: Request, timeout: Duration) -> Result<Option<serde_json::Value>> {
     let c: AgentClient = jobs.peer(spec)?.with_timeout(timeout);
-    match c.call_raw(&req).await {
+    match c.call_raw(&req).await.map_err(anyhow::Error::from) {
         Ok(v) => Ok(Some(v)),
         Err(e) if spec.mode == Mode::OfflineForce && is_unreachable(&e) => Ok(None),
         Err(e) => Err(e),

@@ -20,7 +20,7 @@ pub mod pki;
 pub mod tls;
 mod wire;
 
-pub use client::AgentClient;
+pub use client::{AgentClient, CallError};
 pub use operator::{operator_clients, OperatorError};
 pub use job::*;
 pub use wire::*;

@@ -108,7 +108,7 @@ pub async fn submit_with(ctx: &Ctx, cluster: &Cluster, p: &Prepared, hooks: Hook
         pause_at_switchover: hooks.pause_at_switchover,
     };
     let client = ctx.client(cluster, &p.req.target)?;
-    client.call(&Request::JobSubmit { spec }).await
+    Ok(client.call(&Request::JobSubmit { spec }).await?)
 }
 
 pub async fn run(ctx: &Ctx, a: MigrateArgs) -> Result<()> {
@@ -183,7 +183,7 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
     let (src_c, dst_c) = (client_of(&req.source), client_of(&req.target));
     async fn info(c: &Option<vmove_api::AgentClient>) -> Result<vmove_api::HostInfo> {
         match c {
-            Some(c) => c.call(&Request::HostInfo).await,
+            Some(c) => Ok(c.call(&Request::HostInfo).await?),
             None => Err(anyhow!("not in the cluster file")),
         }
     }
