@@ -105,10 +105,6 @@ pub enum Running {
     Libvirt,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -315,7 +311,7 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan, running: &mut R
 
 async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
     let t0 = Instant::now();
-    let t0_unix = unix_ms();
+    let t0_unix = vmove_model::now_ms();
     let budget = format!("{}s", ctx.budget.as_secs());
     let mut child = tokio::process::Command::new(ctx.env.bin_dir.join("vmove"))
         .args(["--json", "migrate", &g.name, "--to", "host2", "--timeout", &budget])

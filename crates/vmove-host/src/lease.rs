@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use vmove_model::now_ms;
 
 /// A lease record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,10 +38,6 @@ fn dir(pool: &Path) -> PathBuf {
 
 fn file(pool: &Path, volume: &str) -> PathBuf {
     dir(pool).join(format!("{volume}.lease"))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 struct Locked(#[allow(dead_code)] std::fs::File);
