@@ -122,31 +122,8 @@ pub async fn check(ctx: &Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::cluster;
     use vmove_api::GuestState;
-
-    fn cluster() -> Cluster {
-        let t = r#"
-[cluster]
-name = "c"
-[tls]
-ca = "a"
-cert = "b"
-key = "c"
-[[hosts]]
-name = "host1"
-address = "198.51.100.2:7450"
-[[hosts]]
-name = "host2"
-address = "198.51.100.3:7450"
-[[guests]]
-name = "vm1"
-host = "host1"
-vcpus = 1
-memory_mib = 512
-boot = { kind = "lab" }
-"#;
-        Cluster::parse(t, std::path::Path::new("c.toml")).unwrap()
-    }
 
     fn st(spec: &GuestSpec) -> GuestStatus {
         GuestStatus { spec: spec.clone(), state: GuestState::Running, pid: None, uptime_s: None }

@@ -11,6 +11,9 @@ mod cmd_lab;
 mod ctx;
 mod oedacli;
 mod out;
+mod request;
+#[cfg(test)]
+mod testutil;
 
 use std::process::ExitCode;
 
@@ -53,7 +56,11 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Lab(c) => cmd_lab::run(&ctx, c).await,
         args::Command::Host(c) => cmd_host::run(&ctx, c).await,
         args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
-        args::Command::Migrate(a) => cmd_migrate::run(&ctx, a).await,
+        args::Command::Migrate(a) => {
+            let cluster = ctx.cluster()?;
+            let cmd = a.into_command(&cluster)?;
+            cmd_migrate::run(&ctx, &cluster, cmd).await
+        }
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
         args::Command::Cluster(args::ClusterCmd::Check) => cmd_cluster::check(&ctx).await,
         args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,
