@@ -100,7 +100,7 @@ pub async fn check(ctx: &Ctx) -> Result<()> {
     let clients = ctx.clients(&c)?;
     let lists = join_all(clients.iter().map(|(_, cl)| cl.call::<Vec<GuestStatus>>(&Request::GuestList))).await;
     let reports: Vec<(String, Result<Vec<GuestStatus>, String>)> =
-        clients.iter().zip(lists).map(|((h, _), r)| (h.clone(), r.map_err(|e| format!("{e:#}")))).collect();
+        clients.iter().zip(lists).map(|((h, _), r)| (h.clone(), r.map_err(crate::out::one_line))).collect();
     let drift = compare(&c, &reports);
     if ctx.json {
         crate::out::json(&serde_json::json!({ "drift": drift, "hosts": c.hosts.len(), "guests": c.guests.len() }));

@@ -134,8 +134,9 @@ async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
                 }
             }
             Err(e) => {
-                rows.push(vec!["?".into(), host.clone(), format!("unreachable: {e:#}")]);
-                js.push(serde_json::json!({ "host": host, "error": format!("{e:#}") }));
+                let msg = crate::out::one_line(e);
+                rows.push(vec!["?".into(), host.clone(), format!("unreachable: {msg}")]);
+                js.push(serde_json::json!({ "host": host, "error": msg }));
             }
         }
     }

@@ -40,8 +40,9 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            if json && !e.is::<oedacli::Reported>() {
+            let reported = e.is::<oedacli::Reported>();
+            let msg = out::one_line(e);
+            if json && !reported {
                 println!("{}", serde_json::json!({ "ok": false, "error": msg }));
             }
             eprintln!("vmove: {msg}");

@@ -85,7 +85,7 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure { job: None, message: format!("failed: {e:#}").replace('\n', " ") }
+        Failure { job: None, message: format!("failed: {}", crate::out::one_line(e)) }
     }
 }
 
@@ -127,7 +127,7 @@ async fn deploy_one(ctx: &Ctx, m: &Migrate) -> Result<Deployed, Failure> {
     };
     let rec = follow_with(ctx, &m.target, &rec.id, &opts).await.map_err(|e| Failure {
         job: Some(rec.id.clone()),
-        message: format!("(job {}) failed: {e:#}; see `vmove job show {}`", rec.id, rec.id).replace('\n', " "),
+        message: format!("(job {}) failed: {}; see `vmove job show {}`", rec.id, crate::out::one_line(e), rec.id),
     })?;
     if rec.status != JobStatus::Succeeded {
         return Err(Failure { job: Some(rec.id.clone()), message: failure_message(m, &JobOutcome::of(&rec)) });

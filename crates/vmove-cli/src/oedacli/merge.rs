@@ -28,7 +28,7 @@ impl Session {
             }
             let findings = match validate(&ctx, &l.model, &l.shown, &a.m).await {
                 Ok(f) => f,
-                Err(e) => Err(format!("cannot be validated: {e:#}").replace('\n', " ")),
+                Err(e) => Err(format!("cannot be validated: {}", crate::out::one_line(e))),
             };
             match findings {
                 Ok(findings) => {

@@ -16,6 +16,7 @@ use tokio::io::AsyncBufReadExt;
 use super::parse::{parse, strip_prompt, Command};
 use super::session::Session;
 use crate::ctx::Ctx;
+use crate::out::one_line;
 
 /// An error that has already been reported as a JSON line (`--json` scripts): `main`
 /// prints it on standard error only.
@@ -62,10 +63,6 @@ impl Source {
     }
 }
 
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
-}
-
 /// One JSON line for a command's result.
 fn json_line(line: &str, result: std::result::Result<Value, &str>) -> String {
     let mut m = Map::new();
@@ -110,7 +107,7 @@ async fn scripted(s: &mut Session, json: bool, mut src: Source) -> Result<()> {
                 }
             }
             Err(e) => {
-                let msg = format!("line {n}: {}", one_line(&e));
+                let msg = format!("line {n}: {}", one_line(e));
                 if json {
                     println!("{}", json_line(&line, Err(&msg)));
                     return Err(Reported(msg).into());
@@ -153,8 +150,8 @@ async fn interactive(s: &mut Session, json: bool) -> Result<()> {
                     break;
                 }
             }
-            Err(e) if json => println!("{}", json_line(&line, Err(&one_line(&e)))),
-            Err(e) => eprintln!("error: {}", one_line(&e)),
+            Err(e) if json => println!("{}", json_line(&line, Err(&one_line(e)))),
+            Err(e) => eprintln!("error: {}", one_line(e)),
         }
     }
     Ok(())
