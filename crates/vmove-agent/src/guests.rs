@@ -395,7 +395,7 @@ impl Agent {
             Ok(c) => c,
             Err(e) => {
                 self.unplug_taps(spec).await;
-                return Err(e);
+                return Err(e.into());
             }
         };
         let pid = child.id();

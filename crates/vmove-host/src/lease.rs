@@ -9,9 +9,74 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vmove_model::now_ms;
+
+/// Why a lease could not be read, taken, handed over or released.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The lease directory or a lease file could not be used.
+    #[error("{what}")]
+    Io {
+        /// What was done (`read lease of v.img`, `lock the lease directory`, ...).
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A lease file does not parse.
+    #[error("lease of {volume} is damaged")]
+    Damaged {
+        /// The volume.
+        volume: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Another host holds the lease.
+    #[error("volume {volume} is leased to {holder} (guest {guest}); it cannot be used on {host}")]
+    Taken {
+        /// The volume.
+        volume: String,
+        /// Who holds it.
+        holder: String,
+        /// For which guest.
+        guest: String,
+        /// Who asked.
+        host: String,
+    },
+    /// An incoming claim names a source that does not hold the lease.
+    #[error("volume {volume} is leased to {holder}, not to the source {src_host}")]
+    NotTheSource {
+        /// The volume.
+        volume: String,
+        /// Who holds it.
+        holder: String,
+        /// The migration's source.
+        src_host: String,
+    },
+    /// The volume has no lease to hand over.
+    #[error("volume {volume} has no lease")]
+    NoLease {
+        /// The volume.
+        volume: String,
+    },
+    /// The host is not the lease's incoming host.
+    #[error("volume {volume}: {target} is not its incoming host")]
+    NotIncoming {
+        /// The volume.
+        volume: String,
+        /// Who asked.
+        target: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, LeaseError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LeaseError {
+    let what = what.into();
+    move |source| LeaseError::Io { what, source }
+}
 
 /// A lease record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,11 +109,11 @@ struct Locked(#[allow(dead_code)] std::fs::File);
 
 fn lock(pool: &Path) -> Result<Locked> {
     let d = dir(pool);
-    std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
-    let f = std::fs::File::open(&d).with_context(|| format!("open {}", d.display()))?;
+    std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
+    let f = std::fs::File::open(&d).map_err(io(format!("open {}", d.display())))?;
     // SAFETY: flock on a valid, open descriptor; released when the file is closed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("lock the lease directory");
+        return Err(io("lock the lease directory")(std::io::Error::last_os_error()));
     }
     Ok(Locked(f))
 }
@@ -56,15 +121,17 @@ fn lock(pool: &Path) -> Result<Locked> {
 /// The current lease of a volume.
 pub fn read(pool: &Path, volume: &str) -> Result<Option<Lease>> {
     match std::fs::read_to_string(file(pool, volume)) {
-        Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| format!("lease of {volume} is damaged"))?)),
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|source| LeaseError::Damaged { volume: volume.into(), source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("read lease of {volume}")),
+        Err(e) => Err(io(format!("read lease of {volume}"))(e)),
     }
 }
 
 fn write(pool: &Path, volume: &str, l: &Lease) -> Result<()> {
-    vmove_model::write_atomic(&file(pool, volume), serde_json::to_string(l)?.as_bytes())
-        .with_context(|| format!("write lease of {volume}"))
+    serde_json::to_string(l)
+        .map_err(std::io::Error::from)
+        .and_then(|text| vmove_model::write_atomic(&file(pool, volume), text.as_bytes()))
+        .map_err(io(format!("write lease of {volume}")))
 }
 
 /// How to take a lease.
@@ -93,7 +160,9 @@ pub fn acquire(pool: &Path, volume: &str, host: &str, guest: &str, how: Take) ->
                 holder_address: None,
             }
         }
-        Some(c) => bail!("volume {volume} is leased to {} (guest {}); it cannot be used on {host}", c.holder, c.guest),
+        Some(c) => {
+            return Err(LeaseError::Taken { volume: volume.into(), holder: c.holder, guest: c.guest, host: host.into() })
+        }
     };
     write(pool, volume, &lease)?;
     Ok(lease)
@@ -104,7 +173,7 @@ pub fn release(pool: &Path, volume: &str, host: &str) -> Result<bool> {
     let _l = lock(pool)?;
     match read(pool, volume)? {
         Some(c) if c.holder == host => {
-            std::fs::remove_file(file(pool, volume)).with_context(|| format!("remove lease of {volume}"))?;
+            std::fs::remove_file(file(pool, volume)).map_err(io(format!("remove lease of {volume}")))?;
             Ok(true)
         }
         Some(mut c) if c.incoming.as_deref() == Some(host) => {
@@ -131,7 +200,7 @@ pub fn add_incoming(pool: &Path, volume: &str, holder: &str, target: &str, guest
         },
     };
     if c.holder != holder && c.holder != target {
-        bail!("volume {volume} is leased to {}, not to the source {holder}", c.holder);
+        return Err(LeaseError::NotTheSource { volume: volume.into(), holder: c.holder, src_host: holder.into() });
     }
     if c.holder == holder {
         c.incoming = Some(target.into());
@@ -144,12 +213,12 @@ pub fn add_incoming(pool: &Path, volume: &str, holder: &str, target: &str, guest
 /// Hands the lease to the incoming host at switchover.
 pub fn switch_to_incoming(pool: &Path, volume: &str, target: &str) -> Result<Lease> {
     let _l = lock(pool)?;
-    let c = read(pool, volume)?.with_context(|| format!("volume {volume} has no lease"))?;
+    let c = read(pool, volume)?.ok_or_else(|| LeaseError::NoLease { volume: volume.into() })?;
     if c.holder == target {
         return Ok(c);
     }
     if c.incoming.as_deref() != Some(target) {
-        bail!("volume {volume}: {target} is not its incoming host");
+        return Err(LeaseError::NotIncoming { volume: volume.into(), target: target.into() });
     }
     let l = Lease { holder: target.into(), incoming: None, since_ms: now_ms(), holder_address: None, ..c };
     write(pool, volume, &l)?;
