@@ -262,7 +262,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
         acquire(p, "v.img", "host1", "vm1", Take::Exclusive).unwrap();
-        assert!(switch_to_incoming(p, "v.img", "host2").is_err());
+        let e = switch_to_incoming(p, "v.img", "host2").unwrap_err();
+        assert!(matches!(e, LeaseError::NotIncoming { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "volume v.img: host2 is not its incoming host");
+        let e = add_incoming(p, "v.img", "host3", "host2", "vm1").unwrap_err();
+        assert_eq!(e.to_string(), "volume v.img is leased to host1, not to the source host3");
         add_incoming(p, "v.img", "host1", "host2", "vm1").unwrap();
         let l = switch_to_incoming(p, "v.img", "host2").unwrap();
         assert_eq!((l.holder.as_str(), l.incoming), ("host2", None));
@@ -271,5 +275,16 @@ mod tests {
         add_incoming(p, "w.img", "host1", "host2", "vm1").unwrap();
         assert!(release(p, "w.img", "host2").unwrap());
         assert_eq!(read(p, "w.img").unwrap().unwrap().incoming, None);
+    }
+
+    #[test]
+    fn a_damaged_lease_is_named_with_its_cause() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir(d.path())).unwrap();
+        std::fs::write(file(d.path(), "v.img"), "{not json").unwrap();
+        let e = read(d.path(), "v.img").unwrap_err();
+        assert_eq!(e.to_string(), "lease of v.img is damaged");
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(matches!(switch_to_incoming(d.path(), "w.img", "host2"), Err(LeaseError::NoLease { .. })));
     }
 }

@@ -110,4 +110,10 @@ mod tests {
         assert_ne!(a, super::tap_name("vm1", 1));
         assert_eq!(a, super::tap_name("vm1", 0));
     }
+
+    #[test]
+    fn names_longer_than_ifnamsiz_are_refused() {
+        let Err(e) = super::ifreq("a-name-far-too-long-for-linux") else { panic!("accepted") };
+        assert_eq!(e.to_string(), "invalid interface name \"a-name-far-too-long-for-linux\"");
+    }
 }
