@@ -3,7 +3,7 @@
 //! go on (resume with a step, run again, or recover).
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use vmove_api::{JobRecord, JobStatus, StepStatus};
 use vmove_model::Cluster;
@@ -64,7 +64,7 @@ impl Session {
         if let Some(f) = failure {
             bail!(f);
         }
-        reloaded.map_err(|e| anyhow!("DEPLOY ACTIONS: reload the cluster file: {e}"))?;
+        reloaded.context("DEPLOY ACTIONS: reload the cluster file")?;
         let ms = t0.elapsed().as_millis() as u64;
         if text {
             println!("Done [Elapsed = {ms} mS [{:.1} minutes] {}]", ms as f64 / 60000.0, oedacli_date());

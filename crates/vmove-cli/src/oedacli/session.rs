@@ -12,7 +12,7 @@
 //! [`super::deploy`] runs them through the agents.
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use vmove_model::Cluster;
@@ -162,7 +162,7 @@ impl Session {
     fn load(&mut self, name: &str) -> Result<Outcome> {
         let token = format!("NAME={}", quote(name));
         let path = std::path::absolute(name).map_err(|e| anyhow!("LOAD FILE {token}: {e}"))?;
-        let model = Cluster::load(&path).map_err(|e| anyhow!("LOAD FILE {token}: {e}"))?;
+        let model = Cluster::load(&path).with_context(|| format!("LOAD FILE {token}"))?;
         let out = json!({
             "file": path,
             "hosts": model.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
@@ -203,7 +203,7 @@ impl Session {
             );
         }
         let model = rebased(&l.model, &path);
-        model.save(&path).map_err(|e| anyhow!("SAVE FILE {token}: {e}"))?;
+        model.save(&path).with_context(|| format!("SAVE FILE {token}"))?;
         if !self.json {
             println!("File : {name} saved OK");
         }
