@@ -21,8 +21,8 @@ mod step;
 mod version;
 
 pub use checks::{
-    any_failed, run, run_one, worst, Busy, CheckId, CheckInput, Finding, MigrationRequest, Reach,
-    Verdict,
+    any_failed, run, run_one, worst, Busy, CheckId, CheckIdParseError, CheckInput, Finding,
+    MigrationRequest, Reach, Verdict,
 };
 pub use mode::{Mode, ModeParseError};
 pub use params::MigrationParams;
