@@ -132,15 +132,7 @@ async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result
         .iter()
         .filter(|w| **w != Workload::NearLink)
         .flat_map(|&w| {
-            p.memory.iter().map(move |&m| CellSpec {
-                memory_mib: m,
-                workload: w,
-                dirty_mb_s: if w == Workload::Http20 { a.http_dirty } else { 0 },
-                wss_mib: 64,
-                http_load: w == Workload::Http20,
-                link_cap_mbit: None,
-                link_bytes_per_s: raw,
-            })
+            p.memory.iter().map(move |&m| CellSpec::raw(m, w, if w == Workload::Http20 { a.http_dirty } else { 0 }, raw))
         })
         .collect();
     let near = p.workloads.contains(&Workload::NearLink);

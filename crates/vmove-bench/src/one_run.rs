@@ -162,15 +162,7 @@ mod tests {
 
     #[test]
     fn guest_plans_are_unique_and_valid() {
-        let cell = CellSpec {
-            memory_mib: 512,
-            workload: Workload::Idle,
-            dirty_mb_s: 0,
-            wss_mib: 64,
-            http_load: false,
-            link_cap_mbit: None,
-            link_bytes_per_s: 1.0,
-        };
+        let cell = CellSpec::raw(512, Workload::Idle, 0, 1.0);
         let a = guest_plan(&cell, Contender::Vmove, 1);
         let b = guest_plan(&cell, Contender::Qemu, 300);
         assert_eq!(a.name, "bv-1");
