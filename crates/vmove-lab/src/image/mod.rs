@@ -19,6 +19,7 @@ mod cache;
 mod cpio;
 
 pub use cache::ensure;
+pub use vmove_host::boot::{cmdline, BootOpts};
 
 /// A built guest image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +31,6 @@ pub struct GuestImage {
     /// The kernel version, e.g. `6.1.0-56-cloud-amd64`.
     pub kernel_version: String,
 }
-
-pub use vmove_host::boot::{cmdline, BootOpts};
 
 /// Kernel modules loaded by `/init`, in this order.
 pub const MODULES: &[&str] = &[
