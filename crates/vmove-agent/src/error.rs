@@ -109,11 +109,24 @@ impl From<serde_json::Error> for AgentError {
     }
 }
 
-impl From<anyhow::Error> for AgentError {
-    fn from(e: anyhow::Error) -> AgentError {
-        AgentError::new(ErrorCode::Host, format!("{e:#}"))
-    }
+/// Host operations that failed: code `host`, the message with its causes.
+macro_rules! host_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for AgentError {
+            fn from(e: $t) -> AgentError {
+                AgentError::new(ErrorCode::Host, one_line(&e))
+            }
+        }
+    )*};
 }
+host_errors!(
+    vmove_host::qemu::SpawnError,
+    vmove_host::net::NetlinkError,
+    vmove_host::tap::TapError,
+    vmove_host::qemu_probe::ProbeError,
+    vmove_api::tls::TlsError,
+    vmove_model::ModelError
+);
 
 impl From<AgentError> for vmove_api::WireError {
     fn from(e: AgentError) -> vmove_api::WireError {

@@ -208,12 +208,12 @@ async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool) -> Res
     let tap = format!("bq{}{}", g.n, &role[..1]);
     {
         let tap = tap.clone();
-        netns::run_in(&ns, move || {
+        netns::run_in::<_, anyhow::Error>(&ns, move || {
             vmove_host::tap::create(&tap)?;
             vmove_host::net::runtime()?.block_on(async {
                 let nl = vmove_host::net::Netlink::connect()?;
                 nl.set_controller(&tap, "lab-net").await?;
-                nl.set_up(&tap).await
+                Ok(nl.set_up(&tap).await?)
             })
         })?;
     }
@@ -268,7 +268,7 @@ async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool) -> Res
 
 fn delete_tap(ns: &str, tap: &str) {
     let tap = tap.to_string();
-    let _ = netns::run_in(ns, move || vmove_host::tap::delete(&tap));
+    let _ = netns::run_in::<_, anyhow::Error>(ns, move || Ok(vmove_host::tap::delete(&tap)?));
 }
 
 impl QemuProc {

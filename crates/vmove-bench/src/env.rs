@@ -129,7 +129,7 @@ impl Env {
     /// A plain TCP copy host1 → host2 for `dur`; bytes/s as the receiver saw them.
     pub fn tcp_copy(&self, dur: Duration) -> Result<f64> {
         let dst_ip = self.host_ip[1];
-        let listener = netns::run_in(&self.host_ns[1], move || Ok(TcpListener::bind((dst_ip, 0))?))?;
+        let listener = netns::run_in::<_, anyhow::Error>(&self.host_ns[1], move || Ok(TcpListener::bind((dst_ip, 0))?))?;
         let port = listener.local_addr()?.port();
         let rx = std::thread::spawn(move || -> Result<(u64, Duration)> {
             let (mut s, _) = listener.accept()?;
@@ -147,7 +147,7 @@ impl Env {
             Ok((n, first.map(|f| f.elapsed()).unwrap_or_default()))
         });
         let addr = SocketAddr::from((dst_ip, port));
-        let mut s = netns::run_in(&self.host_ns[0], move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?))?;
+        let mut s = netns::run_in::<_, anyhow::Error>(&self.host_ns[0], move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?))?;
         let buf = vec![0x5au8; 1 << 20];
         let t = Instant::now();
         while t.elapsed() < dur {

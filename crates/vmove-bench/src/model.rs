@@ -112,6 +112,20 @@ pub struct CellSpec {
 }
 
 impl CellSpec {
+    /// A cell on the raw (uncapped) link with the default 64 MiB working set; HTTP load
+    /// for the HTTP workload.
+    pub fn raw(memory_mib: u64, workload: Workload, dirty_mb_s: u32, link_bytes_per_s: f64) -> CellSpec {
+        CellSpec {
+            memory_mib,
+            workload,
+            dirty_mb_s,
+            wss_mib: 64,
+            http_load: workload == Workload::Http20,
+            link_cap_mbit: None,
+            link_bytes_per_s,
+        }
+    }
+
     /// `512M-idle`, `2048M-near-link`, ...
     pub fn id(&self) -> String {
         format!("{}M-{}", self.memory_mib, self.workload.id())

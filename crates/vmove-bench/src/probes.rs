@@ -44,7 +44,7 @@ pub struct UdpStream {
 impl UdpStream {
     /// Starts the stream from namespace `ns`.
     pub fn start(ns: &str, addr: SocketAddr) -> Result<UdpStream> {
-        let sock = netns::run_in(ns, move || {
+        let sock = netns::run_in::<_, anyhow::Error>(ns, move || {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.connect(addr)?;
             Ok(s)
@@ -117,7 +117,7 @@ pub struct TcpEcho {
 impl TcpEcho {
     /// Connects from namespace `ns` and starts exchanging.
     pub fn start(ns: &str, addr: SocketAddr) -> Result<TcpEcho> {
-        let mut s = netns::run_in(ns, move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?))?;
+        let mut s = netns::run_in::<_, anyhow::Error>(ns, move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         s.set_write_timeout(Some(Duration::from_secs(5)))?;

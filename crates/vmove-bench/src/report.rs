@@ -336,15 +336,7 @@ mod tests {
     use crate::model::{Outage, RunResult};
 
     fn report() -> Report {
-        let cell = CellSpec {
-            memory_mib: 512,
-            workload: Workload::Http20,
-            dirty_mb_s: 20,
-            wss_mib: 64,
-            http_load: true,
-            link_cap_mbit: None,
-            link_bytes_per_s: 1e9,
-        };
+        let cell = CellSpec::raw(512, Workload::Http20, 20, 1e9);
         let mut runs = Vec::new();
         for (c, total, udp) in [(Contender::Vmove, 2000, 120), (Contender::Qemu, 4000, 240)] {
             let mut x = RunResult::new(cell.id(), c, 1, "g".into(), 512 << 20);

@@ -205,15 +205,7 @@ mod tests {
 
     #[test]
     fn physical_limit_is_touched_memory_over_link_rate() {
-        let cell = CellSpec {
-            memory_mib: 512,
-            workload: Workload::Idle,
-            dirty_mb_s: 0,
-            wss_mib: 64,
-            http_load: false,
-            link_cap_mbit: None,
-            link_bytes_per_s: 200.0,
-        };
+        let cell = CellSpec::raw(512, Workload::Idle, 0, 200.0);
         let runs = vec![run("512M-idle", Contender::Qemu, true, 1, 1), run("other", Contender::Qemu, true, 1, 1)];
         assert_eq!(physical_limit(&runs, &cell), (Some(400.0), Some(2.0)));
     }

@@ -100,7 +100,7 @@ pub async fn check(ctx: &Ctx) -> Result<()> {
     let clients = ctx.clients(&c)?;
     let lists = join_all(clients.iter().map(|(_, cl)| cl.call::<Vec<GuestStatus>>(&Request::GuestList))).await;
     let reports: Vec<(String, Result<Vec<GuestStatus>, String>)> =
-        clients.iter().zip(lists).map(|((h, _), r)| (h.clone(), r.map_err(|e| format!("{e:#}")))).collect();
+        clients.iter().zip(lists).map(|((h, _), r)| (h.clone(), r.map_err(crate::out::one_line))).collect();
     let drift = compare(&c, &reports);
     if ctx.json {
         crate::out::json(&serde_json::json!({ "drift": drift, "hosts": c.hosts.len(), "guests": c.guests.len() }));
@@ -122,31 +122,8 @@ pub async fn check(ctx: &Ctx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::cluster;
     use vmove_api::GuestState;
-
-    fn cluster() -> Cluster {
-        let t = r#"
-[cluster]
-name = "c"
-[tls]
-ca = "a"
-cert = "b"
-key = "c"
-[[hosts]]
-name = "host1"
-address = "198.51.100.2:7450"
-[[hosts]]
-name = "host2"
-address = "198.51.100.3:7450"
-[[guests]]
-name = "vm1"
-host = "host1"
-vcpus = 1
-memory_mib = 512
-boot = { kind = "lab" }
-"#;
-        Cluster::parse(t, std::path::Path::new("c.toml")).unwrap()
-    }
 
     fn st(spec: &GuestSpec) -> GuestStatus {
         GuestStatus { spec: spec.clone(), state: GuestState::Running, pid: None, uptime_s: None }

@@ -2,14 +2,19 @@
 use anyhow::{anyhow, bail, Context, Result};
 use futures::future::join_all;
 use vmove_api::{GuestLog, GuestState, GuestStatus, Request};
-use vmove_model::{parse_duration_ms, parse_size_mib, BootSource, Cluster, DesiredState, DiskSpec, GuestSpec, NicSpec};
+use vmove_model::{parse_duration_ms, Cluster, DesiredState};
 
-use crate::args::{CreateArgs, GuestCmd};
+use crate::args::GuestCmd;
 use crate::ctx::Ctx;
+use crate::request::CreateCommand;
 
 pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
     match cmd {
-        GuestCmd::Create(a) => create(ctx, a).await,
+        GuestCmd::Create(a) => {
+            let cluster = ctx.cluster()?;
+            let cmd = a.into_command(&cluster)?;
+            create(ctx, cluster, cmd).await
+        }
         GuestCmd::List { host } => list(ctx, host).await,
         GuestCmd::Show { name } => {
             let (cluster, host) = locate(ctx, &name)?;
@@ -95,113 +100,18 @@ fn set_desired(ctx: &Ctx, c: &mut Cluster, name: &str, d: DesiredState) -> Resul
     Ok(())
 }
 
-/// A MAC from the cluster and guest names, unique in the cluster.
-fn generate_mac(c: &Cluster, guest: &str, nic: usize, taken: &[String]) -> String {
-    let mut salt = 0u32;
-    loop {
-        let mut h: u32 = 0x811c_9dc5;
-        for b in format!("{}/{guest}/{nic}/{salt}", c.cluster.name).bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
-        if !taken.iter().any(|t| t.eq_ignore_ascii_case(&mac)) && !c.guests.iter().any(|g| g.macs().any(|m| m.eq_ignore_ascii_case(&mac))) {
-            return mac;
-        }
-        salt += 1;
-    }
-}
-
-fn parse_nic(c: &Cluster, guest: &str, idx: usize, s: &str, taken: &[String]) -> Result<NicSpec> {
-    let mut parts = s.split(',');
-    let network = parts.next().filter(|n| !n.is_empty()).ok_or_else(|| anyhow!("--nic {s:?}: expected NET[,ip=A/P][,mac=M]"))?;
-    if c.network(network).is_none() {
-        bail!("--nic {s:?}: no network named {network} in the cluster file");
-    }
-    let (mut ip, mut mac) = (None, None);
-    for p in parts {
-        match p.split_once('=') {
-            Some(("ip", v)) => {
-                let (addr, prefix) = v.split_once('/').ok_or_else(|| anyhow!("--nic {s:?}: ip needs a prefix, e.g. 192.0.2.10/24"))?;
-                addr.parse::<std::net::Ipv4Addr>().map_err(|_| anyhow!("--nic {s:?}: {addr:?} is not an IPv4 address"))?;
-                prefix.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| anyhow!("--nic {s:?}: bad prefix {prefix:?}"))?;
-                ip = Some(v.to_string());
-            }
-            Some(("mac", v)) => mac = Some(v.to_ascii_lowercase()),
-            _ => bail!("--nic {s:?}: unknown option {p:?} (expected ip=A/P or mac=M)"),
-        }
-    }
-    let mac = mac.unwrap_or_else(|| generate_mac(c, guest, idx, taken));
-    Ok(NicSpec { network: network.to_string(), mac, ip })
-}
-
-fn parse_disk(c: &Cluster, s: &str) -> Result<DiskSpec> {
-    let (vol, size) = match s.rsplit_once(':') {
-        Some((v, sz)) => (v, Some(parse_size_mib(sz).map_err(|e| anyhow!("--disk {s:?}: {e}"))?)),
-        None => (s, None),
-    };
-    let (pool, volume) = vol.split_once('/').ok_or_else(|| anyhow!("--disk {s:?}: expected POOL/VOLUME[:SIZE]"))?;
-    if c.pool(pool).is_none() {
-        bail!("--disk {s:?}: no storage pool named {pool} in the cluster file");
-    }
-    Ok(DiskSpec { pool: pool.into(), volume: volume.into(), size_mib: size })
-}
-
-async fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
-    let mut cluster = ctx.cluster()?;
-    if cluster.host(&a.host).is_none() {
-        bail!("no host named {} in {}", a.host, ctx.cluster_path.display());
-    }
-    if let Some(g) = cluster.guest(&a.name) {
-        bail!("guest name {} is already in use (on {})", a.name, g.host);
-    }
-    let memory_mib = parse_size_mib(&a.memory).map_err(|e| anyhow!("--memory: {e}"))?;
-    if a.vcpus == 0 {
-        bail!("--vcpus must be at least 1");
-    }
-    let boot = match a.image.as_str() {
-        "lab" => BootSource::Lab { dirty_mb_s: a.dirty_rate, wss_mib: a.wss },
-        "disk" => BootSource::Disk,
-        other => bail!("--image {other:?}: expected lab or disk"),
-    };
-    let mut nics = Vec::new();
-    for (i, n) in a.nic.iter().enumerate() {
-        let taken: Vec<String> = nics.iter().map(|x: &NicSpec| x.mac.clone()).collect();
-        nics.push(parse_nic(&cluster, &a.name, i, n, &taken)?);
-    }
-    let disks = a.disk.iter().map(|d| parse_disk(&cluster, d)).collect::<Result<Vec<_>>>()?;
-    if boot == BootSource::Disk && disks.is_empty() {
-        bail!("--image disk needs a --disk to boot from");
-    }
-    if let Some(g) = a.group.as_deref().filter(|g| !vmove_model::valid_name(g)) {
-        bail!("--group {g:?}: use 1 to 64 letters, digits, '-', '_', '.'");
-    }
-    let spec = GuestSpec {
-        name: a.name.clone(),
-        host: a.host.clone(),
-        vcpus: a.vcpus,
-        memory_mib,
-        cpu_model: a.cpu_model.clone(),
-        boot,
-        desired: if a.start { DesiredState::Running } else { DesiredState::Stopped },
-        nics,
-        disks,
-        console_port: None,
-        group: a.group.clone(),
-    };
-    let client = ctx.client(&cluster, &a.host)?;
-    let st: GuestStatus = client.call(&Request::GuestDefine { spec }).await?;
+/// `vmove guest create`: defines the guest on its host, records it in the cluster file,
+/// and starts it if asked.
+pub async fn create(ctx: &Ctx, mut cluster: Cluster, cmd: CreateCommand) -> Result<()> {
+    let (name, host, start) = (cmd.spec.name.clone(), cmd.spec.host.clone(), cmd.start());
+    let client = ctx.client(&cluster, &host)?;
+    let st: GuestStatus = client.call(&Request::GuestDefine { spec: cmd.spec }).await?;
     cluster.upsert_guest(st.spec.clone());
     cluster.save(&ctx.cluster_path).context("update the cluster file")?;
-    let st = if a.start {
-        client.call(&Request::GuestStart { name: a.name.clone() }).await?
-    } else {
-        st
-    };
+    let st = if start { client.call(&Request::GuestStart { name }).await? } else { st };
     print_status(ctx, &st);
     Ok(())
 }
-
 async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
     let cluster = ctx.cluster()?;
     let clients: Vec<_> =
@@ -224,8 +134,9 @@ async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
                 }
             }
             Err(e) => {
-                rows.push(vec!["?".into(), host.clone(), format!("unreachable: {e:#}")]);
-                js.push(serde_json::json!({ "host": host, "error": format!("{e:#}") }));
+                let msg = crate::out::one_line(e);
+                rows.push(vec!["?".into(), host.clone(), format!("unreachable: {msg}")]);
+                js.push(serde_json::json!({ "host": host, "error": msg }));
             }
         }
     }

@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
                         js.push(serde_json::json!({ "name": name, "address": c.addr().to_string(), "reachable": true, "info": i }));
                     }
                     Err(e) => {
-                        let msg = format!("{e:#}");
+                        let msg = crate::out::one_line(e);
                         rows.push(vec![name.clone(), c.addr().to_string(), "NO".into(), msg.clone()]);
                         js.push(serde_json::json!({ "name": name, "address": c.addr().to_string(), "reachable": false, "error": msg }));
                     }

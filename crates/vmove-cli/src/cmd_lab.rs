@@ -4,9 +4,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vmove_lab::{LabInfo, LabOptions};
+use vmove_model::{BootSource, DesiredState, DiskSpec, GuestSpec, NicSpec};
+use vmove_plan::Mode;
 
 use crate::args::LabCmd;
 use crate::ctx::Ctx;
+use crate::request::{guest_mac, CreateCommand, MigrateCommand};
 
 fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("current executable")?;
@@ -109,21 +112,25 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     say(ctx, "hosts");
     crate::cmd_host::run(&sub, crate::args::HostCmd::List).await?;
     say(ctx, "guest vm1 on host1: 512 MiB, 192.0.2.10 on lab-net, a data disk, dirtying 20 MB/s over a 128 MiB working set");
-    let create = crate::args::CreateArgs {
+    let cluster = sub.cluster()?;
+    let spec = GuestSpec {
         name: "vm1".into(),
         host: "host1".into(),
-        memory: "512M".into(),
         vcpus: 1,
+        memory_mib: 512,
         cpu_model: "qemu64".into(),
-        nic: vec!["lab-net,ip=192.0.2.10/24".into()],
-        disk: vec!["shared/vm1-data.img:64M".into()],
-        image: "lab".into(),
-        dirty_rate: 20,
-        wss: 128,
-        start: true,
+        boot: BootSource::Lab { dirty_mb_s: 20, wss_mib: 128 },
+        desired: DesiredState::Running,
+        nics: vec![NicSpec {
+            network: "lab-net".into(),
+            mac: guest_mac(&cluster, "vm1", 0, &[]),
+            ip: Some("192.0.2.10/24".into()),
+        }],
+        disks: vec![DiskSpec { pool: "shared".into(), volume: "vm1-data.img".into(), size_mib: Some(64) }],
+        console_port: None,
         group: None,
     };
-    crate::cmd_guest::run(&sub, crate::args::GuestCmd::Create(create)).await?;
+    crate::cmd_guest::create(&sub, cluster, CreateCommand { spec }).await?;
     let addr = "192.0.2.10:7".parse()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while vmove_lab::probe::tcp_echo(&info.client_namespace, addr, b"hello").await.is_err() {
@@ -136,28 +143,9 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     let session = vmove_lab::probe::TcpSession::start(&info.client_namespace, addr, Duration::from_millis(10))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     say(ctx, "live migration of vm1 from host1 to host2 (TLS, multifd, downtime limit 300 ms)");
-    let migrated = crate::cmd_migrate::run(
-        &sub,
-        crate::args::MigrateArgs {
-            guest: "vm1".into(),
-            to: "host2".into(),
-            from: None,
-            mode: "live".into(),
-            step: None,
-            precheck: false,
-            timeout: None,
-            max_downtime: None,
-            bandwidth: None,
-            insecure_transport: false,
-            multifd: 2,
-            ignore_check: vec![],
-            detach: false,
-            inject_fault: None,
-            pause_before: None,
-            pause_at_switchover: false,
-        },
-    )
-    .await;
+    let cluster = sub.cluster()?;
+    let migrate = MigrateCommand::new(&cluster.policy, "vm1", "host1", "host2", Mode::Live, None);
+    let migrated = crate::cmd_migrate::run(&sub, &cluster, migrate).await;
     let before = session.echoed();
     let deadline = Instant::now() + Duration::from_secs(10);
     while session.echoed() < before + 100 && Instant::now() < deadline {

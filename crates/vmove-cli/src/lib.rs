@@ -11,6 +11,9 @@ mod cmd_lab;
 mod ctx;
 mod oedacli;
 mod out;
+mod request;
+#[cfg(test)]
+mod testutil;
 
 /// The oedacli language's lexer and parser (pure: one line to one command), for tools and
 /// the fuzzer (`fuzz/`).
@@ -41,8 +44,9 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            if json && !e.is::<oedacli::Reported>() {
+            let reported = e.is::<oedacli::Reported>();
+            let msg = out::one_line(e);
+            if json && !reported {
                 println!("{}", serde_json::json!({ "ok": false, "error": msg }));
             }
             eprintln!("vmove: {msg}");
@@ -57,7 +61,11 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Lab(c) => cmd_lab::run(&ctx, c).await,
         args::Command::Host(c) => cmd_host::run(&ctx, c).await,
         args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
-        args::Command::Migrate(a) => cmd_migrate::run(&ctx, a).await,
+        args::Command::Migrate(a) => {
+            let cluster = ctx.cluster()?;
+            let cmd = a.into_command(&cluster)?;
+            cmd_migrate::run(&ctx, &cluster, cmd).await
+        }
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
         args::Command::Cluster(args::ClusterCmd::Check) => cmd_cluster::check(&ctx).await,
         args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,

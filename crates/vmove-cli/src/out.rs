@@ -28,3 +28,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
         line(r.iter().map(|s| s.as_str()).collect());
     }
 }
+
+/// An error and its causes on one line (`what: why: root cause`), as `vmove` prints errors.
+pub fn one_line(e: impl Into<anyhow::Error>) -> String {
+    format!("{:#}", e.into()).replace('\n', " ")
+}

@@ -3,14 +3,43 @@
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
-use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
+/// Why a netlink operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The runtime for netlink work could not be made.
+    #[error("tokio runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The netlink socket could not be opened.
+    #[error("netlink socket")]
+    Socket(#[source] std::io::Error),
+    /// No link of that name in the namespace.
+    #[error("no link named {0}")]
+    NoLink(String),
+    /// The kernel refused a request (`list links`, `create bridge br0`, `set tap0 up`, ...).
+    #[error("{what}")]
+    Request {
+        /// The request.
+        what: String,
+        /// The cause.
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
 /// A single-threaded runtime for netlink work on a dedicated thread.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NetlinkError::Runtime)
 }
 
 /// A netlink connection in the calling thread's namespace.
@@ -59,14 +88,14 @@ fn summary(m: &LinkMessage) -> LinkSummary {
 impl Netlink {
     /// Opens a netlink socket; must be called inside a tokio runtime.
     pub fn connect() -> Result<Netlink> {
-        let (conn, handle, _) = rtnetlink::new_connection().context("netlink socket")?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
 
     /// Every link in the namespace.
     pub async fn links(&self) -> Result<Vec<LinkSummary>> {
-        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.context("list links")?;
+        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.map_err(failed("list links"))?;
         Ok(msgs.iter().map(summary).collect())
     }
 
@@ -76,7 +105,7 @@ impl Netlink {
     }
 
     async fn index(&self, name: &str) -> Result<u32> {
-        self.link(name).await?.map(|l| l.index).ok_or_else(|| anyhow!("no link named {name}"))
+        self.link(name).await?.map(|l| l.index).ok_or_else(|| NetlinkError::NoLink(name.to_string()))
     }
 
     /// Creates a bridge (up) unless it exists.
@@ -87,7 +116,7 @@ impl Netlink {
                 .add(LinkBridge::new(name).up().build())
                 .execute()
                 .await
-                .with_context(|| format!("create bridge {name}"))?;
+                .map_err(failed(format!("create bridge {name}")))?;
         }
         self.set_up(name).await
     }
@@ -99,7 +128,7 @@ impl Netlink {
             .add(LinkVeth::new(name, peer).build())
             .execute()
             .await
-            .with_context(|| format!("create veth {name}/{peer}"))
+            .map_err(failed(format!("create veth {name}/{peer}")))
     }
 
     /// Moves a link into the namespace given by fd.
@@ -110,7 +139,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(idx).setns_by_fd(ns_fd).build())
             .execute()
             .await
-            .with_context(|| format!("move {name} to another namespace"))
+            .map_err(failed(format!("move {name} to another namespace")))
     }
 
     /// Sets a link up.
@@ -121,7 +150,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(idx).up().build())
             .execute()
             .await
-            .with_context(|| format!("set {name} up"))
+            .map_err(failed(format!("set {name} up")))
     }
 
     /// Sets a link down.
@@ -132,7 +161,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(idx).down().build())
             .execute()
             .await
-            .with_context(|| format!("set {name} down"))
+            .map_err(failed(format!("set {name} down")))
     }
 
     /// Attaches a link to a bridge.
@@ -144,7 +173,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(idx).controller(br).build())
             .execute()
             .await
-            .with_context(|| format!("attach {name} to bridge {bridge}"))
+            .map_err(failed(format!("attach {name} to bridge {bridge}")))
     }
 
     /// Adds an address to a link.
@@ -153,7 +182,7 @@ impl Netlink {
         match self.handle.address().add(idx, ip, prefix).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
-            Err(e) => Err(anyhow!(e).context(format!("add {ip}/{prefix} to {name}"))),
+            Err(e) => Err(failed(format!("add {ip}/{prefix} to {name}"))(e)),
         }
     }
 
@@ -164,7 +193,7 @@ impl Netlink {
         match links.del(l.index).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
-            Err(e) => Err(anyhow!(e).context(format!("delete {name}"))),
+            Err(e) => Err(failed(format!("delete {name}"))(e)),
         }
     }
 }

@@ -3,9 +3,63 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::net::NetlinkError;
+
+/// Why a namespace could not be made, removed, opened or entered.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// Not a valid namespace name.
+    #[error("invalid namespace name {0:?}")]
+    InvalidName(String),
+    /// A file under `/run/netns` (or the thread's own namespace file).
+    #[error("{what}")]
+    Io {
+        /// What was done (`create /run/netns/x`, `remove ...`, `open own namespace`).
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No namespace of that name.
+    #[error("no network namespace {name}")]
+    NotFound {
+        /// The namespace.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `unshare` or the bind mount failed.
+    #[error("create network namespace {name}: {step}")]
+    Create {
+        /// The namespace.
+        name: String,
+        /// `unshare(CLONE_NEWNET)` or `bind-mount the namespace`.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// `setns` failed.
+    #[error("setns")]
+    Setns(#[source] nix::Error),
+    /// The thread that works inside the namespace panicked.
+    #[error("thread in namespace panicked")]
+    Panicked,
+    /// Bringing the new namespace's loopback up failed.
+    #[error(transparent)]
+    Loopback(#[from] NetlinkError),
+}
+
+type Result<T> = std::result::Result<T, NetnsError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetnsError {
+    let what = what.into();
+    move |source| NetnsError::Io { what, source }
+}
 
 /// Where named namespaces live.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -28,30 +82,30 @@ fn is_nsfs(p: &std::path::Path) -> bool {
 /// Creates a named namespace with its loopback up; succeeds if it already exists.
 pub fn create(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') {
-        return Err(anyhow!("invalid namespace name {name:?}"));
+        return Err(NetnsError::InvalidName(name.to_string()));
     }
-    std::fs::create_dir_all(NETNS_DIR).context("create /run/netns")?;
+    std::fs::create_dir_all(NETNS_DIR).map_err(io("create /run/netns"))?;
     let p = path(name);
     if p.exists() && is_nsfs(&p) {
         return Ok(());
     }
-    std::fs::File::create(&p).with_context(|| format!("create {}", p.display()))?;
+    std::fs::File::create(&p).map_err(io(format!("create {}", p.display())))?;
     let p2 = p.clone();
-    let r = std::thread::spawn(move || -> Result<()> {
-        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+    let r = std::thread::spawn(move || -> std::result::Result<(), (&'static str, nix::Error)> {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| ("unshare(CLONE_NEWNET)", e))?;
         mount(Some("/proc/thread-self/ns/net"), &p2, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .context("bind-mount the namespace")?;
+            .map_err(|e| ("bind-mount the namespace", e))?;
         Ok(())
     })
     .join()
-    .map_err(|_| anyhow!("namespace thread panicked"))?;
-    if let Err(e) = r {
+    .map_err(|_| NetnsError::Panicked)?;
+    if let Err((step, source)) = r {
         let _ = std::fs::remove_file(&p);
-        return Err(e.context(format!("create network namespace {name}")));
+        return Err(NetnsError::Create { name: name.to_string(), step, source });
     }
     run_in(name, || {
         let rt = crate::net::runtime()?;
-        rt.block_on(async { crate::net::Netlink::connect()?.set_up("lo").await })
+        Ok(rt.block_on(async { crate::net::Netlink::connect()?.set_up("lo").await })?)
     })
 }
 
@@ -63,18 +117,18 @@ pub fn delete(name: &str) -> Result<()> {
         return Ok(());
     }
     let _ = umount2(&p, MntFlags::MNT_DETACH);
-    std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))
+    std::fs::remove_file(&p).map_err(io(format!("remove {}", p.display())))
 }
 
 /// Opens the namespace file (for `setns` or netlink `IFLA_NET_NS_FD`).
 pub fn open(name: &str) -> Result<OwnedFd> {
-    let f = std::fs::File::open(path(name)).with_context(|| format!("no network namespace {name}"))?;
+    let f = std::fs::File::open(path(name)).map_err(|source| NetnsError::NotFound { name: name.to_string(), source })?;
     Ok(f.into())
 }
 
 /// Opens the namespace of the calling thread.
 pub fn open_current() -> Result<OwnedFd> {
-    Ok(std::fs::File::open("/proc/thread-self/ns/net").context("open own namespace")?.into())
+    Ok(std::fs::File::open("/proc/thread-self/ns/net").map_err(io("open own namespace"))?.into())
 }
 
 /// Enters a namespace given by fd. For use in a forked child (`pre_exec`) or a dedicated thread.
@@ -82,15 +136,20 @@ pub fn enter(fd: &impl AsFd) -> nix::Result<()> {
     setns(fd, CloneFlags::CLONE_NEWNET)
 }
 
-/// Runs `f` on a new OS thread that has entered the named namespace.
-pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+/// Runs `f` on a new OS thread that has entered the named namespace. `f`'s error type is
+/// the caller's; failing to enter the namespace becomes one through `From<NetnsError>`.
+pub fn run_in<T, E>(name: &str, f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static) -> std::result::Result<T, E>
+where
+    T: Send + 'static,
+    E: From<NetnsError> + Send + 'static,
+{
     let fd = open(name)?;
     std::thread::spawn(move || {
-        enter(&fd).context("setns")?;
+        enter(&fd).map_err(NetnsError::Setns)?;
         f()
     })
     .join()
-    .map_err(|_| anyhow!("thread in namespace panicked"))?
+    .map_err(|_| NetnsError::Panicked)?
 }
 
 /// Identity of a namespace file, comparable with `/proc/PID/ns/net`.

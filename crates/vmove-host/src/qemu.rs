@@ -7,8 +7,23 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use anyhow::{Context, Result};
 use vmove_model::{BootSource, GuestSpec};
+
+/// Why QEMU could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct SpawnError {
+    /// What failed: `create <run dir>`, `open qemu.log` or `start <binary>`.
+    pub what: String,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpawnError {
+    let what = what.into();
+    move |source| SpawnError { what, source }
+}
 
 /// The QEMU binary.
 pub const QEMU_BIN: &str = "qemu-system-x86_64";
@@ -128,16 +143,16 @@ pub fn supports_o_direct(file: &Path) -> bool {
 
 /// Starts QEMU in its own session, output to `qemu.log`. Returns the child (the caller
 /// waits on it) — QEMU keeps running if the caller dies.
-pub fn spawn(bin: &str, args: &[String], run_dir: &Path) -> Result<Child> {
-    std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+pub fn spawn(bin: &str, args: &[String], run_dir: &Path) -> Result<Child, SpawnError> {
+    std::fs::create_dir_all(run_dir).map_err(io(format!("create {}", run_dir.display())))?;
     let _ = std::fs::remove_file(RunFiles::qmp(run_dir));
     let _ = std::fs::remove_file(RunFiles::pid(run_dir));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(RunFiles::qemu_log(run_dir))
-        .context("open qemu.log")?;
-    let log2 = log.try_clone()?;
+        .map_err(io("open qemu.log"))?;
+    let log2 = log.try_clone().map_err(io("open qemu.log"))?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
@@ -147,8 +162,7 @@ pub fn spawn(bin: &str, args: &[String], run_dir: &Path) -> Result<Child> {
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("start {bin}"))?;
-    Ok(child)
+    cmd.spawn().map_err(io(format!("start {bin}")))
 }
 
 /// The last `max` bytes of a file, as text.

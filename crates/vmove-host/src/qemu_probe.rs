@@ -9,9 +9,58 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use vmove_model::inventory::QemuFeatures;
-use vmove_qmp::{MigrationCapabilityStatus, Qmp, VersionInfo};
+use vmove_qmp::{MigrationCapabilityStatus, Qmp, QmpError, VersionInfo};
+
+/// Why the host's QEMU could not be probed, or is not good enough.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The scratch directory or the QEMU process.
+    #[error("{what}")]
+    Io {
+        /// `create <dir>` or `start <binary>`.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A QMP exchange failed.
+    #[error("{what}")]
+    Qmp {
+        /// `connect to QMP`, `query-version`, ...
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: QmpError,
+    },
+    /// The probe failed and QEMU said why on standard error (its last line).
+    #[error("{stderr}")]
+    Said {
+        /// QEMU's last line on standard error.
+        stderr: String,
+        /// The failure.
+        #[source]
+        source: Box<ProbeError>,
+    },
+    /// QEMU did not answer in time.
+    #[error("{bin} did not answer its QMP queries within {timeout:?}")]
+    Timeout {
+        /// The binary.
+        bin: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The QEMU is older than [`MIN_QEMU`].
+    #[error("QEMU {version} is too old: vmove needs QEMU {}.{} or newer (migration capabilities and TLS it relies on)", MIN_QEMU.0, MIN_QEMU.1)]
+    TooOld {
+        /// Its version.
+        version: String,
+    },
+}
+
+fn qmp(what: &'static str) -> impl FnOnce(QmpError) -> ProbeError {
+    move |source| ProbeError::Qmp { what, source }
+}
 
 /// The oldest QEMU vmove runs with (`major`, `minor`).
 pub const MIN_QEMU: (u64, u64) = (7, 2);
@@ -20,8 +69,9 @@ pub const MIN_QEMU: (u64, u64) = (7, 2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `bin -machine none` with a QMP socket under `scratch` and learns its features.
-pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures> {
-    std::fs::create_dir_all(scratch).with_context(|| format!("create {}", scratch.display()))?;
+pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures, ProbeError> {
+    std::fs::create_dir_all(scratch)
+        .map_err(|source| ProbeError::Io { what: format!("create {}", scratch.display()), source })?;
     let sock = scratch.join("probe-qmp.sock");
     let _ = std::fs::remove_file(&sock);
     let mut child = tokio::process::Command::new(bin)
@@ -32,14 +82,14 @@ pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("start {bin}"))?;
+        .map_err(|source| ProbeError::Io { what: format!("start {bin}"), source })?;
     let result = tokio::time::timeout(PROBE_TIMEOUT, async {
-        let q = Qmp::connect_retry(&sock, PROBE_TIMEOUT).await.context("connect to QMP")?;
-        let version = q.query_version().await.context("query-version")?;
-        let caps = q.query_migrate_capabilities().await.context("query-migrate-capabilities")?;
-        let params = q.execute("query-migrate-parameters", None).await.context("query-migrate-parameters")?;
+        let q = Qmp::connect_retry(&sock, PROBE_TIMEOUT).await.map_err(qmp("connect to QMP"))?;
+        let version = q.query_version().await.map_err(qmp("query-version"))?;
+        let caps = q.query_migrate_capabilities().await.map_err(qmp("query-migrate-capabilities"))?;
+        let params = q.execute("query-migrate-parameters", None).await.map_err(qmp("query-migrate-parameters"))?;
         let _ = q.quit().await;
-        Ok::<_, anyhow::Error>(features_from(&version, &caps, &params))
+        Ok::<_, ProbeError>(features_from(&version, &caps, &params))
     })
     .await;
     let _ = child.start_kill();
@@ -53,10 +103,10 @@ pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures> {
             if last.is_empty() {
                 Err(e)
             } else {
-                Err(e.context(last))
+                Err(ProbeError::Said { stderr: last, source: Box::new(e) })
             }
         }
-        Err(_) => bail!("{bin} did not answer its QMP queries within {PROBE_TIMEOUT:?}"),
+        Err(_) => Err(ProbeError::Timeout { bin: bin.to_string(), timeout: PROBE_TIMEOUT }),
     }
 }
 
@@ -83,16 +133,11 @@ pub fn features_from(version: &VersionInfo, caps: &[MigrationCapabilityStatus], 
 }
 
 /// Refuses a QEMU older than [`MIN_QEMU`], with the reason in one line.
-pub fn check_minimum(f: &QemuFeatures) -> Result<()> {
+pub fn check_minimum(f: &QemuFeatures) -> Result<(), ProbeError> {
     let mut it = f.version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     if (major, minor) < MIN_QEMU {
-        bail!(
-            "QEMU {} is too old: vmove needs QEMU {}.{} or newer (migration capabilities and TLS it relies on)",
-            f.version,
-            MIN_QEMU.0,
-            MIN_QEMU.1
-        );
+        return Err(ProbeError::TooOld { version: f.version.clone() });
     }
     Ok(())
 }

@@ -1,7 +1,29 @@
 //! Persistent tap devices, made with the tun ioctl (rtnetlink cannot create them).
 use std::os::fd::AsRawFd;
 
-use anyhow::{anyhow, Context, Result};
+/// Why a tap could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// Not a valid interface name.
+    #[error("invalid interface name {0:?}")]
+    InvalidName(String),
+    /// `/dev/net/tun` could not be opened.
+    #[error("open /dev/net/tun")]
+    Open(#[source] std::io::Error),
+    /// The kernel refused the ioctl.
+    #[error("{op} {name}")]
+    Ioctl {
+        /// `TUNSETIFF` or `TUNSETPERSIST`.
+        op: &'static str,
+        /// The interface.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, TapError>;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
@@ -18,7 +40,7 @@ struct IfReq {
 
 fn ifreq(name: &str) -> Result<IfReq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(anyhow!("invalid interface name {name:?}"));
+        return Err(TapError::InvalidName(name.to_string()));
     }
     let mut r = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
     r.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -26,18 +48,20 @@ fn ifreq(name: &str) -> Result<IfReq> {
 }
 
 fn set_persist(name: &str, persist: bool) -> Result<()> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("open /dev/net/tun")?;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(TapError::Open)?;
     let mut r = ifreq(name)?;
     // SAFETY: `r` is a properly sized, initialised `struct ifreq` that outlives the call, and
     // the fd is a valid open /dev/net/tun handle.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &mut r as *mut IfReq) };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("TUNSETIFF {name}"));
+        let source = std::io::Error::last_os_error();
+        return Err(TapError::Ioctl { op: "TUNSETIFF", name: name.to_string(), source });
     }
     // SAFETY: TUNSETPERSIST takes an integer argument; the fd is valid.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(persist)) };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("TUNSETPERSIST {name}"));
+        let source = std::io::Error::last_os_error();
+        return Err(TapError::Ioctl { op: "TUNSETPERSIST", name: name.to_string(), source });
     }
     Ok(())
 }
@@ -85,5 +109,11 @@ mod tests {
         assert_ne!(a, super::tap_name("vm2", 0));
         assert_ne!(a, super::tap_name("vm1", 1));
         assert_eq!(a, super::tap_name("vm1", 0));
+    }
+
+    #[test]
+    fn names_longer_than_ifnamsiz_are_refused() {
+        let Err(e) = super::ifreq("a-name-far-too-long-for-linux") else { panic!("accepted") };
+        assert_eq!(e.to_string(), "invalid interface name \"a-name-far-too-long-for-linux\"");
     }
 }

@@ -272,7 +272,7 @@ async fn wait_for_agents(cluster: &Cluster) -> Result<()> {
         loop {
             match c.call::<Health>(&Request::Health).await {
                 Ok(_) => break,
-                Err(e) if Instant::now() > deadline => bail!("agent on {name} did not come up: {e:#}"),
+                Err(e) if Instant::now() > deadline => bail!("agent on {name} did not come up: {:#}", anyhow::Error::from(e)),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }

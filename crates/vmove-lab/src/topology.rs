@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, Context, Result};
-use vmove_host::net::{runtime, Netlink};
+use vmove_host::net::{runtime, Netlink, NetlinkError};
 use vmove_host::netns;
 
 /// Labs that can run at once (slots of 198.51.100.0/24, a /28 each).
@@ -66,7 +66,7 @@ pub fn belongs_to(lab: &str, ns: &str) -> bool {
 
 fn in_ns<T: Send + 'static, F>(ns: &str, f: impl FnOnce(Netlink) -> F + Send + 'static) -> Result<T>
 where
-    F: std::future::Future<Output = Result<T>>,
+    F: std::future::Future<Output = Result<T, NetlinkError>>,
 {
     let ns2 = ns.to_string();
     netns::run_in(ns, move || {
@@ -136,7 +136,7 @@ pub fn build(p: &Plan) -> Result<()> {
     })
 }
 
-async fn attach(nl: &Netlink, link: &str, bridge: &str) -> Result<()> {
+async fn attach(nl: &Netlink, link: &str, bridge: &str) -> Result<(), NetlinkError> {
     nl.set_controller(link, bridge).await?;
     nl.set_up(link).await
 }

@@ -22,8 +22,8 @@ mod step;
 mod version;
 
 pub use checks::{
-    any_failed, run, run_one, worst, Busy, CheckId, CheckInput, Finding, MigrationRequest, Reach,
-    Verdict,
+    any_failed, run, run_one, worst, Busy, CheckId, CheckIdParseError, CheckInput, Finding,
+    MigrationRequest, Reach, Verdict,
 };
 pub use job::{Action, Direction, EndStatus, FailKind, Input, JobMachine, JobPhase, MigrationRecord, Note, Side};
 pub use mode::{Mode, ModeParseError};

@@ -1,6 +1,7 @@
 //! The parameters of a migration: one typed set, units in the names, shared by the
 //! prechecks (in [`crate::MigrationRequest`]), the job the target agent runs, and both QEMUs.
 use serde::{Deserialize, Serialize};
+use vmove_model::Policy;
 
 /// Parameters of a migration: one typed set, units in the names. Applied to both QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,3 +49,29 @@ impl Default for MigrationParams {
     }
 }
 
+impl MigrationParams {
+    /// The cluster policy's parameters (timeout, downtime limit, post-copy), the rest at
+    /// their defaults (unlimited bandwidth, TLS, 2 multifd channels): what a migration gets
+    /// when the operator names none.
+    pub fn from_policy(policy: &Policy) -> MigrationParams {
+        MigrationParams {
+            timeout_s: policy.live_timeout_s,
+            max_downtime_ms: policy.max_downtime_ms,
+            allow_postcopy: policy.allow_postcopy,
+            ..MigrationParams::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_sets_timeout_downtime_and_postcopy() {
+        let policy = Policy { live_timeout_s: 60, max_downtime_ms: 500, allow_postcopy: true, ..Policy::default() };
+        let p = MigrationParams::from_policy(&policy);
+        assert_eq!((p.timeout_s, p.max_downtime_ms, p.allow_postcopy), (60, 500, true));
+        assert_eq!(p, MigrationParams { timeout_s: 60, max_downtime_ms: 500, allow_postcopy: true, ..MigrationParams::default() });
+    }
+}

@@ -1,10 +1,14 @@
 //! `vmove oedacli`: Oracle Exadata's oedacli command language (docs/oedacli.md).
 //!
 //! - [`parse`]: one line to one [`parse::Command`] (pure);
-//! - [`session`]: the interpreter (the loaded model, the actions, MERGE and DEPLOY);
+//! - [`session`]: the interpreter (the loaded model, the actions);
+//! - [`merge`]: MERGE ACTIONS (prechecks against the model, the planned state);
+//! - [`deploy`]: DEPLOY ACTIONS (jobs on the agents, how to go on after a failure);
 //! - [`repl`]: the interactive prompt and the script driver.
 //!
 //! The user's guide is `docs/oedacli.md`.
+mod deploy;
+mod merge;
 pub mod parse;
 pub mod repl;
 pub mod session;

@@ -7,7 +7,10 @@
 //! Every error is a [`ParseError`] that names the offending token and what was expected.
 use std::fmt;
 
+use vmove_model::Policy;
 use vmove_plan::{Mode, Step};
+
+use crate::request::MigrateCommand;
 
 /// One command of the language.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +62,12 @@ impl Migrate {
     /// Whether deploying it moves the guest: a whole migration, or its MIGRATE_GUEST step.
     pub fn moves_guest(&self) -> bool {
         matches!(self.step, None | Some(Step::MigrateGuest))
+    }
+
+    /// The migration it asks for, with the policy's parameters: the same command as
+    /// `vmove migrate GUEST --from SRCHOST --to TGTHOST --mode MODE [--step STEPNAME]`.
+    pub fn command(&self, policy: &Policy) -> MigrateCommand {
+        MigrateCommand::new(policy, &self.guest, &self.source, &self.target, self.mode, self.step)
     }
 }
 

@@ -13,9 +13,10 @@ use anyhow::{anyhow, Result};
 use serde_json::{Map, Value};
 use tokio::io::AsyncBufReadExt;
 
-use super::parse::{parse, strip_prompt, Command};
+use super::parse::{parse, strip_prompt, Command, ParseError};
 use super::session::Session;
 use crate::ctx::Ctx;
+use crate::out::one_line;
 
 /// An error that has already been reported as a JSON line (`--json` scripts): `main`
 /// prints it on standard error only.
@@ -62,10 +63,6 @@ impl Source {
     }
 }
 
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
-}
-
 /// One JSON line for a command's result.
 fn json_line(line: &str, result: std::result::Result<Value, &str>) -> String {
     let mut m = Map::new();
@@ -85,6 +82,16 @@ fn json_line(line: &str, result: std::result::Result<Value, &str>) -> String {
     Value::Object(m).to_string()
 }
 
+/// Runs one parsed line and prints its JSON result (`--json`); `Ok(true)` when it ends the
+/// session (EXIT, QUIT).
+async fn exec_line(s: &mut Session, json: bool, line: &str, parsed: Result<Command, ParseError>) -> Result<bool> {
+    let o = s.exec(parsed?).await?;
+    if json {
+        println!("{}", json_line(line, Ok(o.json)));
+    }
+    Ok(o.exit)
+}
+
 async fn scripted(s: &mut Session, json: bool, mut src: Source) -> Result<()> {
     let mut n = 0;
     while let Some(line) = src.next().await? {
@@ -96,21 +103,11 @@ async fn scripted(s: &mut Session, json: bool, mut src: Source) -> Result<()> {
         if !json {
             println!("oedacli> {}", strip_prompt(&line));
         }
-        let res = match parsed {
-            Ok(cmd) => s.exec(cmd).await,
-            Err(e) => Err(e.into()),
-        };
-        match res {
-            Ok(o) => {
-                if json {
-                    println!("{}", json_line(&line, Ok(o.json)));
-                }
-                if o.exit {
-                    break;
-                }
-            }
+        match exec_line(s, json, &line, parsed).await {
+            Ok(true) => break,
+            Ok(false) => {}
             Err(e) => {
-                let msg = format!("line {n}: {}", one_line(&e));
+                let msg = format!("line {n}: {}", one_line(e));
                 if json {
                     println!("{}", json_line(&line, Err(&msg)));
                     return Err(Reported(msg).into());
@@ -140,21 +137,11 @@ async fn interactive(s: &mut Session, json: bool) -> Result<()> {
             continue;
         }
         let _ = rl.add_history_entry(line.trim());
-        let res = match parsed {
-            Ok(cmd) => s.exec(cmd).await,
-            Err(e) => Err(e.into()),
-        };
-        match res {
-            Ok(o) => {
-                if json {
-                    println!("{}", json_line(&line, Ok(o.json)));
-                }
-                if o.exit {
-                    break;
-                }
-            }
-            Err(e) if json => println!("{}", json_line(&line, Err(&one_line(&e)))),
-            Err(e) => eprintln!("error: {}", one_line(&e)),
+        match exec_line(s, json, &line, parsed).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) if json => println!("{}", json_line(&line, Err(&one_line(e)))),
+            Err(e) => eprintln!("error: {}", one_line(e)),
         }
     }
     Ok(())

@@ -259,10 +259,18 @@ impl fmt::Display for CheckId {
     }
 }
 
+/// A check id that [`CheckId::parse`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown check id {input:?}")]
+pub struct CheckIdParseError {
+    /// What was given.
+    pub input: String,
+}
+
 impl FromStr for CheckId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<CheckId, String> {
-        CheckId::parse(s).ok_or_else(|| format!("unknown check id {s:?}"))
+    type Err = CheckIdParseError;
+    fn from_str(s: &str) -> Result<CheckId, CheckIdParseError> {
+        CheckId::parse(s).ok_or_else(|| CheckIdParseError { input: s.to_string() })
     }
 }
 

@@ -336,6 +336,8 @@ fn check_ids_are_stable_strings() {
         assert_eq!(id.live_only(), LIVE_ONLY.contains(&id.as_str()));
     }
     assert_eq!(CheckId::parse("nope"), None);
+    let e = "nope".parse::<CheckId>().unwrap_err();
+    assert_eq!(e.to_string(), "unknown check id \"nope\"");
     assert_eq!(CheckId::for_mode(Mode::OfflineForce).len(), 15);
     assert_eq!(CheckId::for_mode(Mode::Live).len(), 21);
 }

@@ -1,0 +1,249 @@
+//! One benchmark run: the lab up, the link measured, every cell of the matrix with the
+//! contenders taking turns, the report written after every run, the lab down at the end.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::contenders::Ctx;
+use crate::env::{self, Env, Libvirt};
+use crate::model::{CellSpec, Contender, Report, RunResult, Settings, Workload};
+use crate::outputs::{write_json, write_outputs};
+use crate::{stats, Plan, RunArgs};
+
+/// Takes the lab down when dropped (normal end, error, panic).
+struct LabGuard(Option<PathBuf>);
+
+impl LabGuard {
+    fn down(&mut self) {
+        if let Some(dir) = self.0.take() {
+            match vmove_lab::down(&dir) {
+                Ok(name) => eprintln!("bench: lab {name} down"),
+                Err(e) => eprintln!("bench: lab down failed: {e:#} (run `vmove lab down --dir {}`)", dir.display()),
+            }
+        }
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Runs the benchmark that `a` asks for and writes its report.
+pub(crate) async fn run(a: RunArgs) -> Result<()> {
+    let p = crate::plan(&a)?;
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("no binary directory"))?,
+    };
+    for b in ["vmove", "vmoved", "vmove-guest"] {
+        if !bin_dir.join(b).is_file() {
+            bail!("{} not found: run `cargo build` first (or pass --bin-dir)", bin_dir.join(b).display());
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    let t_start = Instant::now();
+    let mut report = Report {
+        started: now_rfc3339(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        settings: Settings { runs: p.runs, budget_s: a.budget, near_fraction: a.near_fraction, near_wss_mib: a.near_wss, quick: a.quick },
+        contenders: p.contenders.clone(),
+        ..Default::default()
+    };
+    report.conditions.load_before = env::loadavg();
+    report.conditions.other_qemu_before = env::foreign_qemus(&Default::default());
+    eprintln!(
+        "bench: load {}; other QEMUs on the machine: {}",
+        report.conditions.load_before,
+        report.conditions.other_qemu_before.len()
+    );
+    let env = Env::up(&a.lab_dir, &bin_dir).await?;
+    let mut guard = LabGuard(Some(env.dir().to_path_buf()));
+    eprintln!("bench: lab {} up", env.info.name);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = matrix(&a, &p, &env, &mut report) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
+        _ = sigterm.recv() => Err(anyhow!("terminated")),
+    };
+    if let Err(e) = &result {
+        report.remarks.push(format!("The benchmark stopped early: {e:#}. The report holds the runs done until then."));
+    }
+    report.conditions.load_after = env::loadavg();
+    report.conditions.other_qemu_after = env.foreign_qemus();
+    report.duration_s = t_start.elapsed().as_secs();
+    drop(env);
+    guard.down();
+    write_outputs(&a.out, &report)?;
+    eprintln!("bench: report in {}", a.out.display());
+    result
+}
+
+
+/// Median of `n` plain TCP copies host1 → host2.
+fn measure_link(env: &Env, secs: u64) -> Result<(Vec<f64>, f64)> {
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(tokio::task::block_in_place(|| env.tcp_copy(Duration::from_secs(secs)))?);
+    }
+    let m = stats::median(&v).ok_or_else(|| anyhow!("no link measurement"))?;
+    Ok((v, m))
+}
+
+async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result<()> {
+    let mut contenders = p.contenders.clone();
+    let libvirt = if contenders.iter().any(|c| c.is_libvirt()) {
+        match tokio::task::block_in_place(|| Libvirt::start(env)) {
+            Ok(lv) => Some(lv),
+            Err(e) => {
+                let why = format!("{e:#}");
+                eprintln!("bench: libvirt contenders left out: {why}");
+                for c in contenders.iter().filter(|c| c.is_libvirt()) {
+                    report.left_out.push((*c, why.clone()));
+                }
+                contenders.retain(|c| !c.is_libvirt());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    report.contenders = contenders.clone();
+    report.machine = env::machine(libvirt.as_ref().map(|l| l.version.clone()));
+    let (raw_samples, raw) = measure_link(env, a.copy_secs)?;
+    eprintln!("bench: raw link {:.0} MB/s", raw / 1e6);
+    report.links.raw_samples = raw_samples;
+    report.links.raw_bytes_per_s = raw;
+    write_json(&a.out, report)?;
+    let ctx = Ctx { env, libvirt: libvirt.as_ref(), budget: Duration::from_secs(a.budget), consoles: a.out.join("consoles") };
+
+    let raw_cells: Vec<CellSpec> = p
+        .workloads
+        .iter()
+        .filter(|w| **w != Workload::NearLink)
+        .flat_map(|&w| {
+            p.memory.iter().map(move |&m| CellSpec::raw(m, w, if w == Workload::Http20 { a.http_dirty } else { 0 }, raw))
+        })
+        .collect();
+    let near = p.workloads.contains(&Workload::NearLink);
+    let per_cell = p.runs as usize * contenders.len();
+    let total = (raw_cells.len() + if near { p.memory.len() } else { 0 }) * per_cell;
+    let mut done = 0usize;
+    let mut n = 0u32;
+    for cell in raw_cells {
+        report.cells.push(cell.clone());
+        run_cell(&ctx, &cell, p.runs, &contenders, report, &a.out, &mut n, &mut done, total).await?;
+    }
+    if near {
+        env.cap_link(a.link_cap_mbit)?;
+        let (capped_samples, capped) = measure_link(env, a.copy_secs)?;
+        let dirty = (capped * a.near_fraction / 1e6).round() as u32;
+        eprintln!("bench: link capped at {} Mbit/s: {:.0} MB/s; near-link dirty rate {dirty} MB/s", a.link_cap_mbit, capped / 1e6);
+        report.links.cap_mbit = Some(a.link_cap_mbit);
+        report.links.capped_samples = capped_samples;
+        report.links.capped_bytes_per_s = Some(capped);
+        report.remarks.push(format!(
+            "Near-link workload: the raw lab link moves {:.0} MB/s on a plain TCP copy — more than the guest's \
+             dirtier can rewrite under TCG and more than any contender migrates on 2 CPUs (there the CPU, not the \
+             link, is the bottleneck). So the near-link cells run on a link capped at {} Mbit/s by tc tbf on both \
+             hosts' mgmt0 (every contender crosses the same cap), measured at {:.0} MB/s, and the guest dirties \
+             {:.0}% of that, {dirty} MB/s, over a {} MiB working set (larger than the 300 ms downtime limit can \
+             carry, so convergence takes many passes).",
+            raw / 1e6,
+            a.link_cap_mbit,
+            capped / 1e6,
+            a.near_fraction * 100.0,
+            a.near_wss
+        ));
+        let r = async {
+            for &m in &p.memory {
+                let cell = CellSpec {
+                    memory_mib: m,
+                    workload: Workload::NearLink,
+                    dirty_mb_s: dirty,
+                    wss_mib: a.near_wss,
+                    http_load: false,
+                    link_cap_mbit: Some(a.link_cap_mbit),
+                    link_bytes_per_s: capped,
+                };
+                report.cells.push(cell.clone());
+                run_cell(&ctx, &cell, p.runs, &contenders, report, &a.out, &mut n, &mut done, total).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        env.uncap_link()?;
+        r?;
+    }
+    if libvirt.is_some() {
+        report.remarks.push(
+            "libvirt runs QEMU with its own command line (same binary, machine type, CPU model, memory, kernel, \
+             initrd, kernel command line and virtio NIC; libvirt adds its defaults). Its libvirtds run one per host \
+             namespace, each in a private mount namespace with its own /etc, /run, /var/lib, /var/log and \
+             /var/cache/libvirt, without cgroups, security driver or virtlogd. Native migration names the target \
+             address with --migrateuri, since every namespace shares one host name."
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_cell(
+    ctx: &Ctx<'_>,
+    cell: &CellSpec,
+    runs: u32,
+    contenders: &[Contender],
+    report: &mut Report,
+    out: &Path,
+    n: &mut u32,
+    done: &mut usize,
+    total: usize,
+) -> Result<()> {
+    for run in 1..=runs {
+        let k = contenders.len();
+        for i in 0..k {
+            let c = contenders[(i + run as usize - 1) % k];
+            let foreign = ctx.env.foreign_qemus();
+            report.conditions.other_qemu_max = report.conditions.other_qemu_max.max(foreign.len());
+            if !foreign.is_empty() {
+                report.conditions.runs_with_other_qemu += 1;
+            }
+            *n += 1;
+            let r = crate::one_run::run_one(ctx, cell, c, run, *n).await;
+            *done += 1;
+            eprintln!("[{}/{}] {}", done, total, line(&r));
+            report.runs.push(r);
+            write_json(out, report)?;
+        }
+    }
+    Ok(())
+}
+
+fn line(r: &RunResult) -> String {
+    let o = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "–".into());
+    format!(
+        "{} run {} {}: {} total {} ms, downtime {} ms, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}",
+        r.cell,
+        r.run,
+        r.contender.id(),
+        if r.converged { "converged" } else { "NOT converged" },
+        o(r.total_ms),
+        o(r.downtime_ms),
+        o(r.outage.udp_longest_gap_ms),
+        o(r.outage.tcp_longest_stall_ms),
+        o(r.transferred_bytes.map(|b| b >> 20)),
+        r.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default(),
+        r.damage.as_ref().map(|d| format!(" — GUEST DAMAGED: {d}")).unwrap_or_default()
+    )
+}
