@@ -295,7 +295,7 @@ async fn keep_alive(store: Arc<dyn LeaseStore>, shared: Arc<Shared>, policy: Lea
 /// Waits until `key` does not exist (returns at once if it does not): the way to wait for
 /// a dead holder's lease to expire. Wrap it in a timeout to bound the wait. A watch that
 /// ends (the store was unreachable) is started again; errors of the store are returned.
-pub async fn wait_until_gone(store: &dyn StateStore, key: &str) -> Result<()> {
+pub async fn wait_until_gone<S: StateStore + ?Sized>(store: &S, key: &str) -> Result<()> {
     loop {
         // Watch first, then look: a deletion between the two is not missed.
         let mut w = store.watch(key).await?;

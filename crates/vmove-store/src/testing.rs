@@ -322,9 +322,24 @@ impl TestEtcd {
         drop(self.guard.take());
     }
 
-    /// Stops etcd (SIGSTOP): connections stay open, nothing answers.
+    /// Stops etcd (SIGSTOP) and waits until every thread of it has stopped (up to 5 s):
+    /// connections stay open, nothing answers.
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.stopped() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether every thread of etcd is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+    fn stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else { return false };
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "<tid> (<comm>) <state> ...": the state follows the last ')'.
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
     }
 
     /// Lets a frozen etcd go on (SIGCONT).

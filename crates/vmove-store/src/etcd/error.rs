@@ -36,12 +36,13 @@ fn tls_failed(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Whether a gRPC status means the server could not be reached or did not answer: no
-/// connection, no leader, a deadline, or a transport failure under a status.
+/// connection, no leader, a deadline, or a transport failure carried in a status. A status
+/// the server sent has no `source()`; one with a source was made on this side from a
+/// transport error (a connection reset or closed mid-call, whatever its code).
 fn status_unreachable(s: &tonic::Status) -> bool {
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => true,
-        Code::Unknown => any_cause(s, &|c| c.is::<tonic::transport::Error>() || c.is::<std::io::Error>()),
-        _ => false,
+        _ => std::error::Error::source(s).is_some(),
     }
 }
 
