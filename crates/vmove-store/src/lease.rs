@@ -29,7 +29,7 @@
 //! The file store has no leases: its volume leases stay files under `flock`, which are
 //! released when the holder's process dies (not when its host is cut off). The in-memory
 //! store has them ([`crate::MemStore`], with fault hooks), so the agent's use of leases can
-//! be unit-tested; [`crate::EtcdStore`] (feature `etcd`) has them on the server.
+//! be unit-tested; `EtcdStore` (feature `etcd`) has them on the server.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -175,6 +175,24 @@ fn free_ports() -> Result<(u16, u16)> {
     Ok((port(&a)?, port(&b)?))
 }
 
+/// The name of a test etcd's directory: this, the test process's pid, `-`, random.
+const DIR_PREFIX: &str = "vmove-test-etcd-";
+
+/// Removes the directories of test processes that died without cleaning up (killed, or
+/// aborted): tmpfs holds them in memory.
+fn remove_orphans(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A throwaway etcd process with TLS; see the [module docs](self).
 pub struct TestEtcd {
     endpoint: String,
@@ -210,11 +228,12 @@ impl TestEtcd {
 
     async fn start_once(pki: TestPki) -> Result<TestEtcd> {
         let shm = Path::new("/dev/shm");
-        let builder = tempfile::Builder::new().prefix("vmove-test-etcd-").tempdir_in(shm);
-        let dir = match builder {
+        remove_orphans(shm);
+        let prefix = format!("{DIR_PREFIX}{}-", std::process::id());
+        let dir = match tempfile::Builder::new().prefix(&prefix).tempdir_in(shm) {
             Ok(d) => d,
             Err(_) => tempfile::Builder::new()
-                .prefix("vmove-test-etcd-")
+                .prefix(&prefix)
                 .tempdir()
                 .map_err(|e| StoreError::io("create the test etcd's directory", e))?,
         };

@@ -45,6 +45,26 @@ async fn namespaces_are_separate() {
     assert!(matches!(bad, Err(StoreError::InvalidKey { .. })), "{bad:?}");
 }
 
+/// Lists and log reads longer than a page (128 keys) come back whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lists_are_paged() {
+    let etcd = etcd().await;
+    let s = store(&etcd).await;
+    let keys: Vec<String> = (0..300).map(|i| format!("many/k{i:03}")).collect();
+    futures::future::join_all(keys.iter().map(|k| s.put(k, k.as_bytes().to_vec(), Precondition::Absent)))
+        .await
+        .into_iter()
+        .for_each(|r| assert!(r.is_ok(), "{r:?}"));
+    let listed = s.list("many/").await.unwrap();
+    assert_eq!(listed.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), keys);
+    assert!(listed.iter().all(|e| e.value == e.key.as_bytes()));
+    assert_eq!(s.list("many/k2").await.unwrap().len(), 100);
+    futures::future::join_all((0..300u32).map(|i| s.append("many", i.to_le_bytes().to_vec()))).await;
+    let log = s.read_log("many", 10).await.unwrap();
+    assert_eq!(log.len(), 290);
+    assert!(log.iter().enumerate().all(|(i, (seq, _))| *seq == i as u64 + 10));
+}
+
 /// A client whose certificate another CA signed is refused (client certificate
 /// authentication), and so is one that does not trust the server's CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,7 @@ impl LeaseStore for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration)> {
         let mut lc = self.inner.lease.clone();
         let context = format!("grant a lease of {ttl:?}");
-        let resp = deadline(self.inner.timeout, context, lc.grant(ttl_secs(ttl), None), |c, e| map(c, e)).await?;
+        let resp = deadline(self.inner.timeout, context, lc.grant(ttl_secs(ttl), None), map).await?;
         Ok((LeaseId(resp.id()), secs(resp.ttl())))
     }
 

@@ -24,6 +24,8 @@ const MAX_CACHED: usize = 1024;
 const MAX_ATTEMPTS: usize = 1000;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
+/// Appends to one log waiting in a batch: each record and who to answer.
+type Group = Vec<(Vec<u8>, Reply<u64>)>;
 
 /// A request to the appender.
 pub(crate) enum Request {
@@ -78,7 +80,7 @@ impl Appender {
                     Err(_) => break,
                 }
             }
-            let mut groups: Vec<(String, Vec<(Vec<u8>, Reply<u64>)>)> = Vec::new();
+            let mut groups: Vec<(String, Group)> = Vec::new();
             for req in batch {
                 match req {
                     Request::Append { log, record, reply } => match groups.iter_mut().find(|(l, _)| *l == log) {
@@ -98,7 +100,7 @@ impl Appender {
     }
 
     /// Appends each log's group, the groups concurrently.
-    async fn commit(&mut self, groups: Vec<(String, Vec<(Vec<u8>, Reply<u64>)>)>) {
+    async fn commit(&mut self, groups: Vec<(String, Group)>) {
         if self.next.len() > MAX_CACHED {
             self.next.clear();
         }
@@ -123,7 +125,7 @@ impl Appender {
         let mut kv = self.kv.clone();
         let opts = DeleteOptions::new().with_prefix();
         let fut = kv.delete(prefix(&self.ns, log), Some(opts));
-        deadline(self.timeout, format!("delete log {log}"), fut, |c, e| map(c, e)).await.map(drop)
+        deadline(self.timeout, format!("delete log {log}"), fut, map).await.map(drop)
     }
 }
 
@@ -135,7 +137,7 @@ async fn append_group(
     ns: &str,
     timeout: Duration,
     log: &str,
-    group: Vec<(Vec<u8>, Reply<u64>)>,
+    group: Group,
     mut next: Option<u64>,
 ) -> Option<u64> {
     let mut rest = group.into_iter().peekable();
@@ -194,7 +196,7 @@ async fn append_chunk(
         let Some(seq) = n else {
             // Unknown end: ask with a transaction that always fails.
             let txn = Txn::new().when([Compare::version(pre.clone(), CompareOp::Less, 0)]).or_else([last()]);
-            let resp = deadline(timeout, format!("append to log {log}"), kv.txn(txn), |c, e| map(c, e)).await?;
+            let resp = deadline(timeout, format!("append to log {log}"), kv.txn(txn), map).await?;
             n = Some(end_of(&pre, log, &resp.op_responses())?);
             continue;
         };
@@ -205,7 +207,7 @@ async fn append_chunk(
         let puts: Vec<TxnOp> =
             chunk.iter().enumerate().map(|(i, (r, _))| TxnOp::put(record_key(ns, log, seq + i as u64), r.clone(), None)).collect();
         let txn = Txn::new().when(when).and_then(puts).or_else([last()]);
-        let resp = deadline(timeout, format!("append to log {log}"), kv.txn(txn), |c, e| map(c, e)).await?;
+        let resp = deadline(timeout, format!("append to log {log}"), kv.txn(txn), map).await?;
         if resp.succeeded() {
             return Ok(seq);
         }

@@ -180,7 +180,7 @@ impl EtcdStore {
         }
         let context = format!("connect to etcd at {}", opts.endpoints.join(","));
         let client =
-            deadline(opts.timeout, context.clone(), Client::connect(&opts.endpoints, Some(co)), |c, e| map(c, e)).await?;
+            deadline(opts.timeout, context.clone(), Client::connect(&opts.endpoints, Some(co)), map).await?;
         let kv = client.kv_client().max_decoding_message_size(MAX_DECODE);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(log::Appender::new(kv.clone(), opts.namespace.clone(), opts.timeout).run(rx));
@@ -221,7 +221,7 @@ impl EtcdStore {
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        deadline(self.inner.timeout, context, f(self.inner.kv.clone()), |c, e| map(c, e)).await
+        deadline(self.inner.timeout, context, f(self.inner.kv.clone()), map).await
     }
 
     /// Runs a transaction with the deadline (missing leases are [`StoreError::LeaseLost`]).
@@ -317,7 +317,7 @@ pub(crate) async fn read_range(
             opts = opts.with_revision(revision);
         }
         let mut client = kv.clone();
-        let mut resp = deadline(timeout, context.to_string(), client.get(from.clone(), Some(opts)), |c, e| map(c, e)).await?;
+        let mut resp = deadline(timeout, context.to_string(), client.get(from.clone(), Some(opts)), map).await?;
         if revision == 0 {
             revision = resp.header().map_or(0, |h| h.revision());
         }
@@ -387,10 +387,10 @@ impl StateStore for EtcdStore {
         let opts = WatchOptions::new().with_prefix().with_fragment();
         let mut wc = self.inner.watch.clone();
         let timeout = self.inner.timeout;
-        let mut stream = deadline(timeout, context.clone(), wc.watch(full, Some(opts)), |c, e| map(c, e)).await?;
+        let mut stream = deadline(timeout, context.clone(), wc.watch(full, Some(opts)), map).await?;
         // Changes after this call: wait until the server has created the watch.
         loop {
-            let msg = deadline(timeout, context.clone(), stream.message(), |c, e| map(c, e)).await?;
+            let msg = deadline(timeout, context.clone(), stream.message(), map).await?;
             match msg {
                 Some(resp) if resp.created() => break,
                 Some(_) => continue,
