@@ -105,6 +105,23 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A remote store could not be reached or did not answer in time (connection refused
+    /// or lost, no leader, a call's deadline passed). Like every failed write, the write may
+    /// or may not have happened.
+    #[error("{context}: the store is unreachable")]
+    Unreachable {
+        /// What the store was doing.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The lease is gone: it expired or was revoked, and the keys attached to it with it.
+    #[error("lease {lease:x} is gone (expired or revoked)")]
+    LeaseLost {
+        /// The lease.
+        lease: i64,
+    },
     /// The store is shut down (its writer thread is gone).
     #[error("the store is closed")]
     Closed,
@@ -126,5 +143,35 @@ impl StoreError {
     /// Whether this is a failed compare-and-swap (retry after re-reading).
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// Whether the store could not be reached or did not answer in time (retry later;
+    /// a write may or may not have happened).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. })
+    }
+
+    /// A copy of this error for another waiter of the same failed operation (the source
+    /// is kept as text, the variant and its fields as they are).
+    pub fn duplicate(&self) -> StoreError {
+        let text = |e: &dyn std::error::Error| -> Box<dyn std::error::Error + Send + Sync> { e.to_string().into() };
+        match self {
+            StoreError::InvalidKey { key, reason } => StoreError::InvalidKey { key: key.clone(), reason },
+            StoreError::Conflict { key, expected, actual } => {
+                StoreError::Conflict { key: key.clone(), expected: *expected, actual: *actual }
+            }
+            StoreError::TooLarge { key, size, limit } => StoreError::TooLarge { key: key.clone(), size: *size, limit: *limit },
+            StoreError::Io { context, source } => {
+                StoreError::io(context.clone(), std::io::Error::new(source.kind(), source.to_string()))
+            }
+            StoreError::Corrupt { key, reason } => StoreError::Corrupt { key: key.clone(), reason: reason.clone() },
+            StoreError::Unreachable { context, source } => {
+                StoreError::Unreachable { context: context.clone(), source: text(source.as_ref()) }
+            }
+            StoreError::LeaseLost { lease } => StoreError::LeaseLost { lease: *lease },
+            StoreError::Backend { context, source } => StoreError::Backend { context: context.clone(), source: text(source.as_ref()) },
+            StoreError::Closed => StoreError::Closed,
+            other => StoreError::Backend { context: other.to_string(), source: text(other) },
+        }
     }
 }

@@ -15,14 +15,21 @@
 //! assert!(store.put("b", b"2".to_vec(), Precondition::Any).await.is_err());
 //! # }
 //! ```
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+//!
+//! It has leases ([`LeaseStore`]) as etcd has them, on tokio's clock (so tests may pause
+//! time): a lease's keys are deleted, all at one revision, when it expires.
+//! [`MemStore::fail_lease_renewals`] and [`MemStore::expire_lease`] play a store that
+//! cannot be reached and a server that expires a lease.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use crate::key::{check_size, validate_key, validate_prefix};
 use crate::watch::WatchHub;
-use crate::{Entry, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
+use crate::{Entry, LeaseId, LeaseStore, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
 
 /// Which writes (`put`, `delete`, `append`, `delete_log`) fail.
 ///
@@ -44,6 +51,13 @@ pub enum FailPolicy {
     All,
 }
 
+#[derive(Debug)]
+struct MemLease {
+    ttl: Duration,
+    expires: Instant,
+    keys: BTreeSet<String>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     revision: u64,
@@ -51,6 +65,10 @@ struct State {
     logs: HashMap<String, Vec<Vec<u8>>>,
     fail: FailPolicy,
     writes: u64,
+    leases: HashMap<i64, MemLease>,
+    key_lease: HashMap<String, i64>,
+    last_lease: i64,
+    renewals_fail: bool,
 }
 
 impl State {
@@ -83,6 +101,34 @@ impl State {
     fn next_revision(&mut self) -> u64 {
         self.revision += 1;
         self.revision
+    }
+
+    /// Detaches a key from its lease, if it has one.
+    fn detach(&mut self, key: &str) {
+        if let Some(old) = self.key_lease.remove(key) {
+            if let Some(l) = self.leases.get_mut(&old) {
+                l.keys.remove(key);
+            }
+        }
+    }
+
+    /// Removes a lease and deletes its keys (at one revision, as etcd does); returns the
+    /// events to publish.
+    fn end_lease(&mut self, id: i64) -> Vec<WatchEvent> {
+        let Some(lease) = self.leases.remove(&id) else { return vec![] };
+        if lease.keys.is_empty() {
+            return vec![];
+        }
+        let revision = self.next_revision();
+        lease
+            .keys
+            .into_iter()
+            .map(|key| {
+                self.kv.remove(&key);
+                self.key_lease.remove(&key);
+                WatchEvent::Delete { key, revision }
+            })
+            .collect()
     }
 }
 
@@ -122,6 +168,118 @@ impl MemStore {
     pub fn revision(&self) -> u64 {
         self.state().revision
     }
+
+    /// While `fail` holds, lease renewals fail with [`StoreError::Unreachable`] (a holder
+    /// cut off from the store); leases still expire on time.
+    pub fn fail_lease_renewals(&self, fail: bool) {
+        self.state().renewals_fail = fail;
+    }
+
+    /// Expires a lease now, as the server does when its TTL runs out: its keys are
+    /// deleted. Returns whether it existed.
+    pub fn expire_lease(&self, lease: LeaseId) -> bool {
+        let mut s = self.state();
+        let existed = s.leases.contains_key(&lease.0);
+        for ev in s.end_lease(lease.0) {
+            self.inner.hub.publish(&ev);
+        }
+        existed
+    }
+
+    /// The leases that exist now.
+    pub fn leases(&self) -> Vec<LeaseId> {
+        let mut ids: Vec<LeaseId> = self.state().leases.keys().map(|id| LeaseId(*id)).collect();
+        ids.sort();
+        ids
+    }
+
+    fn write(&self, key: &str, value: Vec<u8>, cond: Precondition, lease: Option<i64>) -> Result<u64> {
+        validate_key(key)?;
+        check_size(key, value.len())?;
+        let mut s = self.state();
+        s.attempt(key)?;
+        cond.check(key, s.kv.get(key).map(|(_, r)| *r))?;
+        if let Some(id) = lease {
+            if !s.leases.contains_key(&id) {
+                return Err(StoreError::LeaseLost { lease: id });
+            }
+        }
+        let revision = s.next_revision();
+        s.kv.insert(key.into(), (value.clone(), revision));
+        s.detach(key);
+        if let Some(id) = lease {
+            s.key_lease.insert(key.into(), id);
+            if let Some(l) = s.leases.get_mut(&id) {
+                l.keys.insert(key.into());
+            }
+        }
+        // Published under the state lock: watches see changes in revision order.
+        self.inner.hub.publish(&WatchEvent::Put(Entry { key: key.into(), value, revision }));
+        Ok(revision)
+    }
+}
+
+/// Deletes a lease's keys when it expires (on tokio's clock).
+fn reap(inner: Weak<Inner>, id: i64) {
+    tokio::spawn(async move {
+        loop {
+            let Some(inner) = inner.upgrade() else { return };
+            let expires = {
+                let mut s = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(l) = s.leases.get(&id) else { return };
+                if Instant::now() < l.expires {
+                    l.expires
+                } else {
+                    tracing::debug!("lease {id:x} expired");
+                    for ev in s.end_lease(id) {
+                        inner.hub.publish(&ev);
+                    }
+                    return;
+                }
+            };
+            drop(inner);
+            tokio::time::sleep_until(expires).await;
+        }
+    });
+}
+
+#[async_trait]
+impl LeaseStore for MemStore {
+    async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration)> {
+        let id = {
+            let mut s = self.state();
+            s.last_lease += 1;
+            let id = s.last_lease;
+            s.leases.insert(id, MemLease { ttl, expires: Instant::now() + ttl, keys: BTreeSet::new() });
+            id
+        };
+        reap(Arc::downgrade(&self.inner), id);
+        Ok((LeaseId(id), ttl))
+    }
+
+    async fn renew_lease(&self, lease: LeaseId) -> Result<Duration> {
+        let mut s = self.state();
+        if s.renewals_fail {
+            let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "injected fault");
+            return Err(StoreError::Unreachable { context: format!("renew lease {lease}"), source: source.into() });
+        }
+        let l = s.leases.get_mut(&lease.0).ok_or(StoreError::LeaseLost { lease: lease.0 })?;
+        l.expires = Instant::now() + l.ttl;
+        Ok(l.ttl)
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.expire_lease(lease);
+        Ok(())
+    }
+
+    async fn lease_time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>> {
+        Ok(self.state().leases.get(&lease.0).map(|l| l.expires.saturating_duration_since(Instant::now())))
+    }
+
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, cond: Precondition, lease: LeaseId) -> Result<u64> {
+        self.write(key, value, cond, Some(lease.0))
+    }
 }
 
 #[async_trait]
@@ -132,16 +290,7 @@ impl StateStore for MemStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, cond: Precondition) -> Result<u64> {
-        validate_key(key)?;
-        check_size(key, value.len())?;
-        let mut s = self.state();
-        s.attempt(key)?;
-        cond.check(key, s.kv.get(key).map(|(_, r)| *r))?;
-        let revision = s.next_revision();
-        s.kv.insert(key.into(), (value.clone(), revision));
-        // Published under the state lock: watches see changes in revision order.
-        self.inner.hub.publish(&WatchEvent::Put(Entry { key: key.into(), value, revision }));
-        Ok(revision)
+        self.write(key, value, cond, None)
     }
 
     async fn delete(&self, key: &str, cond: Precondition) -> Result<bool> {
@@ -155,6 +304,7 @@ impl StateStore for MemStore {
         }
         let revision = s.next_revision();
         s.kv.remove(key);
+        s.detach(key);
         self.inner.hub.publish(&WatchEvent::Delete { key: key.into(), revision });
         Ok(true)
     }

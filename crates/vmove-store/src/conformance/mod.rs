@@ -3,7 +3,8 @@
 //! Test support code (feature `conformance`): the checks panic with the rule that failed.
 //! [`run_all`] takes a store that is empty under `ct/` (each check uses its own prefix
 //! below it); [`run_two_handles`] takes two handles on one store (two processes, two
-//! connections) and checks that compare-and-swap is atomic between them.
+//! connections) and checks that compare-and-swap is atomic between them. [`lease`] checks
+//! a [`LeaseStore`](crate::LeaseStore)'s leases.
 //!
 //! ```ignore
 //! #[tokio::test(flavor = "multi_thread")]
@@ -23,6 +24,8 @@ use crate::{
     get_record, list_records, put_record, Precondition, Record, Result, StateStore, StoreError, WatchEvent,
     MAX_VALUE_BYTES,
 };
+
+pub mod lease;
 
 const ANY: Precondition = Precondition::Any;
 

@@ -1,0 +1,119 @@
+//! etcd leases: grant, renew (over a keep-alive stream kept per lease), revoke, TTL, and
+//! puts attached to a lease.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+
+use super::{deadline, map, map_lease, EtcdStore};
+use crate::{LeaseId, LeaseStore, Precondition, Result, StoreError};
+
+/// The open keep-alive streams, by lease.
+pub(crate) type Keepers = HashMap<i64, (LeaseKeeper, LeaseKeepAliveStream)>;
+
+/// The TTL to ask for: whole seconds, rounded up, at least 1.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
+}
+
+impl EtcdStore {
+    /// A keep-alive stream of the lease: the open one, or a new one (opening renews once).
+    async fn keeper(&self, lease: LeaseId) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
+        let open = self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease.0);
+        if let Some(k) = open {
+            return Ok(k);
+        }
+        let mut lc = self.inner.lease.clone();
+        let context = format!("renew lease {lease}");
+        match tokio::time::timeout(self.inner.timeout, lc.keep_alive(lease.0)).await {
+            Ok(Ok(k)) => Ok(k),
+            // The client refuses a stream whose first answer has TTL 0 (the lease is
+            // gone); ask the server for the lease itself rather than read the message.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => match self.lease_time_to_live(lease).await? {
+                None => Err(StoreError::LeaseLost { lease: lease.0 }),
+                Some(_) => Err(StoreError::Backend { context, source: "the keep-alive stream failed".into() }),
+            },
+            Ok(Err(e)) => Err(map_lease(context, lease.0, e)),
+            Err(_) => Err(super::error::timed_out(context, self.inner.timeout)),
+        }
+    }
+
+    async fn renew(&self, lease: LeaseId) -> Result<Duration> {
+        let (mut keeper, mut stream) = self.keeper(lease).await?;
+        let context = format!("renew lease {lease}");
+        let exchange = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        let resp = deadline(self.inner.timeout, context.clone(), exchange, |c, e| map_lease(c, lease.0, e)).await?;
+        match resp {
+            // TTL 0: the server does not know the lease.
+            Some(r) if r.ttl() <= 0 => Err(StoreError::LeaseLost { lease: lease.0 }),
+            Some(r) => {
+                self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.0, (keeper, stream));
+                Ok(secs(r.ttl()))
+            }
+            None => Err(StoreError::Unreachable { context, source: "the keep-alive stream ended".into() }),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for EtcdStore {
+    async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration)> {
+        let mut lc = self.inner.lease.clone();
+        let context = format!("grant a lease of {ttl:?}");
+        let resp = deadline(self.inner.timeout, context, lc.grant(ttl_secs(ttl), None), map).await?;
+        Ok((LeaseId(resp.id()), secs(resp.ttl())))
+    }
+
+    async fn renew_lease(&self, lease: LeaseId) -> Result<Duration> {
+        // A stream that failed is dropped (not put back) and the next renewal opens another.
+        self.renew(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.inner.keepers.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease.0);
+        let mut lc = self.inner.lease.clone();
+        let context = format!("revoke lease {lease}");
+        match deadline(self.inner.timeout, context, lc.revoke(lease.0), |c, e| map_lease(c, lease.0, e)).await {
+            Ok(_) | Err(StoreError::LeaseLost { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lease_time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>> {
+        let mut lc = self.inner.lease.clone();
+        let context = format!("time to live of lease {lease}");
+        match deadline(self.inner.timeout, context, lc.time_to_live(lease.0, None), |c, e| map_lease(c, lease.0, e)).await {
+            // TTL -1: the server does not know the lease.
+            Ok(r) if r.ttl() < 0 => Ok(None),
+            Ok(r) => Ok(Some(secs(r.ttl()))),
+            Err(StoreError::LeaseLost { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, cond: Precondition, lease: LeaseId) -> Result<u64> {
+        self.write(key, value, cond, Some(lease.0)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(ttl_secs(Duration::from_secs(10)), 10);
+        assert_eq!(ttl_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(secs(-1), Duration::ZERO);
+    }
+}
