@@ -168,9 +168,21 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     }
     say(ctx, "guests");
     crate::cmd_guest::run(&sub, crate::args::GuestCmd::List { host: None }).await?;
-    let log = crate::cmd_guest::log_text(&sub, "vm1").await?;
-    if let Some(l) = log.lines().rev().find(|l| l.starts_with("VERIFY")) {
-        say(ctx, &format!("vm1's memory verifier on host2: {l}"));
+    // The verifier reports every few seconds; the target's console starts empty.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let verdict = loop {
+        let log = crate::cmd_guest::log_text(&sub, "vm1").await?;
+        if let Some(l) = log.lines().rev().find(|l| l.starts_with("VERIFY")) {
+            break l.to_string();
+        }
+        if Instant::now() > deadline {
+            bail!("vm1's memory verifier printed no verdict on host2 within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    say(ctx, &format!("vm1's memory verifier on host2: {verdict}"));
+    if verdict.starts_with("VERIFY FAIL") {
+        bail!("vm1's memory did not verify after the migration: {verdict}");
     }
     if rep.error.is_some() {
         bail!("the client's connection broke during the migration");
