@@ -152,9 +152,9 @@ impl Api {
                 ok(r?)
             }
             Request::PeerMigrateFinish { name } => {
-                crate::migrate_src::migrate_finish(agent, &name).await?;
+                let side = crate::migrate_src::migrate_finish(agent, &name).await?;
                 agent.unclaim(&name).await?;
-                ok(json!({ "finished": name }))
+                ok(side)
             }
         }
     }

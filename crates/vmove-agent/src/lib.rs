@@ -14,6 +14,7 @@
 pub mod claims;
 pub mod dispatch;
 pub mod error;
+pub mod frames;
 pub mod guests;
 pub mod hooks;
 pub mod host;

@@ -36,8 +36,8 @@ impl StepWork for MemoryMigration {
             });
         }
         take_definition(agent, cx.spec).await?;
-        let (q, last) = migrate(cx).await?;
-        switched_over(cx, &q, last).await
+        let m = migrate(cx).await?;
+        switched_over(cx, m).await
     }
 
     async fn undo(&self, cx: &StepCx<'_>) -> Result<String> {
@@ -75,13 +75,25 @@ async fn abort_incoming(cx: &StepCx<'_>) -> Result<String> {
     Ok(format!("incoming guest removed from {}", agent.name()))
 }
 
+/// A migration that completed: the target's QEMU, the source's last figures, and what
+/// times the switchover on this side.
+struct Completed {
+    q: Qmp,
+    last: MigrationInfo,
+    watches: Vec<vmove_host::frames::FrameWatch>,
+    times: std::sync::Arc<std::sync::Mutex<crate::frames::EventTimes>>,
+}
+
 /// Starts the incoming QEMU and the migration, and follows it until it completes.
-async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
+async fn migrate(cx: &StepCx<'_>) -> Result<Completed> {
     let (agent, name) = (cx.agent(), cx.guest().to_string());
     let mut p = cx.spec.params.clone();
     p.pause_before_switchover = crate::hooks::pause_at_switchover(agent, cx.spec);
     agent.start_incoming(&name).await?;
     let (q, _) = agent.qmp_of(&name)?;
+    // Time the switchover on this side: the target's events and the guest's first frames.
+    let times = crate::frames::time_events(&q);
+    let watches = crate::frames::watch_taps(&cx.spec.guest);
     crate::migrate_src::setup_qemu(&q, agent, &name, &p, "server", None).await?;
     let Some((ip, _)) = agent.cfg.listen.rsplit_once(':') else { fail!(Internal, "bad listen address {}", agent.cfg.listen) };
     // Port 0: QEMU binds a free port itself; read it back (no bind-and-release race).
@@ -122,7 +134,7 @@ async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
                 misses = 0;
                 let pr = progress(&info);
                 match pr.status.as_str() {
-                    "completed" => return Ok((q.clone(), final_figures(cx, info).await)),
+                    "completed" => return Ok(Completed { q: q.clone(), last: final_figures(cx, info).await, watches, times }),
                     "pre-switchover" => {
                         cx.cell.emit(&agent.state, EventKind::Info { message: "paused at switchover (test hook)".into() }).await?;
                         if !cx.cell.wait_resumed().await {
@@ -144,7 +156,7 @@ async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
                 misses = misses.saturating_add(1);
                 if q.query_status().await.is_ok_and(|s| s.running) {
                     tracing::warn!("source unreachable ({e}) but the target runs: switchover happened");
-                    return Ok((q.clone(), MigrationInfo::default()));
+                    return Ok(Completed { q: q.clone(), last: MigrationInfo::default(), watches, times });
                 }
                 if misses == 1 {
                     cx.cell.emit(&agent.state, EventKind::Info { message: format!("source not answering: {e}") }).await?;
@@ -177,9 +189,13 @@ async fn bound_port(q: &Qmp) -> Result<u16> {
     port.filter(|p| *p != 0).ok_or_else(|| AgentError::new(ErrorCode::Qemu, "the incoming QEMU did not report the port it listens on"))
 }
 
+/// How long to wait after the switchover for the guest's first frame on the target.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(1);
+
 /// After the switchover: the target runs the guest; announce, end the source, announce again.
 /// From here on the guest lives on the target: what fails now is a note, not a failure.
-async fn switched_over(cx: &StepCx<'_>, q: &Qmp, last: MigrationInfo) -> Result<String> {
+async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
+    let Completed { q, last, mut watches, times } = m;
     let (agent, name) = (cx.agent(), cx.guest().to_string());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !q.query_status().await.map(|s| s.running).unwrap_or(false) {
@@ -194,21 +210,45 @@ async fn switched_over(cx: &StepCx<'_>, q: &Qmp, last: MigrationInfo) -> Result<
         notes.push(format!("announce-self failed: {e}"));
     }
     let pr = progress(&last);
+    let src = match cx.peer.call(&Request::PeerMigrateFinish { name: name.clone() }, Duration::from_secs(30)).await {
+        Ok(v) => serde_json::from_value::<crate::migrate_src::SourceSide>(v).unwrap_or_default(),
+        Err(e) => {
+            let message = format!("the source did not confirm the end of its QEMU ({e}); its agent fences it at restart");
+            cx.cell.emit(&agent.state, EventKind::Info { message }).await?;
+            crate::migrate_src::SourceSide::default()
+        }
+    };
+    // Announce once more now that the source QEMU and its tap are gone: a late frame
+    // flushed from the paused source could otherwise have taught the switches the old port.
+    if let Err(e) = q.announce_self(&AnnounceParameters::default()).await {
+        notes.push(format!("second announce-self failed: {e}"));
+    }
+    let t = *times.lock().unwrap_or_else(|p| p.into_inner());
+    let resumed = t.resumed_us.unwrap_or_else(vmove_host::frames::now_us);
+    let until = Instant::now() + FIRST_FRAME_WAIT;
+    while crate::frames::first_after(&watches, resumed).is_none() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in &mut watches {
+        w.stop();
+    }
+    let outage = vmove_api::Outage {
+        src_last_frame_us: src.src_last_frame_us,
+        src_stopped_us: src.src_stopped_us,
+        dst_loaded_us: t.completed_us,
+        dst_resumed_us: t.resumed_us,
+        dst_rarp_us: crate::frames::first_rarp_after(&watches, resumed),
+        dst_first_frame_us: crate::frames::first_after(&watches, resumed),
+        qemu_downtime_ms: last.downtime,
+    };
+    cx.cell.emit(&agent.state, EventKind::Info { message: format!("outage: {}", outage.line()) }).await?;
     {
         let mut s = cx.summary.lock().unwrap_or_else(|p| p.into_inner());
         s.migration_ms = last.total_time;
         s.downtime_ms = last.downtime;
         s.transferred_bytes = Some(pr.transferred_bytes);
         s.passes = Some(pr.pass);
-    }
-    if let Err(e) = cx.peer.call(&Request::PeerMigrateFinish { name: name.clone() }, Duration::from_secs(30)).await {
-        let message = format!("the source did not confirm the end of its QEMU ({e}); its agent fences it at restart");
-        cx.cell.emit(&agent.state, EventKind::Info { message }).await?;
-    }
-    // Announce once more now that the source QEMU and its tap are gone: a late frame
-    // flushed from the paused source could otherwise have taught the switches the old port.
-    if let Err(e) = q.announce_self(&AnnounceParameters::default()).await {
-        notes.push(format!("second announce-self failed: {e}"));
+        s.outage = Some(outage);
     }
     let mut note = format!(
         "switched over to {} in {} ms, downtime {} ms, {} MiB sent in {} passes; announced",

@@ -85,6 +85,10 @@ pub async fn migrate_out(agent: &Arc<Agent>, name: &str, uri: &str, tls_hostname
         fail!(WrongState, "guest {name} is {st:?} on {}, not running", agent.cfg.name);
     }
     setup_qemu(&q, agent, name, p, "client", tls_hostname).await?;
+    // Time the switchover: the guest's frames on its taps and the source's STOP.
+    if let Some(spec) = agent.spec(name) {
+        agent.keep_outgoing(name, crate::frames::watch_taps(&spec), crate::frames::time_events(&q));
+    }
     // Follow QEMU's MIGRATION and MIGRATION_PASS events for the target's queries.
     let mut events = q.subscribe();
     let seen = agent.migration_events(name);
@@ -139,6 +143,7 @@ pub async fn migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> 
         return Ok(MigrationInfo::default());
     };
     let _ = q.migrate_cancel().await;
+    agent.take_outgoing(name);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let info = q.query_migrate().await?;
@@ -159,10 +164,23 @@ pub async fn migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> 
     }
 }
 
-/// src: after the switchover, ends the paused source QEMU and forgets the guest.
-pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<()> {
+/// What the source saw of the switchover: when its vCPUs stopped and the guest's last
+/// frame before that (unix µs).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SourceSide {
+    /// QEMU `STOP` on the source.
+    #[serde(default)]
+    pub src_stopped_us: Option<u64>,
+    /// The guest's last frame on the source's taps before that.
+    #[serde(default)]
+    pub src_last_frame_us: Option<u64>,
+}
+
+/// src: after the switchover, ends the paused source QEMU and forgets the guest. Returns
+/// what the source saw of the switchover.
+pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<SourceSide> {
     if agent.spec(name).is_none() {
-        return Ok(());
+        return Ok(SourceSide::default());
     }
     if let Ok((q, _)) = agent.qmp_of(name) {
         let info = q.query_migrate().await?;
@@ -170,6 +188,16 @@ pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<()> {
             fail!(WrongState, "the migration of {name} has not completed on {}; refusing to end the source", agent.cfg.name);
         }
     }
+    let mut side = SourceSide::default();
+    if let Some((mut watches, times)) = agent.take_outgoing(name) {
+        let stopped = times.lock().unwrap_or_else(|p| p.into_inner()).stopped_us;
+        for w in &mut watches {
+            w.stop();
+        }
+        side.src_stopped_us = stopped;
+        side.src_last_frame_us = crate::frames::last_before(&watches, stopped.unwrap_or_else(vmove_host::frames::now_us));
+    }
     agent.stop(name, true, Duration::from_secs(15)).await?;
-    agent.forget(name).await
+    agent.forget(name).await?;
+    Ok(side)
 }

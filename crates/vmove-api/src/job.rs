@@ -153,6 +153,9 @@ pub struct Summary {
     /// Memory passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passes: Option<u64>,
+    /// The outage in parts (live moves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<crate::Outage>,
 }
 
 /// Something that happened in a job.

@@ -72,6 +72,7 @@ pub struct Agent {
     events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
     peers: Mutex<HashMap<String, AgentClient>>,
     journal_seq: AtomicU64,
+    pub(crate) outgoing_watch: Mutex<HashMap<String, crate::frames::Outgoing>>,
 }
 
 impl Agent {
@@ -104,6 +105,7 @@ impl Agent {
             events: Mutex::default(),
             peers: Mutex::default(),
             journal_seq: AtomicU64::new(journal_seq + 1),
+            outgoing_watch: Mutex::default(),
         })
     }
 
