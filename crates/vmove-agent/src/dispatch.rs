@@ -79,7 +79,10 @@ impl Api {
             Request::GuestList => ok(agent.list()),
             Request::GuestShow { name } => ok(agent.show(&name)?),
             Request::GuestLog { name, max_bytes } => ok(GuestLog { text: agent.log(&name, max_bytes)? }),
-            Request::GuestDirtyRate { name, calc_s } => ok(agent.dirty_rate(&name, calc_s).await?),
+            Request::GuestDirtyRate { name, calc_s, calc_ms } => {
+                let period = calc_ms.map_or(Duration::from_secs(calc_s), Duration::from_millis);
+                ok(agent.dirty_rate(&name, period).await?)
+            }
             Request::JobSubmit { spec } => ok(jobs.submit(spec).await?),
             Request::JobShow { id } => ok(jobs.get(&id)?.snapshot()),
             Request::JobList => ok(jobs.list()),
@@ -98,6 +101,13 @@ impl Api {
                     claim(jobs, &name, &by).await?;
                 }
                 ok(st)
+            }
+            Request::LinkMeasure { source, max_age_s } => {
+                let peer = jobs.peer_for(&source)?;
+                ok(crate::links::measure(agent, peer.as_ref(), &source, Duration::from_secs(max_age_s)).await?)
+            }
+            Request::PeerLinkSend { addr, duration_ms } => {
+                ok(crate::links::send(agent, None, &addr, Duration::from_millis(duration_ms)).await?)
             }
             Request::PeerRelease { name, claim: by } => {
                 if agent.claimed_by(&name).await?.as_deref() == Some(by.as_str()) {

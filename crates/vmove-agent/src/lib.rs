@@ -21,6 +21,7 @@ pub mod host;
 pub mod inventory;
 pub mod jobs;
 pub mod leases;
+pub mod links;
 pub mod migrate_dst;
 pub mod migrate_src;
 pub mod peer;

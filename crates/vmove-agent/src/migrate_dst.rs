@@ -13,8 +13,8 @@ use crate::error::{fail, AgentError, Result, ResultExt};
 use crate::peer::{call, PEER_TIMEOUT};
 use crate::steps::{take_definition, StepCx, StepWork};
 
-/// How often the target asks the source for progress at most.
-const POLL: Duration = Duration::from_millis(500);
+/// How often the target asks the source for progress (over the kept-alive connection).
+const POLL: Duration = Duration::from_millis(250);
 
 /// LIVE MIGRATE_GUEST.
 pub struct MemoryMigration;
@@ -148,6 +148,8 @@ async fn migrate(cx: &StepCx<'_>) -> Result<Completed> {
                         pr.status,
                         info.error_desc.clone().unwrap_or_else(|| "no reason given".into())
                     ),
+                    // QEMU reports figures from its first pass on: no empty progress lines.
+                    _ if pr.total_bytes == 0 => {}
                     _ => cx.cell.emit(&agent.state, EventKind::Progress(pr)).await?,
                 }
             }
@@ -189,13 +191,14 @@ async fn bound_port(q: &Qmp) -> Result<u16> {
     port.filter(|p| *p != 0).ok_or_else(|| AgentError::new(ErrorCode::Qemu, "the incoming QEMU did not report the port it listens on"))
 }
 
-/// How long to wait after the switchover for the guest's first frame on the target.
-const FIRST_FRAME_WAIT: Duration = Duration::from_secs(1);
+/// How long the breakdown waits after the switchover for the guest's first frame on the
+/// target.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(3);
 
 /// After the switchover: the target runs the guest; announce, end the source, announce again.
 /// From here on the guest lives on the target: what fails now is a note, not a failure.
 async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
-    let Completed { q, last, mut watches, times } = m;
+    let Completed { q, last, watches, times } = m;
     let (agent, name) = (cx.agent(), cx.guest().to_string());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !q.query_status().await.map(|s| s.running).unwrap_or(false) {
@@ -223,33 +226,25 @@ async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
     if let Err(e) = q.announce_self(&AnnounceParameters::default()).await {
         notes.push(format!("second announce-self failed: {e}"));
     }
-    let t = *times.lock().unwrap_or_else(|p| p.into_inner());
-    let resumed = t.resumed_us.unwrap_or_else(vmove_host::frames::now_us);
-    let until = Instant::now() + FIRST_FRAME_WAIT;
-    while crate::frames::first_after(&watches, resumed).is_none() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for w in &mut watches {
-        w.stop();
-    }
-    let outage = vmove_api::Outage {
-        src_last_frame_us: src.src_last_frame_us,
-        src_stopped_us: src.src_stopped_us,
-        dst_loaded_us: t.completed_us,
-        dst_resumed_us: t.resumed_us,
-        dst_rarp_us: crate::frames::first_rarp_after(&watches, resumed),
-        dst_first_frame_us: crate::frames::first_after(&watches, resumed),
-        qemu_downtime_ms: last.downtime,
-    };
-    cx.cell.emit(&agent.state, EventKind::Info { message: format!("outage: {}", outage.line()) }).await?;
     {
         let mut s = cx.summary.lock().unwrap_or_else(|p| p.into_inner());
         s.migration_ms = last.total_time;
         s.downtime_ms = last.downtime;
         s.transferred_bytes = Some(pr.transferred_bytes);
         s.passes = Some(pr.pass);
-        s.outage = Some(outage);
     }
+    // The guest's first frame on the target may take a moment (a cold start under TCG): the
+    // breakdown is completed in the background, off the job's critical path.
+    let (cell, state) = (cx.cell.clone(), agent.state.clone());
+    let downtime = last.downtime;
+    tokio::spawn(async move {
+        let outage = outage_after(watches, times, src, downtime).await;
+        cell.lock().outage = Some(outage.clone());
+        let message = format!("outage: {}", outage.line());
+        if let Err(e) = cell.save(&state).await.and(cell.emit(&state, EventKind::Info { message }).await) {
+            tracing::warn!("cannot record the outage breakdown: {e}");
+        }
+    });
     let mut note = format!(
         "switched over to {} in {} ms, downtime {} ms, {} MiB sent in {} passes; announced",
         agent.name(),
@@ -263,6 +258,34 @@ async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
         note.push_str(&n);
     }
     Ok(note)
+}
+
+/// Waits (at most [`FIRST_FRAME_WAIT`] after the target resumed) for the guest's first
+/// frame on the target, then puts the breakdown together.
+async fn outage_after(
+    mut watches: Vec<vmove_host::frames::FrameWatch>,
+    times: std::sync::Arc<std::sync::Mutex<crate::frames::EventTimes>>,
+    src: crate::migrate_src::SourceSide,
+    qemu_downtime_ms: Option<u64>,
+) -> vmove_api::Outage {
+    let t = *times.lock().unwrap_or_else(|p| p.into_inner());
+    let resumed = t.resumed_us.unwrap_or_else(vmove_host::frames::now_us);
+    let until = Instant::now() + FIRST_FRAME_WAIT;
+    while crate::frames::first_after(&watches, resumed).is_none() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for w in &mut watches {
+        w.stop();
+    }
+    vmove_api::Outage {
+        src_last_frame_us: src.src_last_frame_us,
+        src_stopped_us: src.src_stopped_us,
+        dst_loaded_us: t.completed_us,
+        dst_resumed_us: t.resumed_us,
+        dst_rarp_us: crate::frames::first_rarp_after(&watches, resumed),
+        dst_first_frame_us: crate::frames::first_after(&watches, resumed),
+        qemu_downtime_ms,
+    }
 }
 
 fn progress(info: &MigrationInfo) -> Progress {

@@ -153,9 +153,6 @@ pub struct Summary {
     /// Memory passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passes: Option<u64>,
-    /// The outage in parts (live moves).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outage: Option<crate::Outage>,
 }
 
 /// Something that happened in a job.
@@ -247,6 +244,11 @@ pub struct JobRecord {
     /// Where the guest is defined after this job, once that is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_host: Option<String>,
+    /// A live move's outage in parts. Completed in the background just after the
+    /// switchover (it waits briefly for the guest's first frame on the target), so it may
+    /// appear a moment after the job ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<crate::Outage>,
 }
 
 /// Sequence number of heartbeat events (sent on idle streams, never stored).

@@ -26,6 +26,12 @@ pub mod limits {
     pub const MULTIFD_CHANNELS: RangeInclusive<u64> = 0..=64;
     /// Dirty rate measurement period, seconds: QEMU's `calc-dirty-rate` range.
     pub const CALC_S: RangeInclusive<u64> = 1..=60;
+    /// How old a reused link measurement may be, seconds.
+    pub const LINK_MAX_AGE_S: RangeInclusive<u64> = 0..=86_400;
+    /// How long a link probe streams, ms.
+    pub const LINK_PROBE_MS: RangeInclusive<u64> = 50..=10_000;
+    /// Dirty-rate measurement period in milliseconds.
+    pub const CALC_MS: RangeInclusive<u64> = 100..=60_000;
     /// Console log tail, bytes: up to 16 MiB (it travels in one reply line).
     pub const LOG_MAX_BYTES: RangeInclusive<u64> = 1..=16 << 20;
     /// First job event to stream: far above any job's event count (a day of 1 s progress
@@ -226,8 +232,24 @@ impl Request {
                 c.name("name", name)?;
                 c.range("timeout_s", *timeout_s, limits::STOP_TIMEOUT_S)
             }
-            Request::GuestDirtyRate { name, calc_s } => {
+            Request::LinkMeasure { source, max_age_s } => {
+                c.name("source.name", &source.name)?;
+                if !socket_addr(&source.address) {
+                    return Err(c.bad("source.address", &source.address, "IP:PORT"));
+                }
+                c.range("max_age_s", *max_age_s, limits::LINK_MAX_AGE_S)
+            }
+            Request::PeerLinkSend { addr, duration_ms } => {
+                if !socket_addr(addr) {
+                    return Err(c.bad("addr", addr, "IP:PORT"));
+                }
+                c.range("duration_ms", *duration_ms, limits::LINK_PROBE_MS)
+            }
+            Request::GuestDirtyRate { name, calc_s, calc_ms } => {
                 c.name("name", name)?;
+                if let Some(ms) = calc_ms {
+                    c.range("calc_ms", *ms, limits::CALC_MS)?;
+                }
                 c.range("calc_s", *calc_s, limits::CALC_S)
             }
             Request::GuestLog { name, max_bytes } => {

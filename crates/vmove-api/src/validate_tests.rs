@@ -106,7 +106,9 @@ fn stop_timeouts() {
 
 #[test]
 fn dirty_rate_period() {
-    check("guest_dirty_rate", "calc_s", limits::CALC_S, u64::MAX, |v| Request::GuestDirtyRate { name: "vm1".into(), calc_s: v });
+    check("guest_dirty_rate", "calc_s", limits::CALC_S, u64::MAX, |v| Request::GuestDirtyRate { name: "vm1".into(), calc_s: v, calc_ms: None });
+    check("guest_dirty_rate", "calc_ms", limits::CALC_MS, u64::MAX, |v| Request::GuestDirtyRate { name: "vm1".into(), calc_s: 1, calc_ms: Some(v) });
+    check("peer_link_send", "duration_ms", limits::LINK_PROBE_MS, u64::MAX, |v| Request::PeerLinkSend { addr: "198.51.100.3:4000".into(), duration_ms: v });
 }
 
 #[test]

@@ -61,6 +61,10 @@ pub enum Request {
         /// Measurement period, seconds.
         #[serde(default = "default_calc_s")]
         calc_s: u64,
+        /// Measurement period in milliseconds instead (QEMUs that cannot measure in
+        /// milliseconds measure whole seconds, rounded up).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calc_ms: Option<u64>,
     },
     /// Start a migration job on this (the target) host.
     JobSubmit {
@@ -105,6 +109,22 @@ pub enum Request {
         /// The migration claiming the guest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         claim: Option<String>,
+    },
+    /// Measure the migration link from `source` to this (the target) host, or return a
+    /// measurement younger than `max_age_s`.
+    LinkMeasure {
+        /// The source host.
+        source: crate::PeerHost,
+        /// Reuse a measurement at most this old, seconds (0: measure now).
+        #[serde(default)]
+        max_age_s: u64,
+    },
+    /// Peer: stream data to the target's link probe at `addr` for `duration_ms`.
+    PeerLinkSend {
+        /// The target's probe listener, `IP:PORT`.
+        addr: String,
+        /// How long to stream, ms.
+        duration_ms: u64,
     },
     /// Peer: the migration `claim` is over (rolled back): the source releases the guest.
     PeerRelease {
@@ -217,6 +237,7 @@ impl Request {
                     | Request::JobList
                     | Request::PeerGuest { .. }
                     | Request::PeerRelease { .. }
+                    | Request::PeerLinkSend { .. }
                     | Request::PeerStopGuest { .. }
                     | Request::PeerDetachInterfaces { .. }
                     | Request::PeerDetachVolumes { .. }
@@ -254,6 +275,8 @@ impl Request {
             Request::JobResume { .. } => "job_resume",
             Request::PeerGuest { .. } => "peer_guest",
             Request::PeerRelease { .. } => "peer_release",
+            Request::LinkMeasure { .. } => "link_measure",
+            Request::PeerLinkSend { .. } => "peer_link_send",
             Request::PeerStopGuest { .. } => "peer_stop_guest",
             Request::PeerDetachInterfaces { .. } => "peer_detach_interfaces",
             Request::PeerDetachVolumes { .. } => "peer_detach_volumes",
@@ -394,6 +417,23 @@ pub struct Health {
     /// Requests it answered since it started.
     #[serde(default)]
     pub requests_served: u64,
+}
+
+/// `link_measure` result: the migration link from a source to a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// Source host.
+    pub source: String,
+    /// Target host.
+    pub target: String,
+    /// Throughput over mutual TLS, bytes/s.
+    pub bytes_per_s: u64,
+    /// When it was measured, unix ms.
+    pub measured_ms: u64,
+    /// Its age, seconds.
+    pub age_s: u64,
+    /// Taken from an earlier measurement.
+    pub cached: bool,
 }
 
 /// `guest_log` result.

@@ -63,13 +63,8 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
                 if let Some(e) = &rec.error {
                     println!("error: {e}");
                 }
-                if let Some(summary) = rec.events.iter().rev().find_map(|e| match &e.kind {
-                    vmove_api::EventKind::JobEnded { summary, .. } => Some(summary),
-                    _ => None,
-                }) {
-                    if let Some(o) = &summary.outage {
-                        println!("outage: {}", o.line());
-                    }
+                if let Some(o) = &rec.outage {
+                    println!("outage: {}", o.line());
                 }
             }
             Ok(())

@@ -117,19 +117,35 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
             busy.push(Busy { guest: None, host: Some(j.source.clone()), what: format!("job {} migrates {} away", j.id, j.guest) });
         }
     }
-    let dirty = if req.mode == Mode::Live && si.is_ok() {
-        match &src_c {
-            Some(c) => c
-                .clone()
-                .with_timeout(Duration::from_secs(15))
-                .call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1 })
-                .await
-                .ok(),
-            None => None,
-        }
+    // LIVE: the guest's dirty rate (QEMU, 300 ms) and the migration link (the target times
+    // a stream from the source over mutual TLS; a measurement up to 10 minutes old is
+    // reused), both at once.
+    let (dirty, link) = if req.mode == Mode::Live && si.is_ok() && di.is_ok() {
+        let dirty = async {
+            let c = src_c.clone()?.with_timeout(Duration::from_secs(15));
+            c.call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1, calc_ms: Some(300) }).await.ok()
+        };
+        let link = async {
+            let c = dst_c.clone()?.with_timeout(Duration::from_secs(30));
+            let h = cluster.host(&req.source)?;
+            let source = vmove_api::PeerHost { name: h.name.clone(), address: h.address.clone() };
+            c.call::<vmove_api::LinkInfo>(&Request::LinkMeasure { source, max_age_s: 600 }).await.ok()
+        };
+        tokio::join!(dirty, link)
     } else {
-        None
+        (None, None)
     };
+    if let Some(l) = &link {
+        if !ctx.json {
+            println!(
+                "link {} -> {}: {:.0} MB/s over TLS ({})",
+                l.source,
+                l.target,
+                l.bytes_per_s as f64 / 1048576.0,
+                if l.cached { format!("measured {} s ago", l.age_s) } else { "measured now".to_string() }
+            );
+        }
+    }
     fn reach(r: &Result<vmove_api::HostInfo>) -> Reach<'_> {
         match r {
             Ok(i) => Reach::Answered(i),
@@ -143,7 +159,7 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
         target: reach(&di),
         busy: &busy,
         dirty_rate_bytes_per_s: dirty,
-        link_bytes_per_s: cluster.policy.migration_link_bytes_per_s,
+        link_bytes_per_s: link.map(|l| l.bytes_per_s).or(cluster.policy.migration_link_bytes_per_s),
     };
     Ok(vmove_plan::run(&input))
 }

@@ -136,6 +136,13 @@ impl Qmp {
             .await
     }
 
+    /// `calc-dirty-rate` over milliseconds (`calc-time-unit`, QEMU 8.2 and later; older
+    /// QEMUs refuse the member).
+    pub async fn calc_dirty_rate_ms(&self, calc_time_ms: u64) -> Result<(), QmpError> {
+        self.run_unit("calc-dirty-rate", Some(json!({ "calc-time": calc_time_ms, "calc-time-unit": "millisecond" })))
+            .await
+    }
+
     /// `query-dirty-rate`.
     pub async fn query_dirty_rate(&self) -> Result<DirtyRateInfo, QmpError> {
         self.execute_as("query-dirty-rate", None).await

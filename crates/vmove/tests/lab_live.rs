@@ -20,9 +20,11 @@ fn live_migration_keeps_the_client_connection_and_memory() {
     // Every live move records its outage in parts: here the client's echoes make the guest
     // send frames on both sides, so the blackout is seen on the wire.
     let id = out.split("Action ID : ").nth(1).and_then(|r| r.split_whitespace().next()).expect("job id").to_string();
-    let job = lab.json(&["job", "show", &id]);
-    let summary = job["events"].as_array().unwrap().iter().rev().find(|e| e["event"] == "job_ended").expect("job_ended")["summary"].clone();
-    let o = &summary["outage"];
+    let o = wait_for("the outage breakdown", Duration::from_secs(10), || {
+        let job = lab.json(&["job", "show", &id]);
+        (!job["outage"].is_null()).then(|| job["outage"].clone())
+    });
+    let o = &o;
     for part in ["src_last_frame_us", "src_stopped_us", "dst_loaded_us", "dst_resumed_us", "dst_first_frame_us"] {
         assert!(o[part].as_u64().is_some(), "{part} missing in {o}");
     }
