@@ -80,7 +80,7 @@ async fn abort_incoming(cx: &StepCx<'_>) -> Result<String> {
 struct Completed {
     q: Qmp,
     last: MigrationInfo,
-    watches: Vec<vmove_host::frames::FrameWatch>,
+    watches: Vec<crate::frames::TapWatch>,
     times: std::sync::Arc<std::sync::Mutex<crate::frames::EventTimes>>,
 }
 
@@ -221,6 +221,8 @@ async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
             crate::migrate_src::SourceSide::default()
         }
     };
+    // Frames for the guest that reached the source during the blackout: hand them over.
+    let carried = crate::frames::deliver(&cx.spec.guest, &src.carried);
     // Announce once more now that the source QEMU and its tap are gone: a late frame
     // flushed from the paused source could otherwise have taught the switches the old port.
     if let Err(e) = q.announce_self(&AnnounceParameters::default()).await {
@@ -238,7 +240,8 @@ async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
     let (cell, state) = (cx.cell.clone(), agent.state.clone());
     let downtime = last.downtime;
     tokio::spawn(async move {
-        let outage = outage_after(watches, times, src, downtime).await;
+        let mut outage = outage_after(watches, times, src, downtime).await;
+        outage.carried_frames = u32::try_from(carried).unwrap_or(u32::MAX);
         cell.lock().outage = Some(outage.clone());
         let message = format!("outage: {}", outage.line());
         if let Err(e) = cell.save(&state).await.and(cell.emit(&state, EventKind::Info { message }).await) {
@@ -263,7 +266,7 @@ async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<String> {
 /// Waits (at most [`FIRST_FRAME_WAIT`] after the target resumed) for the guest's first
 /// frame on the target, then puts the breakdown together.
 async fn outage_after(
-    mut watches: Vec<vmove_host::frames::FrameWatch>,
+    mut watches: Vec<crate::frames::TapWatch>,
     times: std::sync::Arc<std::sync::Mutex<crate::frames::EventTimes>>,
     src: crate::migrate_src::SourceSide,
     qemu_downtime_ms: Option<u64>,
@@ -285,6 +288,7 @@ async fn outage_after(
         dst_rarp_us: crate::frames::first_rarp_after(&watches, resumed),
         dst_first_frame_us: crate::frames::first_after(&watches, resumed),
         qemu_downtime_ms,
+        carried_frames: 0,
     }
 }
 

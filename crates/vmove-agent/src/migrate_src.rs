@@ -174,6 +174,10 @@ pub struct SourceSide {
     /// The guest's last frame on the source's taps before that.
     #[serde(default)]
     pub src_last_frame_us: Option<u64>,
+    /// Frames for the guest that reached the source after its vCPUs stopped: the target
+    /// hands them to the guest, so they are not lost with the source's tap.
+    #[serde(default)]
+    pub carried: Vec<crate::frames::Carried>,
 }
 
 /// src: after the switchover, ends the paused source QEMU and forgets the guest. Returns
@@ -188,16 +192,21 @@ pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<SourceSide
             fail!(WrongState, "the migration of {name} has not completed on {}; refusing to end the source", agent.cfg.name);
         }
     }
+    let outgoing = agent.take_outgoing(name);
+    // End the QEMU first: frames for the guest keep arriving (and are kept) until then.
+    agent.stop(name, true, Duration::from_secs(15)).await?;
     let mut side = SourceSide::default();
-    if let Some((mut watches, times)) = agent.take_outgoing(name) {
+    if let Some((mut watches, times)) = outgoing {
         let stopped = times.lock().unwrap_or_else(|p| p.into_inner()).stopped_us;
         for w in &mut watches {
             w.stop();
         }
         side.src_stopped_us = stopped;
         side.src_last_frame_us = crate::frames::last_before(&watches, stopped.unwrap_or_else(vmove_host::frames::now_us));
+        if let Some(t) = stopped {
+            side.carried = crate::frames::carry(&watches, t);
+        }
     }
-    agent.stop(name, true, Duration::from_secs(15)).await?;
     agent.forget(name).await?;
     Ok(side)
 }
