@@ -148,6 +148,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
             timeout: None,
             max_downtime: None,
             bandwidth: None,
+            converge: None,
             insecure_transport: false,
             multifd: 2,
             ignore_check: vec![],

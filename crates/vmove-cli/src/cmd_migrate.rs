@@ -168,6 +168,10 @@ fn params(c: &Cluster, a: &MigrateArgs) -> Result<MigrationParams> {
         insecure_transport: a.insecure_transport,
         multifd_channels: a.multifd,
         allow_postcopy: c.policy.allow_postcopy,
+        converge: match a.converge.as_deref() {
+            Some(v) => v.parse().map_err(|e| anyhow!("--converge: {e}"))?,
+            None => c.policy.converge,
+        },
         ..MigrationParams::default()
     };
     if p.timeout_s == 0 {

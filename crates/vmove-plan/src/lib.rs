@@ -10,9 +10,12 @@
 //!   [`replan_one`]), reusing the prechecks against projected inventories.
 //! - [`mod@schedule`]: order, concurrency limits and predicted duration of the moves
 //!   ([`schedule()`], [`startable`], [`DrainPlan`]).
+//! - [`converge`]: live migrations that do not converge on their own — the setup of both
+//!   QEMUs, the [`Ladder`] that escalates while a migration is stuck, and [`predict`].
 #![warn(missing_docs)]
 
 pub mod checks;
+pub mod converge;
 mod mode;
 mod params;
 pub mod placement;
@@ -24,7 +27,9 @@ pub use checks::{
     any_failed, run, run_one, worst, Busy, CheckId, CheckInput, Finding, MigrationRequest, Reach,
     Verdict,
 };
+pub use converge::{predict, Ladder};
 pub use mode::{Mode, ModeParseError};
+pub use vmove_model::{Converge, ConvergeParseError};
 pub use params::MigrationParams;
 pub use step::{can_run_step, Step, StepError, StepParseError, StepReadiness};
 pub use version::{compare_versions, parse_version};

@@ -1,6 +1,7 @@
 //! The parameters of a migration: one typed set, units in the names, shared by the
 //! prechecks (in [`crate::MigrationRequest`]), the job the target agent runs, and both QEMUs.
 use serde::{Deserialize, Serialize};
+use vmove_model::Converge;
 
 /// Parameters of a migration: one typed set, units in the names. Applied to both QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,9 +19,20 @@ pub struct MigrationParams {
     /// multifd channels; 0 = a single stream.
     #[serde(default)]
     pub multifd_channels: u8,
-    /// Whether the migration may switch to post-copy.
+    /// Whether the migration may switch to post-copy (the cluster policy's
+    /// `allow_postcopy`).
     #[serde(default)]
     pub allow_postcopy: bool,
+    /// How a migration that does not converge on its own is helped along
+    /// ([`crate::converge`]). A request without it (an older sender) means `none`:
+    /// a fixed downtime limit, as before convergence policies existed.
+    #[serde(default)]
+    pub converge: Converge,
+    /// First downtime limit of the ladder, milliseconds. `None`: derived from the
+    /// measured link and dirty rate ([`crate::converge::initial_downtime_ms`]).
+    /// Never above `max_downtime_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_downtime_ms: Option<u64>,
     /// How long a graceful (ACPI) stop may take, seconds.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_s: u64,
@@ -42,6 +54,8 @@ impl Default for MigrationParams {
             insecure_transport: false,
             multifd_channels: 2,
             allow_postcopy: false,
+            converge: Converge::None,
+            initial_downtime_ms: None,
             stop_timeout_s: default_stop_timeout(),
             pause_before_switchover: false,
         }

@@ -369,6 +369,7 @@ fn migrate_args(m: &Migrate) -> MigrateArgs {
         timeout: None,
         max_downtime: None,
         bandwidth: None,
+        converge: None,
         insecure_transport: false,
         multifd: 2,
         ignore_check: Vec::new(),
