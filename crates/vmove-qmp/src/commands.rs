@@ -74,16 +74,28 @@ impl Qmp {
     /// `migrate-recover` (target side, only in `postcopy-paused`): listen on
     /// `uri` for the source's [`Qmp::migrate_resume`]. A second call replaces
     /// the listener, so the source must resume to the latest `uri`.
+    /// Out-of-band when the connection negotiated it ([`Qmp::connect_oob`]):
+    /// then the new listener runs in QEMU's monitor thread, so recovery works
+    /// even when a vCPU holding QEMU's big lock waits for a missing page.
     pub async fn migrate_recover(&self, uri: &str) -> Result<(), QmpError> {
-        self.run_unit("migrate-recover", Some(json!({ "uri": uri })))
+        self.run_maybe_oob("migrate-recover", Some(json!({ "uri": uri })))
             .await
     }
 
     /// `migrate-pause` (either side, only in `postcopy-active` or
     /// `postcopy-recover`): shuts the migration channels down; both QEMUs go to
     /// `postcopy-paused` and the guest keeps running on the target.
+    /// Out-of-band when the connection negotiated it.
     pub async fn migrate_pause(&self) -> Result<(), QmpError> {
-        self.run_unit("migrate-pause", None).await
+        self.run_maybe_oob("migrate-pause", None).await
+    }
+
+    async fn run_maybe_oob(&self, cmd: &str, args: Option<Value>) -> Result<(), QmpError> {
+        if self.is_oob() {
+            self.execute_oob(cmd, args).await.map(drop)
+        } else {
+            self.run_unit(cmd, args).await
+        }
     }
 
     /// `migrate-incoming` on a QEMU started with `-incoming defer`.

@@ -72,6 +72,60 @@ async fn postcopy_recovery_commands() {
 }
 
 #[tokio::test]
+async fn out_of_band_recovery_when_negotiated() {
+    let fake = FakeQmp::start().await.unwrap();
+    let qmp = within("connect", Qmp::connect_oob(fake.path(), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(qmp.is_oob());
+    qmp.migrate_recover("tcp:10.0.0.2:4446").await.unwrap();
+    qmp.migrate_pause().await.unwrap();
+    // Everything else stays in-band.
+    qmp.migrate_resume("tcp:10.0.0.2:4446").await.unwrap();
+    let cmds: Vec<(String, bool, Option<Value>)> = fake
+        .commands()
+        .into_iter()
+        .map(|c| (c.name, c.oob, c.arguments))
+        .collect();
+    assert_eq!(
+        cmds,
+        vec![
+            ("qmp_capabilities".to_string(), false, Some(json!({"enable": ["oob"]}))),
+            ("migrate-recover".to_string(), true, Some(json!({"uri": "tcp:10.0.0.2:4446"}))),
+            ("migrate-pause".to_string(), true, None),
+            ("migrate".to_string(), false, Some(json!({"uri": "tcp:10.0.0.2:4446", "resume": true}))),
+        ]
+    );
+    // The raw message uses QEMU's key.
+    assert_eq!(fake.commands()[1].raw["exec-oob"], "migrate-recover");
+
+    // Not negotiated: execute_oob refuses without sending; the wrappers stay in-band.
+    let plain = FakeQmp::start().await.unwrap();
+    let q = connect(&plain).await;
+    assert!(!q.is_oob());
+    let err = q.execute_oob("migrate-pause", None).await.unwrap_err();
+    assert!(matches!(err, crate::QmpError::Protocol(_)), "{err:?}");
+    q.migrate_pause().await.unwrap();
+    assert_eq!(
+        plain.commands().iter().map(|c| (c.name.as_str(), c.oob)).collect::<Vec<_>>(),
+        [("qmp_capabilities", false), ("migrate-pause", false)]
+    );
+    assert_eq!(plain.commands()[0].arguments, None);
+
+    // A QEMU that does not offer oob: connect_oob falls back to in-band.
+    let old = FakeQmp::builder()
+        .greeting(json!({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}}))
+        .start()
+        .await
+        .unwrap();
+    let q = within("connect", Qmp::connect_oob(old.path(), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(!q.is_oob());
+    assert_eq!(old.commands()[0].arguments, None);
+}
+
+#[tokio::test]
 async fn throttle_and_dirty_limit_parameters_use_qemu_names() {
     let fake = FakeQmp::start().await.unwrap();
     let qmp = connect(&fake).await;

@@ -124,6 +124,14 @@ async fn real_qemu_convergence_primitives() {
         .unwrap_err();
     assert!(err.to_string().contains("max_cpu_throttle"), "{err}");
 
+    // Out-of-band on a second connection: QEMU offers it, accepts it, and answers
+    // exec-oob (here with its refusal, as nothing is paused).
+    let sock = dir.path().join("qmp.sock");
+    drop(qmp);
+    let qmp = Qmp::connect_retry_oob(&sock, Duration::from_secs(20)).await.unwrap();
+    assert!(qmp.is_oob(), "{:?}", qmp.greeting());
+    let err = qmp.migrate_recover("tcp:127.0.0.1:1").await.unwrap_err();
+    assert!(err.to_string().contains("postcopy is paused"), "{err}");
     // Post-copy commands outside post-copy: refused with a reason, never fatal.
     for (what, r) in [
         ("migrate-pause", qmp.migrate_pause().await),
