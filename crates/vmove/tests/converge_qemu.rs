@@ -274,8 +274,13 @@ async fn downtime_limit_at_runtime() -> Result<()> {
     Ok(())
 }
 
+/// A configuration of `stream_options`: name, extra capabilities, TLS, multifd channels.
+type StreamConfig = (&'static str, &'static [(&'static str, bool)], bool, u64);
+/// Total ms, downtime ms and rate (Mbit/s) of one migration.
+type Figures = (u64, u64, f64);
+
 /// One quick migration (unlimited bandwidth) with these capabilities and streams.
-async fn once(caps: &[(&str, bool)], tls: bool, multifd: u64) -> Result<(u64, u64, f64)> {
+async fn once(caps: &[(&str, bool)], tls: bool, multifd: u64) -> Result<Figures> {
     let p = Pair::boot(Guest { dirty_mb_s: 20, wss_mib: 64, memory_mib: 512 }).await?;
     p.caps(&[&[("events", true), ("multifd", multifd > 0)], caps].concat()).await?;
     if tls {
@@ -298,7 +303,7 @@ async fn once(caps: &[(&str, bool)], tls: bool, multifd: u64) -> Result<(u64, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "real QEMU, minutes: cargo test -p vmove --test converge_qemu -- --ignored --nocapture"]
 async fn stream_options() -> Result<()> {
-    let configs: [(&str, &[(&str, bool)], bool, u64); 6] = [
+    let configs: [StreamConfig; 6] = [
         ("plain", &[], false, 0),
         ("return-path", &[("return-path", true)], false, 0),
         ("rp+switchover-ack", &[("return-path", true), ("switchover-ack", true)], false, 0),
@@ -306,7 +311,7 @@ async fn stream_options() -> Result<()> {
         ("tls multifd 2", &[], true, 2),
         ("tls postcopy+preempt", &[("postcopy-ram", true), ("postcopy-preempt", true)], true, 0),
     ];
-    let mut results: Vec<(&str, Vec<(u64, u64, f64)>, String)> = configs.iter().map(|c| (c.0, Vec::new(), String::new())).collect();
+    let mut results: Vec<(&str, Vec<Figures>, String)> = configs.iter().map(|c| (c.0, Vec::new(), String::new())).collect();
     for _run in 0..3 {
         for (k, (_, caps, tls, multifd)) in configs.iter().enumerate() {
             let r = once(caps, *tls, *multifd).await?;

@@ -502,6 +502,11 @@ impl Ladder {
             ));
             return Some(Action::Exhausted { why });
         }
+        if self.rungs[self.at + 1] == Rung::Postcopy && s.rate_bytes_per_s == 0 {
+            // A link that moves nothing now could break during the switch, when QEMU 10
+            // can neither finish nor go back: wait for it to move.
+            return None;
+        }
         self.at += 1;
         self.window = None;
         let first_throttle = !matches!(self.rungs.get(self.at - 1), Some(Rung::AutoConverge { .. } | Rung::DirtyLimit { .. }));

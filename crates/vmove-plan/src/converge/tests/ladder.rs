@@ -130,6 +130,25 @@ fn auto_climbs_downtime_then_throttle_then_postcopy() {
 }
 
 #[test]
+fn post_copy_waits_for_a_moving_link() {
+    let mut l = Ladder::new(&params(Converge::Postcopy, true), &qemu10(), &start_unknown());
+    let mut log = Vec::new();
+    // 50 → 100 → 200 → 300 ms by 19 s; stuck again at 25 s, but nothing moves.
+    for sec in 2..=30 {
+        let mut s = pre(sec * 1000, sec, 200 * MB);
+        if sec >= 24 {
+            // No transfer: the dirty set comes from `remaining`.
+            s.rate_bytes_per_s = 0;
+            s.remaining_bytes = 200 * MB;
+        }
+        feed(&mut l, &s, &mut log);
+    }
+    assert_eq!(names(&log).last().map(|x| x.1.clone()), Some("downtime 300".to_string()));
+    feed(&mut l, &pre(31_000, 31, 200 * MB), &mut log);
+    assert_eq!(names(&log).last().cloned(), Some((31_000, "postcopy".to_string())));
+}
+
+#[test]
 fn recovery_backoff_is_capped() {
     let mut l = Ladder::new(&params(Converge::Postcopy, true), &qemu10(), &start_unknown());
     let mut log = Vec::new();
