@@ -106,6 +106,7 @@ pub(crate) fn qemu_features(version: &str, caps: &[&str]) -> QemuFeatures {
         package: String::new(),
         migration_capabilities: caps.iter().map(|c| c.to_string()).collect(),
         migration_parameters: vec![("tls-creds".into(), String::new())],
+            postcopy_with_multifd: false,
     }
 }
 
