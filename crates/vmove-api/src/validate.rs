@@ -22,6 +22,8 @@ pub mod limits {
     /// Bandwidth cap, bytes/s: up to 1 TiB/s, what the agent sends for "unlimited"
     /// (QEMU refuses values above SIZE_MAX / 1000).
     pub const BANDWIDTH_BYTES_PER_S: RangeInclusive<u64> = 1..=1 << 40;
+    /// A measured rate (dirty rate, link): an idle guest dirties nothing.
+    pub const MEASURED_BYTES_PER_S: RangeInclusive<u64> = 0..=1 << 40;
     /// multifd channels (0 = a single stream); each is a connection and a thread per side.
     pub const MULTIFD_CHANNELS: RangeInclusive<u64> = 0..=64;
     /// Dirty rate measurement period, seconds: QEMU's `calc-dirty-rate` range.
@@ -234,7 +236,7 @@ impl Check {
     fn job(&self, at: &str, j: &JobSpec) -> Result<(), InvalidRequest> {
         for (f, v) in [("dirty_rate_bytes_per_s", j.dirty_rate_bytes_per_s), ("link_bytes_per_s", j.link_bytes_per_s)] {
             if let Some(v) = v {
-                self.range(format!("{at}.{f}"), v, limits::BANDWIDTH_BYTES_PER_S)?;
+                self.range(format!("{at}.{f}"), v, limits::MEASURED_BYTES_PER_S)?;
             }
         }
         self.guest(&format!("{at}.guest"), &j.guest)?;

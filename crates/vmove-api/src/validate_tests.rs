@@ -162,6 +162,9 @@ fn job_numbers_are_checked_inside_the_job() {
     check(op, "spec.guest.console_port", limits::CONSOLE_PORT, U16, |v| submit(|j| j.guest.console_port = Some(v as u16)));
     check(op, "spec.params.timeout_s", limits::MIGRATION_TIMEOUT_S, u64::MAX, |v| submit(|j| j.params.timeout_s = v));
     check(op, "spec.params.max_downtime_ms", limits::MAX_DOWNTIME_MS, u64::MAX, |v| submit(|j| j.params.max_downtime_ms = v));
+    // An idle guest dirties nothing: a measured rate of 0 is a measurement.
+    check(op, "spec.dirty_rate_bytes_per_s", limits::MEASURED_BYTES_PER_S, u64::MAX, |v| submit(|j| j.dirty_rate_bytes_per_s = Some(v)));
+    check(op, "spec.link_bytes_per_s", limits::MEASURED_BYTES_PER_S, u64::MAX, |v| submit(|j| j.link_bytes_per_s = Some(v)));
     check(op, "spec.params.bandwidth_bytes_per_s", limits::BANDWIDTH_BYTES_PER_S, u64::MAX, |v| {
         submit(|j| j.params.bandwidth_bytes_per_s = Some(v))
     });

@@ -84,7 +84,7 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()
         if let (Some(l), false) = (&m.link_line, ctx.json) {
             if cmd.precheck_only {
                 println!("{l}");
-            } else {
+            } else if !failed {
                 eprintln!("{l}");
             }
         }

@@ -157,7 +157,11 @@ fn the_migration_stream_is_encrypted_unless_insecure_transport() {
     lab.ok(&["migrate", "vm1", "--to", "host1", "--insecure-transport"]);
     cap.stop();
     let bytes = std::fs::read(&clear).unwrap();
-    assert!(contains(&bytes, marker), "with --insecure-transport the marker is visible, so the first check can fail");
+    assert!(
+        contains(&bytes, marker),
+        "with --insecure-transport the marker is visible, so the first check can fail ({} bytes captured)",
+        bytes.len()
+    );
     std::fs::remove_file(&clear).unwrap();
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
 }
