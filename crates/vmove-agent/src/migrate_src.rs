@@ -213,6 +213,19 @@ pub async fn migrate_start_postcopy(agent: &Agent, name: &str) -> Result<()> {
 /// src: resumes a paused post-copy migration to the target's new listener.
 pub async fn migrate_resume(agent: &Agent, name: &str, uri: &str) -> Result<()> {
     let (q, _) = agent.qmp_of(name)?;
+    // The target paused a hung post-copy; this side may still wait on the dead connection
+    // (a link that went down sends no reset): pause it too, so that it can resume.
+    let status = || async { q.query_migrate().await.map(|i| i.status.map(|s| s.as_str().to_string()).unwrap_or_default()) };
+    if status().await.ctx("query-migrate")? == "postcopy-active" {
+        q.migrate_pause().await.ctx("migrate-pause")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status().await.ctx("query-migrate")? != "postcopy-paused" {
+            if Instant::now() > deadline {
+                fail!(Qemu, "the source did not pause its post-copy");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     q.migrate_resume(uri).await.ctx("migrate resume")
 }
 

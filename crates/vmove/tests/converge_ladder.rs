@@ -82,6 +82,7 @@ async fn act(p: &Pair, a: &Action, link: Option<&Link>) -> Result<()> {
         Action::SetDowntimeLimit { ms, .. } => src.migrate_set_parameters(&MigrateSetParameters { downtime_limit_ms: Some(*ms), ..Default::default() }).await?,
         Action::UnparkThrottle { params, .. } | Action::RaiseThrottle { params, .. } => src.migrate_set_parameters(&throttle(params)).await?,
         Action::StartPostcopy { .. } => src.migrate_start_postcopy().await?,
+        Action::PausePostcopy { .. } => p.dst.qmp.migrate_pause().await?,
         Action::RecoverPostcopy { .. } => {
             let Some(link) = link else { bail!("post-copy paused without a broken link") };
             // The target listens anew; the source resumes to it (through the link).

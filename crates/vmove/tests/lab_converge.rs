@@ -1,8 +1,8 @@
 //! Convergence: a guest that dirties memory twice as fast as the (capped) migration link
 //! moves with `--converge throttle` and with `--converge postcopy`, its memory verifies
 //! after, one QEMU on the target; with `--converge none` it times out and keeps running on
-//! the source; post-copy with the link cut mid-way pauses, recovers when the link is back,
-//! and the guest verifies.
+//! the source; post-copy with the link cut mid-way is paused by the target when its bytes
+//! stop, recovers when the link is back, and the guest verifies.
 mod common;
 
 use std::process::Command;
@@ -107,11 +107,21 @@ fn postcopy_survives_a_cut_link() {
         assert_eq!(j["status"], "running", "{}", j["error"]);
         escalations(&lab, &id).iter().any(|a| a.starts_with("switching to post-copy")).then_some(())
     });
-    // Cut the migration link for a few seconds in the middle of post-copy.
+    // The target is in post-copy: the guest runs there, its pages still come from host1.
+    wait_for("the guest to run on the target", Duration::from_secs(60), || {
+        let j = lab.json(&["job", "show", &id]);
+        j["events"].as_array().unwrap().iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("post-copy: the guest runs on host2"))).then_some(())
+    });
+    // Cut the migration link in the middle of post-copy: nothing errors (a link that goes
+    // down sends no reset), bytes stop; the target pauses the hung post-copy.
     let ns = lab.host_ns("host1");
     assert!(in_ns(&ns, &["ip", "link", "set", "mgmt0", "down"]));
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for("the hung post-copy paused", Duration::from_secs(60), || {
+        escalations(&lab, &id).iter().any(|a| a.starts_with("pausing post-copy")).then_some(())
+    });
+    // The link comes back: the target listens again, the source resumes to it.
     assert!(in_ns(&ns, &["ip", "link", "set", "mgmt0", "up"]));
+    cap_link(&lab, "host1");
     let o = lab.vmove(&["job", "watch", &id]);
     assert!(o.status.success(), "job {id}: {}", String::from_utf8_lossy(&o.stderr));
     let j = lab.json(&["job", "show", &id]);

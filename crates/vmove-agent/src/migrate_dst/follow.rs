@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vmove_api::{ErrorCode, EventKind, Request};
 use vmove_plan::converge::{Action, Phase, Sample};
-use vmove_qmp::{MigrationInfo, Qmp};
+use vmove_qmp::{MigrationInfo, MigrationStatus, Qmp};
 
 use super::setup::Prepared;
 use super::switchover::{final_figures, progress, Completed};
@@ -16,6 +16,13 @@ use crate::steps::StepCx;
 
 /// How often the target asks the source for progress.
 const POLL: Duration = Duration::from_millis(250);
+
+/// In post-copy the source must answer fast: a hung link is detected by the ladder from
+/// bytes that stop moving, not by waiting out [`PEER_TIMEOUT`].
+const POSTCOPY_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The target's own `query-migrate` in post-copy (its main loop may wait on a page).
+const TARGET_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Beyond the ladder's own cancel at the timeout, a pre-copy migration is given up this much
 /// later whatever happens (the source does not answer, say).
@@ -43,6 +50,14 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
     let mut dst_events = p.q.subscribe();
     let mut postcopy = false;
     let mut told_cancel = false;
+    // The source's last answer (post-copy figures when it does not answer).
+    let mut last_source = MigrationInfo::default();
+    // The URI the target listens on after `migrate-recover`, until post-copy runs again.
+    let mut listening: Option<String> = None;
+    // The target's post-copy was paused by this agent and has not run since.
+    let mut paused_here = false;
+    // The target reported post-copy: the guest runs here.
+    let mut runs_here = false;
     loop {
         if cx.cell.cancelled() {
             if !postcopy {
@@ -63,9 +78,24 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
             }
             fail!(Qemu, "the target QEMU exited during the migration");
         }
-        let info = match call::<MigrationInfo>(cx.peer, &Request::PeerMigrateQuery { name: name.clone() }, PEER_TIMEOUT).await {
+        if postcopy && !runs_here {
+            // The target's own view: once it is in post-copy, the guest runs here.
+            if let Ok(Ok(t)) = tokio::time::timeout(TARGET_QUERY_TIMEOUT, p.q.query_migrate()).await {
+                if t.status == Some(MigrationStatus::PostcopyActive) {
+                    runs_here = true;
+                    let message = format!(
+                        "post-copy: the guest runs on {} now; the rest of its memory follows from {} as it is touched",
+                        agent.cfg.name, cx.spec.source.name
+                    );
+                    cx.cell.emit(&agent.state, EventKind::Info { message }).await?;
+                }
+            }
+        }
+        let query_timeout = if postcopy { POSTCOPY_QUERY_TIMEOUT } else { PEER_TIMEOUT };
+        let info = match call::<MigrationInfo>(cx.peer, &Request::PeerMigrateQuery { name: name.clone() }, query_timeout).await {
             Ok(info) => {
                 misses = 0;
+                last_source = info.clone();
                 Some(info)
             }
             Err(e) if e.code == ErrorCode::StateWrite => return Err(e),
@@ -78,9 +108,26 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
                     tracing::warn!("source unreachable ({e}) but the target runs: switchover happened");
                     return Ok(completed(p, MigrationInfo::default()));
                 }
-                // In post-copy the target's own view drives the recovery.
+                // In post-copy the target's own status drives the ladder, with the source's
+                // last figures: bytes that do not move are a hung link. A target whose main
+                // loop waits on a missing page does not answer either: then the status is
+                // what the agent last did (paused it) or saw.
                 if postcopy {
-                    p.q.query_migrate().await.ok()
+                    let own = match tokio::time::timeout(TARGET_QUERY_TIMEOUT, p.q.query_migrate()).await {
+                        Ok(Ok(t)) => t.status,
+                        Ok(Err(e)) => {
+                            tracing::debug!("target query-migrate in post-copy: {e}");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!("target query-migrate in post-copy: no answer within {TARGET_QUERY_TIMEOUT:?}");
+                            None
+                        }
+                    };
+                    // Post-copy was asked and accepted: the source's last answer may predate it.
+                    let assumed = if paused_here { MigrationStatus::PostcopyPaused } else { MigrationStatus::PostcopyActive };
+                    let status = own.filter(|s| s.as_str().starts_with("postcopy") || s.as_str() == "completed").or(Some(assumed));
+                    Some(MigrationInfo { status, ..last_source.clone() })
                 } else {
                     None
                 }
@@ -107,14 +154,18 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
                     }
                     fail!(Qemu, "the source reports the migration {status}: {why}");
                 }
-                _ => {
+                other => {
+                    if other == "postcopy-active" && misses == 0 {
+                        listening = None;
+                        paused_here = false;
+                    }
                     let at_ms = u64::try_from(p.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     let actions = p.ladder.observe(&sample(&info, at_ms));
                     for a in actions {
                         let rung = p.ladder.rung().to_string();
                         let figures = a.why().figures.clone();
                         cx.cell.emit(&agent.state, EventKind::Escalation { action: a.describe(), rung, figures }).await?;
-                        if act(cx, &p, &a).await? {
+                        if act(cx, &mut p, &a, &mut listening, &mut paused_here).await? {
                             postcopy = true;
                         }
                     }
@@ -149,7 +200,7 @@ fn completed(p: Prepared, last: MigrationInfo) -> Completed {
 }
 
 /// Does what the ladder decided. Returns whether post-copy started.
-async fn act(cx: &StepCx<'_>, p: &Prepared, a: &Action) -> Result<bool> {
+async fn act(cx: &StepCx<'_>, p: &mut Prepared, a: &Action, listening: &mut Option<String>, paused_here: &mut bool) -> Result<bool> {
     let name = cx.guest().to_string();
     let tune = |downtime_limit_ms, throttle| Request::PeerMigrateTune { name: name.clone(), downtime_limit_ms, throttle };
     match a {
@@ -163,8 +214,18 @@ async fn act(cx: &StepCx<'_>, p: &Prepared, a: &Action) -> Result<bool> {
             cx.peer.call(&Request::PeerMigrateStartPostcopy { name }, PEER_TIMEOUT).await.ctx("switch to post-copy")?;
             return Ok(true);
         }
+        Action::PausePostcopy { .. } => {
+            match p.q.migrate_pause().await {
+                Ok(()) => *paused_here = true,
+                Err(e) => {
+                    let message = format!("pausing post-copy failed: {e}; asked again if the bytes still do not move");
+                    cx.cell.emit(&cx.agent().state, EventKind::Info { message }).await?;
+                    p.ladder.pause_failed();
+                }
+            }
+        }
         Action::RecoverPostcopy { attempt, .. } => {
-            if let Err(e) = recover(cx, &p.q).await {
+            if let Err(e) = recover(cx, &p.q, listening).await {
                 let message = format!("post-copy recovery attempt {attempt} failed: {e}; the next one follows");
                 cx.cell.emit(&cx.agent().state, EventKind::Info { message }).await?;
             }
@@ -182,30 +243,39 @@ async fn act(cx: &StepCx<'_>, p: &Prepared, a: &Action) -> Result<bool> {
     Ok(false)
 }
 
-/// Post-copy paused (the link broke): the target listens again (`migrate-recover`, out of
-/// band where negotiated: a target blocked on a missing page still answers it) and the
-/// source resumes to it.
-async fn recover(cx: &StepCx<'_>, q: &Qmp) -> Result<()> {
+/// Post-copy paused (the link broke, or the target paused a hung one): the target listens
+/// again (`migrate-recover`, out of band; once, the URI is kept for the next attempts) and
+/// the source resumes to it (pausing its own side first if it still waits on the dead
+/// connection).
+async fn recover(cx: &StepCx<'_>, q: &Qmp, listening: &mut Option<String>) -> Result<()> {
     let agent = cx.agent();
+    let name = cx.guest().to_string();
     let Some((ip, _)) = agent.cfg.listen.rsplit_once(':') else { fail!(Internal, "bad listen address {}", agent.cfg.listen) };
-    // The target may not have noticed the broken link yet (it waits on a dead connection):
-    // pause it, so that it listens again.
-    let status = |i: MigrationInfo| i.status.map(|s| s.as_str().to_string()).unwrap_or_default();
-    if q.query_migrate().await.map(status).is_ok_and(|s| s == "postcopy-active") {
-        q.migrate_pause().await.ctx("migrate-pause")?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !q.query_migrate().await.map(status).is_ok_and(|s| s == "postcopy-paused") {
-            if std::time::Instant::now() > deadline {
-                fail!(Qemu, "the target did not pause its post-copy");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let uri = match listening.clone() {
+        Some(uri) => uri,
+        None => {
+            // The port QEMU binds is read from its sockets: its main loop may be blocked on
+            // a missing page, and `query-migrate` is not out of band.
+            let pid = agent.pid_of(&name)?;
+            let before = vmove_host::proc::listening(pid).ctx("the target QEMU's sockets")?;
+            q.migrate_recover(&format!("tcp:{ip}:0")).await.ctx("migrate-recover")?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let addr = loop {
+                let now = vmove_host::proc::listening(pid).ctx("the target QEMU's sockets")?;
+                if let Some(a) = now.into_iter().find(|a| !before.contains(a) && a.ip().to_string() == ip) {
+                    break a;
+                }
+                if std::time::Instant::now() > deadline {
+                    fail!(Qemu, "the target QEMU did not listen for the post-copy recovery");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let uri = format!("tcp:{ip}:{}", addr.port());
+            *listening = Some(uri.clone());
+            uri
         }
-    }
-    q.migrate_recover(&format!("tcp:{ip}:0")).await.ctx("migrate-recover")?;
-    let port = super::switchover::bound_port(q).await?;
-    let uri = format!("tcp:{ip}:{port}");
-    cx.peer
-        .call(&Request::PeerMigrateResume { name: cx.guest().to_string(), uri }, PEER_TIMEOUT)
+    };
+    call::<serde_json::Value>(cx.peer, &Request::PeerMigrateResume { name, uri }, PEER_TIMEOUT)
         .await
         .map_err(|e: AgentError| e.context("resume on the source"))?;
     Ok(())

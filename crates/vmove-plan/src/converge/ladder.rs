@@ -182,6 +182,13 @@ pub enum Action {
         /// Why.
         why: Why,
     },
+    /// Post-copy moved no byte for [`super::POSTCOPY_STALL_MS`] (the link is down, or hangs
+    /// without an error): `migrate-pause` on the target, which then listens for a recovery
+    /// (QEMU's own way out of a hung post-copy connection).
+    PausePostcopy {
+        /// Why.
+        why: Why,
+    },
     /// Post-copy is paused: `migrate-recover` on the target (a new URI), then `migrate`
     /// with `resume: true` to that URI on the source. A failed attempt changes nothing;
     /// the ladder asks again later.
@@ -211,6 +218,7 @@ impl Action {
             | Action::UnparkThrottle { why, .. }
             | Action::RaiseThrottle { why, .. }
             | Action::StartPostcopy { why }
+            | Action::PausePostcopy { why }
             | Action::RecoverPostcopy { why, .. }
             | Action::Exhausted { why }
             | Action::Cancel { why } => why,
@@ -224,6 +232,7 @@ impl Action {
             Action::UnparkThrottle { params, .. } => format!("throttling the guest ({})", throttle_text(params)),
             Action::RaiseThrottle { params, .. } => format!("throttling harder ({})", throttle_text(params)),
             Action::StartPostcopy { .. } => "switching to post-copy".to_string(),
+            Action::PausePostcopy { .. } => "pausing post-copy".to_string(),
             Action::RecoverPostcopy { attempt, .. } => format!("recovering post-copy (attempt {attempt})"),
             Action::Exhausted { .. } => "no rung left".to_string(),
             Action::Cancel { .. } => "cancelling".to_string(),
@@ -303,6 +312,14 @@ struct Window {
     since_pass: u64,
 }
 
+/// Post-copy's last progress: the bytes sent and since when they have not grown.
+#[derive(Debug, Clone, Copy)]
+struct Moving {
+    transferred_bytes: u64,
+    since_ms: u64,
+    pause_asked: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Paused {
     since_ms: u64,
@@ -325,6 +342,7 @@ pub struct Ladder {
     in_postcopy: bool,
     cancelled: bool,
     paused: Option<Paused>,
+    moving: Option<Moving>,
     finished: Option<Phase>,
     last: Option<Sample>,
 }
@@ -360,6 +378,7 @@ impl Ladder {
             in_postcopy: false,
             cancelled: false,
             paused: None,
+            moving: None,
             finished: None,
             last: None,
         }
@@ -385,6 +404,14 @@ impl Ladder {
         }
     }
 
+    /// The agent could not pause a hung post-copy (the target was not in post-copy yet,
+    /// say): a stall from now on asks again.
+    pub fn pause_failed(&mut self) {
+        if let (Some(m), Some(s)) = (self.moving.as_mut(), self.last.as_ref()) {
+            *m = Moving { transferred_bytes: m.transferred_bytes, since_ms: s.at_ms, pause_asked: false };
+        }
+    }
+
     /// Takes the next sample; returns what to do now (mostly nothing).
     pub fn observe(&mut self, s: &Sample) -> Vec<Action> {
         self.last = Some(s.clone());
@@ -396,13 +423,20 @@ impl Ladder {
                 self.finished = Some(p);
                 Vec::new()
             }
-            Phase::Postcopy | Phase::PostcopyRecovering => {
+            Phase::Postcopy => {
                 self.in_postcopy = true;
                 self.paused = None;
+                self.on_postcopy(s).into_iter().collect()
+            }
+            Phase::PostcopyRecovering => {
+                self.in_postcopy = true;
+                self.paused = None;
+                self.moving = None;
                 Vec::new()
             }
             Phase::PostcopyPaused => {
                 self.in_postcopy = true;
+                self.moving = None;
                 self.on_paused(s).into_iter().collect()
             }
             Phase::Setup | Phase::Precopy if !self.in_postcopy => {
@@ -423,6 +457,28 @@ impl Ladder {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Post-copy runs: it must keep moving bytes. A connection that hangs without an error
+    /// (a link down, a partition) never pauses by itself; after [`super::POSTCOPY_STALL_MS`]
+    /// without a byte the target pauses it, once per stall.
+    fn on_postcopy(&mut self, s: &Sample) -> Option<Action> {
+        let m = self.moving.get_or_insert(Moving { transferred_bytes: s.transferred_bytes, since_ms: s.at_ms, pause_asked: false });
+        if s.transferred_bytes != m.transferred_bytes {
+            *m = Moving { transferred_bytes: s.transferred_bytes, since_ms: s.at_ms, pause_asked: false };
+            return None;
+        }
+        let still = s.at_ms.saturating_sub(m.since_ms);
+        if m.pause_asked || still < super::POSTCOPY_STALL_MS || s.remaining_bytes == 0 {
+            return None;
+        }
+        m.pause_asked = true;
+        let reason = format!(
+            "post-copy moved no byte for {} with {} still on the source: the link hangs",
+            fmt_ms(still),
+            fmt_mib(s.remaining_bytes)
+        );
+        Some(Action::PausePostcopy { why: self.why(s, reason) })
     }
 
     fn on_paused(&mut self, s: &Sample) -> Option<Action> {

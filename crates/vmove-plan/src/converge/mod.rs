@@ -56,6 +56,8 @@ pub const DIRTY_LIMIT_PARKED_MB_PER_S: u64 = 1 << 20;
 pub const DIRTY_LIMIT_DEFAULT_MB_PER_S: u64 = 64;
 /// Each dirty-limit rung divides the limit by this (down to 1 MB/s, QEMU's minimum).
 pub const DIRTY_LIMIT_DIVISOR: u64 = 4;
+/// Post-copy that moves no byte this long is paused by the target, milliseconds.
+pub const POSTCOPY_STALL_MS: u64 = 3_000;
 /// Post-copy recovery attempts: first after this long paused, then doubling ...
 pub const RECOVER_FIRST_MS: u64 = 1_000;
 /// ... up to this, milliseconds.

@@ -265,7 +265,7 @@ fn simulate(w: &Workload, link_bytes_per_s: u64, policy: &ConvergePolicy) -> Pre
                     };
                 }
                 Action::Cancel { .. } => return not(passes, at),
-                Action::RecoverPostcopy { .. } | Action::Exhausted { .. } => {}
+                Action::PausePostcopy { .. } | Action::RecoverPostcopy { .. } | Action::Exhausted { .. } => {}
             }
         }
         if acted && set <= b * limit_ms as f64 / 1000.0 {

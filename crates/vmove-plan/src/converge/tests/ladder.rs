@@ -18,6 +18,7 @@ fn name(a: &Action) -> String {
         Action::UnparkThrottle { params, .. } => format!("unpark {params:?}"),
         Action::RaiseThrottle { params, .. } => format!("raise {params:?}"),
         Action::StartPostcopy { .. } => "postcopy".into(),
+        Action::PausePostcopy { .. } => "pausing post-copy".into(),
         Action::RecoverPostcopy { attempt, .. } => format!("recover {attempt}"),
         Action::Exhausted { .. } => "exhausted".into(),
         Action::Cancel { .. } => "cancel".into(),
@@ -342,4 +343,53 @@ fn actions_serialize_tagged() {
     assert_eq!(r["rung"]["rung"], "downtime");
     assert_eq!(r["rung"]["limit_ms"], 100);
     assert_eq!((r["step"].clone(), r["of"].clone()), (2.into(), 7.into()));
+}
+
+#[test]
+fn a_hung_post_copy_is_paused_once_per_stall() {
+    let mut l = Ladder::new(&params(Converge::Postcopy, true), &qemu10(), &start_unknown());
+    let mut log = Vec::new();
+    let pc = |at: u64, sent: u64| {
+        let mut s = with_status(pre(at, 20, 40 * MB), Phase::Postcopy);
+        s.transferred_bytes = sent;
+        s
+    };
+    // Bytes move: nothing to do.
+    for (i, at) in (10_000..=12_000).step_by(250).enumerate() {
+        feed(&mut l, &pc(at, 500 * MB + i as u64 * MB), &mut log);
+    }
+    assert!(log.is_empty());
+    // The link goes down at 12 s: nothing moves; the pause comes 3 s later, once.
+    for at in (12_250..=15_000).step_by(250) {
+        feed(&mut l, &pc(at, 508 * MB), &mut log);
+    }
+    assert_eq!(names(&log), [(15_000, "pausing post-copy".to_string())]);
+    assert_eq!(
+        log[0].1.describe(),
+        "pausing post-copy: post-copy moved no byte for 3.0 s with 19.1 MiB still on the source: the link hangs"
+    );
+    // The pause failed (the target was not in post-copy yet): asked again 3 s later.
+    l.pause_failed();
+    for at in (15_250..=18_000).step_by(250) {
+        feed(&mut l, &pc(at, 508 * MB), &mut log);
+    }
+    assert_eq!(names(&log), [(15_000, "pausing post-copy".to_string()), (18_000, "pausing post-copy".to_string())]);
+    log.remove(1);
+    // Once asked (and done), no more while nothing moves.
+    for at in (18_250..=20_000).step_by(250) {
+        feed(&mut l, &pc(at, 508 * MB), &mut log);
+    }
+    assert_eq!(log.len(), 1);
+    // Paused, recovered, moving again, then a second stall: a second pause.
+    feed(&mut l, &with_status(pc(20_250, 508 * MB), Phase::PostcopyPaused), &mut log);
+    feed(&mut l, &with_status(pc(21_500, 508 * MB), Phase::PostcopyPaused), &mut log);
+    feed(&mut l, &with_status(pc(22_000, 508 * MB), Phase::PostcopyRecovering), &mut log);
+    feed(&mut l, &pc(22_250, 509 * MB), &mut log);
+    for at in (22_500..=26_000).step_by(250) {
+        feed(&mut l, &pc(at, 510 * MB), &mut log);
+    }
+    assert_eq!(
+        names(&log),
+        [(15_000, "pausing post-copy".to_string()), (21_500, "recover 1".to_string()), (25_500, "pausing post-copy".to_string())]
+    );
 }
