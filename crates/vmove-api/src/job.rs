@@ -204,6 +204,20 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The message of an escalation of a live migration's convergence ladder (an `Info`
+    /// event whose message starts with "escalation"), if this is one. `vmoved`'s metrics
+    /// count them and `vmove job plot` marks them.
+    pub fn escalation(&self) -> Option<&str> {
+        match self {
+            EventKind::Info { message } if message.get(..10).is_some_and(|p| p.eq_ignore_ascii_case("escalation")) => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// An event with its sequence number and time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
