@@ -24,7 +24,7 @@ pub fn live(api: &Api) -> Live {
     let mut guests = BTreeMap::new();
     let mut qemu_processes = 0;
     for g in agent.lock_guests().values() {
-        let state = serde_json::to_value(&g.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let state = serde_json::to_value(g.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         *guests.entry(state).or_insert(0) += 1;
         qemu_processes += u64::from(g.pid.is_some());
     }
