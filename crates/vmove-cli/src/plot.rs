@@ -6,6 +6,7 @@
 use anyhow::{anyhow, bail, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use vmove_api::{EventKind, JobRecord};
 use vmove_plan::Step;
 
@@ -64,6 +65,8 @@ impl PlotData {
         for e in &rec.events {
             let t = secs(e.at_ms);
             match &e.kind {
+                // QEMU's first answers, before it has sized the guest's memory.
+                EventKind::Progress(p) if p.total_bytes == 0 => {}
                 EventKind::Progress(p) => {
                     d.remaining.push((t, mib(p.remaining_bytes)));
                     d.rate.push((t, mib(p.rate_bytes_per_s)));
@@ -110,12 +113,22 @@ pub fn svg(d: &PlotData) -> Result<String> {
     Ok(out)
 }
 
+/// A mark's label beside its line: on the right of it in the left part of the picture, on
+/// the left of it further right (so that it stays inside).
+fn beside(m: &Mark, xmax: f64, y: f64, size: u32, color: &RGBColor) -> Text<'static, (f64, f64), String> {
+    let right = m.t > xmax * 0.6;
+    let (x, h) = if right { (m.t - xmax * 0.006, HPos::Right) } else { (m.t + xmax * 0.006, HPos::Left) };
+    let style = ("sans-serif", size).into_font().color(color).pos(Pos::new(h, VPos::Top));
+    Text::new(m.label.clone(), (x, y), style)
+}
+
 fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, d: &PlotData) -> Result<()> {
     let max = |v: &[(f64, f64)]| v.iter().map(|p| p.1).fold(0.0, f64::max);
     let marks_t = d.escalations.iter().chain(&d.switchover).map(|m| m.t);
     let xmax = d.remaining.iter().map(|p| p.0).chain(marks_t).fold(1.0, f64::max) * 1.05;
-    let ymax = max(&d.remaining).max(1.0) * 1.1;
-    let y2max = max(&d.rate).max(max(&d.dirty)).max(1.0) * 1.1;
+    // Headroom above the data for the legend and the marks' labels.
+    let ymax = max(&d.remaining).max(1.0) * 1.4;
+    let y2max = max(&d.rate).max(max(&d.dirty)).max(1.0) * 1.4;
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(root)
         .caption(&d.title, ("sans-serif", 18))
@@ -153,10 +166,8 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, d: &PlotData) -> Result<()> {
             s.label("escalation").legend(|(x, y)| PathElement::new(vec![(x, y - 6), (x, y + 6)], ESCALATION.stroke_width(2)));
         }
         // Staggered so that close escalations stay readable.
-        let y = ymax * (0.9 - 0.07 * (i % 5) as f64);
-        chart
-            .draw_series(std::iter::once(Text::new(m.label.clone(), (m.t, y), ("sans-serif", 12).into_font().color(&ESCALATION))))
-            .map_err(err)?;
+        let y = ymax * (0.78 - 0.05 * (i % 5) as f64);
+        chart.draw_series(std::iter::once(beside(m, xmax, y, 12, &ESCALATION))).map_err(err)?;
     }
     if let Some(m) = &d.switchover {
         chart
@@ -164,13 +175,11 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, d: &PlotData) -> Result<()> {
             .map_err(err)?
             .label(m.label.clone())
             .legend(|(x, y)| PathElement::new(vec![(x, y - 6), (x, y + 6)], BLACK.stroke_width(2)));
-        chart
-            .draw_series(std::iter::once(Text::new(m.label.clone(), (m.t, ymax * 0.97), ("sans-serif", 13).into_font().color(&BLACK))))
-            .map_err(err)?;
+        chart.draw_series(std::iter::once(beside(m, xmax, ymax * 0.84, 13, &BLACK))).map_err(err)?;
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
