@@ -8,7 +8,8 @@
 //!   host they run on; [`peer`]: calls from target to source;
 //! - [`state`]: typed records in a `vmove_store::StateStore`; [`leases`]: volume leases;
 //!   [`claims`]: source claims;
-//! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks.
+//! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks;
+//!   [`metrics`]: Prometheus metrics.
 #![warn(missing_docs)]
 
 pub mod claims;
@@ -22,6 +23,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod leases;
 pub mod links;
+pub mod metrics;
 pub mod migrate_dst;
 pub mod migrate_src;
 pub mod peer;
@@ -125,5 +127,9 @@ async fn run(args: Args) -> Result<()> {
     let agent = Arc::new(guests::Agent::new(parts).await?);
     agent.reconcile().await?;
     let jobs = jobs::Jobs::open(agent.clone()).await?;
-    server::serve(Arc::new(dispatch::Api { agent, jobs }), &cfg).await
+    let api = Arc::new(dispatch::Api { agent, jobs });
+    if let Some(addr) = &cfg.metrics_listen {
+        metrics::serve::start(api.clone(), addr).await?;
+    }
+    server::serve(api, &cfg).await
 }

@@ -239,6 +239,18 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The line of an escalation of a live migration's convergence ladder (what was done
+    /// and why), if this is one. `vmoved`'s metrics
+    /// count them and `vmove job plot` marks them.
+    pub fn escalation(&self) -> Option<&str> {
+        match self {
+            EventKind::Escalation { action, .. } => Some(action),
+            _ => None,
+        }
+    }
+}
+
 /// An event with its sequence number and time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {

@@ -20,6 +20,7 @@
 //! ([`Request::allowed_for`]).
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 pub mod client;
 pub mod server;
 mod job;

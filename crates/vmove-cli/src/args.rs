@@ -43,8 +43,30 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
+    /// Make a new cluster in a directory: its CA, an operator certificate and a cluster
+    /// file without hosts (add them with `vmove host add`).
+    Init(InitArgs),
     /// Where the cluster file and the agents' reports differ (drift); non-zero if they do.
     Check,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory for the cluster file (DIR/cluster.toml) and its PKI (DIR/pki); made if
+    /// missing. Keep it on the operator's machine: it holds the CA's key.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Cluster name (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest network, a bridge on every host: NAME[,bridge=BR][,vlan=N][,cidr=A/P]
+    /// (bridge defaults to NAME); repeatable.
+    #[arg(long)]
+    pub network: Vec<String>,
+    /// Storage pool, a directory every host sees at the same absolute path: NAME=PATH;
+    /// repeatable.
+    #[arg(long)]
+    pub pool: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +138,15 @@ pub enum JobCmd {
     Show {
         /// Job id (HOST-N).
         id: String,
+    },
+    /// Draw a live migration's memory transfer as an SVG picture: remaining bytes,
+    /// transfer rate and dirty rate over time, escalations and the switchover marked.
+    Plot {
+        /// Job id.
+        id: String,
+        /// Where to write the SVG (default: ID.svg in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Follow a job's events until it ends.
     Watch {
@@ -190,6 +221,46 @@ pub enum HostCmd {
         /// Host name.
         host: String,
     },
+    /// Add a host: issue its certificate, add it to the cluster file, and write the bundle
+    /// to install on it as /etc/vmove (agent.toml, ca.pem, host.pem, host.key).
+    Add(HostAddArgs),
+    /// Remove a host without guests from the cluster file, and its bundle.
+    Remove {
+        /// Host name.
+        host: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct HostAddArgs {
+    /// Host name (letters, digits, '-'): the name in its certificate.
+    pub name: String,
+    /// The agent's address on the management network: IP or IP:PORT (port 7450 unless
+    /// given). Its certificate names this IP.
+    #[arg(long)]
+    pub address: String,
+    /// Accelerator: kvm, tcg or auto (auto falls back to TCG without /dev/kvm).
+    #[arg(long, default_value = "kvm")]
+    pub accel: String,
+    /// Serve Prometheus metrics: IP:PORT, or PORT on the host's address (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Where to write the bundle (default: hosts/NAME beside the cluster file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The agent's configuration directory on the host.
+    #[arg(long, default_value = vmove_api::bootstrap::CONFIG_DIR)]
+    pub config_dir: PathBuf,
+    /// The agent's state directory on the host.
+    #[arg(long, default_value = vmove_api::bootstrap::STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The agent's runtime directory on the host.
+    #[arg(long, default_value = vmove_api::bootstrap::RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// The host is in the cluster file already: issue a new certificate and bundle (after
+    /// a change of address, or of the cluster's pools and networks).
+    #[arg(long)]
+    pub reissue: bool,
 }
 
 #[derive(Args, Debug)]

@@ -1,4 +1,4 @@
-//! `vmove host list|show`.
+//! `vmove host list|show` (and `add|remove`, in [`crate::cmd_setup`]).
 use anyhow::Result;
 use futures::future::join_all;
 use vmove_api::{HostInfo, Request};
@@ -7,8 +7,14 @@ use crate::args::HostCmd;
 use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
+    let cmd = match cmd {
+        HostCmd::Add(a) => return crate::cmd_setup::add(ctx, a),
+        HostCmd::Remove { host } => return crate::cmd_setup::remove(ctx, &host),
+        other => other,
+    };
     let cluster = ctx.cluster()?;
     match cmd {
+        HostCmd::Add(_) | HostCmd::Remove { .. } => {}
         HostCmd::List => {
             let clients = ctx.clients(&cluster)?;
             let infos = join_all(clients.iter().map(|(_, c)| c.call::<HostInfo>(&Request::HostInfo))).await;

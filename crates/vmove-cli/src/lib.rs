@@ -6,11 +6,13 @@ mod cmd_cluster;
 mod cmd_guest;
 mod cmd_host;
 mod cmd_job;
-mod cmd_migrate;
 mod cmd_lab;
+mod cmd_migrate;
+mod cmd_setup;
 mod ctx;
 mod oedacli;
 mod out;
+mod plot;
 mod request;
 #[cfg(test)]
 mod testutil;
@@ -68,6 +70,7 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         }
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
         args::Command::Cluster(args::ClusterCmd::Check) => cmd_cluster::check(&ctx).await,
+        args::Command::Cluster(args::ClusterCmd::Init(a)) => cmd_setup::init(&ctx, a),
         args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,
     }
 }

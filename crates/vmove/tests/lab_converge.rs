@@ -52,6 +52,10 @@ fn moved_and_verifies(lab: &Lab) {
 #[test]
 fn converge_throttle_moves_a_guest_dirtying_twice_the_link() {
     let lab = busy_lab("cthr", "192.0.2.71");
+    // The precheck measures the capped link and the dirty rate and predicts the throttle.
+    let f = lab.json(&["migrate", "vm1", "--to", "host2", "--converge", "throttle", "--timeout", "240s", "--precheck"]);
+    let conv = f["findings"].as_array().unwrap().iter().find(|x| x["id"] == "predicted-convergence").unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(conv.starts_with("converges only by throttling the guest"), "{conv}");
     let t = Instant::now();
     let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--converge", "throttle", "--timeout", "240s"]);
     let id = job_id(&out);

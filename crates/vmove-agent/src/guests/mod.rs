@@ -67,6 +67,7 @@ pub struct Agent {
     pub(crate) leases: BTreeMap<String, Leases>,
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
     pub(crate) stats: Arc<ServerStats>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     guests: Mutex<BTreeMap<String, Guest>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
@@ -91,6 +92,7 @@ impl Agent {
             .filter_map(|e| e.key.rsplit('/').next().and_then(|s| s.parse::<u64>().ok()))
             .max()
             .unwrap_or(0);
+        let starts = crate::metrics::count_start(&parts.state).await?;
         Ok(Agent {
             cfg: parts.cfg,
             accel: parts.accel,
@@ -100,6 +102,7 @@ impl Agent {
             leases: parts.leases,
             peer_tls: parts.peer_tls,
             stats: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(starts)),
             guests: Mutex::new(guests),
             op_locks: Mutex::default(),
             events: Mutex::default(),

@@ -67,6 +67,7 @@ impl Jobs {
                 cell.emit(&agent.state, EventKind::JobEnded { status: JobStatus::Failed, error: Some(error), summary: Summary::default() })
                     .await?;
                 cell.save(&agent.state).await?;
+                agent.metrics.job_ended(&cell.snapshot(), &Summary::default());
             }
             cells.insert(r.id.clone(), cell);
         }

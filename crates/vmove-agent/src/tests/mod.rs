@@ -22,6 +22,7 @@ use crate::state::State;
 
 pub mod fake;
 mod faults;
+mod metrics;
 mod migrations;
 
 use fake::{FakeHost, World};
@@ -253,6 +254,7 @@ async fn host(
         lab_kernel: Some("/k".into()),
         lab_initrd: Some("/i".into()),
         allow_fault_injection: true,
+        metrics_listen: None,
         pools: vec![PoolEntry { name: "shared".into(), path: shared }],
         networks: vec![NetworkEntry { name: "lab-net".into(), bridge: "lab-net".into(), vlan: None, cidr: None }],
     };

@@ -46,7 +46,13 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
         (None, _) => return Ok((Verdict::Warn, format!("not measured: dirty rate of {} unknown", g.name))),
         (_, None) => return Ok((Verdict::Warn, "not measured: link throughput unknown".into())),
     };
-    let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes: None };
+    // The memory the guest keeps rewriting: declared by the lab's workload; unknown (all of
+    // it, the pessimistic case) for any other guest.
+    let working_set_bytes = match g.boot {
+        vmove_model::BootSource::Lab { wss_mib, .. } => Some(u64::from(wss_mib).saturating_mul(1_048_576)),
+        vmove_model::BootSource::Disk => None,
+    };
+    let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes };
     let policy = ConvergePolicy::from_params(params, features(c), g.vcpus);
     let p = predict(&w, b, &policy);
     let what = format!("{} MiB at {} with {} dirtied", g.memory_mib, fmt_rate(b), fmt_rate(d));
