@@ -140,16 +140,32 @@ impl Api {
                 agent.unclaim(&name).await?;
                 ok(json!({ "undefined": name }))
             }
-            Request::PeerMigrateOut { name, uri, tls_hostname, params, job } => {
+            Request::PeerMigrateOut { name, uri, tls_hostname, params, job, setup } => {
                 let by = job.unwrap_or_else(|| uri.clone());
                 claim(jobs, &name, &by).await?;
-                if let Err(e) = crate::migrate_src::migrate_out(agent, &name, &uri, tls_hostname, &params).await {
+                let side = setup.as_ref().map_or_else(
+                    || crate::migrate_src::SideSetup::from_params(&params),
+                    crate::migrate_src::SideSetup::from_source_setup,
+                );
+                if let Err(e) = crate::migrate_src::migrate_out(agent, &name, &uri, tls_hostname, &params, &side).await {
                     agent.unclaim(&name).await?;
                     return Err(e);
                 }
                 ok(json!({ "started": uri }))
             }
             Request::PeerMigrateQuery { name } => ok(crate::migrate_src::migrate_query(agent, &name).await?),
+            Request::PeerMigrateTune { name, downtime_limit_ms, throttle } => {
+                crate::migrate_src::migrate_tune(agent, &name, downtime_limit_ms, throttle).await?;
+                ok(json!({ "tuned": name }))
+            }
+            Request::PeerMigrateStartPostcopy { name } => {
+                crate::migrate_src::migrate_start_postcopy(agent, &name).await?;
+                ok(json!({ "postcopy": name }))
+            }
+            Request::PeerMigrateResume { name, uri } => {
+                crate::migrate_src::migrate_resume(agent, &name, &uri).await?;
+                ok(json!({ "resumed": uri }))
+            }
             Request::PeerMigrateContinue { name } => {
                 crate::migrate_src::migrate_continue(agent, &name).await?;
                 ok(json!({ "continued": name }))

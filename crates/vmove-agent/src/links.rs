@@ -123,5 +123,12 @@ pub async fn send(agent: &Agent, target_name: Option<&str>, addr: &str, duration
         sent = sent.saturating_add(chunk.len() as u64);
     }
     tls.shutdown().await.ctx("link probe close")?;
+    // Read what the target still sends (TLS 1.3 session tickets) until it closes: a socket
+    // closed with unread data resets the connection, and the target would lose the tail.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tls.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
     Ok(sent)
 }

@@ -31,6 +31,10 @@ pub struct Outage {
     /// QEMU's downtime figure, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_downtime_ms: Option<u64>,
+    /// Frames for the guest that reached the source during the blackout and were handed to
+    /// it on the target instead of being lost.
+    #[serde(default)]
+    pub carried_frames: u32,
 }
 
 fn ms(from: Option<u64>, to: Option<u64>) -> Option<f64> {
@@ -65,7 +69,8 @@ impl Outage {
         let parts: Vec<String> = self.parts().iter().map(|(n, v)| format!("{n} {v:.1}")).collect();
         let blackout = self.blackout_ms().map_or("blackout not seen".to_string(), |b| format!("blackout {b:.1} ms"));
         let qemu = self.qemu_downtime_ms.map_or(String::new(), |d| format!("; QEMU downtime {d} ms"));
-        format!("{blackout} ({}){qemu}", parts.join(", "))
+        let carried = if self.carried_frames > 0 { format!("; {} frame(s) carried to the target", self.carried_frames) } else { String::new() };
+        format!("{blackout} ({}){qemu}{carried}", parts.join(", "))
     }
 }
 
@@ -83,6 +88,7 @@ mod tests {
             dst_rarp_us: Some(1_032_500),
             dst_first_frame_us: Some(1_101_000),
             qemu_downtime_ms: Some(28),
+            carried_frames: 0,
         };
         assert_eq!(o.blackout_ms(), Some(101.0));
         assert_eq!(

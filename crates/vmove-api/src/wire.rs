@@ -184,6 +184,34 @@ pub enum Request {
         /// The migration job asking (the source refuses a second one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<String>,
+        /// How the target set the migration up (capabilities, first downtime limit, the
+        /// parked throttle); without it the source derives them from `params`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup: Option<crate::SourceSetup>,
+    },
+    /// Peer: change the outgoing migration's downtime limit or throttle (the convergence
+    /// ladder).
+    PeerMigrateTune {
+        /// Guest name.
+        name: String,
+        /// New downtime limit, ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        downtime_limit_ms: Option<u64>,
+        /// New throttle parameters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        throttle: Option<vmove_plan::converge::ThrottleParams>,
+    },
+    /// Peer: switch the outgoing migration to post-copy.
+    PeerMigrateStartPostcopy {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: resume a paused post-copy migration to the target's new `uri`.
+    PeerMigrateResume {
+        /// Guest name.
+        name: String,
+        /// The target's recovery listener, `tcp:IP:PORT`.
+        uri: String,
     },
     /// Peer: the outgoing migration's progress.
     PeerMigrateQuery {
@@ -245,6 +273,9 @@ impl Request {
                     | Request::PeerStartGuest { .. }
                     | Request::PeerUndefine { .. }
                     | Request::PeerMigrateOut { .. }
+                    | Request::PeerMigrateTune { .. }
+                    | Request::PeerMigrateStartPostcopy { .. }
+                    | Request::PeerMigrateResume { .. }
                     | Request::PeerMigrateQuery { .. }
                     | Request::PeerMigrateCancel { .. }
                     | Request::PeerMigrateContinue { .. }
@@ -284,6 +315,9 @@ impl Request {
             Request::PeerStartGuest { .. } => "peer_start_guest",
             Request::PeerUndefine { .. } => "peer_undefine",
             Request::PeerMigrateOut { .. } => "peer_migrate_out",
+            Request::PeerMigrateTune { .. } => "peer_migrate_tune",
+            Request::PeerMigrateStartPostcopy { .. } => "peer_migrate_start_postcopy",
+            Request::PeerMigrateResume { .. } => "peer_migrate_resume",
             Request::PeerMigrateQuery { .. } => "peer_migrate_query",
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
             Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
@@ -327,6 +361,9 @@ pub enum ErrorCode {
     Cancelled,
     /// Test hooks are not available on this agent.
     Disabled,
+    /// The operation failed past its point of no return (a post-copy migration): it can
+    /// be neither rolled back nor retried as it was.
+    PastNoReturn,
     /// Anything else (a bug, an unexpected answer).
     Internal,
     /// A code from a newer agent.
@@ -353,6 +390,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Disabled => "disabled",
+            ErrorCode::PastNoReturn => "past_no_return",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

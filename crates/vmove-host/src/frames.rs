@@ -4,6 +4,11 @@
 //! the guest's last frame on the source, and its first frame (and the announce's RARP) on
 //! the target.
 //!
+//! It also keeps copies of the frames sent *to* the guest (the last [`CARRY_BYTES`] worth):
+//! those that reach the source after its vCPUs stopped would be lost with the source's tap,
+//! so the migration carries them to the target, which hands them to the guest there
+//! ([`inject`]).
+//!
 //! The watcher runs on its own OS thread (packet sockets are per namespace, and the agent
 //! process already lives in its host's namespace) and keeps the last [`KEEP`] frames.
 use std::collections::VecDeque;
@@ -20,6 +25,9 @@ use nix::sys::socket::{
 
 /// How many frames are kept.
 pub const KEEP: usize = 8192;
+
+/// At most this many bytes of frames sent to the guest are kept for carrying.
+pub const CARRY_BYTES: usize = 512 * 1024;
 
 /// The RARP ethertype (QEMU's `announce-self`).
 pub const ETH_P_RARP: u16 = 0x8035;
@@ -59,9 +67,25 @@ pub enum FrameError {
     },
 }
 
+/// A frame sent to the guest, kept whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToGuest {
+    /// Kernel transmit time, unix µs.
+    pub at_us: u64,
+    /// The Ethernet frame.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Log {
+    frames: VecDeque<Frame>,
+    to_guest: VecDeque<ToGuest>,
+    to_guest_bytes: usize,
+}
+
 /// A running watch on one interface.
 pub struct FrameWatch {
-    frames: Arc<Mutex<VecDeque<Frame>>>,
+    log: Arc<Mutex<Log>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -79,19 +103,24 @@ impl FrameWatch {
         setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(err("SO_RCVTIMEO"))?;
         let addr = link_addr(idx).ok_or(FrameError::Socket { iface: iface.to_string(), step: "sockaddr_ll", source: nix::Error::EINVAL })?;
         bind(fd.as_raw_fd(), &addr).map_err(err("bind"))?;
-        let frames = Arc::new(Mutex::new(VecDeque::with_capacity(256)));
+        let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, s) = (frames.clone(), stop.clone());
+        let (f, s) = (log.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("frames-{iface}"))
             .spawn(move || watch(fd, f, s))
             .map_err(|e| FrameError::Socket { iface: iface.to_string(), step: "thread", source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)) })?;
-        Ok(FrameWatch { frames, stop, thread: Some(thread) })
+        Ok(FrameWatch { log, stop, thread: Some(thread) })
     }
 
-    /// The frames seen so far, oldest first.
+    /// The frames the guest sent so far, oldest first.
     pub fn frames(&self) -> Vec<Frame> {
-        self.frames.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).frames.iter().copied().collect()
+    }
+
+    /// Copies of the frames sent to the guest at or after `t_us`, oldest first.
+    pub fn to_guest_since(&self, t_us: u64) -> Vec<ToGuest> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).to_guest.iter().filter(|f| f.at_us >= t_us).cloned().collect()
     }
 
     /// The guest's last frame (not a RARP) at or before `t_us`.
@@ -135,8 +164,8 @@ fn link_addr(ifindex: u32) -> Option<LinkAddr> {
     unsafe { <LinkAddr as nix::sys::socket::SockaddrLike>::from_raw(std::ptr::addr_of!(sll).cast(), Some(len)) }
 }
 
-fn watch(fd: OwnedFd, frames: Arc<Mutex<VecDeque<Frame>>>, stop: Arc<AtomicBool>) {
-    let mut buf = [0u8; 64];
+fn watch(fd: OwnedFd, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 65536];
     let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeVal);
     while !stop.load(Ordering::SeqCst) {
         let (outgoing, at_us, n) = {
@@ -166,16 +195,44 @@ fn watch(fd: OwnedFd, frames: Arc<Mutex<VecDeque<Frame>>>, stop: Arc<AtomicBool>
                 .unwrap_or_else(now_us);
             (outgoing, at_us, msg.bytes)
         };
-        if outgoing || n < 14 {
+        if n < 14 || n > buf.len() {
+            continue;
+        }
+        let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+        if outgoing {
+            // To the guest: keep a copy, the oldest go first past CARRY_BYTES.
+            l.to_guest_bytes = l.to_guest_bytes.saturating_add(n);
+            l.to_guest.push_back(ToGuest { at_us, bytes: buf[..n].to_vec() });
+            while l.to_guest_bytes > CARRY_BYTES {
+                match l.to_guest.pop_front() {
+                    Some(f) => l.to_guest_bytes = l.to_guest_bytes.saturating_sub(f.bytes.len()),
+                    None => break,
+                }
+            }
             continue;
         }
         let ethertype = u16::from_be_bytes([buf[12], buf[13]]);
-        let mut f = frames.lock().unwrap_or_else(|p| p.into_inner());
-        if f.len() == KEEP {
-            f.pop_front();
+        if l.frames.len() == KEEP {
+            l.frames.pop_front();
         }
-        f.push_back(Frame { at_us, ethertype });
+        l.frames.push_back(Frame { at_us, ethertype });
     }
+}
+
+/// Hands frames to the guest behind `iface` (a tap): sent on the tap, they reach the guest as
+/// if they had come from the network. Returns how many were sent.
+pub fn inject(iface: &str, frames: &[Vec<u8>]) -> Result<usize, FrameError> {
+    let idx = nix::net::if_::if_nametoindex(iface).map_err(|_| FrameError::NoInterface(iface.to_string()))?;
+    let err = |step| move |source| FrameError::Socket { iface: iface.to_string(), step, source };
+    let fd: OwnedFd =
+        socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::EthAll).map_err(err("socket"))?;
+    let addr = link_addr(idx).ok_or(FrameError::Socket { iface: iface.to_string(), step: "sockaddr_ll", source: nix::Error::EINVAL })?;
+    let mut sent = 0;
+    for f in frames {
+        nix::sys::socket::sendto(fd.as_raw_fd(), f, &addr, MsgFlags::empty()).map_err(err("sendto"))?;
+        sent += 1;
+    }
+    Ok(sent)
 }
 
 /// Now, unix µs.
@@ -198,6 +255,22 @@ mod tests {
         f.extend_from_slice(&[0u8; 46]);
         let mut t = tap;
         t.write_all(&f).expect("write frame");
+    }
+
+    /// Reads one frame from the tap's guest side (without its virtio-net header).
+    fn read_from_tap(tap: &std::fs::File) -> Option<Vec<u8>> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: tap.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for an open descriptor.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 2000) };
+        if ready <= 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; 2048];
+        let mut t = tap;
+        let n = t.read(&mut buf).ok()?;
+        (n > 10).then(|| buf[10..n].to_vec())
     }
 
     fn open_tap(name: &str) -> std::fs::File {
@@ -240,15 +313,26 @@ mod tests {
             guest_send(&tap, 0x0800);
             guest_send(&tap, ETH_P_RARP);
             guest_send(&tap, 0x0806);
+            // A frame for the guest, handed in on the host side: the guest reads it from
+            // its tap, and the watch keeps a copy (to carry it across a migration).
+            let mut to_guest = vec![0x52, 0x54, 0, 0, 0, 1, 2, 0, 0, 0, 0, 9, 0x08, 0x00];
+            to_guest.extend_from_slice(&[7u8; 50]);
+            let n = inject("vtf0", std::slice::from_ref(&to_guest)).map_err(|e| TE(e.to_string()))?;
+            // (The host's own IPv6 chatter may come first.)
+            let got = (0..20).map_while(|_| read_from_tap(&tap)).find(|f| *f == to_guest);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while w.frames().len() < 3 && std::time::Instant::now() < deadline {
+            while (w.frames().len() < 3 || w.to_guest_since(t0).is_empty()) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             w.stop();
-            Ok((t0, w.frames(), w.first_after(t0), w.first_rarp_after(t0), w.last_before(now_us())))
+            let kept = w.to_guest_since(t0).into_iter().map(|f| f.bytes).filter(|b| *b == to_guest).collect::<Vec<_>>();
+            Ok((t0, w.frames(), w.first_after(t0), w.first_rarp_after(t0), w.last_before(now_us()), (n, got, kept, to_guest)))
         });
         crate::netns::delete(&ns).expect("delete netns");
-        let (t0, frames, first, rarp, last) = r.expect("in the namespace");
+        let (t0, frames, first, rarp, last, (n, got, kept, to_guest)) = r.expect("in the namespace");
+        assert_eq!(n, 1);
+        assert_eq!(got.as_deref(), Some(&to_guest[..]), "the guest received the injected frame");
+        assert_eq!(kept, vec![to_guest], "a copy of the frame sent to the guest is kept");
         assert_eq!(frames.iter().map(|f| f.ethertype).collect::<Vec<_>>(), [0x0800, ETH_P_RARP, 0x0806], "{frames:?}");
         assert!(frames.iter().all(|f| f.at_us >= t0.saturating_sub(1000)), "kernel timestamps: {frames:?} vs {t0}");
         assert_eq!(first.map(|f| f.ethertype), Some(0x0800));

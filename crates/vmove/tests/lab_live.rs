@@ -31,7 +31,7 @@ fn live_migration_keeps_the_client_connection_and_memory() {
     let blackout_us = o["dst_first_frame_us"].as_u64().unwrap() - o["src_last_frame_us"].as_u64().unwrap();
     assert!(blackout_us < 10_000_000, "blackout {blackout_us} µs");
     assert!(o["src_stopped_us"].as_u64() <= o["dst_resumed_us"].as_u64(), "{o}");
-    eprintln!("outage: blackout {} ms, QEMU downtime {} ms", blackout_us / 1000, o["qemu_downtime_ms"]);
+    eprintln!("outage: blackout {} ms, QEMU downtime {} ms, {} frame(s) carried: {o}", blackout_us / 1000, o["qemu_downtime_ms"], o["carried_frames"]);
     assert!(lab.ok(&["job", "show", &id]).contains("outage: blackout "), "job show prints the breakdown");
     assert!(out.contains("downtime") && out.contains("Done [Elapsed = "), "{out}");
     let n = session.echoed();
@@ -157,7 +157,11 @@ fn the_migration_stream_is_encrypted_unless_insecure_transport() {
     lab.ok(&["migrate", "vm1", "--to", "host1", "--insecure-transport"]);
     cap.stop();
     let bytes = std::fs::read(&clear).unwrap();
-    assert!(contains(&bytes, marker), "with --insecure-transport the marker is visible, so the first check can fail");
+    assert!(
+        contains(&bytes, marker),
+        "with --insecure-transport the marker is visible, so the first check can fail ({} bytes captured)",
+        bytes.len()
+    );
     std::fs::remove_file(&clear).unwrap();
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
 }

@@ -192,6 +192,13 @@ impl Agent {
         }
     }
 
+    /// The pid of the guest's QEMU here.
+    pub fn pid_of(&self, name: &str) -> Result<u32> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        guest.pid.ok_or_else(|| crate::error::AgentError::new(vmove_api::ErrorCode::WrongState, format!("guest {name} has no QEMU on {}", self.cfg.name)))
+    }
+
     /// The guest's run directory.
     pub fn run_dir(&self, name: &str) -> PathBuf {
         self.cfg.run_dir.join(name)
