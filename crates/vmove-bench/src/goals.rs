@@ -39,7 +39,7 @@ fn ms(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "–".into())
 }
 
-fn best<'a>(others: &'a [(Contender, Summary)], f: impl Fn(&Summary) -> Option<f64>) -> Option<(Contender, f64)> {
+fn best(others: &[(Contender, Summary)], f: impl Fn(&Summary) -> Option<f64>) -> Option<(Contender, f64)> {
     others.iter().filter_map(|(c, s)| f(s).map(|v| (*c, v))).min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
@@ -127,14 +127,15 @@ fn verdict(m: Option<bool>) -> &'static str {
     }
 }
 
-/// The goals section of `report.md`: a summary per goal, then every cell's figures.
-pub fn markdown(r: &Report) -> String {
+/// The goals section (`heading`: its Markdown heading marks, `##` in `report.md`): a
+/// summary per goal, then every cell's figures and ratios.
+pub fn markdown(r: &Report, heading: &str) -> String {
     let rows: Vec<GoalRow> = r.cells.iter().flat_map(|c| cell_goals(r, c)).collect();
     let mut out = String::new();
     if rows.is_empty() {
         return out;
     }
-    let _ = writeln!(out, "## Goals\n");
+    let _ = writeln!(out, "{heading} Goals\n");
     let _ = writeln!(
         out,
         "Each goal is vmove's figure against the other contenders of this same run (medians over the converged \
@@ -161,6 +162,7 @@ mod tests {
     use super::*;
     use crate::model::{Outage, Prediction, RunResult, Wire};
 
+    #[allow(clippy::too_many_arguments)]
     fn run(cell: &CellSpec, c: Contender, i: u32, blackout_ms: u64, udp: u64, tcp: u64, total_ms: u64, lost: u64) -> RunResult {
         let mut x = RunResult::new(cell.id(), c, i, format!("g{i}"), 512 << 20);
         x.converged = true;
@@ -200,7 +202,8 @@ mod tests {
         assert_eq!(by(4).met, Some(true), "2.0 ≤ 1.1 × 1.9");
         assert!(g.iter().all(|x| x.goal != 5), "not a 2x-link cell");
         assert_eq!(by(6).met, Some(false), "one run predicted 4 s for 2 s");
-        let md = markdown(&r);
+        let md = markdown(&r, "##");
+        assert!(md.starts_with("## Goals\n"), "{md}");
         assert!(md.contains("| predicted total within ±30 % of the measured total | **not met** | 0/1 |"), "{md}");
         assert!(md.contains("| blackout on the wire ≤ 0.5× QEMU by hand's | met | 1/1 |"), "{md}");
         assert!(md.contains("| 2x-link: converges in every run, no damaged guest, where QEMU's defaults do not | n/a | 0/0 |"), "{md}");

@@ -18,6 +18,7 @@ mod parse;
 mod plot;
 mod probes;
 mod report;
+mod section;
 mod stats;
 mod wire;
 
@@ -44,17 +45,29 @@ struct Cli {
 }
 
 const AFTER_HELP: &str = "\
-The full run (the release's report; about 2 hours on 2 CPUs; run it alone on the machine,
-as root, with libvirt installed by `VMOVE_BENCH_LIBVIRT=1 bash scripts/install-deps`):
+The full run (issue 14's matrix; about 2 hours on 2 CPUs; run it alone on the machine, as root,
+from the repository's root). Build, copy the binaries out of target/ (so that other builds
+cannot replace them mid-run), then the one command:
 
-  cargo build --workspace --bins
+  export CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0
+  nice -n 10 cargo build --workspace --bins
   mkdir -p /var/tmp/bench-bin && cp target/debug/{vmove,vmoved,vmove-guest,vmove-bench} /var/tmp/bench-bin/
-  nice -n 10 /var/tmp/bench-bin/vmove-bench --out /var/tmp/bench-report-full --lab-dir /var/tmp/bench-lab
+  VMOVE_BENCH_LIBVIRT=1 nice -n 10 /var/tmp/bench-bin/vmove-bench --out /var/tmp/bench-report-full \\
+      --lab-dir /var/tmp/bench-lab --docs docs/benchmarks.md
+
+It prints the goals (vmove's figures as ratios against the other contenders of the same run),
+writes report.md, report.json, section.md and plots into --out, and puts the dated section
+(\"## Migration benchmark (issue 14): DATE (QEMU x.y.z)\") into docs/benchmarks.md.
 
 Defaults: contenders vmove, qemu, virsh, virsh-best, control (virsh-tunnelled on request);
 512 and 2048 MiB guests; idle, http-20 and 2x-link; 5 runs per cell; 150 s budget.
+The libvirt contenders (virsh, virsh-best, virsh-tunnelled) are opt-in: without
+VMOVE_BENCH_LIBVIRT=1 they are left out, with a note in the report. libvirt 11.3 comes from
+bookworm-backports: VMOVE_BENCH_LIBVIRT=1 bash scripts/install-deps.
+
 A short check: --quick (1 run, 512 MiB, idle and http-20), or e.g.
-  --runs 1 --memory 512 --workloads 2x-link --contenders vmove virsh-best";
+  --runs 1 --memory 512 --workloads idle --contenders vmove,qemu,control
+  --runs 1 --memory 512 --workloads 2x-link --contenders vmove,virsh-best";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -62,6 +75,9 @@ enum Cmd {
     Render {
         /// The report directory.
         dir: PathBuf,
+        /// Also put the dated section into this Markdown file (docs/benchmarks.md).
+        #[arg(long)]
+        docs: Option<PathBuf>,
     },
 }
 
@@ -73,9 +89,13 @@ struct RunArgs {
     /// A tiny matrix to develop with: 1 run, 512 MiB; idle and HTTP + 20 MB/s unless --workloads names others.
     #[arg(long)]
     quick: bool,
-    /// Report directory.
+    /// Report directory (report.md, report.json, section.md, plots).
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
+    /// Also put the dated report section (goals as ratios, figures) into this Markdown
+    /// file, docs/benchmarks.md: before the older reports, or in place of the same day's.
+    #[arg(long)]
+    docs: Option<PathBuf>,
     /// Lab directory (built at the start, taken down at the end).
     #[arg(long, default_value = "/var/tmp/bench-lab")]
     lab_dir: PathBuf,
@@ -117,7 +137,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Some(Cmd::Render { dir }) => outputs::render(&dir),
+        Some(Cmd::Render { dir, docs }) => outputs::render(&dir, docs.as_deref()),
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -51,6 +51,11 @@ pub(crate) async fn run(a: RunArgs) -> Result<()> {
             bail!("{} not found: run `cargo build` first (or pass --bin-dir)", bin_dir.join(b).display());
         }
     }
+    if let Some(d) = &a.docs {
+        if !d.is_file() {
+            bail!("--docs {}: no such file (give docs/benchmarks.md, from the repository's root)", d.display());
+        }
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let t_start = Instant::now();
     let mut report = Report {
@@ -86,6 +91,19 @@ pub(crate) async fn run(a: RunArgs) -> Result<()> {
     guard.down();
     write_outputs(&a.out, &report)?;
     eprintln!("bench: report in {}", a.out.display());
+    let goals = crate::goals::markdown(&report, "##");
+    if goals.is_empty() {
+        eprintln!("bench: no goals to judge (no vmove run)");
+    } else {
+        println!("{goals}");
+    }
+    if let Some(d) = &a.docs {
+        if report.runs.is_empty() {
+            eprintln!("bench: no runs, {} left as it was", d.display());
+        } else {
+            crate::outputs::write_docs(d, &report)?;
+        }
+    }
     result
 }
 
@@ -103,7 +121,13 @@ fn measure_link(env: &Env, secs: u64) -> Result<(Vec<f64>, f64)> {
 async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result<()> {
     let mut contenders = p.contenders.clone();
     let libvirt = if contenders.iter().any(|c| c.is_libvirt()) {
-        match tokio::task::block_in_place(|| Libvirt::start(env)) {
+        let opted_in = std::env::var(LIBVIRT_OPT_IN).is_ok_and(|v| v == "1");
+        let started = if opted_in {
+            tokio::task::block_in_place(|| Libvirt::start(env))
+        } else {
+            Err(anyhow!("{}", not_opted_in()))
+        };
+        match started {
             Ok(lv) => Some(lv),
             Err(e) => {
                 let why = format!("{e:#}");
@@ -189,6 +213,17 @@ async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result
         );
     }
     Ok(())
+}
+
+/// The environment variable that opts the libvirt contenders in.
+pub(crate) const LIBVIRT_OPT_IN: &str = "VMOVE_BENCH_LIBVIRT";
+
+/// Why the libvirt contenders are left out when not opted in.
+pub(crate) fn not_opted_in() -> String {
+    format!(
+        "skipped: the libvirt contenders are opt-in; set {LIBVIRT_OPT_IN}=1 (libvirt 11.3 from bookworm-backports, \
+         installed by `{LIBVIRT_OPT_IN}=1 bash scripts/install-deps`)"
+    )
 }
 
 /// Has vmove's target agent measure the link again now (its precheck reuses a measurement

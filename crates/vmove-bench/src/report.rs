@@ -145,6 +145,62 @@ pub fn overview(r: &Report) -> String {
     out
 }
 
+/// Every migrating contender's median cold start of the target: `vmove 80 ms, qemu –`.
+fn cold_starts(sums: &[(Contender, Summary)]) -> String {
+    sums.iter()
+        .filter(|(c, _)| c.migrates())
+        .map(|(c, s)| format!("{} {}", c.id(), s.cold_start_ms.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "–".into())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line per cell: the target's cold start, median per contender.
+pub fn cold_start_lines(r: &Report) -> String {
+    let mut out = String::new();
+    for cell in &r.cells {
+        let id = cell.id();
+        let sums: Vec<(Contender, Summary)> =
+            r.contenders.iter().map(|&c| (c, summarize(&r.runs, &id, c))).filter(|(_, s)| s.runs > 0).collect();
+        if sums.iter().any(|(c, _)| c.migrates()) {
+            let _ = writeln!(out, "- {}: {}", cell.describe(), cold_starts(&sums));
+        }
+    }
+    out
+}
+
+/// One line per contender: what it runs (and the contenders left out, and why).
+pub fn contender_lines(r: &Report) -> String {
+    let mut out = String::new();
+    for &ct in &r.contenders {
+        let _ = writeln!(out, "- **{}** — {}", ct.id(), contender_what(ct));
+    }
+    for (ct, why) in &r.left_out {
+        let _ = writeln!(out, "- **{}** — left out: {why}", ct.id());
+    }
+    out
+}
+
+/// The legend of [`overview`].
+pub const OVERVIEW_LEGEND: &str = "*total*: from the contender's command start to the guest answering on the target (the first UDP echo \
+     after the guest's first frame on the target tap). *blackout*: the guest's last frame on the source tap to \
+     its first frame on the target tap. *UDP lost*: median of UDP echo requests sent during the migration that \
+     never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
+     \"RTO\": runs whose TCP stall exceeded the UDP gap by more than 20 ms (a retransmission timeout waited \
+     out). *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
+     \"crashed\": the guest's console shows a kernel oops or a failed memory verification; \"unreachable\": it \
+     did not answer TCP echo afterwards.";
+
+fn contender_what(ct: Contender) -> &'static str {
+    match ct {
+        Contender::Vmove => "`vmove migrate GUEST --to host2 --timeout BUDGET` with its defaults; includes its prechecks and job steps. Before each move the benchmark also runs `vmove migrate --precheck --json` for its prediction (not timed)",
+        Contender::Qemu => "the same QEMU command line as vmove's agent, started by hand in the host namespaces; QMP `migrate-incoming` on the target, plain `migrate tcp:…` on the source, nothing else set (QEMU defaults: 128 MiB/s cap, 300 ms downtime limit, no TLS, no multifd)",
+        Contender::Virsh => "`virsh migrate --live GUEST qemu+tcp://host2/system --migrateuri tcp://host2` with a libvirtd in each host namespace (libvirt's defaults: unlimited bandwidth, QEMU's 300 ms downtime limit, no TLS, no multifd)",
+        Contender::VirshTunnelled => "`virsh migrate --live --p2p --tunnelled GUEST qemu+tcp://host2/system`: the stream goes through the libvirtd connection",
+        Contender::VirshBest => "`virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy GUEST qemu+tcp://host2/system --migrateuri tcp://host2`: libvirt's best convergence (QEMU throttles the guest during pre-copy; post-copy starts after the first pass)",
+        Contender::Control => "no migration: a guest started like the hand-driven one, probed the same way while it stays on host1 for 3 s — the probes' floor, and how often a guest breaks without any migration",
+    }
+}
+
 fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
     let id = cell.id();
     let _ = writeln!(out, "### {}\n", cell.describe());
@@ -204,12 +260,7 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
         touched.map(mib).unwrap_or_else(|| "unknown".into()),
         mb_s(cell.link_bytes_per_s)
     );
-    let cold: Vec<String> = sums
-        .iter()
-        .filter(|(c, _)| c.migrates())
-        .map(|(c, s)| format!("{} {}", c.id(), s.cold_start_ms.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "–".into())))
-        .collect();
-    let _ = writeln!(out, "Target's cold start (its RESUME → the guest's first frame on the target tap), median: {}.\n", cold.join(", "));
+    let _ = writeln!(out, "Target's cold start (its RESUME → the guest's first frame on the target tap), median: {}.\n", cold_starts(&sums));
     let preds: Vec<String> = r
         .runs
         .iter()
@@ -331,20 +382,7 @@ pub fn markdown(r: &Report) -> String {
     }
     out.push('\n');
     let _ = writeln!(out, "## Contenders\n");
-    for &ct in &r.contenders {
-        let what = match ct {
-            Contender::Vmove => "`vmove migrate GUEST --to host2 --timeout BUDGET` with its defaults; includes its prechecks and job steps. Before each move the benchmark also runs `vmove migrate --precheck --json` for its prediction (not timed)",
-            Contender::Qemu => "the same QEMU command line as vmove's agent, started by hand in the host namespaces; QMP `migrate-incoming` on the target, plain `migrate tcp:…` on the source, nothing else set (QEMU defaults: 128 MiB/s cap, 300 ms downtime limit, no TLS, no multifd)",
-            Contender::Virsh => "`virsh migrate --live GUEST qemu+tcp://host2/system --migrateuri tcp://host2` with a libvirtd in each host namespace (libvirt's defaults: unlimited bandwidth, QEMU's 300 ms downtime limit, no TLS, no multifd)",
-            Contender::VirshTunnelled => "`virsh migrate --live --p2p --tunnelled GUEST qemu+tcp://host2/system`: the stream goes through the libvirtd connection",
-            Contender::VirshBest => "`virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy GUEST qemu+tcp://host2/system --migrateuri tcp://host2`: libvirt's best convergence (QEMU throttles the guest during pre-copy; post-copy starts after the first pass)",
-            Contender::Control => "no migration: a guest started like the hand-driven one, probed the same way while it stays on host1 for 3 s — the probes' floor, and how often a guest breaks without any migration",
-        };
-        let _ = writeln!(out, "- **{}** — {what}", ct.id());
-    }
-    for (ct, why) in &r.left_out {
-        let _ = writeln!(out, "- **{}** — left out: {why}", ct.id());
-    }
+    out.push_str(&contender_lines(r));
     let _ = writeln!(
         out,
         "\nEvery run boots a fresh guest on host1 for each contender, lets it settle, starts the client probes \
@@ -357,20 +395,10 @@ pub fn markdown(r: &Report) -> String {
          bytes — and the target's RESUME time come from each tool).\n",
         r.settings.budget_s, r.settings.runs
     );
-    out.push_str(&crate::goals::markdown(r));
+    out.push_str(&crate::goals::markdown(r, "##"));
     let _ = writeln!(out, "## Overview\n");
     out.push_str(&overview(r));
-    let _ = writeln!(
-        out,
-        "\n*total*: from the contender's command start to the guest answering on the target (the first UDP echo \
-         after the guest's first frame on the target tap). *blackout*: the guest's last frame on the source tap to \
-         its first frame on the target tap. *UDP lost*: median of UDP echo requests sent during the migration that \
-         never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
-         \"RTO\": runs whose TCP stall exceeded the UDP gap by more than 20 ms (a retransmission timeout waited \
-         out). *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
-         \"crashed\": the guest's console shows a kernel oops or a failed memory verification; \"unreachable\": it \
-         did not answer TCP echo afterwards.\n"
-    );
+    let _ = writeln!(out, "\n{OVERVIEW_LEGEND}\n");
     let damaged: Vec<String> = r
         .runs
         .iter()
