@@ -300,13 +300,19 @@ async fn run_cell(
 fn line(r: &RunResult) -> String {
     let o = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "–".into());
     format!(
-        "{} run {} {}: {} total {} ms, downtime {} ms, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}",
+        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost at switchover {}, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}",
         r.cell,
         r.run,
         r.contender.id(),
-        if r.converged { "converged" } else { "NOT converged" },
+        match (r.contender.migrates(), r.converged) {
+            (false, _) => "no migration,",
+            (true, true) => "converged",
+            (true, false) => "NOT converged",
+        },
         o(r.total_ms),
+        o(r.wire.blackout_ms().map(|b| b.round() as u64)),
         o(r.downtime_ms),
+        o(r.outage.lost_at_switchover()),
         o(r.outage.udp_longest_gap_ms),
         o(r.outage.tcp_longest_stall_ms),
         o(r.transferred_bytes.map(|b| b >> 20)),

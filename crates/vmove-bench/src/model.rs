@@ -228,6 +228,18 @@ pub struct Outage {
     /// Of those, requests never answered (frames lost at the switchover, or anywhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_lost: Option<u64>,
+    /// Requests never answered of those sent at the switchover: from 50 ms before the
+    /// guest's last frame on the source tap to 50 ms after its first answer on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_lost_switchover: Option<u64>,
+}
+
+impl Outage {
+    /// Lost at the switchover where the wire saw one, else lost in the whole window (the
+    /// control, or a run without frame watches).
+    pub fn lost_at_switchover(&self) -> Option<u64> {
+        self.udp_lost_switchover.or(self.udp_lost)
+    }
 }
 
 /// What the network saw: a packet-socket frame watch (kernel timestamps) on the guest's tap

@@ -15,6 +15,9 @@ const AFTER: Duration = Duration::from_secs(2);
 /// UDP requests sent in the last this-many ms of the window are not counted as lost or not
 /// (their echo may still be on its way when the probe stops).
 const LATE_MS: u64 = 300;
+/// The switchover's UDP window reaches this far before the guest's last frame on the source
+/// and after its first answer on the target.
+const SWITCH_MARGIN_MS: u64 = 50;
 
 fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
     let short = match c {
@@ -182,6 +185,15 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     }
     if !c.migrates() {
         r.total_ms = None;
+    }
+    // Lost at the switchover: requests sent from just before the guest's last frame on the
+    // source to just after its first answer on the target.
+    if let (Some(last), Some(first)) = (r.wire.src_last_frame_us, r.wire.dst_first_frame_us) {
+        let late = u.ms(t_end).saturating_sub(LATE_MS);
+        let from = u.ms_of_unix(last).saturating_sub(SWITCH_MARGIN_MS);
+        let answered = stats::first_at_or_after(&u.at_ms, u.ms_of_unix(first)).unwrap_or(late);
+        let (n, lost) = stats::lost(&u.sent_at_ms, &u.echoed, from, (answered + SWITCH_MARGIN_MS).min(late));
+        r.outage.udp_lost_switchover = (n > 0).then_some(lost);
     }
     r.qemu_total_ms = out.qemu_total_ms;
     r.downtime_ms = out.downtime_ms;

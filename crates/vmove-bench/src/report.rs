@@ -183,8 +183,9 @@ pub fn contender_lines(r: &Report) -> String {
 /// The legend of [`overview`].
 pub const OVERVIEW_LEGEND: &str = "*total*: from the contender's command start to the guest answering on the target (the first UDP echo \
      after the guest's first frame on the target tap). *blackout*: the guest's last frame on the source tap to \
-     its first frame on the target tap. *UDP lost*: median of UDP echo requests sent during the migration that \
-     never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
+     its first frame on the target tap. *UDP lost*: median of UDP echo requests sent at the switchover (from 50 ms \
+     before the guest's last frame on the source to 50 ms after its first answer on the target; the whole \
+     window for the control) that never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
      \"RTO\": runs whose TCP stall exceeded the UDP gap by more than 20 ms (a retransmission timeout waited \
      out). *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
      \"crashed\": the guest's console shows a kernel oops or a failed memory verification; \"unreachable\": it \
@@ -218,6 +219,7 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
         "RARP ms",
         "UDP gap ms",
         "UDP lost",
+        "UDP lost (window)",
         "TCP stall ms",
     ]
         .iter()
@@ -240,6 +242,7 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
             num(s.rarp_ms, 0),
             num(s.udp_gap_ms, 0),
             lost(s),
+            num(s.udp_lost_window, 0),
             tcp(s),
         ];
         if cell.http_load {

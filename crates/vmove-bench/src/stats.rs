@@ -108,8 +108,10 @@ pub struct Summary {
     pub rarp_ms: Option<f64>,
     /// The target's cold start (its RESUME → the guest's first frame there), ms.
     pub cold_start_ms: Option<f64>,
-    /// UDP requests never answered in the window (median over the surviving runs).
+    /// UDP requests never answered at the switchover (median over the surviving runs).
     pub udp_lost: Option<f64>,
+    /// UDP requests never answered in the whole window, from the command's start (median).
+    pub udp_lost_window: Option<f64>,
     /// Surviving runs that lost no UDP request, of those that counted.
     pub no_loss_runs: (usize, usize),
     /// Surviving runs whose TCP connection waited out a retransmission timeout, of those measured.
@@ -157,10 +159,11 @@ pub fn summarize(runs: &[RunResult], cell: &str, contender: Contender) -> Summar
         blackout_ms: med(&ok, |r| r.wire.blackout_ms()),
         rarp_ms: med(&ok, |r| r.wire.rarp_ms()),
         cold_start_ms: med(&ok, |r| r.wire.cold_start_ms()),
-        udp_lost: med(&alive, |r| r.outage.udp_lost.map(|n| n as f64)),
+        udp_lost: med(&alive, |r| r.outage.lost_at_switchover().map(|n| n as f64)),
+        udp_lost_window: med(&alive, |r| r.outage.udp_lost.map(|n| n as f64)),
         no_loss_runs: (
-            alive.iter().filter(|r| r.outage.udp_lost == Some(0)).count(),
-            alive.iter().filter(|r| r.outage.udp_lost.is_some()).count(),
+            alive.iter().filter(|r| r.outage.lost_at_switchover() == Some(0)).count(),
+            alive.iter().filter(|r| r.outage.lost_at_switchover().is_some()).count(),
         ),
         rto_runs: (
             alive.iter().filter(|r| waited_rto(r) == Some(true)).count(),
