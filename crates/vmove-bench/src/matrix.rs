@@ -300,7 +300,7 @@ async fn run_cell(
 fn line(r: &RunResult) -> String {
     let o = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "–".into());
     format!(
-        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost at switchover {}, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}",
+        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost {}, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}",
         r.cell,
         r.run,
         r.contender.id(),
