@@ -192,8 +192,8 @@ impl Cluster {
         c.validate().map_err(|message| ModelError::Invalid {
             path: path.into(),
             message: match locate(text, &message) {
-                Some(line) => format!("line {line}: {message}"),
-                None => message,
+                Some(line) => format!("line {line}: {}", one_line(&message)),
+                None => one_line(&message),
             },
         })?;
         Ok(c)
@@ -362,6 +362,11 @@ fn natural_key(s: &str) -> (String, u64) {
     (head.to_string(), tail.parse().unwrap_or(0))
 }
 
+/// Control characters (a name may hold a `\n` escape) written as escapes: one line.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
@@ -478,6 +483,15 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         let bad = SAMPLE.replace("accel = \"tcg\"", "accel = \"warp\"");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
         assert_eq!(e, "c.toml: line 11: hosts[host2].accel: \"warp\" is not kvm, tcg or auto");
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/cluster_file/crash-newline-in-name.toml): a name
+    /// with a `\n` escape put a newline in the validation error.
+    #[test]
+    fn validation_errors_stay_on_one_line() {
+        let bad = SAMPLE.replace("name = \"vm1\"\nhost = \"host1\"", "name = \"v\\nm\\r1\\u0000\"\nhost = \"host9\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: guests[v\\nm\\r1\\u{0}].host: no host named \"host9\"");
     }
 
     #[test]
