@@ -388,3 +388,75 @@ async fn shared_volume_live_migration_with_blockdev() {
         None
     );
 }
+
+/// Every mirror ready, the memory migration held at pre-switchover, and the migration
+/// must stop (cancel, a failure on the target): `migrate_cancel` resumes the guest on
+/// the source, a forced cancel drops the ready mirror without its final sync, and the
+/// source is as before the copy; the target's QEMU ends by itself.
+#[tokio::test]
+async fn abort_at_pre_switchover_keeps_the_guest_on_the_source() {
+    if !have_qemu("abort_at_pre_switchover_keeps_the_guest_on_the_source") {
+        return;
+    }
+    let n = DiskNames::of(0);
+    let s = setup();
+    let src = start(
+        &s.dir.path().join("run-src"),
+        &s.src_img,
+        false,
+        SourceLine::Blockdev,
+    )
+    .await;
+    let mut dst = start(
+        &s.dir.path().join("run-dst"),
+        &s.dst_img,
+        true,
+        SourceLine::Blockdev,
+    )
+    .await;
+    let (sq, dq) = (&src.qmp, &dst.qmp);
+    let nbd_port = free_port();
+    target_serve(dq, &s.server_tls, nbd_port).await;
+    source_connect(sq, TLS, &s.client_tls, nbd_port)
+        .await
+        .expect("nbd client");
+    let mut sev = sq.subscribe();
+    source_mirror(sq, None).await;
+    let ready = job_event(
+        sq,
+        &mut sev,
+        &[Kind::Ready, Kind::Completed, Kind::Cancelled],
+    )
+    .await;
+    assert_eq!(ready.kind, Kind::Ready, "{ready:?}");
+    migration_setup(sq, dq, true).await;
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    dq.migrate_incoming(&uri).await.expect("migrate-incoming");
+    sq.migrate(&uri).await.expect("migrate");
+    migration_reaches(sq, &mut sev, MigrationStatus::PreSwitchover).await;
+
+    sq.migrate_cancel().await.expect("migrate_cancel");
+    migration_reaches(sq, &mut sev, MigrationStatus::Cancelled).await;
+    sq.block_job_cancel(&n.job, true)
+        .await
+        .expect("forced cancel");
+    let end = job_event(sq, &mut sev, &[Kind::Completed, Kind::Cancelled]).await;
+    assert_eq!(end.kind, Kind::Cancelled, "{end:?}");
+    sq.blockdev_del(&n.nbd_client).await.expect("blockdev-del");
+    until_running(sq).await;
+    source_untouched(sq, &s.src_img).await;
+    src.guest_write(0x42, 0, 64 << 10).await;
+    let a = std::fs::read(&s.src_img).unwrap();
+    assert_eq!(
+        first_difference(&a, &expected(&[(0x42, 0, 64 << 10)])),
+        None
+    );
+
+    // A failed incoming migration ends the target's QEMU (its `exit-on-error` default),
+    // export and NBD server with it: only its volume is left to delete.
+    tokio::time::timeout(GUARD, dq.closed())
+        .await
+        .expect("target QEMU exits");
+    dst.kill();
+    std::fs::remove_file(&s.dst_img).unwrap();
+}
