@@ -135,6 +135,40 @@ pub fn args(spec: &GuestSpec, l: &Launch) -> Vec<String> {
     a
 }
 
+/// The QEMU arguments of a storage helper: a `-machine none` QEMU (no guest, no CPUs) that
+/// opens some of a guest's volumes as `-blockdev` nodes named as the guest's own
+/// ([`DiskNames::node`], by the disk's index `i`) and is driven over QMP in `run_dir`. A
+/// migration target runs one to serve its new copies over NBD; an offline source runs one
+/// to mirror a stopped guest's volumes. `name` (`-name guest=`) is never a valid guest name
+/// (it holds a `+`), so nothing takes it for a guest's QEMU, and an agent that restarts
+/// kills it as the QEMU of no guest.
+pub fn helper_args(name: &str, run_dir: &Path, disks: &[(usize, PathBuf, bool)]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("guest={name},debug-threads=on"),
+        "-machine".into(),
+        "none".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", RunFiles::qmp(run_dir).display()),
+        "-pidfile".into(),
+        RunFiles::pid(run_dir).display().to_string(),
+    ];
+    for (i, path, direct) in disks {
+        a.extend(["-blockdev".into(), blockdev(&DiskNames::of(*i).node, path, *direct)]);
+    }
+    a
+}
+
+/// The helper name of a guest's storage helper `role` (`nbd` on a target, `copy` on an
+/// offline source): `<guest>+<role>`.
+pub fn helper_name(guest: &str, role: &str) -> String {
+    format!("{guest}+{role}")
+}
+
 /// The block layer names of a guest's disk `i`, the same on every host, so a source and
 /// a target agree on them without asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +296,21 @@ mod tests {
         assert!(a.contains("mac=52:54:00:00:00:01"));
         assert!(a.contains("port=5901"));
         assert!(a.ends_with("-incoming defer"));
+    }
+
+    #[test]
+    fn helper_opens_volumes_under_the_guests_node_names() {
+        let disks = vec![(2usize, PathBuf::from("/local/vm1-data.img"), true)];
+        let a = helper_args(&helper_name("vm1", "nbd"), Path::new("/run/vm1+nbd"), &disks);
+        let s = a.join(" ");
+        assert!(s.starts_with("-name guest=vm1+nbd,debug-threads=on -machine none -nodefaults"), "{s}");
+        assert!(s.contains("-qmp unix:/run/vm1+nbd/qmp.sock,server=on,wait=off -pidfile /run/vm1+nbd/qemu.pid"), "{s}");
+        let bd: Vec<serde_json::Value> =
+            a.windows(2).filter(|w| w[0] == "-blockdev").map(|w| serde_json::from_str(&w[1]).expect("JSON")).collect();
+        assert_eq!(bd.len(), 1);
+        assert_eq!(bd[0]["node-name"], "disk2");
+        assert_eq!(bd[0]["file"]["filename"], "/local/vm1-data.img");
+        assert!(!a.iter().any(|x| x == "-device" || x == "-incoming"));
     }
 
     /// Disks are `-blockdev` JSON with the node names of [`DiskNames`]: cache mode,

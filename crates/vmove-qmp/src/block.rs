@@ -156,6 +156,12 @@ pub enum NbdAddr {
         /// Socket path.
         path: String,
     },
+    /// A socket passed to QEMU beforehand with `getfd` under this name (an NBD server on
+    /// a listening socket its caller bound: no port chosen and released in between).
+    Fd {
+        /// The `fdname` given to `getfd`.
+        name: String,
+    },
 }
 
 impl NbdAddr {
@@ -166,6 +172,7 @@ impl NbdAddr {
                 json!({"type": "inet", "host": host, "port": port.to_string()})
             }
             NbdAddr::Unix { path } => json!({"type": "unix", "path": path}),
+            NbdAddr::Fd { name } => json!({"type": "fd", "str": name}),
         }
     }
 
@@ -177,6 +184,7 @@ impl NbdAddr {
                 json!({"type": "inet", "data": {"host": host, "port": port.to_string()}})
             }
             NbdAddr::Unix { path } => json!({"type": "unix", "data": {"path": path}}),
+            NbdAddr::Fd { name } => json!({"type": "fd", "data": {"str": name}}),
         }
     }
 }

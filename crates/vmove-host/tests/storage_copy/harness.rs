@@ -152,6 +152,77 @@ pub async fn start(run: &Path, disk: &Path, incoming: bool, line: SourceLine) ->
     Vm { qmp, proc }
 }
 
+/// Starts a storage helper (`-machine none`, the disk as node `disk0`), as a target agent
+/// runs one to serve its new copy.
+pub async fn start_helper(run: &Path, disk: &Path) -> Vm {
+    let direct = qemu::supports_o_direct(disk);
+    let args = qemu::helper_args(
+        &qemu::helper_name("vm1", "nbd"),
+        run,
+        &[(0, disk.to_path_buf(), direct)],
+    );
+    let child = qemu::spawn(qemu::QEMU_BIN, &args, run).expect("start helper qemu");
+    let proc = Proc {
+        child,
+        run: run.to_path_buf(),
+    };
+    let qmp = match Qmp::connect_retry(&RunFiles::qmp(run), Duration::from_secs(30)).await {
+        Ok(q) => q,
+        Err(e) => panic!("qmp of {}: {e}", run.display()),
+    };
+    qmp.set_default_timeout(Duration::from_secs(30));
+    Vm { qmp, proc }
+}
+
+impl Vm {
+    /// Waits until the QEMU has exited (failure guard [`GUARD`]).
+    pub fn wait_exit(&mut self) {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if self.proc.child.try_wait().expect("try_wait").is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "QEMU did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Target: like [`target_serve`], but the NBD server listens on a socket bound here and
+/// passed to QEMU with `getfd` (no port chosen and released in between).
+pub async fn target_serve_fd(q: &Qmp, tls_dir: &Path, listener: &std::net::TcpListener) {
+    let n = names();
+    let dir = tls_dir.to_str().expect("utf-8 path");
+    q.object_add_tls_creds_x509(TLS, dir, "server", true)
+        .await
+        .expect("tls-creds server");
+    q.object_add_authz_simple(AUTHZ, "CN=src")
+        .await
+        .expect("authz");
+    q.getfd(std::os::fd::AsFd::as_fd(listener), "vmove-nbd-listener")
+        .await
+        .expect("getfd");
+    q.nbd_server_start(&NbdServerStart {
+        addr: NbdAddr::Fd {
+            name: "vmove-nbd-listener".into(),
+        },
+        tls_creds: Some(TLS.into()),
+        tls_authz: Some(AUTHZ.into()),
+        max_connections: None,
+    })
+    .await
+    .expect("nbd-server-start on a passed socket");
+    q.block_export_add_nbd(&NbdExport {
+        id: n.export.clone(),
+        node_name: n.node,
+        name: Some(n.export),
+        writable: true,
+        allow_inactive: None,
+    })
+    .await
+    .expect("block-export-add");
+}
+
 /// The volumes and TLS credentials of one test, in its own temporary directory.
 pub struct Setup {
     /// Holds everything; removed on drop.

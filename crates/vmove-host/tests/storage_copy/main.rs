@@ -460,3 +460,115 @@ async fn abort_at_pre_switchover_keeps_the_guest_on_the_source() {
     dst.kill();
     std::fs::remove_file(&s.dst_img).unwrap();
 }
+
+/// The copy as the agent runs it: the target serves its new file from a storage helper
+/// (`-machine none`, NBD over TLS on a socket the agent bound and passed with `getfd`),
+/// and the incoming guest QEMU opens the same file inactive (no lock taken) while the
+/// helper writes it, as a target opens a shared volume the source still runs. At
+/// pre-switchover the mirror is finished and the helper quits (its lock goes with it);
+/// then the incoming QEMU activates the file at the switchover.
+#[tokio::test]
+async fn local_volume_moves_through_a_storage_helper() {
+    let test = "local_volume_moves_through_a_storage_helper";
+    if !have_qemu(test) {
+        return;
+    }
+    let n = DiskNames::of(0);
+    let s = setup();
+    let src = start(
+        &s.dir.path().join("run-src"),
+        &s.src_img,
+        false,
+        SourceLine::Blockdev,
+    )
+    .await;
+    let mut helper = start_helper(&s.dir.path().join("run-nbd"), &s.dst_img).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nbd_port = listener.local_addr().expect("addr").port();
+    target_serve_fd(&helper.qmp, &s.server_tls, &listener).await;
+    drop(listener);
+    let sq = &src.qmp;
+    source_connect(sq, TLS, &s.client_tls, nbd_port)
+        .await
+        .expect("nbd client");
+    let mut sev = sq.subscribe();
+    let t0 = Instant::now();
+    source_mirror(sq, None).await;
+    let mut writes = vec![(0xa1, 1 << 20, 64 << 10)];
+    src.guest_write(0xa1, 1 << 20, 64 << 10).await;
+    let ready = job_event(
+        sq,
+        &mut sev,
+        &[Kind::Ready, Kind::Completed, Kind::Cancelled],
+    )
+    .await;
+    assert_eq!(ready.kind, Kind::Ready, "{ready:?}");
+    let copy = t0.elapsed();
+
+    // The incoming QEMU opens the file the helper holds (and writes) with its lock.
+    let dst = start(
+        &s.dir.path().join("run-dst"),
+        &s.dst_img,
+        true,
+        SourceLine::Blockdev,
+    )
+    .await;
+    let dq = &dst.qmp;
+    let root = dq.query_block().await.unwrap()[0].inserted.clone().expect("disk");
+    assert_eq!(root.active, Some(false), "the incoming disk waits inactive");
+    writes.push((0xb2, 8 << 20, 1 << 20));
+    src.guest_write(0xb2, 8 << 20, 1 << 20).await;
+
+    dq.object_add_tls_creds_x509(TLS, s.server_tls.to_str().unwrap(), "server", true)
+        .await
+        .expect("tls-creds of the incoming QEMU");
+    migration_setup(sq, dq, true).await;
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    dq.migrate_incoming(&uri).await.expect("migrate-incoming");
+    sq.migrate(&uri).await.expect("migrate");
+    migration_reaches(sq, &mut sev, MigrationStatus::Active).await;
+    writes.push((0xd4, 24 << 20, 1 << 20));
+    src.guest_write(0xd4, 24 << 20, 1 << 20).await;
+    migration_reaches(sq, &mut sev, MigrationStatus::PreSwitchover).await;
+
+    let p0 = Instant::now();
+    sq.block_job_cancel(&n.job, false)
+        .await
+        .expect("block-job-cancel");
+    let end = job_event(sq, &mut sev, &[Kind::Completed, Kind::Cancelled]).await;
+    assert_eq!((end.kind, end.error.as_deref()), (Kind::Completed, None), "{end:?}");
+    sq.blockdev_del(&n.nbd_client).await.expect("blockdev-del");
+    target_unserve(&helper.qmp).await;
+    helper.qmp.quit().await.expect("quit");
+    helper.wait_exit();
+    sq.migrate_continue(MigrationStatus::PreSwitchover)
+        .await
+        .expect("migrate-continue");
+    let pause = p0.elapsed();
+    migration_reaches(sq, &mut sev, MigrationStatus::Completed).await;
+    until_running(dq).await;
+    let info = sq.query_migrate().await.unwrap();
+
+    let root = dq.query_block().await.unwrap()[0].inserted.clone().expect("disk");
+    assert_eq!(
+        (root.file.as_str(), root.active),
+        (s.dst_img.to_str().unwrap(), Some(true))
+    );
+    let a = std::fs::read(&s.src_img).unwrap();
+    let b = std::fs::read(&s.dst_img).unwrap();
+    assert_eq!(first_difference(&a, &expected(&writes)), None, "source lost a write");
+    assert_eq!(first_difference(&a, &b), None, "target differs from source");
+    dst.guest_write(0xe5, 32 << 20, 4096).await;
+    dst.guest_read_check(0xe5, 32 << 20, 4096).await;
+    dst.guest_read_check(0xd4, 24 << 20, 1 << 20).await;
+    let log = dst.log();
+    assert!(!log.contains("conflict") && !log.contains("lock"), "target QEMU log: {log}");
+    eprintln!(
+        "FIGURES {test}: mirror {} MiB to ready in {} ms; pause at switchover (cancel + \
+         final sync + helper down) {} ms; QEMU downtime {} ms",
+        SIZE >> 20,
+        copy.as_millis(),
+        pause.as_millis(),
+        info.downtime.unwrap_or(0)
+    );
+}

@@ -193,6 +193,33 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let bytes = u128::from(g.memory_mib) * 1_048_576;
     let net = u128::from(b - d);
     let secs = u64::try_from(bytes.div_ceil(net)).unwrap_or(u64::MAX);
+    // Local volumes are copied before the memory phase (COPY_VOLUMES), over the same link;
+    // the mirrors keep up with the guest's disk writes, switching to write-blocking when not.
+    let disk = super::storage::copy_bytes(c);
+    if disk > 0 {
+        let disk_secs = u64::try_from(u128::from(disk).div_ceil(u128::from(b))).unwrap_or(u64::MAX);
+        let what = format!(
+            "{} of local volumes at {moves}, then {} MiB of memory with {dirty} dirtied",
+            super::storage::mib(disk),
+            g.memory_mib
+        );
+        let total = fmt_secs(disk_secs.saturating_add(secs));
+        if disk_secs > c.req.params.timeout_s || secs > c.req.params.timeout_s {
+            return Err(format!(
+                "predicted {total} ({} + {}) to copy {what}: a phase exceeds the timeout of {timeout}",
+                fmt_secs(disk_secs),
+                fmt_secs(secs)
+            ));
+        }
+        return Ok((
+            Verdict::Pass,
+            format!(
+                "about {total} ({} + {}) to copy {what}, each within the timeout of {timeout}",
+                fmt_secs(disk_secs),
+                fmt_secs(secs)
+            ),
+        ));
+    }
     let what = format!("{} MiB at {moves} with {dirty} dirtied", g.memory_mib);
     if secs > c.req.params.timeout_s {
         return Err(format!(

@@ -422,3 +422,27 @@ async fn wait_event_picks_times_out_and_sees_close() {
         .unwrap_err();
     assert!(err.is_closed(), "{err:?}");
 }
+
+/// A listening socket passed with `getfd`: QEMU's `SocketAddressLegacy` / `SocketAddress`
+/// spell it `fd` with the name in `str`.
+#[test]
+fn nbd_address_of_a_passed_socket() {
+    let a = NbdAddr::Fd {
+        name: "vmove-nbd-listener".into(),
+    };
+    assert_eq!(
+        a.legacy(),
+        json!({"type": "fd", "data": {"str": "vmove-nbd-listener"}})
+    );
+    assert_eq!(a.flat(), json!({"type": "fd", "str": "vmove-nbd-listener"}));
+    let start = NbdServerStart {
+        addr: a,
+        tls_creds: Some("vmove-tls".into()),
+        tls_authz: Some("vmove-nbd-authz".into()),
+        max_connections: None,
+    };
+    assert_eq!(
+        start.to_args(),
+        json!({"addr": {"type": "fd", "data": {"str": "vmove-nbd-listener"}}, "tls-creds": "vmove-tls", "tls-authz": "vmove-nbd-authz"})
+    );
+}
