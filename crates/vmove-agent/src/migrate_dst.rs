@@ -13,6 +13,8 @@ use crate::error::{fail, AgentError, Result, ResultExt};
 use crate::peer::{call, PEER_TIMEOUT};
 use crate::steps::{take_definition, StepCx, StepWork};
 
+mod switchover;
+
 /// How often the target asks the source for progress at most.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -79,7 +81,10 @@ async fn abort_incoming(cx: &StepCx<'_>) -> Result<String> {
 async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
     let (agent, name) = (cx.agent(), cx.guest().to_string());
     let mut p = cx.spec.params.clone();
-    p.pause_before_switchover = crate::hooks::pause_at_switchover(agent, cx.spec);
+    let hook = crate::hooks::pause_at_switchover(agent, cx.spec);
+    // Local volumes: the mirrors must be in sync now and are finished at the pause.
+    let copying = crate::storage::dst::copies_in_sync(cx).await?;
+    p.pause_before_switchover = hook || copying;
     agent.start_incoming(&name).await?;
     let (q, _) = agent.qmp_of(&name)?;
     crate::migrate_src::setup_qemu(&q, agent, &name, &p, "server", None).await?;
@@ -101,6 +106,7 @@ async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
     let started = Instant::now();
     let timeout = Duration::from_secs(p.timeout_s);
     let mut misses = 0u32;
+    let mut held = false;
     let mut dst_events = q.subscribe();
     loop {
         if cx.cell.cancelled() {
@@ -123,12 +129,10 @@ async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
                 let pr = progress(&info);
                 match pr.status.as_str() {
                     "completed" => return Ok((q.clone(), final_figures(cx, info).await)),
-                    "pre-switchover" => {
-                        cx.cell.emit(&agent.state, EventKind::Info { message: "paused at switchover (test hook)".into() }).await?;
-                        if !cx.cell.wait_resumed().await {
-                            fail!(Cancelled, "cancelled by the operator at switchover; the guest keeps running on {}", cx.spec.source.name);
-                        }
-                        cx.peer.call(&Request::PeerMigrateContinue { name: name.clone() }, PEER_TIMEOUT).await.ctx("continue at switchover")?;
+                    // Once: a query right after the continue may still see the pause.
+                    "pre-switchover" if !held => {
+                        held = true;
+                        switchover::at_pre_switchover(cx, hook, copying).await?;
                     }
                     "failed" | "cancelled" => fail!(
                         Qemu,
@@ -153,7 +157,7 @@ async fn migrate(cx: &StepCx<'_>) -> Result<(Qmp, MigrationInfo)> {
         }
         // Wait for the next poll, or for the target QEMU's MIGRATION event (it reports the
         // incoming side's completion at once).
-        let _ = tokio::time::timeout(POLL, async {
+        let _ = tokio::time::timeout(switchover::poll_interval(copying), async {
             loop {
                 match dst_events.recv().await {
                     Ok(e) if e.migration_status().is_some() => break,

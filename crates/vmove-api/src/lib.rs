@@ -25,6 +25,7 @@ pub mod server;
 mod job;
 pub mod operator;
 pub mod pki;
+mod storage;
 pub mod tls;
 mod validate;
 mod wire;
@@ -32,6 +33,7 @@ mod wire;
 pub use client::{one_line, AgentClient, ClientError};
 pub use operator::{operator_clients, OperatorError};
 pub use job::*;
+pub use storage::{LocalVolume, MirrorJob, MirrorReport, VolumeRef};
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
 pub use wire::*;
 

@@ -88,6 +88,10 @@ pub struct MigrateArgs {
     /// multifd channels (0 = one stream).
     #[arg(long, default_value_t = 2)]
     pub multifd: u8,
+    /// Keep the source's copies of local volumes after the move (their leases are released;
+    /// by default they are deleted once the guest runs on the target).
+    #[arg(long)]
+    pub keep_source_volumes: bool,
     /// Go on even if this check fails (its finding becomes a warning); repeatable.
     #[arg(long, value_name = "CHECK")]
     pub ignore_check: Vec<String>,

@@ -72,6 +72,7 @@ pub struct Agent {
     events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
     peers: Mutex<HashMap<String, AgentClient>>,
     journal_seq: AtomicU64,
+    pub(crate) helpers: crate::storage::helper::Helpers,
 }
 
 impl Agent {
@@ -104,6 +105,7 @@ impl Agent {
             events: Mutex::default(),
             peers: Mutex::default(),
             journal_seq: AtomicU64::new(journal_seq + 1),
+            helpers: Default::default(),
         })
     }
 

@@ -115,6 +115,7 @@ impl MigrateArgs {
                 .transpose()?,
             insecure_transport: self.insecure_transport,
             multifd_channels: self.multifd,
+            keep_source_volumes: self.keep_source_volumes,
             ..base
         };
         if p.timeout_s == 0 {
@@ -179,6 +180,7 @@ mod tests {
             "vm1", "--to", "host2", "--from", "host1", "--mode", "offline-force", "--step", "stop-guest", "--timeout", "90s",
             "--max-downtime", "1s", "--bandwidth", "100M", "--insecure-transport", "--multifd", "0", "--ignore-check",
             "no-outstanding-work", "--detach", "--inject-fault", "ATTACH_VOLUMES", "--pause-before", "MIGRATE_GUEST",
+            "--keep-source-volumes",
         ])
         .unwrap();
         assert_eq!(c.request.mode, Mode::OfflineForce);
@@ -191,6 +193,7 @@ mod tests {
                 bandwidth_bytes_per_s: Some(100 << 20),
                 insecure_transport: true,
                 multifd_channels: 0,
+                keep_source_volumes: true,
                 ..MigrationParams::default()
             }
         );
