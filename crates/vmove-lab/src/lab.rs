@@ -177,7 +177,9 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
     ca.issue_operator("operator")?.write(&pki, "operator")?;
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared)?;
-    let pools = vec![PoolEntry { name: "shared".into(), path: shared.clone() }];
+    // The local pool: each host's own directory hosts/NAME/local (the cluster file names
+    // the pool; each agent's configuration holds its own path).
+    let pools = vec![PoolEntry::shared("shared", shared.clone()), PoolEntry::local("local", dir.join("hosts").join("HOST").join("local"))];
     let networks = vec![NetworkEntry {
         name: GUEST_NET.into(),
         bridge: GUEST_NET.into(),
@@ -189,7 +191,7 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
     for i in 1..=plan.hosts {
         let hname = Plan::host_name(i);
         let hdir = dir.join("hosts").join(&hname);
-        std::fs::create_dir_all(&hdir)?;
+        std::fs::create_dir_all(hdir.join("local"))?;
         ca.issue_host(&hname, plan.host_ip(i).into())?.write(&pki, &hname)?;
         let listen = format!("{}:{}", plan.host_ip(i), vmove_api::DEFAULT_PORT);
         let cfg = AgentConfig {
@@ -209,7 +211,7 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
             lab_kernel: Some(image.kernel.clone()),
             lab_initrd: Some(image.initrd.clone()),
             allow_fault_injection: true,
-            pools: pools.clone(),
+            pools: vec![PoolEntry::shared("shared", shared.clone()), PoolEntry::local("local", hdir.join("local"))],
             networks: networks.clone(),
         };
         let cfg_path = hdir.join("agent.toml");

@@ -36,6 +36,17 @@
 //! For a live storage copy it wraps mirror jobs ([`BlockdevMirror`]) into NBD client
 //! nodes ([`NbdClient`]), the NBD server ([`NbdServerStart`]) and its exports
 //! ([`NbdExport`]), and decodes the `BLOCK_JOB_*` events ([`Event::block_job`]).
+//! # Convergence primitives
+//!
+//! Post-copy and its recovery ([`Qmp::migrate_start_postcopy`],
+//! [`Qmp::migrate_pause`], [`Qmp::migrate_recover`] on the target,
+//! [`Qmp::migrate_resume`] on the source), the throttle and dirty-limit
+//! parameters of [`MigrateSetParameters`], the figures of [`MigrationInfo`]
+//! a convergence ladder watches ([`MigrationInfo::rate_bytes_per_s`],
+//! [`MigrationInfo::dirty_rate_bytes_per_s`], `cpu-throttle-percentage`,
+//! post-copy statuses), and [`Qmp::refused_capabilities`] to ask a QEMU which
+//! capability combinations it accepts. What QEMU 10.0.2 does with them is in
+//! docs/DESIGN.md ("Convergence: what QEMU 10 does").
 //!
 //! With the `fake` feature, [`fake::FakeQmp`] is a scriptable QMP server for
 //! other crates' unit tests.

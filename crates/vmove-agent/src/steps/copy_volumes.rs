@@ -208,5 +208,7 @@ fn progress(r: &MirrorReport, rate: u64, t0: Instant) -> Progress {
         expected_downtime_ms: 0,
         eta_s: (rate > 0).then(|| remaining / rate),
         elapsed_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        rung: None,
+        throttle_pct: None,
     }
 }

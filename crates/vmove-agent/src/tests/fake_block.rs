@@ -166,7 +166,7 @@ impl World {
                 if !j.concluded {
                     if let Some(e) = &fail {
                         (j.concluded, j.error) = (true, Some(e.clone()));
-                    } else if !(stall && !j.write_blocking) {
+                    } else if !stall || j.write_blocking {
                         j.offset = (j.offset + j.len.div_ceil(steps)).min(j.len);
                         if j.offset == j.len && !j.ready {
                             j.ready = true;
@@ -207,7 +207,7 @@ impl World {
                 return Reply::error("GenericError", &format!("Job '{id}' in state 'concluded' cannot accept command verb 'cancel'"));
             }
             j.concluded = true;
-            if !(j.ready && !force) {
+            if !j.ready || force {
                 j.error = Some("Operation canceled".into());
             }
             j.clone()

@@ -3,6 +3,7 @@
 
 mod block;
 mod client;
+mod converge;
 mod parse;
 mod qemu;
 mod wrappers;
