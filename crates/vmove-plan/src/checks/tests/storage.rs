@@ -180,3 +180,28 @@ mod predicted_convergence_with_disks {
         );
     }
 }
+
+mod qemu_capabilities_with_disks {
+    use super::*;
+    const ID: CheckId = CheckId::QemuCapabilities;
+
+    #[test]
+    fn local_volumes_need_the_pause_before_the_switchover() {
+        let mut fx = with_local_disk(Mode::Live);
+        assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+        fx.tgt.qemu.migration_capabilities.retain(|c| c != "pause-before-switchover");
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "host2's QEMU 8.2.2 lacks migration capability pause-before-switchover \
+                 (finish the copy of local volumes)"
+            )
+        );
+        // Without local volumes it is not needed.
+        let mut fx = Fx::new(Mode::Live);
+        fx.tgt.qemu.migration_capabilities.retain(|c| c != "pause-before-switchover");
+        assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+    }
+}
