@@ -177,7 +177,14 @@ pub async fn mirror_write_blocking(agent: &Agent, name: &str) -> Result<()> {
     let Some(q) = copier(agent, name) else { fail!(WrongState, "no copy of {name} runs on {}", agent.name()) };
     for j in jobs(&q).await? {
         if !j.status.is_finished() {
-            q.block_job_change_copy_mode(&j.device, &MirrorCopyMode::WriteBlocking).await.with_ctx(|| format!("block-job-change {}", j.device))?;
+            match q.block_job_change_copy_mode(&j.device, &MirrorCopyMode::WriteBlocking).await {
+                Err(e) if e.is_qemu_class("CommandNotFound") => fail!(
+                    Qemu,
+                    "the guest writes faster than the copy moves, and the QEMU of {name} on {} cannot switch its mirrors to write-blocking (block-job-change needs QEMU 9.1 or later)",
+                    agent.name()
+                ),
+                r => r.with_ctx(|| format!("block-job-change {}", j.device))?,
+            };
         }
     }
     Ok(())

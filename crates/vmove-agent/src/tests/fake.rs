@@ -113,6 +113,8 @@ pub struct World {
     pub stall_mirrors: AtomicBool,
     /// Mirrors fail with this error at the next query.
     pub mirror_error: Mutex<Option<String>>,
+    /// QEMU before 9.1: no `block-job-change`.
+    pub no_block_job_change: AtomicBool,
 }
 
 impl World {

@@ -136,6 +136,9 @@ impl World {
                 Reply::ok()
             }
             "block-job-change" => {
+                if self.no_block_job_change.load(Ordering::SeqCst) {
+                    return Some(Reply::error("CommandNotFound", "The command block-job-change has not been found"));
+                }
                 if let Some(j) = me.block().jobs.get_mut(&arg("id")) {
                     j.write_blocking = true;
                 }

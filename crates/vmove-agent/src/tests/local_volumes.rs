@@ -219,6 +219,20 @@ async fn a_guest_writing_faster_than_the_copy_gets_write_blocking_mirrors() {
 }
 
 #[tokio::test]
+async fn a_qemu_without_block_job_change_fails_the_copy_clearly_and_rolls_back() {
+    let c = Cluster::new(2, 1).await;
+    let g = boot_local(&c, "vm1", "host1").await;
+    c.world.stall_mirrors.store(true, Ordering::SeqCst);
+    c.world.no_block_job_change.store(true, Ordering::SeqCst);
+    let r = c.run(c.spec(&g, "host1", "host2", Mode::Live)).await;
+    assert_status(&r, JobStatus::Failed);
+    let e = r.error.as_deref().unwrap_or("");
+    assert!(e.starts_with("COPY_VOLUMES: ") && e.contains("block-job-change needs QEMU 9.1 or later"), "{e}");
+    c.world.stall_mirrors.store(false, Ordering::SeqCst);
+    left_on_the_source(&c).await;
+}
+
+#[tokio::test]
 async fn a_mirror_that_fails_rolls_the_target_back() {
     let c = Cluster::new(2, 1).await;
     let g = boot_local(&c, "vm1", "host1").await;
