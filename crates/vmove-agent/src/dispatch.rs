@@ -13,6 +13,7 @@ use crate::error::{fail, Result};
 use crate::guests::Agent;
 use crate::jobs::Jobs;
 use crate::leases::Take;
+use crate::storage::src;
 
 /// The agent's API.
 pub struct Api {
@@ -182,6 +183,23 @@ impl Api {
                 agent.unclaim(&name).await?;
                 ok(side)
             }
+            Request::PeerLocalVolumes { name } => ok(src::local_volumes(agent, &name)?),
+            Request::PeerMirrorStart { name, disks, nbd, tls_hostname, live, bandwidth_bytes_per_s, job } => {
+                claim(jobs, &name, &job.unwrap_or_else(|| format!("a copy to {nbd}"))).await?;
+                src::mirror_start(agent, &name, &disks, &nbd, tls_hostname, live, bandwidth_bytes_per_s).await?;
+                ok(json!({ "mirroring": name }))
+            }
+            Request::PeerMirrorQuery { name } => ok(src::mirror_query(agent, &name).await?),
+            Request::PeerMirrorWriteBlocking { name } => {
+                src::mirror_write_blocking(agent, &name).await?;
+                ok(json!({ "write_blocking": name }))
+            }
+            Request::PeerMirrorFinish { name } => ok(src::mirror_finish(agent, &name).await?),
+            Request::PeerMirrorAbort { name } => {
+                src::mirror_abort(agent, &name).await?;
+                ok(json!({ "abandoned": name }))
+            }
+            Request::PeerDropVolumes { name, volumes, keep } => ok(src::drop_volumes(agent, &name, &volumes, keep).await?),
         }
     }
 }

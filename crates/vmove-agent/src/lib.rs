@@ -7,7 +7,7 @@
 //! - [`migrate_dst`] and [`migrate_src`]: the two halves of live migration, named for the
 //!   host they run on; [`peer`]: calls from target to source;
 //! - [`state`]: typed records in a `vmove_store::StateStore`; [`leases`]: volume leases;
-//!   [`claims`]: source claims;
+//!   [`claims`]: source claims; [`storage`]: copies of local volumes (both halves);
 //! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks;
 //!   [`metrics`]: Prometheus metrics.
 #![warn(missing_docs)]
@@ -31,6 +31,7 @@ pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod steps;
+pub mod storage;
 
 #[cfg(test)]
 mod tests;

@@ -192,7 +192,7 @@ pub fn agent_config(cluster: &Cluster, o: &HostOptions) -> AgentConfig {
         lab_initrd: None,
         allow_fault_injection: false,
         metrics_listen: o.metrics_listen.map(|a| a.to_string()),
-        pools: cluster.pools.iter().map(|p| PoolEntry { name: p.name.clone(), path: cluster.resolve(&p.path) }).collect(),
+        pools: cluster.pools.iter().map(|p| PoolEntry { path: cluster.resolve(&p.path), ..p.clone() }).collect(),
         networks: cluster.networks.clone(),
     }
 }
@@ -336,7 +336,7 @@ mod tests {
         let o = InitOptions {
             name: "prod".into(),
             networks: vec![NetworkEntry { name: "guests".into(), bridge: "br0".into(), vlan: None, cidr: None }],
-            pools: vec![PoolEntry { name: "shared".into(), path: "/srv/vmove/shared".into() }],
+            pools: vec![PoolEntry::shared("shared", "/srv/vmove/shared")],
         };
         init_cluster(dir, &o).unwrap()
     }
@@ -356,7 +356,7 @@ mod tests {
         assert!(e.contains("holds a cluster already"), "{e}");
         let e = init_cluster(
             &d.path().join("x"),
-            &InitOptions { name: "x".into(), pools: vec![PoolEntry { name: "p".into(), path: "rel".into() }], ..Default::default() },
+            &InitOptions { name: "x".into(), pools: vec![PoolEntry::shared("p", "rel")], ..Default::default() },
         )
         .unwrap_err()
         .to_string();

@@ -179,6 +179,13 @@ pub struct Summary {
     /// Memory passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passes: Option<u64>,
+    /// Bytes of local volumes copied (COPY_VOLUMES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// How long the copy of the local volumes took until every mirror was in sync (LIVE)
+    /// or the copy was complete (OFFLINE), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_copy_ms: Option<u64>,
 }
 
 /// Something that happened in a job.

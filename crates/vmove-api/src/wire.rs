@@ -233,6 +233,70 @@ pub enum Request {
         /// Guest name.
         name: String,
     },
+    /// Peer: the guest's volumes in this host's local pools and their sizes (the target
+    /// creates its copies with them).
+    PeerLocalVolumes {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: start copying the guest's local volumes into the target's NBD exports: a
+    /// mirror job per disk (`vmove-mirror-disk{i}` into NBD node `vmove-nbd-disk{i}`, export
+    /// `vmove-export-disk{i}`). LIVE mirrors from the running guest's QEMU; OFFLINE from a
+    /// storage helper the source starts on the stopped guest's volumes.
+    PeerMirrorStart {
+        /// Guest name.
+        name: String,
+        /// The disks to copy: indices in the guest's disk list (each in a local pool).
+        disks: Vec<u32>,
+        /// The target's NBD server, `IP:PORT`.
+        nbd: String,
+        /// Target name in its certificate (TLS), or none for clear text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls_hostname: Option<String>,
+        /// From the running guest (LIVE) or from its stopped volumes (OFFLINE).
+        live: bool,
+        /// Bandwidth cap of each job, bytes/s (none: unlimited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth_bytes_per_s: Option<u64>,
+        /// The migration job asking (the source refuses a second one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
+    },
+    /// Peer: the guest's mirror jobs.
+    PeerMirrorQuery {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: switch every mirror of the guest to write-blocking (the guest writes faster
+    /// than the copy moves).
+    PeerMirrorWriteBlocking {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: finish the copy: every ready mirror copies what is still dirty and ends (a
+    /// cancel, never a pivot), the NBD client nodes go. LIVE: at the pre-switchover pause.
+    PeerMirrorFinish {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: abandon the copy: every mirror is cancelled at once, the NBD client nodes
+    /// (and an OFFLINE storage helper) go; the guest's own volumes are untouched.
+    PeerMirrorAbort {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: the guest moved (its copies on the target are its volumes now): release this
+    /// host's leases of its local volumes and delete them (unless `keep`). Refused for a
+    /// volume that a guest defined here uses.
+    PeerDropVolumes {
+        /// Guest name.
+        name: String,
+        /// The volumes, in local pools of this host.
+        volumes: Vec<crate::VolumeRef>,
+        /// Keep the files (release the leases only).
+        #[serde(default)]
+        keep: bool,
+    },
     /// The tail of a guest's serial console log.
     GuestLog {
         /// Guest name.
@@ -280,6 +344,13 @@ impl Request {
                     | Request::PeerMigrateCancel { .. }
                     | Request::PeerMigrateContinue { .. }
                     | Request::PeerMigrateFinish { .. }
+                    | Request::PeerLocalVolumes { .. }
+                    | Request::PeerMirrorStart { .. }
+                    | Request::PeerMirrorQuery { .. }
+                    | Request::PeerMirrorWriteBlocking { .. }
+                    | Request::PeerMirrorFinish { .. }
+                    | Request::PeerMirrorAbort { .. }
+                    | Request::PeerDropVolumes { .. }
             ),
         }
     }
@@ -322,6 +393,13 @@ impl Request {
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
             Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
             Request::PeerMigrateFinish { .. } => "peer_migrate_finish",
+            Request::PeerLocalVolumes { .. } => "peer_local_volumes",
+            Request::PeerMirrorStart { .. } => "peer_mirror_start",
+            Request::PeerMirrorQuery { .. } => "peer_mirror_query",
+            Request::PeerMirrorWriteBlocking { .. } => "peer_mirror_write_blocking",
+            Request::PeerMirrorFinish { .. } => "peer_mirror_finish",
+            Request::PeerMirrorAbort { .. } => "peer_mirror_abort",
+            Request::PeerDropVolumes { .. } => "peer_drop_volumes",
         }
     }
 }

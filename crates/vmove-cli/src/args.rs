@@ -63,8 +63,9 @@ pub struct InitArgs {
     /// (bridge defaults to NAME); repeatable.
     #[arg(long)]
     pub network: Vec<String>,
-    /// Storage pool, a directory every host sees at the same absolute path: NAME=PATH;
-    /// repeatable.
+    /// Storage pool, a directory every host sees at the same absolute path: NAME=PATH; or
+    /// NAME=PATH,local: a directory of each host's own (its volumes are copied when a guest
+    /// moves); repeatable.
     #[arg(long)]
     pub pool: Vec<String>,
 }
@@ -113,6 +114,10 @@ pub struct MigrateArgs {
     /// multifd channels (0 = one stream).
     #[arg(long, default_value_t = 2)]
     pub multifd: u8,
+    /// Keep the source's copies of local volumes after the move (their leases are released;
+    /// by default they are deleted once the guest runs on the target).
+    #[arg(long)]
+    pub keep_source_volumes: bool,
     /// Go on even if this check fails (its finding becomes a warning); repeatable.
     #[arg(long, value_name = "CHECK")]
     pub ignore_check: Vec<String>,

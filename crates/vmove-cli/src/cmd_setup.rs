@@ -37,9 +37,14 @@ pub fn parse_network(s: &str) -> Result<NetworkEntry> {
     Ok(n)
 }
 
-/// `--pool NAME=PATH`.
+/// `--pool NAME=PATH[,local]`: a pool every host sees at PATH, or (`,local`) a directory
+/// of each host's own.
 pub fn parse_pool(s: &str) -> Result<PoolEntry> {
-    let (name, path) = s.split_once('=').ok_or_else(|| anyhow!("--pool {s:?}: expected NAME=PATH"))?;
+    let (name, path) = s.split_once('=').ok_or_else(|| anyhow!("--pool {s:?}: expected NAME=PATH[,local]"))?;
+    let (path, local) = match path.strip_suffix(",local") {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
     if !vmove_model::valid_name(name) {
         bail!("--pool {s:?}: {name:?} is not a valid name ({})", vmove_api::NAME_RULE);
     }
@@ -47,7 +52,7 @@ pub fn parse_pool(s: &str) -> Result<PoolEntry> {
     if !path.is_absolute() {
         bail!("--pool {s:?}: the path must be absolute (every host mounts the pool there)");
     }
-    Ok(PoolEntry { name: name.into(), path })
+    Ok(if local { PoolEntry::local(name, path) } else { PoolEntry::shared(name, path) })
 }
 
 /// `--address IP` or `IP:PORT`.

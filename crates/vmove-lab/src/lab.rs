@@ -176,10 +176,12 @@ async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo
     // in the lab directory instead of /etc/vmove), then the agents in their namespaces.
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared)?;
+    // The local pool: each host's own directory hosts/NAME/local (the cluster file names
+    // the pool with a placeholder path; each agent's configuration holds its own).
     let init = InitOptions {
         name: plan.name.clone(),
         networks: vec![NetworkEntry { name: GUEST_NET.into(), bridge: GUEST_NET.into(), vlan: None, cidr: Some("192.0.2.0/24".into()) }],
-        pools: vec![PoolEntry { name: "shared".into(), path: shared }],
+        pools: vec![PoolEntry::shared("shared", shared), PoolEntry::local("local", dir.join("hosts").join("HOST").join("local"))],
     };
     bootstrap::init_cluster(dir, &init)?;
     let cluster_file = dir.join(bootstrap::CLUSTER_FILE);
@@ -187,6 +189,7 @@ async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo
     for i in 1..=plan.hosts {
         let hname = Plan::host_name(i);
         let hdir = dir.join("hosts").join(&hname);
+        std::fs::create_dir_all(hdir.join("local"))?;
         let ip = IpAddr::V4(plan.host_ip(i));
         let o = HostOptions {
             name: hname.clone(),
@@ -203,6 +206,9 @@ async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo
             cfg.lab_kernel = Some(image.kernel.clone());
             cfg.lab_initrd = Some(image.initrd.clone());
             cfg.allow_fault_injection = true;
+            for p in cfg.pools.iter_mut().filter(|p| p.is_local()) {
+                p.path = hdir.join("local");
+            }
         })?;
         pids.push(start_agent(&opts.vmoved, &hdir.join(bootstrap::AGENT_CONFIG), &plan.host_ns(i), &hdir.join("vmoved.log"))?);
     }

@@ -73,6 +73,7 @@ pub struct Agent {
     events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
     peers: Mutex<HashMap<String, AgentClient>>,
     journal_seq: AtomicU64,
+    pub(crate) helpers: crate::storage::helper::Helpers,
     pub(crate) outgoing_watch: Mutex<HashMap<String, crate::frames::Outgoing>>,
 }
 
@@ -108,6 +109,7 @@ impl Agent {
             events: Mutex::default(),
             peers: Mutex::default(),
             journal_seq: AtomicU64::new(journal_seq + 1),
+            helpers: Default::default(),
             outgoing_watch: Mutex::default(),
         })
     }

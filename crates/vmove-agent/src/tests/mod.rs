@@ -21,7 +21,9 @@ use crate::peer::Peer;
 use crate::state::State;
 
 pub mod fake;
+mod fake_block;
 mod faults;
+mod local_volumes;
 mod metrics;
 mod migrations;
 
@@ -58,6 +60,9 @@ pub struct Host {
     pub fake: Arc<FakeHost>,
     pub store: Arc<MemStore>,
     pub up: Arc<AtomicBool>,
+    /// Its local pool `local` (a directory of its own) and that pool's lease store.
+    pub local_dir: std::path::PathBuf,
+    pub local_leases: Arc<MemStore>,
 }
 
 impl Host {
@@ -232,11 +237,14 @@ async fn host(
 ) -> Host {
     let base = dir.path().join(name);
     let shared = dir.path().join("shared");
+    let local_dir = base.join("local");
     std::fs::create_dir_all(&shared).expect("pool dir");
+    std::fs::create_dir_all(&local_dir).expect("local pool dir");
     std::fs::create_dir_all(&base).expect("host dir");
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         std::fs::write(base.join(f), "not a real PEM: the fake QEMU does not read it").expect("tls file");
     }
+    let local_leases = Arc::new(MemStore::new());
     let cfg = AgentConfig {
         name: name.into(),
         listen: addr(name),
@@ -255,7 +263,7 @@ async fn host(
         lab_initrd: Some("/i".into()),
         allow_fault_injection: true,
         metrics_listen: None,
-        pools: vec![PoolEntry { name: "shared".into(), path: shared }],
+        pools: vec![PoolEntry::shared("shared", shared), PoolEntry::local("local", local_dir.clone())],
         networks: vec![NetworkEntry { name: "lab-net".into(), bridge: "lab-net".into(), vlan: None, cidr: None }],
     };
     let parts = Parts {
@@ -264,7 +272,10 @@ async fn host(
         qemu: Default::default(),
         host: fake.clone(),
         state: State::new(store.clone() as Arc<dyn StateStore>),
-        leases: BTreeMap::from([("shared".to_string(), Leases::new(pool, ""))]),
+        leases: BTreeMap::from([
+            ("shared".to_string(), Leases::new(pool, "")),
+            ("local".to_string(), Leases::new(local_leases.clone(), "")),
+        ]),
         peer_tls: tls,
     };
     let agent = Arc::new(Agent::new(parts).await.expect("agent"));
@@ -272,7 +283,7 @@ async fn host(
     let api = Arc::new(Api { agent, jobs });
     let up = Arc::new(AtomicBool::new(true));
     registry.lock().unwrap_or_else(|p| p.into_inner()).insert(name.into(), (api.clone(), up.clone()));
-    Host { name: name.into(), api, fake, store, up }
+    Host { name: name.into(), api, fake, store, up, local_dir, local_leases }
 }
 
 fn peers(reg: Registry) -> PeerFactory {

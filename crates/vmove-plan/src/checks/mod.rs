@@ -19,6 +19,7 @@ mod live;
 mod placement;
 pub mod qemu;
 mod resources;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -213,6 +214,8 @@ check_ids! {
     NetworksOnTarget = "networks-on-target", live: false;
     /// Every storage pool of the guest is on the target and writable.
     PoolsOnTarget = "pools-on-target", live: false;
+    /// The target's local pools have room for copies of the guest's local volumes.
+    LocalVolumeSpace = "local-volume-space", live: false;
     /// No unfinished job or pending work on the guest, the source or the target.
     NoOutstandingWork = "no-outstanding-work", live: false;
     /// Target agent and QEMU versions are at least the source's.
@@ -359,6 +362,7 @@ fn check_fn(id: CheckId) -> CheckFn {
         CheckId::TargetReachable => placement::target_reachable,
         CheckId::NetworksOnTarget => resources::networks_on_target,
         CheckId::PoolsOnTarget => resources::pools_on_target,
+        CheckId::LocalVolumeSpace => storage::local_volume_space,
         CheckId::NoOutstandingWork => placement::no_outstanding_work,
         CheckId::TargetVersions => resources::target_versions,
         CheckId::TargetMemory => resources::target_memory,
