@@ -40,6 +40,10 @@ pub struct JobSpec {
     /// `job_resume`.
     #[serde(default)]
     pub pause_at_switchover: bool,
+    /// Refuse the job with `at_limit` when the target already runs this many migrations in
+    /// (drains and evacuations pass their per-host inbound limit; `None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_incoming: Option<u32>,
 }
 
 /// What kind of job.

@@ -33,6 +33,13 @@ pub fn failed_ids(findings: &[Finding]) -> String {
 
 /// Submits the job to the target agent, with the command's test hooks.
 pub async fn submit(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand) -> Result<vmove_api::JobRecord> {
+    let spec = job_spec(cluster, cmd)?;
+    let client = ctx.client(cluster, &cmd.request.target)?;
+    Ok(client.call(&Request::JobSubmit { spec }).await?)
+}
+
+/// The job the target agent is asked to run for `cmd`.
+pub fn job_spec(cluster: &Cluster, cmd: &MigrateCommand) -> Result<JobSpec> {
     let req = &cmd.request;
     let guest = guest_spec(cluster, &req.guest)?;
     let source = &req.source;
@@ -47,9 +54,9 @@ pub async fn submit(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand) -> Resul
         inject_fault: cmd.hooks.inject_fault,
         pause_before: cmd.hooks.pause_before,
         pause_at_switchover: cmd.hooks.pause_at_switchover,
+        max_incoming: None,
     };
-    let client = ctx.client(cluster, &req.target)?;
-    Ok(client.call(&Request::JobSubmit { spec }).await?)
+    Ok(spec)
 }
 
 /// `vmove migrate`: the prechecks (unless one step only), then the job, followed to its end
@@ -90,8 +97,23 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()
     crate::cmd_job::follow(ctx, &req.target, &rec.id).await
 }
 
+/// How [`prechecks_with`] gathers what the checks look at.
+#[derive(Debug, Clone, Default)]
+pub struct PrecheckOpts {
+    /// Count only unfinished work on the guest itself, not on its hosts: the moves of a
+    /// drain run side by side on purpose, under the drain's limits.
+    pub guest_work_only: bool,
+    /// The guest's dirty rate, bytes/s, measured already (LIVE): not measured again.
+    pub dirty_rate_bytes_per_s: Option<u64>,
+}
+
 /// Gathers the live reports and runs every precheck.
 pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> Result<Vec<Finding>> {
+    prechecks_with(ctx, cluster, req, &PrecheckOpts::default()).await
+}
+
+/// [`prechecks`] as `opts` says.
+pub async fn prechecks_with(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest, opts: &PrecheckOpts) -> Result<Vec<Finding>> {
     let short = Duration::from_secs(5);
     let client_of = |h: &str| ctx.client(cluster, h).ok().map(|c| c.with_timeout(short));
     let (src_c, dst_c) = (client_of(&req.source), client_of(&req.target));
@@ -117,7 +139,15 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
             busy.push(Busy { guest: None, host: Some(j.source.clone()), what: format!("job {} migrates {} away", j.id, j.guest) });
         }
     }
-    let dirty = if req.mode == Mode::Live && si.is_ok() {
+    if opts.guest_work_only {
+        busy.retain(|b| b.guest.as_deref() == Some(req.guest.as_str()));
+        for b in &mut busy {
+            b.host = None;
+        }
+    }
+    let dirty = if opts.dirty_rate_bytes_per_s.is_some() {
+        opts.dirty_rate_bytes_per_s
+    } else if req.mode == Mode::Live && si.is_ok() {
         match &src_c {
             Some(c) => c
                 .clone()

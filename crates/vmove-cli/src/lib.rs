@@ -9,6 +9,7 @@ mod cmd_job;
 mod cmd_migrate;
 mod cmd_lab;
 mod ctx;
+mod drain;
 mod oedacli;
 mod out;
 mod request;

@@ -22,6 +22,7 @@ use crate::state::State;
 
 pub mod fake;
 mod faults;
+mod fleet;
 mod migrations;
 
 use fake::{FakeHost, World};
@@ -135,6 +136,7 @@ impl Cluster {
             inject_fault: None,
             pause_before: None,
             pause_at_switchover: false,
+            max_incoming: None,
         }
     }
 

@@ -148,6 +148,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         console_ports_in_use: vec![],
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 
@@ -230,13 +231,14 @@ fn ids(findings: &[Finding]) -> Vec<&'static str> {
     findings.iter().map(|f| f.id.as_str()).collect()
 }
 
-const COMMON: [&str; 15] = [
+const COMMON: [&str; 16] = [
     "guest-in-cluster-file",
     "cluster-file-matches-source",
     "hosts-in-cluster",
     "target-is-not-source",
     "source-reachable",
     "target-reachable",
+    "target-not-in-maintenance",
     "networks-on-target",
     "pools-on-target",
     "no-outstanding-work",
@@ -326,7 +328,7 @@ fn every_reason_is_one_line_without_a_trailing_period() {
 
 #[test]
 fn check_ids_are_stable_strings() {
-    assert_eq!(CheckId::ALL.len(), 21);
+    assert_eq!(CheckId::ALL.len(), 22);
     for id in CheckId::ALL {
         assert_eq!(CheckId::parse(id.as_str()), Some(*id));
         assert_eq!(id.as_str().parse::<CheckId>(), Ok(*id));
@@ -338,8 +340,8 @@ fn check_ids_are_stable_strings() {
     assert_eq!(CheckId::parse("nope"), None);
     let e = "nope".parse::<CheckId>().unwrap_err();
     assert_eq!(e.to_string(), "unknown check id \"nope\"");
-    assert_eq!(CheckId::for_mode(Mode::OfflineForce).len(), 15);
-    assert_eq!(CheckId::for_mode(Mode::Live).len(), 21);
+    assert_eq!(CheckId::for_mode(Mode::OfflineForce).len(), 16);
+    assert_eq!(CheckId::for_mode(Mode::Live).len(), 22);
 }
 
 #[test]

@@ -1,0 +1,186 @@
+//! `vmove host drain|undrain|evacuate`: empty a host for maintenance, or rescue every
+//! guest of a dead one, many moves at once (docs/drain.md).
+//!
+//! - [`gather`]: the inventories, running jobs, guests to move and dirty rates the planner
+//!   ([`vmove_plan::plan`]) looks at; the seam for better duration predictions.
+//! - [`run`]: the runner (limits counted over every migration in the cluster, moves
+//!   followed side by side, one retry on another target); [`one_move`]: one attempt.
+//! - [`report`]: the plan, progress lines and the final table; [`dead`]: whether a host
+//!   is dead ([`dead::host_is_dead`]).
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use vmove_api::{MaintenanceState, Request};
+use vmove_model::{parse_duration_ms, Cluster};
+use vmove_plan::{DrainPlan, Limits, Mode, MoveRequest, Step};
+
+use crate::args::{DrainArgs, EvacuateArgs};
+use crate::ctx::Ctx;
+
+pub mod dead;
+pub mod gather;
+pub mod one_move;
+pub mod report;
+pub mod run;
+#[cfg(test)]
+mod tests;
+
+use gather::Inventory;
+
+/// The most moves a drain may run at once (`--parallel`).
+pub const MAX_PARALLEL: usize = 64;
+/// The longest grace period of `evacuate`.
+pub const MAX_GRACE_MS: u64 = 3_600_000;
+
+/// `--parallel N` as the drain's limits (2 out of and 2 into any host besides).
+pub fn limits(parallel: usize) -> Result<Limits> {
+    if !(1..=MAX_PARALLEL).contains(&parallel) {
+        bail!("--parallel {parallel} is out of range (1..={MAX_PARALLEL})");
+    }
+    let l = Limits { max_concurrent: parallel, ..Limits::default() };
+    l.validate()?;
+    Ok(l)
+}
+
+/// `--inject-fault GUEST=STEP`.
+pub fn faults(args: &[String]) -> Result<Vec<(String, Step)>> {
+    args.iter()
+        .map(|a| {
+            let (g, s) = a.split_once('=').ok_or_else(|| anyhow!("--inject-fault {a:?}: expected GUEST=STEP"))?;
+            Ok((g.to_string(), Step::parse(s).map_err(|e| anyhow!("--inject-fault {a:?}: {e}"))?))
+        })
+        .collect()
+}
+
+fn known_host(cluster: &Cluster, host: &str) -> Result<()> {
+    match cluster.host(host) {
+        Some(_) => Ok(()),
+        None => bail!("no host named {host} in {}", cluster.path.display()),
+    }
+}
+
+fn dirty_rates(reqs: &[MoveRequest]) -> HashMap<String, u64> {
+    reqs.iter().filter_map(|r| r.dirty_rate_bytes_per_s.map(|d| (r.guest.clone(), d))).collect()
+}
+
+fn say(ctx: &Ctx, text: &str, json: serde_json::Value) {
+    if ctx.json {
+        crate::out::json(&json);
+    } else {
+        println!("{text}");
+    }
+}
+
+/// `vmove host drain`.
+pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    let host = a.host.as_str();
+    known_host(&cluster, host)?;
+    let wanted = Mode::parse(&a.mode).map_err(|e| anyhow!("--mode: {e}"))?;
+    if wanted == Mode::OfflineForce {
+        bail!("--mode: a drain moves guests live or offline; offline-force is `vmove host evacuate`");
+    }
+    let limits = limits(a.parallel)?;
+    let inject_fault = faults(&a.inject_fault)?;
+    if !a.dry_run {
+        let st: MaintenanceState = ctx
+            .client(&cluster, host)?
+            .call(&Request::HostDrain)
+            .await
+            .with_context(|| format!("cannot put {host} in maintenance (a dead host is evacuated: `vmove host evacuate {host}`)"))?;
+        say(ctx, &format!("{host} is in maintenance: no new guests, no migrations in"), serde_json::json!({ "maintenance": st }));
+    }
+    let inv = Inventory::gather(ctx, &cluster).await?;
+    let Some(info) = inv.info(host) else {
+        bail!(
+            "{host} did not answer ({}); a dead host is evacuated: `vmove host evacuate {host}`",
+            inv.unreachable(host).unwrap_or("no answer")
+        );
+    };
+    let incoming = inv.incoming(host);
+    if !a.dry_run && !incoming.is_empty() {
+        let jobs: Vec<String> = incoming.iter().map(|j| format!("{} brings {} in", j.id, j.guest)).collect();
+        bail!("{host} still receives guests ({}): drain again once they have ended; {host} stays in maintenance", jobs.join(", "));
+    }
+    let mut reqs = gather::drain_requests(&cluster, host, info, wanted);
+    gather::measure_dirty_rates(ctx, &cluster, &mut reqs).await;
+    gather::predict(&cluster, &mut reqs);
+    let plan = plan(&cluster, &inv, host, &reqs, limits)?;
+    report::plan(ctx.json, "drain", host, &plan);
+    if a.dry_run {
+        return Ok(());
+    }
+    let spec = run::RunSpec { kind: "drain", host: host.to_string(), dirty: dirty_rates(&reqs), inject_fault };
+    let rep = run::run(ctx, &cluster, &plan, spec).await;
+    report::table(ctx.json, &rep);
+    let not = rep.not_moved();
+    if !not.is_empty() {
+        bail!(
+            "drain of {host} incomplete: {} of {} guests not moved ({}); {host} stays in maintenance",
+            not.len(),
+            rep.rows.len(),
+            not.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Places `reqs` off `host` over `inv` and schedules the moves.
+fn plan(cluster: &Cluster, inv: &Inventory, host: &str, reqs: &[MoveRequest], limits: Limits) -> Result<DrainPlan> {
+    let busy = inv.busy();
+    let input = inv.input(cluster, inv.views(&[host]), &busy);
+    Ok(DrainPlan::new(vmove_plan::plan(&input, reqs), limits)?)
+}
+
+/// `vmove host undrain`.
+pub async fn undrain(ctx: &Ctx, host: &str) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    known_host(&cluster, host)?;
+    let st: MaintenanceState = ctx.client(&cluster, host)?.call(&Request::HostUndrain).await?;
+    let text = if st.changed { format!("{host} is no longer in maintenance") } else { format!("{host} was not in maintenance") };
+    say(ctx, &text, serde_json::json!({ "maintenance": st }));
+    Ok(())
+}
+
+/// `vmove host evacuate`.
+pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
+    let cluster = ctx.cluster()?;
+    let host = a.host.as_str();
+    known_host(&cluster, host)?;
+    let grace_ms = parse_duration_ms(&a.grace).map_err(|e| anyhow!("--grace: {e}"))?;
+    if grace_ms > MAX_GRACE_MS {
+        bail!("--grace {} is longer than an hour", a.grace);
+    }
+    let base = limits(a.parallel)?;
+    // A dead source does no work: only the cluster's and the targets' limits count.
+    let limits = Limits { max_out_per_host: base.max_concurrent, ..base };
+    if !a.dry_run {
+        let grace = if a.force { Duration::ZERO } else { Duration::from_millis(grace_ms) };
+        if !a.force && !ctx.json {
+            eprintln!("making sure {host} is dead (up to {}s)...", grace.as_secs());
+        }
+        match dead::host_is_dead(&cluster, host, grace).await {
+            dead::Verdict::Alive(why) => bail!("{host} is not dead: {why}"),
+            dead::Verdict::Unsure(why) if !a.force => bail!("not sure {host} is dead: {why}"),
+            dead::Verdict::Unsure(why) => say(ctx, &format!("--force: {why}"), serde_json::json!({ "forced": why })),
+            dead::Verdict::Dead(why) => say(ctx, &format!("{host} is dead: {why}"), serde_json::json!({ "dead": why })),
+        }
+    }
+    let inv = Inventory::gather(ctx, &cluster).await?;
+    let mut reqs = MoveRequest::for_host(&cluster, host, Mode::OfflineForce);
+    gather::predict(&cluster, &mut reqs);
+    let plan = plan(&cluster, &inv, host, &reqs, limits)?;
+    report::plan(ctx.json, "evacuate", host, &plan);
+    if a.dry_run {
+        return Ok(());
+    }
+    let spec = run::RunSpec { kind: "evacuate", host: host.to_string(), dirty: HashMap::new(), inject_fault: vec![] };
+    let rep = run::run(ctx, &cluster, &plan, spec).await;
+    report::table(ctx.json, &rep);
+    let not = rep.not_moved();
+    if !not.is_empty() {
+        bail!("evacuation of {host} incomplete: {} of {} guests not moved ({})", not.len(), rep.rows.len(), not.join(", "));
+    }
+    Ok(())
+}
