@@ -63,14 +63,12 @@ pub fn judge(host: &str, addr: &str, probes: &[Probe], waited: Duration, grace: 
             Probe::AgentAnswered(v) => return Some(Verdict::Alive(format!("{host}'s agent answers (version {v}): drain it instead"))),
             Probe::PortOpen => {
                 return Some(Verdict::Unsure(format!(
-                    "{host}'s agent does not answer, but {addr} accepts connections: something runs there; \
-                     make sure its guests are down, then use --force"
+                    "{host}'s agent does not answer, but {addr} accepts connections: something runs there"
                 )))
             }
             Probe::Refused => {
                 return Some(Verdict::Unsure(format!(
-                    "{host}'s agent does not answer, but the machine does ({addr} refuses connections): its guests may \
-                     still run; make sure they are down (power it off), then use --force"
+                    "{host}'s agent does not answer, but the machine does ({addr} refuses connections): its guests may still run"
                 )))
             }
             Probe::Silent => {}
@@ -145,7 +143,14 @@ mod tests {
         let v = judge("host1", a, &[Probe::Silent, Probe::AgentAnswered("0.1.0".into())], Duration::ZERO, G);
         assert_eq!(v, Some(Verdict::Alive("host1's agent answers (version 0.1.0): drain it instead".into())));
         let v = judge("host1", a, &[Probe::Refused], Duration::ZERO, G);
-        assert!(matches!(&v, Some(Verdict::Unsure(w)) if w.contains("refuses connections") && w.contains("--force")), "{v:?}");
+        assert_eq!(
+            v,
+            Some(Verdict::Unsure(
+                "host1's agent does not answer, but the machine does (198.51.100.2:7450 refuses connections): its guests may \
+                 still run"
+                    .into()
+            ))
+        );
         let v = judge("host1", a, &[Probe::Silent, Probe::PortOpen], Duration::from_secs(120), G);
         assert!(matches!(&v, Some(Verdict::Unsure(w)) if w.contains("accepts connections")), "{v:?}");
         // A refusal early in the grace period counts even if later looks are silent.

@@ -7,11 +7,11 @@
 //!   followed side by side, one retry on another target); [`one_move`]: one attempt.
 //! - [`report`]: the plan, progress lines and the final table; [`dead`]: whether a host
 //!   is dead ([`dead::host_is_dead`]).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use vmove_api::{MaintenanceState, Request};
+use vmove_api::{GuestState, MaintenanceState, Request};
 use vmove_model::{parse_duration_ms, Cluster};
 use vmove_plan::{DrainPlan, Limits, Mode, MoveRequest, Step};
 
@@ -111,7 +111,8 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
     if a.dry_run {
         return Ok(());
     }
-    let spec = run::RunSpec { kind: "drain", host: host.to_string(), dirty: dirty_rates(&reqs), inject_fault };
+    let was_running = info.guests.iter().filter(|g| g.state == GuestState::Running).map(|g| g.spec.name.clone()).collect();
+    let spec = run::RunSpec { kind: "drain", host: host.to_string(), dirty: dirty_rates(&reqs), was_running, inject_fault };
     let rep = run::run(ctx, &cluster, &plan, spec).await;
     report::table(ctx.json, &rep);
     let not = rep.not_moved();
@@ -158,12 +159,16 @@ pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
     if !a.dry_run {
         let grace = if a.force { Duration::ZERO } else { Duration::from_millis(grace_ms) };
         if !a.force && !ctx.json {
-            eprintln!("making sure {host} is dead (up to {}s)...", grace.as_secs());
+            println!("making sure {host} is dead (up to {}s)...", grace.as_secs());
         }
         match dead::host_is_dead(&cluster, host, grace).await {
             dead::Verdict::Alive(why) => bail!("{host} is not dead: {why}"),
-            dead::Verdict::Unsure(why) if !a.force => bail!("not sure {host} is dead: {why}"),
-            dead::Verdict::Unsure(why) => say(ctx, &format!("--force: {why}"), serde_json::json!({ "forced": why })),
+            dead::Verdict::Unsure(why) if !a.force => {
+                bail!("not sure {host} is dead: {why}; make sure its guests are down (power it off), then use --force")
+            }
+            dead::Verdict::Unsure(why) => {
+                say(ctx, &format!("{host} taken for dead on the operator's word (--force); seen: {why}"), serde_json::json!({ "forced": why }))
+            }
             dead::Verdict::Dead(why) => say(ctx, &format!("{host} is dead: {why}"), serde_json::json!({ "dead": why })),
         }
     }
@@ -175,7 +180,7 @@ pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
     if a.dry_run {
         return Ok(());
     }
-    let spec = run::RunSpec { kind: "evacuate", host: host.to_string(), dirty: HashMap::new(), inject_fault: vec![] };
+    let spec = run::RunSpec { kind: "evacuate", host: host.to_string(), dirty: HashMap::new(), was_running: HashSet::new(), inject_fault: vec![] };
     let rep = run::run(ctx, &cluster, &plan, spec).await;
     report::table(ctx.json, &rep);
     let not = rep.not_moved();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vmove_api::{EventKind, JobRecord, Summary};
 use vmove_plan::placement::fmt_mib;
-use vmove_plan::{DrainPlan, Mode};
+use vmove_plan::{DrainPlan, Mode, Step};
 
 use super::one_move::MoveEvent;
 
@@ -63,7 +63,8 @@ pub struct Row {
     /// From the first attempt's start to the end, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<u64>,
-    /// QEMU's downtime figure, ms (LIVE).
+    /// LIVE: QEMU's downtime figure, ms; OFFLINE of a running guest: from its stop to its
+    /// start on the target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
     /// The plan's prediction for the move, seconds.
@@ -104,6 +105,15 @@ pub fn summary(job: &JobRecord) -> Option<&Summary> {
         EventKind::JobEnded { summary, .. } => Some(summary),
         _ => None,
     })
+}
+
+/// How long an offline move kept a running guest down: from STOP_GUEST's start to
+/// STARTUP_GUEST's end, over the job and the recovery that finished it (`last`).
+pub fn offline_downtime_ms(first: &JobRecord, last: &JobRecord) -> Option<u64> {
+    let step = |s: Step| first.steps.iter().chain(last.steps.iter()).filter(move |r| r.step == s);
+    let stopped = step(Step::StopGuest).find_map(|r| r.started_ms)?;
+    let started = step(Step::StartupGuest).filter_map(|r| r.ended_ms).max()?;
+    started.checked_sub(stopped)
 }
 
 /// `45s`, `2m10s`.
@@ -218,7 +228,10 @@ pub fn table(json: bool, r: &Report) {
         crate::out::json(&serde_json::json!({ "report": r }));
         return;
     }
-    println!("DOWNTIME is QEMU's figure (vCPUs paused at the switchover); a client may see more, and nothing here measured it.");
+    println!(
+        "DOWNTIME: live, QEMU's figure (vCPUs paused at the switchover; a client may see more, nothing here measured it); \
+         offline, from the guest's stop to its start on the target"
+    );
     let rows: Vec<Vec<String>> = r
         .rows
         .iter()

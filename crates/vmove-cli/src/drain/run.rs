@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use vmove_model::Cluster;
-use vmove_plan::{startable, DrainPlan, Limits, MoveRequest, PlannedMove, Step};
+use vmove_plan::{startable, DrainPlan, Limits, Mode, MoveRequest, PlannedMove, Step};
 
 use super::gather::{as_planned, Inventory};
 use super::one_move::{attempt, Attempt, AttemptSpec, MoveEvent};
-use super::report::{summary, Outcome, Progress, Report, Row};
+use super::report::{offline_downtime_ms, summary, Outcome, Progress, Report, Row};
 use crate::ctx::Ctx;
 
 /// How often the runner looks again at moves it could not start (other drains' moves
@@ -28,6 +28,8 @@ pub struct RunSpec {
     pub host: String,
     /// Dirty rates measured at planning, by guest.
     pub dirty: HashMap<String, u64>,
+    /// Guests that ran when the plan was made (an offline move of one has a downtime).
+    pub was_running: HashSet<String>,
     /// Test hook: the first attempt of these guests' moves fails this step on purpose.
     pub inject_fault: Vec<(String, Step)>,
 }
@@ -248,11 +250,15 @@ async fn ended(ctx: &Ctx, cluster: &Cluster, spec: &RunSpec, book: &mut Book, pr
                 (None, Some(e)) => format!("retried: {e}"),
                 (None, None) => String::new(),
             };
-            let s = summary(&job).cloned();
+            let downtime_ms = match p.planned.mode {
+                Mode::Live => summary(&job).and_then(|s| s.downtime_ms),
+                Mode::Offline if spec.was_running.contains(guest) => offline_downtime_ms(&job, last),
+                _ => None,
+            };
             let row = book.finish(p, Outcome::Moved, note);
             row.started_ms = Some(job.created_ms);
             row.ended_ms = last.ended_ms;
-            row.downtime_ms = s.and_then(|s| s.downtime_ms);
+            row.downtime_ms = downtime_ms;
             let to = row.to.clone().unwrap_or_default();
             progress.say(guest, &format!("moved to {to}"), serde_json::json!({ "moved": guest, "to": to }));
         }

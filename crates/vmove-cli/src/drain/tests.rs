@@ -204,3 +204,28 @@ fn durations_print_short() {
     assert_eq!(fmt_s(130), "2m10s");
     assert_eq!(fmt_s(61), "1m01s");
 }
+
+fn job(id: &str, steps: &[(&str, Option<u64>, Option<u64>)]) -> vmove_api::JobRecord {
+    let guest = serde_json::to_value(&crate::testutil::cluster().guests[0]).unwrap();
+    let steps: Vec<serde_json::Value> =
+        steps.iter().map(|(s, a, b)| serde_json::json!({ "step": s, "status": "done", "started_ms": a, "ended_ms": b })).collect();
+    serde_json::from_value(serde_json::json!({
+        "version": 2, "id": id, "kind": { "kind": "migrate" },
+        "spec": { "guest": guest, "mode": "offline", "source": { "name": "host1", "address": "198.51.100.2:7450" },
+                  "target": "host2", "params": vmove_plan::MigrationParams::default() },
+        "status": "succeeded", "steps": steps, "created_ms": 1, "events": [],
+    }))
+    .expect("job record")
+}
+
+#[test]
+fn an_offline_moves_downtime_is_from_the_stop_to_the_start() {
+    use super::report::offline_downtime_ms;
+    let whole = job("host2-1", &[("STOP_GUEST", Some(1_000), Some(3_000)), ("MIGRATE_GUEST", Some(4_000), Some(4_500)), ("STARTUP_GUEST", Some(5_000), Some(7_250))]);
+    assert_eq!(offline_downtime_ms(&whole, &whole), Some(6_250));
+    // A job that failed after the stop, finished by its recovery.
+    let failed = job("host2-1", &[("STOP_GUEST", Some(1_000), Some(3_000)), ("ATTACH_VOLUMES", Some(4_000), None)]);
+    let recovery = job("host2-2", &[("ATTACH_VOLUMES", Some(9_000), Some(9_100)), ("STARTUP_GUEST", Some(9_200), Some(10_000))]);
+    assert_eq!(offline_downtime_ms(&failed, &recovery), Some(9_000));
+    assert_eq!(offline_downtime_ms(&failed, &failed), None, "never started again");
+}
