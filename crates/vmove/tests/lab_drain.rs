@@ -212,3 +212,75 @@ fn drain_a_busy_host_then_evacuate_a_dead_one() {
         assert!(!lab.qemu_hosts(g).contains(&victim), "{g} not started again on {victim}");
     }
 }
+
+/// Starts `vmove --json host drain HOST` and returns it once it has put the host in
+/// maintenance (its first line).
+fn start_drain(lab: &Lab, host: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(vmove_bin())
+        .args(["--json", "host", "drain", host])
+        .env("VMOVE_CLUSTER", &lab.cluster)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vmove");
+    let mut first = String::new();
+    let out = child.stdout.as_mut().expect("stdout");
+    std::io::BufReader::new(out).read_line(&mut first).expect("first line");
+    assert!(first.contains("\"maintenance\""), "{host}: {first}");
+    (child, first)
+}
+
+/// Waits for a drain started by [`start_drain`]; returns its report.
+fn end_drain(host: &str, child: std::process::Child) -> Value {
+    let o = child.wait_with_output().expect("wait");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "drain of {host} failed: {}\n{out}", String::from_utf8_lossy(&o.stderr));
+    find(&lines(&out), "report").clone()
+}
+
+#[test]
+fn two_drains_at_once_share_the_targets_within_the_limits() {
+    let lab = Lab::up("drain2", 4);
+    let guests = [("a1", "host1", 71), ("a2", "host1", 72), ("a3", "host1", 73), ("b1", "host2", 74), ("b2", "host2", 75), ("b3", "host2", 76)];
+    for (g, h, n) in guests {
+        create(&lab, g, h, &format!("192.0.2.{n}"), false, &["--start"]);
+    }
+    for (g, _, n) in guests {
+        lab.wait_tcp_echo(&format!("192.0.2.{n}:7"), Duration::from_secs(180));
+        lab.wait_log(g, "VERIFY OK", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    let (d2, _) = start_drain(&lab, "host2");
+    let (d1, _) = start_drain(&lab, "host1");
+    let r2 = end_drain("host2", d2);
+    let r1 = end_drain("host1", d1);
+    for r in [&r1, &r2] {
+        assert!(r["rows"].as_array().unwrap().iter().all(|x| x["outcome"] == "moved"), "{r}");
+    }
+    for (g, _, n) in guests {
+        let h = lab.cluster_host(g);
+        assert!(h == "host3" || h == "host4", "{g} on {h}: {r1}\n{r2}");
+        assert_eq!(lab.qemu_hosts(g), vec![h], "{g} runs once, where the file says");
+        lab.tcp_echo(&format!("192.0.2.{n}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
+    }
+    // Every job in the cluster, by the agents' own timestamps: never more than 2 into a host.
+    let jobs: Vec<Value> = lab
+        .json(&["job", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| lab.json(&["job", "show", j["id"].as_str().unwrap()]))
+        .collect();
+    assert!(jobs.len() >= 6, "{jobs:?}");
+    let (all, out_most, in_most) = overlap(&jobs);
+    eprintln!(
+        "two drains of 3 guests each: {} jobs, at most {all} at once ({out_most} out of one host, {in_most} into one); took {} and {} ms",
+        jobs.len(),
+        r1["actual_total_ms"],
+        r2["actual_total_ms"]
+    );
+    assert!(all <= 5 && out_most <= 2 && in_most <= 2, "limits broken: {all} {out_most} {in_most}");
+    for h in ["host1", "host2"] {
+        assert!(lab.json(&["host", "show", h])["maintenance"].is_object(), "{h} stays in maintenance");
+    }
+}

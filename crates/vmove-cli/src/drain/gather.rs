@@ -81,11 +81,6 @@ impl Inventory {
         input.busy = busy;
         input
     }
-
-    /// Jobs running into `host`.
-    pub fn incoming(&self, host: &str) -> Vec<&JobBrief> {
-        self.running.iter().filter(|j| j.target == host).collect()
-    }
 }
 
 /// How a drain moves a guest: LIVE when it runs and the operator asked for LIVE, OFFLINE

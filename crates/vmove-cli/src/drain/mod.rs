@@ -91,6 +91,13 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             .with_context(|| format!("cannot put {host} in maintenance (a dead host is evacuated: `vmove host evacuate {host}`)"))?;
         say(ctx, &format!("{host} is in maintenance: no new guests, no migrations in"), serde_json::json!({ "maintenance": st }));
     }
+    let cluster = if a.dry_run {
+        cluster
+    } else {
+        wait_for_incoming(ctx, &cluster, host).await?;
+        // Guests that arrived meanwhile are in the file now (another drain moved them).
+        ctx.cluster()?
+    };
     let inv = Inventory::gather(ctx, &cluster).await?;
     let Some(info) = inv.info(host) else {
         bail!(
@@ -98,11 +105,6 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             inv.unreachable(host).unwrap_or("no answer")
         );
     };
-    let incoming = inv.incoming(host);
-    if !a.dry_run && !incoming.is_empty() {
-        let jobs: Vec<String> = incoming.iter().map(|j| format!("{} brings {} in", j.id, j.guest)).collect();
-        bail!("{host} still receives guests ({}): drain again once they have ended; {host} stays in maintenance", jobs.join(", "));
-    }
     let mut reqs = gather::drain_requests(&cluster, host, info, wanted);
     gather::measure_dirty_rates(ctx, &cluster, &mut reqs).await;
     gather::predict(&cluster, &mut reqs);
@@ -125,6 +127,30 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits until no migration into `host` runs any more (accepted before its maintenance:
+/// another drain's moves, an operator's), at most the policy's live timeout and a minute.
+async fn wait_for_incoming(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> {
+    let limit = Duration::from_secs(cluster.policy.live_timeout_s.saturating_add(60));
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let jobs = Inventory::running_jobs(ctx, cluster).await;
+        let incoming: Vec<String> = jobs.iter().filter(|j| j.target == host).map(|j| format!("{} brings {} in", j.id, j.guest)).collect();
+        if incoming.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            bail!("{host} still receives guests after {}s ({}); {host} stays in maintenance", limit.as_secs(), incoming.join(", "));
+        }
+        if !said {
+            said = true;
+            let text = format!("waiting for the migrations into {host} to end: {}", incoming.join(", "));
+            say(ctx, &text, serde_json::json!({ "waiting": incoming }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Places `reqs` off `host` over `inv` and schedules the moves.
