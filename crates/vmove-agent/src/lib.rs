@@ -14,12 +14,14 @@
 pub mod claims;
 pub mod dispatch;
 pub mod error;
+pub mod frames;
 pub mod guests;
 pub mod hooks;
 pub mod host;
 pub mod inventory;
 pub mod jobs;
 pub mod leases;
+pub mod links;
 pub mod migrate_dst;
 pub mod migrate_src;
 pub mod peer;

@@ -66,6 +66,10 @@ pub enum Request {
         /// Measurement period, seconds.
         #[serde(default = "default_calc_s")]
         calc_s: u64,
+        /// Measurement period in milliseconds instead (QEMUs that cannot measure in
+        /// milliseconds measure whole seconds, rounded up).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calc_ms: Option<u64>,
     },
     /// Start a migration job on this (the target) host.
     JobSubmit {
@@ -110,6 +114,22 @@ pub enum Request {
         /// The migration claiming the guest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         claim: Option<String>,
+    },
+    /// Measure the migration link from `source` to this (the target) host, or return a
+    /// measurement younger than `max_age_s`.
+    LinkMeasure {
+        /// The source host.
+        source: crate::PeerHost,
+        /// Reuse a measurement at most this old, seconds (0: measure now).
+        #[serde(default)]
+        max_age_s: u64,
+    },
+    /// Peer: stream data to the target's link probe at `addr` for `duration_ms`.
+    PeerLinkSend {
+        /// The target's probe listener, `IP:PORT`.
+        addr: String,
+        /// How long to stream, ms.
+        duration_ms: u64,
     },
     /// Peer: the migration `claim` is over (rolled back): the source releases the guest.
     PeerRelease {
@@ -169,6 +189,34 @@ pub enum Request {
         /// The migration job asking (the source refuses a second one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<String>,
+        /// How the target set the migration up (capabilities, first downtime limit, the
+        /// parked throttle); without it the source derives them from `params`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup: Option<crate::SourceSetup>,
+    },
+    /// Peer: change the outgoing migration's downtime limit or throttle (the convergence
+    /// ladder).
+    PeerMigrateTune {
+        /// Guest name.
+        name: String,
+        /// New downtime limit, ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        downtime_limit_ms: Option<u64>,
+        /// New throttle parameters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        throttle: Option<vmove_plan::converge::ThrottleParams>,
+    },
+    /// Peer: switch the outgoing migration to post-copy.
+    PeerMigrateStartPostcopy {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: resume a paused post-copy migration to the target's new `uri`.
+    PeerMigrateResume {
+        /// Guest name.
+        name: String,
+        /// The target's recovery listener, `tcp:IP:PORT`.
+        uri: String,
     },
     /// Peer: the outgoing migration's progress.
     PeerMigrateQuery {
@@ -222,6 +270,7 @@ impl Request {
                     | Request::JobList
                     | Request::PeerGuest { .. }
                     | Request::PeerRelease { .. }
+                    | Request::PeerLinkSend { .. }
                     | Request::PeerStopGuest { .. }
                     | Request::PeerDetachInterfaces { .. }
                     | Request::PeerDetachVolumes { .. }
@@ -229,6 +278,9 @@ impl Request {
                     | Request::PeerStartGuest { .. }
                     | Request::PeerUndefine { .. }
                     | Request::PeerMigrateOut { .. }
+                    | Request::PeerMigrateTune { .. }
+                    | Request::PeerMigrateStartPostcopy { .. }
+                    | Request::PeerMigrateResume { .. }
                     | Request::PeerMigrateQuery { .. }
                     | Request::PeerMigrateCancel { .. }
                     | Request::PeerMigrateContinue { .. }
@@ -261,6 +313,8 @@ impl Request {
             Request::JobResume { .. } => "job_resume",
             Request::PeerGuest { .. } => "peer_guest",
             Request::PeerRelease { .. } => "peer_release",
+            Request::LinkMeasure { .. } => "link_measure",
+            Request::PeerLinkSend { .. } => "peer_link_send",
             Request::PeerStopGuest { .. } => "peer_stop_guest",
             Request::PeerDetachInterfaces { .. } => "peer_detach_interfaces",
             Request::PeerDetachVolumes { .. } => "peer_detach_volumes",
@@ -268,6 +322,9 @@ impl Request {
             Request::PeerStartGuest { .. } => "peer_start_guest",
             Request::PeerUndefine { .. } => "peer_undefine",
             Request::PeerMigrateOut { .. } => "peer_migrate_out",
+            Request::PeerMigrateTune { .. } => "peer_migrate_tune",
+            Request::PeerMigrateStartPostcopy { .. } => "peer_migrate_start_postcopy",
+            Request::PeerMigrateResume { .. } => "peer_migrate_resume",
             Request::PeerMigrateQuery { .. } => "peer_migrate_query",
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
             Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
@@ -314,6 +371,9 @@ pub enum ErrorCode {
     /// The host already runs as many migrations as the request allows (`JobSpec::max_incoming`):
     /// nothing is wrong, try again when one has ended.
     AtLimit,
+    /// The operation failed past its point of no return (a post-copy migration): it can
+    /// be neither rolled back nor retried as it was.
+    PastNoReturn,
     /// Anything else (a bug, an unexpected answer).
     Internal,
     /// A code from a newer agent.
@@ -341,6 +401,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Disabled => "disabled",
             ErrorCode::AtLimit => "at_limit",
+            ErrorCode::PastNoReturn => "past_no_return",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -417,6 +478,23 @@ pub struct MaintenanceState {
     pub maintenance: Option<Maintenance>,
     /// Whether this call changed it (false: it already was so).
     pub changed: bool,
+}
+
+/// `link_measure` result: the migration link from a source to a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// Source host.
+    pub source: String,
+    /// Target host.
+    pub target: String,
+    /// Throughput over mutual TLS, bytes/s.
+    pub bytes_per_s: u64,
+    /// When it was measured, unix ms.
+    pub measured_ms: u64,
+    /// Its age, seconds.
+    pub age_s: u64,
+    /// Taken from an earlier measurement.
+    pub cached: bool,
 }
 
 /// `guest_log` result.

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::converge::Converge;
 use crate::guest::GuestSpec;
 
 /// Errors from loading or saving a cluster file.
@@ -74,8 +75,13 @@ pub struct Policy {
     pub min_hardware_generation: u32,
     /// Whether the live migration channel must be encrypted.
     pub require_encrypted_migration: bool,
-    /// Whether post-copy is allowed.
+    /// Whether post-copy is allowed. Off by default: a post-copy migration whose source
+    /// or target dies loses the guest (each side holds part of its memory).
     pub allow_postcopy: bool,
+    /// How live migrations that do not converge on their own are helped along
+    /// (`migrate --converge` overrides it). Default `auto`: the downtime limit climbs,
+    /// then the guest is throttled, then post-copy where `allow_postcopy` permits.
+    pub converge: Converge,
     /// Throughput of the migration link, bytes/s, when known (for the convergence check).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration_link_bytes_per_s: Option<u64>,
@@ -92,6 +98,7 @@ impl Default for Policy {
             min_hardware_generation: 0,
             require_encrypted_migration: true,
             allow_postcopy: false,
+            converge: Converge::Auto,
             migration_link_bytes_per_s: None,
         }
     }
@@ -185,8 +192,8 @@ impl Cluster {
         c.validate().map_err(|message| ModelError::Invalid {
             path: path.into(),
             message: match locate(text, &message) {
-                Some(line) => format!("line {line}: {message}"),
-                None => message,
+                Some(line) => format!("line {line}: {}", one_line(&message)),
+                None => one_line(&message),
             },
         })?;
         Ok(c)
@@ -355,6 +362,11 @@ fn natural_key(s: &str) -> (String, u64) {
     (head.to_string(), tail.parse().unwrap_or(0))
 }
 
+/// Control characters (a name may hold a `\n` escape) written as escapes: one line.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
@@ -431,6 +443,22 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
     }
 
     #[test]
+    fn policy_converge_defaults_to_auto_and_parses() {
+        let c = Cluster::parse(SAMPLE, Path::new("c.toml")).unwrap();
+        assert_eq!(c.policy.converge, Converge::Auto);
+        assert!(!c.policy.allow_postcopy);
+        let with = SAMPLE.replace("[tls]", "[policy]\nconverge = \"throttle\"\nallow_postcopy = true\n[tls]");
+        let c = Cluster::parse(&with, Path::new("c.toml")).unwrap();
+        assert_eq!(c.policy.converge, Converge::Throttle);
+        assert!(c.policy.allow_postcopy);
+        let text = c.to_toml();
+        assert!(text.contains("converge = \"throttle\""), "{text}");
+        let bad = SAMPLE.replace("[tls]", "[policy]\nconverge = \"fast\"\n[tls]");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("converge") || e.contains("fast"), "{e}");
+    }
+
+    #[test]
     fn parse_error_names_the_line() {
         let bad = SAMPLE.replace("vcpus = 1", "vcpus = \"one\"");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
@@ -455,6 +483,15 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         let bad = SAMPLE.replace("accel = \"tcg\"", "accel = \"warp\"");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
         assert_eq!(e, "c.toml: line 11: hosts[host2].accel: \"warp\" is not kvm, tcg or auto");
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/cluster_file/crash-newline-in-name.toml): a name
+    /// with a `\n` escape put a newline in the validation error.
+    #[test]
+    fn validation_errors_stay_on_one_line() {
+        let bad = SAMPLE.replace("name = \"vm1\"\nhost = \"host1\"", "name = \"v\\nm\\r1\\u0000\"\nhost = \"host9\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: guests[v\\nm\\r1\\u{0}].host: no host named \"host9\"");
     }
 
     #[test]

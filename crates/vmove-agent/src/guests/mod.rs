@@ -73,6 +73,7 @@ pub struct Agent {
     peers: Mutex<HashMap<String, AgentClient>>,
     journal_seq: AtomicU64,
     maintenance: Mutex<Option<Maintenance>>,
+    pub(crate) outgoing_watch: Mutex<HashMap<String, crate::frames::Outgoing>>,
 }
 
 impl Agent {
@@ -107,6 +108,7 @@ impl Agent {
             peers: Mutex::default(),
             journal_seq: AtomicU64::new(journal_seq + 1),
             maintenance: Mutex::new(maintenance),
+            outgoing_watch: Mutex::default(),
         })
     }
 
@@ -232,6 +234,13 @@ impl Agent {
             Some(q) if guest.pid.is_some() => Ok((q.clone(), guest.state)),
             _ => fail!(WrongState, "guest {name} has no running QEMU on {}", self.cfg.name),
         }
+    }
+
+    /// The pid of the guest's QEMU here.
+    pub fn pid_of(&self, name: &str) -> Result<u32> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        guest.pid.ok_or_else(|| crate::error::AgentError::new(vmove_api::ErrorCode::WrongState, format!("guest {name} has no QEMU on {}", self.cfg.name)))
     }
 
     /// The guest's run directory.

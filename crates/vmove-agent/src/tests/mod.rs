@@ -137,6 +137,8 @@ impl Cluster {
             pause_before: None,
             pause_at_switchover: false,
             max_incoming: None,
+            dirty_rate_bytes_per_s: None,
+            link_bytes_per_s: None,
         }
     }
 

@@ -79,15 +79,15 @@ pub async fn attempt(ctx: &Ctx, cluster: &Cluster, spec: AttemptSpec, events: mp
     let mut cmd = MigrateCommand::new(&cluster.policy, &m.guest, &m.from, &m.to, m.mode, None);
     cmd.hooks.inject_fault = spec.inject_fault;
     let opts = PrecheckOpts { guest_work_only: true, dirty_rate_bytes_per_s: spec.dirty_rate_bytes_per_s };
-    match cmd_migrate::prechecks_with(ctx, cluster, &cmd.request, &opts).await {
-        Ok(f) if vmove_plan::any_failed(&f) => {
+    let measured = match cmd_migrate::prechecks_with(ctx, cluster, &cmd.request, &opts).await {
+        Ok((f, _)) if vmove_plan::any_failed(&f) => {
             let first = f.iter().find(|x| x.verdict == vmove_plan::Verdict::Fail).map(|x| x.reason.clone()).unwrap_or_default();
             return Attempt::NotMoved { job: None, why: format!("precheck failed: {}: {first}", cmd_migrate::failed_ids(&f)) };
         }
-        Ok(_) => {}
+        Ok((_, measured)) => measured,
         Err(e) => return Attempt::NotMoved { job: None, why: format!("prechecks: {}", crate::out::one_line(e)) },
-    }
-    let (client, job_spec) = match (ctx.client(cluster, &m.to), cmd_migrate::job_spec(cluster, &cmd)) {
+    };
+    let (client, job_spec) = match (ctx.client(cluster, &m.to), cmd_migrate::job_spec(cluster, &cmd, &measured)) {
         (Ok(c), Ok(mut j)) => {
             j.max_incoming = Some(spec.max_incoming);
             (c, j)
