@@ -107,14 +107,14 @@ pub fn drain_requests(cluster: &Cluster, host: &str, info: &HostInfo, wanted: Mo
 }
 
 /// Measures the dirty rate of every LIVE request's guest on its source, side by side
-/// (QEMU's calc-dirty-rate, 1 s); a guest that cannot be measured keeps none.
+/// (QEMU's calc-dirty-rate, 300 ms); a guest that cannot be measured keeps none.
 pub async fn measure_dirty_rates(ctx: &Ctx, cluster: &Cluster, requests: &mut [MoveRequest]) {
     let calls = requests.iter().map(|r| async move {
         if r.mode != Mode::Live {
             return None;
         }
         let c = ctx.client(cluster, &r.source).ok()?.with_timeout(Duration::from_secs(15));
-        c.call::<u64>(&Request::GuestDirtyRate { name: r.guest.clone(), calc_s: 1 }).await.ok()
+        c.call::<u64>(&Request::GuestDirtyRate { name: r.guest.clone(), calc_s: 1, calc_ms: Some(300) }).await.ok()
     });
     let rates = join_all(calls).await;
     for (r, rate) in requests.iter_mut().zip(rates) {
@@ -125,17 +125,38 @@ pub async fn measure_dirty_rates(ctx: &Ctx, cluster: &Cluster, requests: &mut [M
 /// The predicted duration of a move, seconds, when something better than the planner's
 /// [`vmove_plan::DurationModel`] knows it; `None` leaves it to the model.
 ///
-/// The seam for `vmove_plan::converge` (branch `converge`): its `predict` runs the
-/// convergence ladder over a geometric model of pre-copy from the measured link and dirty
-/// rates; once merged, this returns its predicted duration for LIVE moves.
-pub fn predicted_s(_cluster: &Cluster, _request: &MoveRequest) -> Option<u64> {
-    None
+/// - LIVE with a measured dirty rate: the model's fixed setup cost and the convergence
+///   ladder's prediction ([`vmove_plan::converge::predict`]) over the policy's link
+///   throughput (the model's 1 Gbit/s when the policy names none), as QEMU 7.2+ can
+///   (auto-converge, post-copy). A move the ladder says will not converge is predicted at
+///   the policy's live timeout.
+/// - OFFLINE of a guest that does not run (`running` false), OFFLINEFORCE off a dead host:
+///   nothing to stop (a stopped guest is not started either), only the setup.
+pub fn predicted_s(cluster: &Cluster, request: &MoveRequest, running: bool) -> Option<u64> {
+    use vmove_plan::converge::{predict, ConvergePolicy, Features, Workload};
+    let model = vmove_plan::DurationModel::for_policy(&cluster.policy);
+    match request.mode {
+        Mode::Live => {
+            let dirty = request.dirty_rate_bytes_per_s?;
+            let g = cluster.guest(&request.guest)?;
+            let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: dirty, working_set_bytes: None };
+            let features = Features { auto_converge: true, postcopy_ram: true, return_path: true, ..Features::default() };
+            let params = vmove_plan::MigrationParams::from_policy(&cluster.policy);
+            let p = predict(&w, model.link_bytes_per_s, &ConvergePolicy::from_params(&params, features, g.vcpus));
+            let copy_s = if p.converges { p.total_ms.div_ceil(1000) } else { params.timeout_s };
+            Some(model.setup_s.saturating_add(copy_s))
+        }
+        Mode::Offline if !running => Some(model.setup_s),
+        // An evacuation: the host is dead, nothing to stop; the target starts QEMU.
+        Mode::OfflineForce => Some(model.setup_s),
+        _ => None,
+    }
 }
 
-/// Fills in [`predicted_s`] for every request.
-pub fn predict(cluster: &Cluster, requests: &mut [MoveRequest]) {
+/// Fills in [`predicted_s`] for every request; `running`: the guests that run now.
+pub fn predict(cluster: &Cluster, requests: &mut [MoveRequest], running: &std::collections::HashSet<String>) {
     for r in requests.iter_mut() {
-        r.predicted_s = predicted_s(cluster, r);
+        r.predicted_s = predicted_s(cluster, r, running.contains(&r.guest));
     }
 }
 

@@ -105,15 +105,15 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             inv.unreachable(host).unwrap_or("no answer")
         );
     };
+    let was_running: HashSet<String> = info.guests.iter().filter(|g| g.state == GuestState::Running).map(|g| g.spec.name.clone()).collect();
     let mut reqs = gather::drain_requests(&cluster, host, info, wanted);
     gather::measure_dirty_rates(ctx, &cluster, &mut reqs).await;
-    gather::predict(&cluster, &mut reqs);
+    gather::predict(&cluster, &mut reqs, &was_running);
     let plan = plan(&cluster, &inv, host, &reqs, limits)?;
     report::plan(ctx.json, "drain", host, &plan);
     if a.dry_run {
         return Ok(());
     }
-    let was_running = info.guests.iter().filter(|g| g.state == GuestState::Running).map(|g| g.spec.name.clone()).collect();
     let spec = run::RunSpec { kind: "drain", host: host.to_string(), dirty: dirty_rates(&reqs), was_running, inject_fault };
     let rep = run::run(ctx, &cluster, &plan, spec).await;
     report::table(ctx.json, &rep);
@@ -200,7 +200,7 @@ pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
     }
     let inv = Inventory::gather(ctx, &cluster).await?;
     let mut reqs = MoveRequest::for_host(&cluster, host, Mode::OfflineForce);
-    gather::predict(&cluster, &mut reqs);
+    gather::predict(&cluster, &mut reqs, &HashSet::new());
     let plan = plan(&cluster, &inv, host, &reqs, limits)?;
     report::plan(ctx.json, "evacuate", host, &plan);
     if a.dry_run {
