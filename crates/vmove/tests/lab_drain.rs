@@ -284,3 +284,68 @@ fn two_drains_at_once_share_the_targets_within_the_limits() {
         assert!(lab.json(&["host", "show", h])["maintenance"].is_object(), "{h} stays in maintenance");
     }
 }
+
+/// The CLI of a drain is killed once its first move has started: the moves it started go
+/// on (they are jobs on their targets' agents); `host drain` run again waits for them,
+/// says which guests they moved, moves the rest, and leaves every guest once elsewhere.
+#[test]
+fn a_drain_whose_cli_dies_is_run_again_to_the_end() {
+    use std::io::BufRead;
+    let lab = Lab::up("drainkill", 3);
+    let busy = BUSY_MB_S.to_string();
+    let guests = [("k1", "192.0.2.81"), ("k2", "192.0.2.82"), ("k3", "192.0.2.83")];
+    for (g, ip) in guests {
+        create(&lab, g, "host1", ip, false, &["--dirty-rate", &busy, "--start"]);
+    }
+    for (g, ip) in guests {
+        lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(180));
+        lab.wait_log(g, "VERIFY OK", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    let mut child = std::process::Command::new(vmove_bin())
+        .args(["--json", "host", "drain", "host1"])
+        .env("VMOVE_CLUSTER", &lab.cluster)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run vmove");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("read") > 0, "the drain ended before a move started: {seen:?}");
+        let v: Value = serde_json::from_str(l.trim()).expect("JSON line");
+        let started = v.get("job").is_some() && v.get("event").is_some();
+        seen.push(v);
+        if started {
+            break;
+        }
+    }
+    child.kill().expect("kill the drain's CLI");
+    child.wait().expect("reap");
+
+    let o = lab.vmove(&["--json", "host", "drain", "host1"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "drain again: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    let run = lines(&text);
+    let already: Vec<String> = run
+        .iter()
+        .filter_map(|l| l.get("already_moved"))
+        .flat_map(|a| a.as_array().unwrap().iter().map(|x| x["guest"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(!already.is_empty(), "the killed drain's moves are reported: {text}");
+    let report = find(&run, "report").clone();
+    let rows = report["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["outcome"] == "moved"), "{report}");
+    let again: Vec<&str> = rows.iter().map(|r| r["guest"].as_str().unwrap()).collect();
+    assert!(again.iter().all(|g| !already.iter().any(|a| a == g)), "moved once: {already:?} {again:?}");
+    assert_eq!(already.len() + again.len(), 3, "{already:?} {again:?}");
+    eprintln!("drain killed after its first move started; run again: {already:?} already moved, {again:?} moved in {} ms", report["actual_total_ms"]);
+    for (g, ip) in guests {
+        let h = lab.cluster_host(g);
+        assert_ne!(h, "host1", "{g}");
+        assert_eq!(lab.qemu_hosts(g), vec![h.clone()], "{g} runs once, where the file says");
+        lab.tcp_echo(&format!("{ip}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
+        lab.wait_log(g, "VERIFY OK after the move", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    assert!(lab.ok(&["host", "drain", "host1", "--dry-run"]).contains("0 to move"), "empty now");
+}

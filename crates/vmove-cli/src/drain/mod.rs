@@ -91,10 +91,10 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             .with_context(|| format!("cannot put {host} in maintenance (a dead host is evacuated: `vmove host evacuate {host}`)"))?;
         say(ctx, &format!("{host} is in maintenance: no new guests, no migrations in"), serde_json::json!({ "maintenance": st }));
     }
-    let cluster = if a.dry_run {
+    let mut cluster = if a.dry_run {
         cluster
     } else {
-        wait_for_incoming(ctx, &cluster, host).await?;
+        wait_for_moves(ctx, &cluster, host).await?;
         // Guests that arrived meanwhile are in the file now (another drain moved them).
         ctx.cluster()?
     };
@@ -105,6 +105,7 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             inv.unreachable(host).unwrap_or("no answer")
         );
     };
+    reconcile(ctx, &mut cluster, &inv, host, !a.dry_run)?;
     let was_running: HashSet<String> = info.guests.iter().filter(|g| g.state == GuestState::Running).map(|g| g.spec.name.clone()).collect();
     let mut reqs = gather::drain_requests(&cluster, host, info, wanted);
     gather::measure_dirty_rates(ctx, &cluster, &mut reqs).await;
@@ -129,28 +130,82 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Waits until no migration into `host` runs any more (accepted before its maintenance:
-/// another drain's moves, an operator's), at most the policy's live timeout and a minute.
-async fn wait_for_incoming(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> {
+/// Waits until no migration into or out of `host` runs any more, at most the policy's
+/// live timeout and a minute: into it, those accepted before its maintenance (another
+/// drain's, an operator's); out of it, those of an earlier drain of `host` whose CLI died
+/// (the jobs run on their targets' agents whatever became of the CLI), or an operator's.
+async fn wait_for_moves(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> {
     let limit = Duration::from_secs(cluster.policy.live_timeout_s.saturating_add(60));
     let start = std::time::Instant::now();
     let mut said = false;
     loop {
         let jobs = Inventory::running_jobs(ctx, cluster).await;
-        let incoming: Vec<String> = jobs.iter().filter(|j| j.target == host).map(|j| format!("{} brings {} in", j.id, j.guest)).collect();
-        if incoming.is_empty() {
+        let moves: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.target == host || j.source == host)
+            .map(|j| if j.target == host { format!("{} brings {} in", j.id, j.guest) } else { format!("{} takes {} to {}", j.id, j.guest, j.target) })
+            .collect();
+        if moves.is_empty() {
             return Ok(());
         }
         if start.elapsed() >= limit {
-            bail!("{host} still receives guests after {}s ({}); {host} stays in maintenance", limit.as_secs(), incoming.join(", "));
+            bail!("{host} still has migrations running after {}s ({}); {host} stays in maintenance", limit.as_secs(), moves.join(", "));
         }
         if !said {
             said = true;
-            let text = format!("waiting for the migrations into {host} to end: {}", incoming.join(", "));
-            say(ctx, &text, serde_json::json!({ "waiting": incoming }));
+            let text = format!("waiting for the migrations into and out of {host} to end: {}", moves.join(", "));
+            say(ctx, &text, serde_json::json!({ "waiting": moves }));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Guests the cluster file puts on `host` that its agent no longer reports and exactly one
+/// other agent does: moved already (by an earlier drain whose CLI died before it updated the
+/// file, by an operator). The file follows the agents (`save`: not on a dry run) and the
+/// drain says which guests they are; they are not moved again.
+fn reconcile(ctx: &Ctx, cluster: &mut Cluster, inv: &Inventory, host: &str, save: bool) -> Result<()> {
+    let Some(info) = inv.info(host) else { return Ok(()) };
+    let mut moved: Vec<(String, String)> = Vec::new();
+    for g in cluster.guests.iter().filter(|g| g.host == host) {
+        if info.guests.iter().any(|x| x.spec.name == g.name) {
+            continue;
+        }
+        let now: Vec<&str> = inv
+            .hosts
+            .iter()
+            .filter(|(n, _)| n != host)
+            .filter_map(|(n, r)| r.as_ref().ok().filter(|i| i.guests.iter().any(|x| x.spec.name == g.name)).map(|_| n.as_str()))
+            .collect();
+        if let [one] = now[..] {
+            moved.push((g.name.clone(), one.to_string()));
+        }
+    }
+    if moved.is_empty() {
+        return Ok(());
+    }
+    for (g, h) in &moved {
+        if let Some(x) = cluster.guest_mut(g) {
+            x.host = h.clone();
+        }
+    }
+    if save {
+        ctx.update_cluster(|c| {
+            let mut changed = false;
+            for (g, h) in &moved {
+                if let Some(x) = c.guest_mut(g).filter(|x| x.host == host) {
+                    x.host = h.clone();
+                    changed = true;
+                }
+            }
+            changed
+        })?;
+    }
+    let list: Vec<String> = moved.iter().map(|(g, h)| format!("{g} (on {h})")).collect();
+    let text = format!("already moved off {host}: {}", list.join(", "));
+    let json: Vec<serde_json::Value> = moved.iter().map(|(g, h)| serde_json::json!({ "guest": g, "host": h })).collect();
+    say(ctx, &text, serde_json::json!({ "already_moved": json }));
+    Ok(())
 }
 
 /// Places `reqs` off `host` over `inv` and schedules the moves.
