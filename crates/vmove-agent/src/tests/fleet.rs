@@ -186,3 +186,52 @@ async fn maintenance_survives_an_agent_restart() {
     assert_eq!(restarted.maintenance(), h.agent().maintenance());
     assert!(restarted.maintenance().is_some());
 }
+
+/// The runner marks a job's record ended a moment before it appends JobEnded with the
+/// summary (QEMU's downtime): a watcher woken in between (by the outage breakdown's event, a
+/// heartbeat) waits for that event instead of returning a record without it (a drain's
+/// table then lacked the move's downtime).
+#[tokio::test]
+async fn a_watcher_woken_as_the_job_ends_gets_its_summary() {
+    use vmove_api::{EventKind, JobEvent, JobKind, JobRecord, Summary};
+    let c = Cluster::new(2, 2).await;
+    let g = guest("vm1", "host1");
+    let rec = JobRecord {
+        version: 2,
+        id: "host2-1".into(),
+        kind: JobKind::Migrate,
+        spec: c.spec(&g, "host1", "host2", Mode::Live),
+        status: JobStatus::Running,
+        steps: vec![],
+        created_ms: 1,
+        ended_ms: None,
+        error: None,
+        events: vec![],
+        guest_host: None,
+        outage: None,
+    };
+    let cell = std::sync::Arc::new(crate::jobs::JobCell::new(rec));
+    let ender = cell.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        crate::jobs::end_record(&ender, JobStatus::Succeeded, None);
+        ender.events.send_modify(|_| {});
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let n = {
+            let mut r = ender.lock();
+            let summary = Summary { downtime_ms: Some(42), ..Summary::default() };
+            let seq = r.events.len() as u64;
+            r.events.push(JobEvent { seq, at_ms: 2, kind: EventKind::JobEnded { status: JobStatus::Succeeded, error: None, summary } });
+            r.events.len() as u64
+        };
+        ender.events.send_replace(n);
+    });
+    let mut buf: Vec<u8> = Vec::new();
+    let rec = crate::jobs::watch::watch_events(&cell, 0, &mut vmove_api::server::EventSink::new(&mut buf)).await.expect("watch");
+    let downtime = rec.events.iter().find_map(|e| match &e.kind {
+        EventKind::JobEnded { summary, .. } => summary.downtime_ms,
+        _ => None,
+    });
+    assert_eq!(downtime, Some(42), "{rec:?}");
+    assert!(String::from_utf8_lossy(&buf).contains("job_ended"), "streamed too");
+}
