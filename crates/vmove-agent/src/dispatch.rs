@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use vmove_api::server::{EventSink, Service};
-use vmove_api::{GuestLog, Health, Reply, Request, Role, WireError};
+use vmove_api::{GuestLog, Health, MaintenanceState, Reply, Request, Role, WireError};
 
 use crate::claims::claim;
 use crate::error::{fail, Result};
@@ -56,6 +56,12 @@ fn ok(v: impl serde::Serialize) -> Result<Value> {
 }
 
 impl Api {
+    /// `host_drain` (`on`) and `host_undrain`.
+    async fn maintenance(&self, on: bool) -> Result<Value> {
+        let (maintenance, changed) = self.jobs.set_maintenance(on).await?;
+        ok(MaintenanceState { host: self.agent.cfg.name.clone(), maintenance, changed })
+    }
+
     /// Handles one request.
     pub async fn handle(&self, req: Request, role: Role) -> Result<Value> {
         let (agent, jobs) = (&self.agent, &self.jobs);
@@ -68,8 +74,18 @@ impl Api {
                 requests_served: agent.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
             }),
             Request::HostInfo => ok(crate::inventory::host_info(agent).await?),
-            Request::GuestDefine { spec } => ok(agent.define(spec).await?),
-            Request::GuestStart { name } => ok(agent.start(&name).await?),
+            Request::HostDrain => self.maintenance(true).await,
+            Request::HostUndrain => self.maintenance(false).await,
+            // Maintenance: no new guests, and no guest starts (the host is being emptied).
+            // Migrations' own defines and a rollback's start on the source are not refused.
+            Request::GuestDefine { spec } => {
+                agent.refuse_in_maintenance(&format!("a new guest ({})", spec.name))?;
+                ok(agent.define(spec).await?)
+            }
+            Request::GuestStart { name } => {
+                agent.refuse_in_maintenance(&format!("starting guest {name}"))?;
+                ok(agent.start(&name).await?)
+            }
             // An operator's stop is not a migration: it claims nothing.
             Request::GuestStop { name, force, timeout_s } => ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?),
             Request::GuestUndefine { name } => {

@@ -84,5 +84,6 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
         console_ports_in_use: agent.console_ports(),
         console_port_range: agent.cfg.console_ports,
         guests: agent.list(),
+        maintenance: agent.maintenance(),
     })
 }

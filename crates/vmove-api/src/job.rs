@@ -54,6 +54,10 @@ pub struct JobSpec {
     /// `job_resume`.
     #[serde(default)]
     pub pause_at_switchover: bool,
+    /// Refuse the job with `at_limit` when the target already runs this many migrations in
+    /// (drains and evacuations pass their per-host inbound limit; `None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_incoming: Option<u32>,
     /// What the prechecks measured: the guest's dirty rate, bytes/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty_rate_bytes_per_s: Option<u64>,

@@ -56,6 +56,8 @@ pub mod limits {
     pub const DIRTY_MB_S: RangeInclusive<u64> = 0..=100_000;
     /// Lab workload working set, MiB: at most the largest guest memory.
     pub const WSS_MIB: RangeInclusive<u64> = 0..=4 << 20;
+    /// A job's `max_incoming`: migrations arriving at one host at once.
+    pub const MAX_INCOMING: RangeInclusive<u64> = 1..=1024;
     /// Length of a guest or volume name (a file name on the host).
     pub const NAME_LEN: RangeInclusive<usize> = 1..=64;
     /// A disk's index in a guest's disk list (`disk{i}`): far more disks than a guest has.
@@ -247,6 +249,9 @@ impl Check {
         if !socket_addr(&j.source.address) {
             return Err(self.bad(format!("{at}.source.address"), &j.source.address, "IP:PORT"));
         }
+        if let Some(n) = j.max_incoming {
+            self.range(format!("{at}.max_incoming"), u64::from(n), limits::MAX_INCOMING)?;
+        }
         self.params(&format!("{at}.params"), &j.params)
     }
 }
@@ -271,7 +276,12 @@ impl Request {
     pub fn validate(&self) -> Result<(), InvalidRequest> {
         let c = Check { op: self.op() };
         match self {
-            Request::Health | Request::HostInfo | Request::GuestList | Request::JobList => Ok(()),
+            Request::Health
+            | Request::HostInfo
+            | Request::HostDrain
+            | Request::HostUndrain
+            | Request::GuestList
+            | Request::JobList => Ok(()),
             Request::GuestDefine { spec } => c.guest("spec", spec),
             Request::JobSubmit { spec } => c.job("spec", spec),
             Request::GuestStop { name, timeout_s, .. } | Request::PeerStopGuest { name, timeout_s, .. } => {

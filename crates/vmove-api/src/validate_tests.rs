@@ -33,6 +33,7 @@ fn job() -> JobSpec {
         inject_fault: None,
         pause_before: None,
         pause_at_switchover: false,
+        max_incoming: None,
         dirty_rate_bytes_per_s: None,
         link_bytes_per_s: None,
     }
@@ -170,7 +171,9 @@ fn job_numbers_are_checked_inside_the_job() {
     });
     check(op, "spec.params.multifd_channels", limits::MULTIFD_CHANNELS, U8, |v| submit(|j| j.params.multifd_channels = v as u8));
     check(op, "spec.params.stop_timeout_s", limits::STOP_TIMEOUT_S, u64::MAX, |v| submit(|j| j.params.stop_timeout_s = v));
+    check(op, "spec.max_incoming", limits::MAX_INCOMING, U32, |v| submit(|j| j.max_incoming = Some(v as u32)));
     assert_eq!(submit(|j| j.params.bandwidth_bytes_per_s = None).validate(), Ok(()));
+    assert_eq!(submit(|j| j.max_incoming = None).validate(), Ok(()));
 }
 
 #[test]
@@ -348,4 +351,28 @@ fn storage_copy_calls() {
     let r = mirror_start(|_| {});
     assert!(r.allowed_for(&crate::Role::Host));
     assert_eq!(decode_request(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+}
+
+#[test]
+fn maintenance_calls_are_for_operators_only() {
+    for (line, want) in [(r#"{"op":"host_drain"}"#, Request::HostDrain), (r#"{"op":"host_undrain"}"#, Request::HostUndrain)] {
+        let r = decode_request(line).unwrap();
+        assert_eq!(r, want);
+        assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        assert!(r.allowed_for(&crate::Role::Operator), "{line}");
+        assert!(!r.allowed_for(&crate::Role::Host), "a peer may not put a host in maintenance: {line}");
+    }
+    assert_eq!(Request::HostDrain.op(), "host_drain");
+    assert_eq!(Request::HostUndrain.op(), "host_undrain");
+}
+
+#[test]
+fn a_job_without_max_incoming_reads_as_before() {
+    let mut v = serde_json::to_value(job()).unwrap();
+    assert!(v.get("max_incoming").is_none(), "not sent when absent: {v}");
+    v["max_incoming"] = 2.into();
+    let j: JobSpec = serde_json::from_value(v).unwrap();
+    assert_eq!(j.max_incoming, Some(2));
+    let code: crate::ErrorCode = serde_json::from_str("\"at_limit\"").unwrap();
+    assert_eq!((code, code.as_str()), (crate::ErrorCode::AtLimit, "at_limit"));
 }

@@ -1,7 +1,7 @@
 //! Wire types of the agent API.
 use serde::{Deserialize, Serialize};
 use vmove_model::GuestSpec;
-pub use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
+pub use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, Maintenance, PoolInfo};
 
 /// Who is calling, from the client certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,11 @@ pub enum Request {
     Health,
     /// The host inventory.
     HostInfo,
+    /// Put this host in maintenance (`vmove host drain`): no new guests, no guest starts,
+    /// no migrations in; the guests already here keep running. Idempotent.
+    HostDrain,
+    /// End this host's maintenance (`vmove host undrain`). Idempotent.
+    HostUndrain,
     /// Persist a guest definition on this host (checks resources and uniqueness).
     GuestDefine {
         /// The definition.
@@ -360,6 +365,8 @@ impl Request {
         match self {
             Request::Health => "health",
             Request::HostInfo => "host_info",
+            Request::HostDrain => "host_drain",
+            Request::HostUndrain => "host_undrain",
             Request::GuestDefine { .. } => "guest_define",
             Request::GuestStart { .. } => "guest_start",
             Request::GuestStop { .. } => "guest_stop",
@@ -439,6 +446,9 @@ pub enum ErrorCode {
     Cancelled,
     /// Test hooks are not available on this agent.
     Disabled,
+    /// The host already runs as many migrations as the request allows (`JobSpec::max_incoming`):
+    /// nothing is wrong, try again when one has ended.
+    AtLimit,
     /// The operation failed past its point of no return (a post-copy migration): it can
     /// be neither rolled back nor retried as it was.
     PastNoReturn,
@@ -468,6 +478,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Disabled => "disabled",
+            ErrorCode::AtLimit => "at_limit",
             ErrorCode::PastNoReturn => "past_no_return",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
@@ -533,6 +544,18 @@ pub struct Health {
     /// Requests it answered since it started.
     #[serde(default)]
     pub requests_served: u64,
+}
+
+/// `host_drain` and `host_undrain` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceState {
+    /// Host name.
+    pub host: String,
+    /// In maintenance since when, if it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// Whether this call changed it (false: it already was so).
+    pub changed: bool,
 }
 
 /// `link_measure` result: the migration link from a source to a target.

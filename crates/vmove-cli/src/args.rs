@@ -234,6 +234,16 @@ pub enum HostCmd {
         /// Host name.
         host: String,
     },
+    /// Put a host in maintenance and move every guest off it: planned targets, moves in
+    /// parallel under limits, each a migration job with its prechecks.
+    Drain(DrainArgs),
+    /// End a host's maintenance: it takes guests and migrations again.
+    Undrain {
+        /// Host name.
+        host: String,
+    },
+    /// Restart every guest of a dead host elsewhere (OFFLINEFORCE; the host is not asked).
+    Evacuate(EvacuateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -266,6 +276,43 @@ pub struct HostAddArgs {
     /// a change of address, or of the cluster's pools and networks).
     #[arg(long)]
     pub reissue: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// Host name.
+    pub host: String,
+    /// Print the plan and its predicted duration; change nothing (no maintenance either).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Moves at once in the cluster (at most 2 out of and 2 into any host besides).
+    #[arg(long, default_value_t = 5)]
+    pub parallel: usize,
+    /// live or offline, for running guests (stopped guests always move offline).
+    #[arg(long, default_value = "live")]
+    pub mode: String,
+    /// Test hook: the first attempt of GUEST's move fails STEP on purpose (lab agents
+    /// only); repeatable, GUEST=STEP.
+    #[arg(long, hide = true, value_name = "GUEST=STEP")]
+    pub inject_fault: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvacuateArgs {
+    /// Host name.
+    pub host: String,
+    /// The operator says the host is dead (its guests are not running): no waiting.
+    #[arg(long)]
+    pub force: bool,
+    /// How long the host must stay silent to count as dead without --force (e.g. 60s).
+    #[arg(long, default_value = "60s")]
+    pub grace: String,
+    /// Print the plan and its predicted duration; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Moves at once in the cluster (at most 2 into any host besides).
+    #[arg(long, default_value_t = 5)]
+    pub parallel: usize,
 }
 
 #[derive(Args, Debug)]

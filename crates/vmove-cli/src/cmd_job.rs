@@ -139,14 +139,13 @@ fn status_str(s: JobStatus) -> String {
 /// Moves the guest in the cluster file to where the job says it is now.
 pub fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
     let Some(host) = &rec.guest_host else { return Ok(()) };
-    let mut c = ctx.cluster()?;
-    if let Some(g) = c.guest_mut(&rec.spec.guest.name) {
-        if &g.host != host {
+    ctx.update_cluster(|c| match c.guest_mut(&rec.spec.guest.name) {
+        Some(g) if &g.host != host => {
             g.host = host.clone();
-            c.save(&ctx.cluster_path)?;
+            true
         }
-    }
-    Ok(())
+        _ => false,
+    })
 }
 
 fn mib(b: u64) -> f64 {

@@ -1,5 +1,5 @@
 //! What every command needs: the cluster file and clients of its agents.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -22,6 +22,25 @@ impl Ctx {
             ));
         }
         Ok(Cluster::load(&self.cluster_path)?)
+    }
+
+    /// Loads the cluster file, lets `change` edit it and saves it if `change` says it
+    /// changed anything, under an exclusive `flock` on the file's directory (the file itself
+    /// is replaced by a rename on save): `vmove` processes running side by side (two drains,
+    /// a drain and a `migrate`) never lose each other's updates.
+    pub fn update_cluster(&self, change: impl FnOnce(&mut Cluster) -> bool) -> Result<()> {
+        let dir = match self.cluster_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let d = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+        let _lock = nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow!("lock {}: {e}", dir.display()))?;
+        let mut c = self.cluster()?;
+        if change(&mut c) {
+            c.save(&self.cluster_path)?;
+        }
+        Ok(())
     }
 
     /// Clients of every host, in file order.

@@ -10,6 +10,7 @@ mod cmd_lab;
 mod cmd_migrate;
 mod cmd_setup;
 mod ctx;
+mod drain;
 mod oedacli;
 mod out;
 mod plot;

@@ -123,6 +123,14 @@ impl QemuFeatures {
     }
 }
 
+/// A host in maintenance (`vmove host drain`): it takes no new guests and no migrations
+/// in; the guests already there keep running until they are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// Since when, unix ms.
+    pub since_ms: u64,
+}
+
 /// `host_info` result: the host inventory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
@@ -169,5 +177,8 @@ pub struct HostInfo {
     pub console_port_range: (u16, u16),
     /// Guests and their states.
     pub guests: Vec<GuestStatus>,
+    /// In maintenance since when, if it is (an agent older than this field reports none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
 }
 

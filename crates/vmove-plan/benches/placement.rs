@@ -113,6 +113,7 @@ fn host_info(i: usize, rng: &mut Rng) -> HostInfo {
         console_ports_in_use: (5900..5900 + rng.below(30) as u16).collect(),
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 

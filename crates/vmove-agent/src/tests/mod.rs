@@ -25,6 +25,7 @@ mod fake_block;
 mod faults;
 mod local_volumes;
 mod metrics;
+mod fleet;
 mod migrations;
 
 use fake::{FakeHost, World};
@@ -141,6 +142,7 @@ impl Cluster {
             inject_fault: None,
             pause_before: None,
             pause_at_switchover: false,
+            max_incoming: None,
             dirty_rate_bytes_per_s: None,
             link_bytes_per_s: None,
         }

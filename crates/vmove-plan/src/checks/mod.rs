@@ -210,6 +210,8 @@ check_ids! {
     SourceReachable = "source-reachable", live: false;
     /// The target agent answered.
     TargetReachable = "target-reachable", live: false;
+    /// The target is not in maintenance (`vmove host drain`): it takes no migrations in.
+    TargetNotInMaintenance = "target-not-in-maintenance", live: false;
     /// Every network of the guest has its bridge, with the same VLAN, on the target.
     NetworksOnTarget = "networks-on-target", live: false;
     /// Every storage pool of the guest is on the target and writable.
@@ -360,6 +362,7 @@ fn check_fn(id: CheckId) -> CheckFn {
         CheckId::TargetIsNotSource => placement::target_is_not_source,
         CheckId::SourceReachable => placement::source_reachable,
         CheckId::TargetReachable => placement::target_reachable,
+        CheckId::TargetNotInMaintenance => placement::target_not_in_maintenance,
         CheckId::NetworksOnTarget => resources::networks_on_target,
         CheckId::PoolsOnTarget => resources::pools_on_target,
         CheckId::LocalVolumeSpace => storage::local_volume_space,

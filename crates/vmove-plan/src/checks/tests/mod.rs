@@ -165,6 +165,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         console_ports_in_use: vec![],
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 
@@ -247,13 +248,14 @@ fn ids(findings: &[Finding]) -> Vec<&'static str> {
     findings.iter().map(|f| f.id.as_str()).collect()
 }
 
-const COMMON: [&str; 16] = [
+const COMMON: [&str; 17] = [
     "guest-in-cluster-file",
     "cluster-file-matches-source",
     "hosts-in-cluster",
     "target-is-not-source",
     "source-reachable",
     "target-reachable",
+    "target-not-in-maintenance",
     "networks-on-target",
     "pools-on-target",
     "local-volume-space",
@@ -344,7 +346,7 @@ fn every_reason_is_one_line_without_a_trailing_period() {
 
 #[test]
 fn check_ids_are_stable_strings() {
-    assert_eq!(CheckId::ALL.len(), 22);
+    assert_eq!(CheckId::ALL.len(), COMMON.len() + LIVE_ONLY.len());
     for id in CheckId::ALL {
         assert_eq!(CheckId::parse(id.as_str()), Some(*id));
         assert_eq!(id.as_str().parse::<CheckId>(), Ok(*id));

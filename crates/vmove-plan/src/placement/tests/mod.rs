@@ -73,6 +73,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         console_ports_in_use: vec![],
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 
