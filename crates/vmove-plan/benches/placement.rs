@@ -224,6 +224,7 @@ fn world() -> World {
                 path: format!("/srv/pool{p}").into(),
             })
             .collect(),
+        store: Default::default(),
         guests,
         path: PathBuf::from("/bench/cluster.toml"),
     };

@@ -206,6 +206,30 @@ impl EtcdStore {
         &self.inner.ns
     }
 
+    /// A store on a namespace below this one (`<namespace><sub>`, `sub` being key segments
+    /// ending in `/`, e.g. `hosts/host1/`) over the same connection. Its keys and logs are
+    /// apart from this store's (which live under `<namespace>kv/` and `<namespace>log/`).
+    pub fn sub_namespace(&self, sub: &str) -> Result<EtcdStore> {
+        let ns = format!("{}{sub}", self.inner.ns);
+        validate_namespace(&ns)?;
+        if ["kv/", "log/"].iter().any(|p| sub.starts_with(p)) {
+            return Err(StoreError::InvalidKey { key: sub.into(), reason: "kv/ and log/ hold the store's own keys" });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(log::Appender::new(self.inner.kv.clone(), ns.clone(), self.inner.timeout).run(rx));
+        Ok(EtcdStore {
+            inner: Arc::new(Inner {
+                kv: self.inner.kv.clone(),
+                watch: self.inner.watch.clone(),
+                lease: self.inner.lease.clone(),
+                ns,
+                timeout: self.inner.timeout,
+                log: tx,
+                keepers: Mutex::default(),
+            }),
+        })
+    }
+
     /// The etcd key of a store key.
     fn kv_key(&self, key: &str) -> String {
         format!("{}kv/{key}", self.inner.ns)
@@ -480,6 +504,11 @@ mod tests {
             assert!(validate_namespace(ns).is_err(), "{ns:?}");
         }
         assert_eq!(prefix_end(b"/ns/kv/"), b"/ns/kv0");
+        // A sub-namespace's keys never fall in the range of its parent's keys or logs.
+        let (keys, logs) = (b"/vmove/c1/kv/".to_vec(), b"/vmove/c1/log/".to_vec());
+        let sub = b"/vmove/c1/hosts/host1/kv/guests/vm1".to_vec();
+        assert!(!(keys.as_slice()..prefix_end(&keys).as_slice()).contains(&sub.as_slice()));
+        assert!(!(logs.as_slice()..prefix_end(&logs).as_slice()).contains(&sub.as_slice()));
         assert_eq!(prefix_end(b"a#"), b"a$");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b""), b"\0");

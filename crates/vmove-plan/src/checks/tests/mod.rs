@@ -94,6 +94,7 @@ pub(crate) fn two_host_cluster() -> Cluster {
             name: "shared".into(),
             path: "/srv/shared".into(),
         }],
+        store: Default::default(),
         guests: vec![guest_spec("vm1", "host1", "52:54:00:00:00:0a")],
         path: PathBuf::from("/lab/cluster.toml"),
     }

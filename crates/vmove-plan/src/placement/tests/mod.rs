@@ -138,6 +138,7 @@ impl World {
                 name: "shared".into(),
                 path: "/srv/shared".into(),
             }],
+            store: Default::default(),
             guests: vec![],
             path: PathBuf::from("/lab/cluster.toml"),
         };
