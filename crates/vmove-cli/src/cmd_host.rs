@@ -7,7 +7,7 @@ use crate::args::HostCmd;
 use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     match cmd {
         HostCmd::List => {
             let clients = ctx.clients(&cluster)?;

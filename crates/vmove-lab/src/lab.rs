@@ -10,7 +10,7 @@ use vmove_api::pki::Ca;
 use vmove_api::{Health, Request};
 use vmove_model::{AgentConfig, Cluster, ClusterMeta, HostEntry, NetworkEntry, Policy, PoolEntry, TlsFiles};
 
-use crate::topology::{self, Plan, GUEST_NET, MAX_HOSTS, SLOTS};
+use crate::topology::{self, Plan, GUEST_NET, MAX_ETCD, MAX_HOSTS, SLOTS};
 
 /// Where slot claims live.
 const SLOT_DIR: &str = "/run/vmove/lab-slots";
@@ -18,7 +18,7 @@ const SLOT_DIR: &str = "/run/vmove/lab-slots";
 /// What `lab up` makes inside the lab directory (cluster file, PKI, the shared pool with its
 /// volumes and leases, each host's agent configuration, state and run directories).
 /// `lab down` removes all of it; `lab up` on a directory holding an old lab starts clean.
-const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts"];
+const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts", crate::etcd::DIR];
 
 /// Removes what an earlier lab left in `dir`, and `dir` itself when nothing else is in it.
 fn remove_lab_files(dir: &Path) -> Result<()> {
@@ -43,6 +43,9 @@ pub struct LabOptions {
     pub dir: PathBuf,
     /// Number of hosts.
     pub hosts: u8,
+    /// etcd members (0: the file store; else the cluster's state is in an etcd of this
+    /// many members inside the lab).
+    pub etcd: u8,
     /// The `vmoved` binary.
     pub vmoved: PathBuf,
     /// The `vmove-guest` binary (for the lab image).
@@ -72,6 +75,12 @@ pub struct LabInfo {
     pub root_link: String,
     /// Agent pids, in host order.
     pub agent_pids: Vec<u32>,
+    /// etcd members' namespaces (empty: the file store).
+    #[serde(default)]
+    pub etcd_namespaces: Vec<String>,
+    /// etcd's client URLs.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
 }
 
 impl LabInfo {
@@ -134,6 +143,9 @@ pub async fn up(o: &LabOptions) -> Result<LabInfo> {
     if o.hosts == 0 || o.hosts > MAX_HOSTS {
         bail!("--hosts must be 1..={MAX_HOSTS}");
     }
+    if o.etcd > MAX_ETCD || o.hosts.saturating_add(o.etcd) > MAX_HOSTS {
+        bail!("--etcd-members must be 0..={MAX_ETCD}, and hosts + members at most {MAX_HOSTS} (they share the lab's /28)");
+    }
     let name = lab_name(&o.dir)?;
     if let Ok(info) = LabInfo::load(&o.dir) {
         if vmove_host::netns::exists(&info.switch_namespace) {
@@ -153,7 +165,7 @@ pub async fn up(o: &LabOptions) -> Result<LabInfo> {
     std::fs::create_dir_all(&o.dir).with_context(|| format!("create {}", o.dir.display()))?;
     let dir = std::fs::canonicalize(&o.dir)?;
     let slot = claim_slot(&name)?;
-    let plan = Plan { name: name.clone(), slot, hosts: o.hosts };
+    let plan = Plan { name: name.clone(), slot, hosts: o.hosts, etcd: o.etcd };
     let result = build_lab(&plan, &dir, o).await;
     if result.is_err() {
         let _ = topology::destroy(&name, Some(&plan.root_link()));
@@ -178,6 +190,13 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared)?;
     let pools = vec![PoolEntry { name: "shared".into(), path: shared.clone() }];
+    let policy = Policy::default();
+    let store = if plan.etcd > 0 {
+        crate::etcd::start(plan, &ca, dir)?;
+        crate::etcd::store_entry(plan)
+    } else {
+        Default::default()
+    };
     let networks = vec![NetworkEntry {
         name: GUEST_NET.into(),
         bridge: GUEST_NET.into(),
@@ -186,6 +205,7 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
     }];
     let mut hosts = Vec::new();
     let mut pids = Vec::new();
+    let mut cfgs = Vec::new();
     for i in 1..=plan.hosts {
         let hname = Plan::host_name(i);
         let hdir = dir.join("hosts").join(&hname);
@@ -211,24 +231,35 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
             allow_fault_injection: true,
             pools: pools.clone(),
             networks: networks.clone(),
+            store: store.clone(),
+            lease_ttl_s: policy.lease_ttl_s,
         };
         let cfg_path = hdir.join("agent.toml");
         cfg.save(&cfg_path)?;
-        pids.push(start_agent(&o.vmoved, &cfg_path, &plan.host_ns(i), &hdir.join("vmoved.log"))?);
+        cfgs.push((cfg_path, plan.host_ns(i), hdir.join("vmoved.log")));
         hosts.push(HostEntry { name: hname, address: listen, accel: "tcg".into() });
     }
     let cluster_file = dir.join("cluster.toml");
     let cluster = Cluster {
         cluster: ClusterMeta { name: plan.name.clone() },
         tls: TlsFiles { ca: "pki/ca.pem".into(), cert: "pki/operator.pem".into(), key: "pki/operator.key".into() },
-        policy: Policy::default(),
+        policy,
         hosts,
         networks,
         pools,
+        store,
         guests: vec![],
         path: cluster_file.clone(),
     };
     cluster.save(&cluster_file)?;
+    if plan.etcd > 0 {
+        // The agents need etcd to start; operators need the cluster in it.
+        let etcd = crate::etcd::wait_ready(plan, dir).await?;
+        vmove_registry::import(&etcd, &cluster, vmove_registry::Import::Replace).await?;
+    }
+    for (cfg_path, ns, log) in &cfgs {
+        pids.push(start_agent(&o.vmoved, cfg_path, ns, log)?);
+    }
     let info = LabInfo {
         name: plan.name.clone(),
         dir: dir.to_path_buf(),
@@ -240,6 +271,8 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
         switch_namespace: plan.switch_ns(),
         root_link: plan.root_link(),
         agent_pids: pids,
+        etcd_namespaces: (1..=plan.etcd).map(|j| plan.etcd_ns(j)).collect(),
+        etcd_endpoints: (1..=plan.etcd).map(|j| plan.etcd_client_url(j)).collect(),
     };
     vmove_model::write_atomic(&dir.join("lab.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     wait_for_agents(&cluster).await?;

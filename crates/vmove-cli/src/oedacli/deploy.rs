@@ -25,7 +25,7 @@ impl Session {
         if todo.is_empty() {
             bail!("DEPLOY ACTIONS: no merged actions: expected MERGE ACTIONS first");
         }
-        let ctx = Ctx { cluster_path: path.clone(), json: self.json };
+        let ctx = Ctx::new(path.clone(), self.json);
         let t0 = Instant::now();
         let mut results = Vec::new();
         let mut failure = None;
@@ -92,7 +92,7 @@ impl From<anyhow::Error> for Failure {
 /// Runs one action as `vmove migrate` would, against the loaded file as it now is.
 async fn deploy_one(ctx: &Ctx, m: &Migrate) -> Result<Deployed, Failure> {
     let text = !ctx.json;
-    let real = ctx.cluster()?;
+    let real = ctx.cluster().await?;
     let cmd = m.command(&real.policy);
     cmd_migrate::guest_spec(&real, &m.guest)?;
     let mut findings = Vec::new();
