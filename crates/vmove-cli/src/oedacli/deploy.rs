@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use vmove_api::{JobRecord, JobStatus, StepStatus};
-use vmove_model::Cluster;
 use vmove_plan::{Finding, Mode, Step};
 
 use super::merge::print_passed;
@@ -56,8 +55,9 @@ impl Session {
                 }
             }
         }
-        // The jobs updated the loaded file where guests really moved: that is the model now.
-        let reloaded = Cluster::load(&path);
+        // The jobs updated the loaded file (or the store) where guests really moved: that is
+        // the model now.
+        let reloaded = ctx.cluster().await;
         if let (Some(l), Ok(c)) = (self.loaded.as_mut(), &reloaded) {
             l.model = c.clone();
         }
