@@ -54,3 +54,77 @@ pub async fn members(ctx: &Ctx, cluster: &Cluster) -> Result<Vec<Member>> {
     let store = ctx.store(cluster).await?;
     Ok(vmove_registry::list_members(store.as_ref()).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use vmove_registry::{keys, Member, RegistryError};
+    use vmove_store::testing::TestEtcd;
+    use vmove_store::{Lease, LeasePolicy, Precondition};
+
+    use super::*;
+
+    /// A cluster file of `dir` for the test etcd (its CA, a client certificate), with
+    /// `namespace` and one guest.
+    fn cluster_file(etcd: &TestEtcd, dir: &std::path::Path, namespace: &str) -> std::path::PathBuf {
+        let pki = etcd.pki();
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.join("op.pem"), &pki.client.cert_pem).unwrap();
+        std::fs::write(dir.join("op.key"), &pki.client.key_pem).unwrap();
+        let text = crate::testutil::SAMPLE
+            .replace("pki/ca.pem", "ca.pem")
+            .replace("pki/operator.pem", "op.pem")
+            .replace("/etc/vmove/operator.key", "op.key")
+            .replacen(
+                "[[hosts]]",
+                &format!("[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nnamespace = \"{namespace}\"\n\n[[hosts]]", etcd.endpoint()),
+                1,
+            );
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Two operators with two cluster files on one etcd: one truth (guests, placement);
+    /// `wait_host_dead` on a host that renews, one that stops, one that never joined.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_operators_one_truth_and_waiting_for_a_dead_host() {
+        let etcd = TestEtcd::start().await.unwrap();
+        let ns = TestEtcd::unique_namespace();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let op1 = Ctx::new(cluster_file(&etcd, d1.path(), &ns), false);
+        let op2 = Ctx::new(cluster_file(&etcd, d2.path(), &ns), false);
+        let e = op1.cluster().await.unwrap_err();
+        assert!(format!("{e:#}").contains("holds no cluster yet"), "{e:#}");
+        let file = op1.file().unwrap();
+        let store = op1.store(&file).await.unwrap();
+        vmove_registry::import(store.as_ref(), &file, vmove_registry::Import::New).await.unwrap();
+
+        // op1 moves vm1; op2, whose file says nothing of it, sees it.
+        let mut c1 = op1.cluster().await.unwrap();
+        let mut g = c1.guest("vm1").unwrap().clone();
+        g.host = "host2".into();
+        op1.put_guest(&mut c1, g).await.unwrap();
+        let c2 = op2.cluster().await.unwrap();
+        assert_eq!(c2.guest("vm1").map(|g| g.host.as_str()), Some("host2"));
+        assert_eq!(c2.path, d2.path().join("cluster.toml"));
+        assert!(vmove_model::Cluster::load(&op1.cluster_path).unwrap().guest("vm1").unwrap().host == "host1", "the file is untouched");
+
+        // host1 renews a lease; host2 never joined.
+        let lease = Lease::grant(store.clone(), LeasePolicy::with_ttl(Duration::from_secs(2))).await.unwrap();
+        let m = Member { host: "host1".into(), address: "a:1".into(), lease: lease.id().0, ttl_s: 2, since_ms: 0, agent_version: "t".into() };
+        lease.put(&keys::member("host1"), vmove_store::encode_record("m", &m).unwrap(), Precondition::Absent).await.unwrap();
+        assert_eq!(members(&op2, &c2).await.unwrap().len(), 1);
+        let e = wait_host_dead(&op2, &c2, "host1", Some(Duration::from_millis(300))).await.unwrap_err();
+        assert!(matches!(e.root_cause().downcast_ref::<RegistryError>(), Some(RegistryError::HostAlive { .. })), "{e:#}");
+        let never = wait_host_dead(&op2, &c2, "host2", None).await.unwrap().unwrap();
+        assert_eq!(never.last_seen, None);
+        lease.abandon();
+        let dead = wait_host_dead(&op2, &c2, "host1", None).await.unwrap().unwrap();
+        assert_eq!(dead.last_seen.map(|m| m.host), Some("host1".to_string()));
+        assert!(wait_host_dead(&op2, &c2, "host9", None).await.is_err(), "not a host of the cluster");
+
+        // The file store: no leases, the operator's word is needed.
+        let plain = crate::testutil::cluster();
+        assert!(wait_host_dead(&op2, &plain, "host1", None).await.unwrap().is_none());
+    }
+}
