@@ -79,7 +79,10 @@ impl Api {
             Request::GuestList => ok(agent.list()),
             Request::GuestShow { name } => ok(agent.show(&name)?),
             Request::GuestLog { name, max_bytes } => ok(GuestLog { text: agent.log(&name, max_bytes)? }),
-            Request::GuestDirtyRate { name, calc_s } => ok(agent.dirty_rate(&name, calc_s).await?),
+            Request::GuestDirtyRate { name, calc_s, calc_ms } => {
+                let period = calc_ms.map_or(Duration::from_secs(calc_s), Duration::from_millis);
+                ok(agent.dirty_rate(&name, period).await?)
+            }
             Request::JobSubmit { spec } => ok(jobs.submit(spec).await?),
             Request::JobShow { id } => ok(jobs.get(&id)?.snapshot()),
             Request::JobList => ok(jobs.list()),
@@ -98,6 +101,13 @@ impl Api {
                     claim(jobs, &name, &by).await?;
                 }
                 ok(st)
+            }
+            Request::LinkMeasure { source, max_age_s } => {
+                let peer = jobs.peer_for(&source)?;
+                ok(crate::links::measure(agent, peer.as_ref(), &source, Duration::from_secs(max_age_s)).await?)
+            }
+            Request::PeerLinkSend { addr, duration_ms } => {
+                ok(crate::links::send(agent, None, &addr, Duration::from_millis(duration_ms)).await?)
             }
             Request::PeerRelease { name, claim: by } => {
                 if agent.claimed_by(&name).await?.as_deref() == Some(by.as_str()) {
@@ -130,16 +140,32 @@ impl Api {
                 agent.unclaim(&name).await?;
                 ok(json!({ "undefined": name }))
             }
-            Request::PeerMigrateOut { name, uri, tls_hostname, params, job } => {
+            Request::PeerMigrateOut { name, uri, tls_hostname, params, job, setup } => {
                 let by = job.unwrap_or_else(|| uri.clone());
                 claim(jobs, &name, &by).await?;
-                if let Err(e) = crate::migrate_src::migrate_out(agent, &name, &uri, tls_hostname, &params).await {
+                let side = setup.as_ref().map_or_else(
+                    || crate::migrate_src::SideSetup::from_params(&params),
+                    crate::migrate_src::SideSetup::from_source_setup,
+                );
+                if let Err(e) = crate::migrate_src::migrate_out(agent, &name, &uri, tls_hostname, &params, &side).await {
                     agent.unclaim(&name).await?;
                     return Err(e);
                 }
                 ok(json!({ "started": uri }))
             }
             Request::PeerMigrateQuery { name } => ok(crate::migrate_src::migrate_query(agent, &name).await?),
+            Request::PeerMigrateTune { name, downtime_limit_ms, throttle } => {
+                crate::migrate_src::migrate_tune(agent, &name, downtime_limit_ms, throttle).await?;
+                ok(json!({ "tuned": name }))
+            }
+            Request::PeerMigrateStartPostcopy { name } => {
+                crate::migrate_src::migrate_start_postcopy(agent, &name).await?;
+                ok(json!({ "postcopy": name }))
+            }
+            Request::PeerMigrateResume { name, uri } => {
+                crate::migrate_src::migrate_resume(agent, &name, &uri).await?;
+                ok(json!({ "resumed": uri }))
+            }
             Request::PeerMigrateContinue { name } => {
                 crate::migrate_src::migrate_continue(agent, &name).await?;
                 ok(json!({ "continued": name }))
@@ -152,9 +178,9 @@ impl Api {
                 ok(r?)
             }
             Request::PeerMigrateFinish { name } => {
-                crate::migrate_src::migrate_finish(agent, &name).await?;
+                let side = crate::migrate_src::migrate_finish(agent, &name).await?;
                 agent.unclaim(&name).await?;
-                ok(json!({ "finished": name }))
+                ok(side)
             }
         }
     }

@@ -84,7 +84,9 @@ impl HostOps for RealHost {
     }
 
     async fn connect_qmp(&self, socket: &Path, total: Duration) -> Result<Qmp> {
-        Ok(Qmp::connect_retry(socket, total).await?)
+        // Out-of-band where QEMU offers it: a post-copy target blocked on a missing page
+        // still answers `migrate-recover` out of band, and it cannot be negotiated later.
+        Ok(Qmp::connect_retry_oob(socket, total).await?)
     }
 
     fn alive(&self, pid: u32) -> bool {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vmove_api::{GuestState, MigrationParams};
+use vmove_plan::converge::ThrottleParams;
 use vmove_qmp::{MigrateSetParameters, MigrationCapability, MigrationInfo, MigrationStatus, Qmp};
 
 use crate::error::{fail, Result, ResultExt};
@@ -28,27 +29,72 @@ use crate::guests::Agent;
 const UNLIMITED_BYTES_PER_S: u64 = 1 << 40;
 const TLS_ID: &str = "vmove-tls";
 
-/// Capabilities for both sides, from the parameter set (only those this QEMU knows).
-fn capabilities(agent: &Agent, p: &MigrationParams) -> Vec<(MigrationCapability, bool)> {
-    let mut v = vec![
-        (MigrationCapability::Events, true),
-        (MigrationCapability::Multifd, p.multifd_channels > 0),
-        (MigrationCapability::PostcopyRam, p.allow_postcopy),
-        (MigrationCapability::PauseBeforeSwitchover, p.pause_before_switchover),
-    ];
-    v.retain(|(c, on)| *on || agent.qemu.has_capability(c.as_str()));
-    v
+/// What one side's QEMU gets before a migration: capabilities, multifd channels, the first
+/// downtime limit and (on the source) the parked throttle.
+#[derive(Debug, Clone, Default)]
+pub struct SideSetup {
+    /// Capabilities, QEMU's names.
+    pub capabilities: Vec<(String, bool)>,
+    /// multifd channels (0: one stream).
+    pub multifd_channels: u8,
+    /// `downtime-limit`, ms.
+    pub downtime_limit_ms: u64,
+    /// The parked throttle (source).
+    pub throttle: ThrottleParams,
 }
 
-/// QEMU parameters for both sides, from the parameter set.
-fn parameters(p: &MigrationParams, tls_hostname: Option<String>) -> MigrateSetParameters {
+impl SideSetup {
+    /// What an older target that sends no setup means: capabilities from the parameters.
+    pub fn from_params(p: &MigrationParams) -> SideSetup {
+        let cap = |n: &str, on: bool| (n.to_string(), on);
+        SideSetup {
+            capabilities: vec![
+                cap("events", true),
+                cap("multifd", p.multifd_channels > 0),
+                cap("postcopy-ram", p.allow_postcopy),
+                cap("pause-before-switchover", p.pause_before_switchover),
+            ],
+            multifd_channels: p.multifd_channels,
+            downtime_limit_ms: p.max_downtime_ms,
+            throttle: ThrottleParams::default(),
+        }
+    }
+
+    /// From the target's decision.
+    pub fn from_source_setup(s: &vmove_api::SourceSetup) -> SideSetup {
+        SideSetup {
+            capabilities: s.capabilities.clone(),
+            multifd_channels: s.multifd_channels,
+            downtime_limit_ms: s.downtime_limit_ms,
+            throttle: s.throttle,
+        }
+    }
+}
+
+/// Capabilities for `migrate-set-capabilities`: the ones to turn on, and the ones to turn
+/// off that this QEMU knows (an older QEMU would refuse an unknown name).
+fn capabilities(agent: &Agent, caps: &[(String, bool)]) -> Vec<(MigrationCapability, bool)> {
+    caps.iter()
+        .filter(|(n, on)| *on || agent.qemu.has_capability(n))
+        .map(|(n, on)| (MigrationCapability::from_wire(n), *on))
+        .collect()
+}
+
+/// QEMU parameters for one side.
+fn parameters(p: &MigrationParams, s: &SideSetup, tls_hostname: Option<String>) -> MigrateSetParameters {
     let secure = !p.insecure_transport;
+    let t = &s.throttle;
     MigrateSetParameters {
         max_bandwidth_bytes_per_s: Some(p.bandwidth_bytes_per_s.unwrap_or(UNLIMITED_BYTES_PER_S)),
-        downtime_limit_ms: Some(p.max_downtime_ms),
-        multifd_channels: (p.multifd_channels > 0).then_some(u64::from(p.multifd_channels)),
+        downtime_limit_ms: Some(s.downtime_limit_ms),
+        multifd_channels: (s.multifd_channels > 0).then_some(u64::from(s.multifd_channels)),
         tls_creds: Some(if secure { TLS_ID.to_string() } else { String::new() }),
         tls_hostname: if secure { tls_hostname } else { Some(String::new()) },
+        cpu_throttle_initial_pct: t.cpu_throttle_initial_pct.map(u64::from),
+        cpu_throttle_increment_pct: t.cpu_throttle_increment_pct.map(u64::from),
+        max_cpu_throttle_pct: t.max_cpu_throttle_pct.map(u64::from),
+        cpu_throttle_tailslow: t.cpu_throttle_tailslow,
+        vcpu_dirty_limit_mb_per_s: t.vcpu_dirty_limit_mb_per_s,
         ..Default::default()
     }
 }
@@ -65,7 +111,15 @@ fn tls_dir(agent: &Agent, run: &Path, role: &str) -> Result<PathBuf> {
 
 /// Sets TLS credentials, capabilities and parameters on one side (`role`: `server` on the
 /// target, `client` on the source).
-pub(crate) async fn setup_qemu(q: &Qmp, agent: &Agent, guest: &str, p: &MigrationParams, role: &str, tls_hostname: Option<String>) -> Result<()> {
+pub(crate) async fn setup_qemu(
+    q: &Qmp,
+    agent: &Agent,
+    guest: &str,
+    p: &MigrationParams,
+    side: &SideSetup,
+    role: &str,
+    tls_hostname: Option<String>,
+) -> Result<()> {
     if !p.insecure_transport {
         let dir = tls_dir(agent, &agent.run_dir(guest), role)?;
         let _ = q.execute("object-del", Some(json!({ "id": TLS_ID }))).await;
@@ -73,18 +127,27 @@ pub(crate) async fn setup_qemu(q: &Qmp, agent: &Agent, guest: &str, p: &Migratio
             .await
             .ctx("tls-creds-x509")?;
     }
-    q.migrate_set_capabilities(&capabilities(agent, p)).await.ctx("migrate-set-capabilities")?;
-    q.migrate_set_parameters(&parameters(p, tls_hostname)).await.ctx("migrate-set-parameters")?;
+    q.migrate_set_capabilities(&capabilities(agent, &side.capabilities)).await.ctx("migrate-set-capabilities")?;
+    q.migrate_set_parameters(&parameters(p, side, tls_hostname)).await.ctx("migrate-set-parameters")?;
     Ok(())
 }
 
 /// src: starts the outgoing migration.
-pub async fn migrate_out(agent: &Arc<Agent>, name: &str, uri: &str, tls_hostname: Option<String>, p: &MigrationParams) -> Result<()> {
+pub async fn migrate_out(agent: &Arc<Agent>, name: &str, uri: &str, tls_hostname: Option<String>, p: &MigrationParams, side: &SideSetup) -> Result<()> {
     let (q, st) = agent.qmp_of(name)?;
     if st != GuestState::Running {
         fail!(WrongState, "guest {name} is {st:?} on {}, not running", agent.cfg.name);
     }
-    setup_qemu(&q, agent, name, p, "client", tls_hostname).await?;
+    setup_qemu(&q, agent, name, p, side, "client", tls_hostname).await?;
+    // The post-copy phase may use all the bandwidth it needs.
+    if side.capabilities.iter().any(|(n, on)| n == "postcopy-ram" && *on) {
+        let pb = MigrateSetParameters { max_postcopy_bandwidth_bytes_per_s: Some(0), ..Default::default() };
+        q.migrate_set_parameters(&pb).await.ctx("max-postcopy-bandwidth")?;
+    }
+    // Time the switchover: the guest's frames on its taps and the source's STOP.
+    if let Some(spec) = agent.spec(name) {
+        agent.keep_outgoing(name, crate::frames::watch_taps(&spec), crate::frames::time_events(&q));
+    }
     // Follow QEMU's MIGRATION and MIGRATION_PASS events for the target's queries.
     let mut events = q.subscribe();
     let seen = agent.migration_events(name);
@@ -125,6 +188,47 @@ pub async fn migrate_query(agent: &Agent, name: &str) -> Result<MigrationInfo> {
     Ok(info)
 }
 
+/// src: the convergence ladder changes the downtime limit or the throttle.
+pub async fn migrate_tune(agent: &Agent, name: &str, downtime_limit_ms: Option<u64>, throttle: Option<ThrottleParams>) -> Result<()> {
+    let (q, _) = agent.qmp_of(name)?;
+    let t = throttle.unwrap_or_default();
+    let p = MigrateSetParameters {
+        downtime_limit_ms,
+        cpu_throttle_initial_pct: t.cpu_throttle_initial_pct.map(u64::from),
+        cpu_throttle_increment_pct: t.cpu_throttle_increment_pct.map(u64::from),
+        max_cpu_throttle_pct: t.max_cpu_throttle_pct.map(u64::from),
+        cpu_throttle_tailslow: t.cpu_throttle_tailslow,
+        vcpu_dirty_limit_mb_per_s: t.vcpu_dirty_limit_mb_per_s,
+        ..Default::default()
+    };
+    q.migrate_set_parameters(&p).await.ctx("migrate-set-parameters")
+}
+
+/// src: switches the outgoing migration to post-copy.
+pub async fn migrate_start_postcopy(agent: &Agent, name: &str) -> Result<()> {
+    let (q, _) = agent.qmp_of(name)?;
+    q.migrate_start_postcopy().await.ctx("migrate-start-postcopy")
+}
+
+/// src: resumes a paused post-copy migration to the target's new listener.
+pub async fn migrate_resume(agent: &Agent, name: &str, uri: &str) -> Result<()> {
+    let (q, _) = agent.qmp_of(name)?;
+    // The target paused a hung post-copy; this side may still wait on the dead connection
+    // (a link that went down sends no reset): pause it too, so that it can resume.
+    let status = || async { q.query_migrate().await.map(|i| i.status.map(|s| s.as_str().to_string()).unwrap_or_default()) };
+    if status().await.ctx("query-migrate")? == "postcopy-active" {
+        q.migrate_pause().await.ctx("migrate-pause")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status().await.ctx("query-migrate")? != "postcopy-paused" {
+            if Instant::now() > deadline {
+                fail!(Qemu, "the source did not pause its post-copy");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    q.migrate_resume(uri).await.ctx("migrate resume")
+}
+
 /// src: lets a migration held at the switchover go on.
 pub async fn migrate_continue(agent: &Agent, name: &str) -> Result<()> {
     let (q, _) = agent.qmp_of(name)?;
@@ -139,6 +243,7 @@ pub async fn migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> 
         return Ok(MigrationInfo::default());
     };
     let _ = q.migrate_cancel().await;
+    agent.take_outgoing(name);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let info = q.query_migrate().await?;
@@ -159,10 +264,27 @@ pub async fn migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> 
     }
 }
 
-/// src: after the switchover, ends the paused source QEMU and forgets the guest.
-pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<()> {
+/// What the source saw of the switchover: when its vCPUs stopped and the guest's last
+/// frame before that (unix µs).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SourceSide {
+    /// QEMU `STOP` on the source.
+    #[serde(default)]
+    pub src_stopped_us: Option<u64>,
+    /// The guest's last frame on the source's taps before that.
+    #[serde(default)]
+    pub src_last_frame_us: Option<u64>,
+    /// Frames for the guest that reached the source after its vCPUs stopped: the target
+    /// hands them to the guest, so they are not lost with the source's tap.
+    #[serde(default)]
+    pub carried: Vec<crate::frames::Carried>,
+}
+
+/// src: after the switchover, ends the paused source QEMU and forgets the guest. Returns
+/// what the source saw of the switchover.
+pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<SourceSide> {
     if agent.spec(name).is_none() {
-        return Ok(());
+        return Ok(SourceSide::default());
     }
     if let Ok((q, _)) = agent.qmp_of(name) {
         let info = q.query_migrate().await?;
@@ -170,6 +292,21 @@ pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<()> {
             fail!(WrongState, "the migration of {name} has not completed on {}; refusing to end the source", agent.cfg.name);
         }
     }
+    let outgoing = agent.take_outgoing(name);
+    // End the QEMU first: frames for the guest keep arriving (and are kept) until then.
     agent.stop(name, true, Duration::from_secs(15)).await?;
-    agent.forget(name).await
+    let mut side = SourceSide::default();
+    if let Some((mut watches, times)) = outgoing {
+        let stopped = times.lock().unwrap_or_else(|p| p.into_inner()).stopped_us;
+        for w in &mut watches {
+            w.stop();
+        }
+        side.src_stopped_us = stopped;
+        side.src_last_frame_us = crate::frames::last_before(&watches, stopped.unwrap_or_else(vmove_host::frames::now_us));
+        if let Some(t) = stopped {
+            side.carried = crate::frames::carry(&watches, t);
+        }
+    }
+    agent.forget(name).await?;
+    Ok(side)
 }

@@ -5,6 +5,20 @@ use vmove_model::GuestSpec;
 pub use vmove_plan::MigrationParams;
 use vmove_plan::{Mode, Step};
 
+/// What the target decided for the source's side of a live migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSetup {
+    /// Migration capabilities to set, QEMU's names.
+    pub capabilities: Vec<(String, bool)>,
+    /// multifd channels (0: one stream).
+    pub multifd_channels: u8,
+    /// First downtime limit, ms.
+    pub downtime_limit_ms: u64,
+    /// The parked throttle (auto-converge at its floor until the ladder unparks it).
+    #[serde(default)]
+    pub throttle: vmove_plan::converge::ThrottleParams,
+}
+
 /// Another host, as the cluster file names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerHost {
@@ -40,6 +54,12 @@ pub struct JobSpec {
     /// `job_resume`.
     #[serde(default)]
     pub pause_at_switchover: bool,
+    /// What the prechecks measured: the guest's dirty rate, bytes/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_rate_bytes_per_s: Option<u64>,
+    /// What the prechecks measured: the migration link, bytes/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bytes_per_s: Option<u64>,
 }
 
 /// What kind of job.
@@ -134,6 +154,12 @@ pub struct Progress {
     pub eta_s: Option<u64>,
     /// Time since the migration started, ms.
     pub elapsed_ms: u64,
+    /// The convergence ladder's current rung (`rung 2/7: downtime limit 100 ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rung: Option<String>,
+    /// QEMU's CPU throttle, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_pct: Option<u64>,
 }
 
 /// End-of-migration figures.
@@ -187,6 +213,15 @@ pub enum EventKind {
     },
     /// Live migration progress.
     Progress(Progress),
+    /// The convergence ladder climbed a rung (or gave up): what it did, why, and the figures.
+    Escalation {
+        /// What was done, one line with the reason.
+        action: String,
+        /// The rung now in force.
+        rung: String,
+        /// The figures that decided.
+        figures: vmove_plan::converge::Figures,
+    },
     /// A message for the operator.
     Info {
         /// Text.
@@ -244,6 +279,11 @@ pub struct JobRecord {
     /// Where the guest is defined after this job, once that is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_host: Option<String>,
+    /// A live move's outage in parts. Completed in the background just after the
+    /// switchover (it waits briefly for the guest's first frame on the target), so it may
+    /// appear a moment after the job ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<crate::Outage>,
 }
 
 /// Sequence number of heartbeat events (sent on idle streams, never stored).

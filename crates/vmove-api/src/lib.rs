@@ -24,6 +24,7 @@ pub mod client;
 pub mod server;
 mod job;
 pub mod operator;
+mod outage;
 pub mod pki;
 pub mod tls;
 mod validate;
@@ -31,6 +32,7 @@ mod wire;
 
 pub use client::{one_line, AgentClient, ClientError};
 pub use operator::{operator_clients, OperatorError};
+pub use outage::Outage;
 pub use job::*;
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
 pub use wire::*;

@@ -22,10 +22,22 @@ pub mod limits {
     /// Bandwidth cap, bytes/s: up to 1 TiB/s, what the agent sends for "unlimited"
     /// (QEMU refuses values above SIZE_MAX / 1000).
     pub const BANDWIDTH_BYTES_PER_S: RangeInclusive<u64> = 1..=1 << 40;
+    /// A measured rate (dirty rate, link): an idle guest dirties nothing.
+    pub const MEASURED_BYTES_PER_S: RangeInclusive<u64> = 0..=1 << 40;
     /// multifd channels (0 = a single stream); each is a connection and a thread per side.
     pub const MULTIFD_CHANNELS: RangeInclusive<u64> = 0..=64;
     /// Dirty rate measurement period, seconds: QEMU's `calc-dirty-rate` range.
     pub const CALC_S: RangeInclusive<u64> = 1..=60;
+    /// How old a reused link measurement may be, seconds.
+    pub const LINK_MAX_AGE_S: RangeInclusive<u64> = 0..=86_400;
+    /// How long a link probe streams, ms.
+    pub const LINK_PROBE_MS: RangeInclusive<u64> = 50..=10_000;
+    /// A throttle percentage (QEMU's range).
+    pub const THROTTLE_PCT: RangeInclusive<u64> = 1..=99;
+    /// A per-vCPU dirty limit, MB/s.
+    pub const DIRTY_LIMIT_MB_PER_S: RangeInclusive<u64> = 1..=1_000_000;
+    /// Dirty-rate measurement period in milliseconds.
+    pub const CALC_MS: RangeInclusive<u64> = 100..=60_000;
     /// Console log tail, bytes: up to 16 MiB (it travels in one reply line).
     pub const LOG_MAX_BYTES: RangeInclusive<u64> = 1..=16 << 20;
     /// First job event to stream: far above any job's event count (a day of 1 s progress
@@ -190,7 +202,43 @@ impl Check {
         self.range(format!("{at}.stop_timeout_s"), p.stop_timeout_s, limits::STOP_TIMEOUT_S)
     }
 
+    fn throttle(&self, at: &str, t: &vmove_plan::converge::ThrottleParams) -> Result<(), InvalidRequest> {
+        for (f, v) in [
+            ("cpu_throttle_initial_pct", t.cpu_throttle_initial_pct),
+            ("cpu_throttle_increment_pct", t.cpu_throttle_increment_pct),
+            ("max_cpu_throttle_pct", t.max_cpu_throttle_pct),
+        ] {
+            if let Some(v) = v {
+                self.range(format!("{at}.{f}"), u64::from(v), limits::THROTTLE_PCT)?;
+            }
+        }
+        if let Some(mb) = t.vcpu_dirty_limit_mb_per_s {
+            self.range(format!("{at}.vcpu_dirty_limit_mb_per_s"), mb, limits::DIRTY_LIMIT_MB_PER_S)?;
+        }
+        Ok(())
+    }
+
+    fn setup(&self, at: &str, s: &crate::SourceSetup) -> Result<(), InvalidRequest> {
+        if s.capabilities.len() > 64 {
+            return Err(self.bad(format!("{at}.capabilities"), &s.capabilities.len().to_string(), "at most 64 capabilities"));
+        }
+        for (i, (name, _)) in s.capabilities.iter().enumerate() {
+            let ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(self.bad(format!("{at}.capabilities[{i}]"), name, "a QEMU capability name (a-z, 0-9, '-')"));
+            }
+        }
+        self.range(format!("{at}.multifd_channels"), u64::from(s.multifd_channels), limits::MULTIFD_CHANNELS)?;
+        self.range(format!("{at}.downtime_limit_ms"), s.downtime_limit_ms, limits::MAX_DOWNTIME_MS)?;
+        self.throttle(&format!("{at}.throttle"), &s.throttle)
+    }
+
     fn job(&self, at: &str, j: &JobSpec) -> Result<(), InvalidRequest> {
+        for (f, v) in [("dirty_rate_bytes_per_s", j.dirty_rate_bytes_per_s), ("link_bytes_per_s", j.link_bytes_per_s)] {
+            if let Some(v) = v {
+                self.range(format!("{at}.{f}"), v, limits::MEASURED_BYTES_PER_S)?;
+            }
+        }
         self.guest(&format!("{at}.guest"), &j.guest)?;
         if !socket_addr(&j.source.address) {
             return Err(self.bad(format!("{at}.source.address"), &j.source.address, "IP:PORT"));
@@ -226,8 +274,24 @@ impl Request {
                 c.name("name", name)?;
                 c.range("timeout_s", *timeout_s, limits::STOP_TIMEOUT_S)
             }
-            Request::GuestDirtyRate { name, calc_s } => {
+            Request::LinkMeasure { source, max_age_s } => {
+                c.name("source.name", &source.name)?;
+                if !socket_addr(&source.address) {
+                    return Err(c.bad("source.address", &source.address, "IP:PORT"));
+                }
+                c.range("max_age_s", *max_age_s, limits::LINK_MAX_AGE_S)
+            }
+            Request::PeerLinkSend { addr, duration_ms } => {
+                if !socket_addr(addr) {
+                    return Err(c.bad("addr", addr, "IP:PORT"));
+                }
+                c.range("duration_ms", *duration_ms, limits::LINK_PROBE_MS)
+            }
+            Request::GuestDirtyRate { name, calc_s, calc_ms } => {
                 c.name("name", name)?;
+                if let Some(ms) = calc_ms {
+                    c.range("calc_ms", *ms, limits::CALC_MS)?;
+                }
                 c.range("calc_s", *calc_s, limits::CALC_S)
             }
             Request::GuestLog { name, max_bytes } => {
@@ -238,13 +302,34 @@ impl Request {
             Request::JobShow { .. } | Request::JobCancel { .. } | Request::JobResume { .. } | Request::JobRecover { .. } => {
                 Ok(())
             }
-            Request::PeerMigrateOut { name, uri, params, .. } => {
+            Request::PeerMigrateOut { name, uri, params, setup, .. } => {
                 c.name("name", name)?;
                 if !uri.strip_prefix("tcp:").is_some_and(socket_addr) {
                     return Err(c.bad("uri", uri, "tcp:IP:PORT"));
                 }
+                if let Some(s) = setup {
+                    c.setup("setup", s)?;
+                }
                 c.params("params", params)
             }
+            Request::PeerMigrateTune { name, downtime_limit_ms, throttle } => {
+                c.name("name", name)?;
+                if let Some(ms) = downtime_limit_ms {
+                    c.range("downtime_limit_ms", *ms, limits::MAX_DOWNTIME_MS)?;
+                }
+                if let Some(t) = throttle {
+                    c.throttle("throttle", t)?;
+                }
+                Ok(())
+            }
+            Request::PeerMigrateResume { name, uri } => {
+                c.name("name", name)?;
+                if !uri.strip_prefix("tcp:").is_some_and(socket_addr) {
+                    return Err(c.bad("uri", uri, "tcp:IP:PORT"));
+                }
+                Ok(())
+            }
+            Request::PeerMigrateStartPostcopy { name } => c.name("name", name),
             Request::GuestStart { name }
             | Request::GuestUndefine { name }
             | Request::GuestShow { name }

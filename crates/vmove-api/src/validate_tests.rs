@@ -33,6 +33,8 @@ fn job() -> JobSpec {
         inject_fault: None,
         pause_before: None,
         pause_at_switchover: false,
+        dirty_rate_bytes_per_s: None,
+        link_bytes_per_s: None,
     }
 }
 
@@ -51,7 +53,7 @@ fn submit(f: impl Fn(&mut JobSpec)) -> Request {
 fn migrate_out(f: impl Fn(&mut MigrationParams)) -> Request {
     let mut params = MigrationParams::default();
     f(&mut params);
-    Request::PeerMigrateOut { name: "vm1".into(), uri: "tcp:198.51.100.3:49152".into(), tls_hostname: None, params, job: None }
+    Request::PeerMigrateOut { name: "vm1".into(), uri: "tcp:198.51.100.3:49152".into(), tls_hostname: None, params, job: None, setup: None }
 }
 
 /// In range (the bounds and a value between) passes; one beyond each bound, and the
@@ -106,7 +108,9 @@ fn stop_timeouts() {
 
 #[test]
 fn dirty_rate_period() {
-    check("guest_dirty_rate", "calc_s", limits::CALC_S, u64::MAX, |v| Request::GuestDirtyRate { name: "vm1".into(), calc_s: v });
+    check("guest_dirty_rate", "calc_s", limits::CALC_S, u64::MAX, |v| Request::GuestDirtyRate { name: "vm1".into(), calc_s: v, calc_ms: None });
+    check("guest_dirty_rate", "calc_ms", limits::CALC_MS, u64::MAX, |v| Request::GuestDirtyRate { name: "vm1".into(), calc_s: 1, calc_ms: Some(v) });
+    check("peer_link_send", "duration_ms", limits::LINK_PROBE_MS, u64::MAX, |v| Request::PeerLinkSend { addr: "198.51.100.3:4000".into(), duration_ms: v });
 }
 
 #[test]
@@ -158,6 +162,9 @@ fn job_numbers_are_checked_inside_the_job() {
     check(op, "spec.guest.console_port", limits::CONSOLE_PORT, U16, |v| submit(|j| j.guest.console_port = Some(v as u16)));
     check(op, "spec.params.timeout_s", limits::MIGRATION_TIMEOUT_S, u64::MAX, |v| submit(|j| j.params.timeout_s = v));
     check(op, "spec.params.max_downtime_ms", limits::MAX_DOWNTIME_MS, u64::MAX, |v| submit(|j| j.params.max_downtime_ms = v));
+    // An idle guest dirties nothing: a measured rate of 0 is a measurement.
+    check(op, "spec.dirty_rate_bytes_per_s", limits::MEASURED_BYTES_PER_S, u64::MAX, |v| submit(|j| j.dirty_rate_bytes_per_s = Some(v)));
+    check(op, "spec.link_bytes_per_s", limits::MEASURED_BYTES_PER_S, u64::MAX, |v| submit(|j| j.link_bytes_per_s = Some(v)));
     check(op, "spec.params.bandwidth_bytes_per_s", limits::BANDWIDTH_BYTES_PER_S, u64::MAX, |v| {
         submit(|j| j.params.bandwidth_bytes_per_s = Some(v))
     });
@@ -230,13 +237,13 @@ fn addresses_and_uris() {
         assert!(e.to_string().starts_with("guest_define: spec.nics[0].ip "), "{bad}: {e}");
     }
     for bad in ["exec:touch /tmp/x", "tcp:198.51.100.3", "tcp:198.51.100.3:0", "unix:/tmp/s", "tcp:host2:4444"] {
-        let r = Request::PeerMigrateOut { name: "vm1".into(), uri: bad.into(), tls_hostname: None, params: Default::default(), job: None };
+        let r = Request::PeerMigrateOut { name: "vm1".into(), uri: bad.into(), tls_hostname: None, params: Default::default(), job: None, setup: None };
         assert_eq!(
             r.validate().unwrap_err().to_string(),
             format!("peer_migrate_out: uri {bad:?} is not tcp:IP:PORT"),
         );
     }
-    let r = Request::PeerMigrateOut { name: "vm1".into(), uri: "tcp:[::1]:4444".into(), tls_hostname: None, params: Default::default(), job: None };
+    let r = Request::PeerMigrateOut { name: "vm1".into(), uri: "tcp:[::1]:4444".into(), tls_hostname: None, params: Default::default(), job: None, setup: None };
     assert_eq!(r.validate(), Ok(()));
     for bad in ["198.51.100.2", "198.51.100.2:0", "host1:7450"] {
         let e = submit(|j| j.source.address = bad.into()).validate().unwrap_err();

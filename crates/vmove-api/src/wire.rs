@@ -61,6 +61,10 @@ pub enum Request {
         /// Measurement period, seconds.
         #[serde(default = "default_calc_s")]
         calc_s: u64,
+        /// Measurement period in milliseconds instead (QEMUs that cannot measure in
+        /// milliseconds measure whole seconds, rounded up).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calc_ms: Option<u64>,
     },
     /// Start a migration job on this (the target) host.
     JobSubmit {
@@ -105,6 +109,22 @@ pub enum Request {
         /// The migration claiming the guest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         claim: Option<String>,
+    },
+    /// Measure the migration link from `source` to this (the target) host, or return a
+    /// measurement younger than `max_age_s`.
+    LinkMeasure {
+        /// The source host.
+        source: crate::PeerHost,
+        /// Reuse a measurement at most this old, seconds (0: measure now).
+        #[serde(default)]
+        max_age_s: u64,
+    },
+    /// Peer: stream data to the target's link probe at `addr` for `duration_ms`.
+    PeerLinkSend {
+        /// The target's probe listener, `IP:PORT`.
+        addr: String,
+        /// How long to stream, ms.
+        duration_ms: u64,
     },
     /// Peer: the migration `claim` is over (rolled back): the source releases the guest.
     PeerRelease {
@@ -164,6 +184,34 @@ pub enum Request {
         /// The migration job asking (the source refuses a second one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<String>,
+        /// How the target set the migration up (capabilities, first downtime limit, the
+        /// parked throttle); without it the source derives them from `params`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup: Option<crate::SourceSetup>,
+    },
+    /// Peer: change the outgoing migration's downtime limit or throttle (the convergence
+    /// ladder).
+    PeerMigrateTune {
+        /// Guest name.
+        name: String,
+        /// New downtime limit, ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        downtime_limit_ms: Option<u64>,
+        /// New throttle parameters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        throttle: Option<vmove_plan::converge::ThrottleParams>,
+    },
+    /// Peer: switch the outgoing migration to post-copy.
+    PeerMigrateStartPostcopy {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: resume a paused post-copy migration to the target's new `uri`.
+    PeerMigrateResume {
+        /// Guest name.
+        name: String,
+        /// The target's recovery listener, `tcp:IP:PORT`.
+        uri: String,
     },
     /// Peer: the outgoing migration's progress.
     PeerMigrateQuery {
@@ -217,6 +265,7 @@ impl Request {
                     | Request::JobList
                     | Request::PeerGuest { .. }
                     | Request::PeerRelease { .. }
+                    | Request::PeerLinkSend { .. }
                     | Request::PeerStopGuest { .. }
                     | Request::PeerDetachInterfaces { .. }
                     | Request::PeerDetachVolumes { .. }
@@ -224,6 +273,9 @@ impl Request {
                     | Request::PeerStartGuest { .. }
                     | Request::PeerUndefine { .. }
                     | Request::PeerMigrateOut { .. }
+                    | Request::PeerMigrateTune { .. }
+                    | Request::PeerMigrateStartPostcopy { .. }
+                    | Request::PeerMigrateResume { .. }
                     | Request::PeerMigrateQuery { .. }
                     | Request::PeerMigrateCancel { .. }
                     | Request::PeerMigrateContinue { .. }
@@ -254,6 +306,8 @@ impl Request {
             Request::JobResume { .. } => "job_resume",
             Request::PeerGuest { .. } => "peer_guest",
             Request::PeerRelease { .. } => "peer_release",
+            Request::LinkMeasure { .. } => "link_measure",
+            Request::PeerLinkSend { .. } => "peer_link_send",
             Request::PeerStopGuest { .. } => "peer_stop_guest",
             Request::PeerDetachInterfaces { .. } => "peer_detach_interfaces",
             Request::PeerDetachVolumes { .. } => "peer_detach_volumes",
@@ -261,6 +315,9 @@ impl Request {
             Request::PeerStartGuest { .. } => "peer_start_guest",
             Request::PeerUndefine { .. } => "peer_undefine",
             Request::PeerMigrateOut { .. } => "peer_migrate_out",
+            Request::PeerMigrateTune { .. } => "peer_migrate_tune",
+            Request::PeerMigrateStartPostcopy { .. } => "peer_migrate_start_postcopy",
+            Request::PeerMigrateResume { .. } => "peer_migrate_resume",
             Request::PeerMigrateQuery { .. } => "peer_migrate_query",
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
             Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
@@ -304,6 +361,9 @@ pub enum ErrorCode {
     Cancelled,
     /// Test hooks are not available on this agent.
     Disabled,
+    /// The operation failed past its point of no return (a post-copy migration): it can
+    /// be neither rolled back nor retried as it was.
+    PastNoReturn,
     /// Anything else (a bug, an unexpected answer).
     Internal,
     /// A code from a newer agent.
@@ -330,6 +390,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Disabled => "disabled",
+            ErrorCode::PastNoReturn => "past_no_return",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -394,6 +455,23 @@ pub struct Health {
     /// Requests it answered since it started.
     #[serde(default)]
     pub requests_served: u64,
+}
+
+/// `link_measure` result: the migration link from a source to a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// Source host.
+    pub source: String,
+    /// Target host.
+    pub target: String,
+    /// Throughput over mutual TLS, bytes/s.
+    pub bytes_per_s: u64,
+    /// When it was measured, unix ms.
+    pub measured_ms: u64,
+    /// Its age, seconds.
+    pub age_s: u64,
+    /// Taken from an earlier measurement.
+    pub cached: bool,
 }
 
 /// `guest_log` result.

@@ -108,6 +108,9 @@ pub struct MigrateArgs {
     /// Bandwidth cap, e.g. 100M (MiB/s) or 800Mbit (default: unlimited).
     #[arg(long)]
     pub bandwidth: Option<String>,
+    /// When memory does not converge: none, throttle, postcopy or auto (default: policy, auto).
+    #[arg(long)]
+    pub converge: Option<String>,
     /// Migrate memory in clear text (trusted networks, benchmarks).
     #[arg(long)]
     pub insecure_transport: bool,

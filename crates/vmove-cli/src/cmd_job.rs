@@ -60,6 +60,9 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
                 if let Some(e) = &rec.error {
                     println!("error: {e}");
                 }
+                if let Some(o) = &rec.outage {
+                    println!("outage: {}", o.line());
+                }
             }
             Ok(())
         }
@@ -220,8 +223,10 @@ pub async fn follow_with(ctx: &Ctx, host: &str, id: &str, opts: &FollowOpts) -> 
 }
 
 fn progress_line(p: &Progress) -> String {
+    let rung = p.rung.as_ref().map_or(String::new(), |r| format!(" | {r}"));
+    let throttle = p.throttle_pct.filter(|t| *t > 0).map_or(String::new(), |t| format!(" | throttle {t} %"));
     format!(
-        "pass {} | {:.0}/{:.0} MiB sent, {:.0} MiB left | {:.1} MiB/s | dirty {:.1} MiB/s | expected downtime {} ms | ETA {}",
+        "pass {} | {:.0}/{:.0} MiB sent, {:.0} MiB left | {:.1} MiB/s | dirty {:.1} MiB/s | expected downtime {} ms | ETA {}{rung}{throttle}",
         p.pass,
         mib(p.transferred_bytes),
         mib(p.total_bytes),
@@ -256,6 +261,7 @@ fn event_line(id: &str, e: &EventKind, opts: &FollowOpts) -> Option<String> {
         EventKind::Info { message } if message.is_empty() => return None,
         EventKind::Info { message } => format!("    {message}"),
         EventKind::Progress(_) => return None,
+        EventKind::Escalation { action, .. } => format!("    escalation: {action}"),
         EventKind::JobEnded { status, error, summary } => {
             let mut s = String::new();
             if let (Some(d), Some(t)) = (summary.downtime_ms, summary.migration_ms) {

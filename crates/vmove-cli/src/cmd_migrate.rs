@@ -31,8 +31,25 @@ pub fn failed_ids(findings: &[Finding]) -> String {
     findings.iter().filter(|f| f.verdict == Verdict::Fail).map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// What the prechecks measured, passed on to the job (the convergence ladder starts from it).
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// "link host1 -> host2: N MB/s over TLS (...)": part of a precheck's report, a
+    /// diagnostic (stderr) before a migration, so that `--detach` prints only the job id.
+    pub link_line: Option<String>,
+    /// The guest's dirty rate, bytes/s.
+    pub dirty_rate_bytes_per_s: Option<u64>,
+    /// The migration link, bytes/s.
+    pub link_bytes_per_s: Option<u64>,
+}
+
 /// Submits the job to the target agent, with the command's test hooks.
 pub async fn submit(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand) -> Result<vmove_api::JobRecord> {
+    submit_measured(ctx, cluster, cmd, Measured::default()).await
+}
+
+/// Submits the job with what the prechecks measured.
+pub async fn submit_measured(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand, m: Measured) -> Result<vmove_api::JobRecord> {
     let req = &cmd.request;
     let guest = guest_spec(cluster, &req.guest)?;
     let source = &req.source;
@@ -47,6 +64,8 @@ pub async fn submit(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand) -> Resul
         inject_fault: cmd.hooks.inject_fault,
         pause_before: cmd.hooks.pause_before,
         pause_at_switchover: cmd.hooks.pause_at_switchover,
+        dirty_rate_bytes_per_s: m.dirty_rate_bytes_per_s,
+        link_bytes_per_s: m.link_bytes_per_s,
     };
     let client = ctx.client(cluster, &req.target)?;
     Ok(client.call(&Request::JobSubmit { spec }).await?)
@@ -57,10 +76,18 @@ pub async fn submit(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand) -> Resul
 pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()> {
     let req = &cmd.request;
     guest_spec(cluster, &req.guest)?;
+    let mut measured = Measured::default();
     if cmd.runs_prechecks() {
-        let mut findings = prechecks(ctx, cluster, req).await?;
+        let (mut findings, m) = prechecks_measured(ctx, cluster, req).await?;
         ignore_checks(&mut findings, &cmd.ignore_checks);
         let failed = vmove_plan::any_failed(&findings);
+        if let (Some(l), false) = (&m.link_line, ctx.json) {
+            if cmd.precheck_only {
+                println!("{l}");
+            } else if !failed {
+                eprintln!("{l}");
+            }
+        }
         if cmd.precheck_only || failed {
             print_findings(ctx, req, &findings);
         }
@@ -70,6 +97,7 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()
         if cmd.precheck_only {
             return Ok(());
         }
+        measured = m;
         if !ctx.json {
             let warns = findings.iter().filter(|f| f.verdict == Verdict::Warn).count();
             eprintln!("prechecks passed ({} checks, {warns} warnings)", findings.len());
@@ -78,7 +106,7 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()
             }
         }
     }
-    let rec = submit(ctx, cluster, &cmd).await?;
+    let rec = submit_measured(ctx, cluster, &cmd, measured).await?;
     if cmd.detach {
         if ctx.json {
             crate::out::json(&serde_json::json!({ "job": rec.id, "target": req.target }));
@@ -92,6 +120,11 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()
 
 /// Gathers the live reports and runs every precheck.
 pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> Result<Vec<Finding>> {
+    Ok(prechecks_measured(ctx, cluster, req).await?.0)
+}
+
+/// [`prechecks`], with what they measured.
+pub async fn prechecks_measured(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> Result<(Vec<Finding>, Measured)> {
     let short = Duration::from_secs(5);
     let client_of = |h: &str| ctx.client(cluster, h).ok().map(|c| c.with_timeout(short));
     let (src_c, dst_c) = (client_of(&req.source), client_of(&req.target));
@@ -117,19 +150,42 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
             busy.push(Busy { guest: None, host: Some(j.source.clone()), what: format!("job {} migrates {} away", j.id, j.guest) });
         }
     }
-    let dirty = if req.mode == Mode::Live && si.is_ok() {
-        match &src_c {
-            Some(c) => c
-                .clone()
-                .with_timeout(Duration::from_secs(15))
-                .call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1 })
-                .await
-                .ok(),
-            None => None,
-        }
+    // LIVE: the guest's dirty rate (QEMU, 300 ms) and the migration link (the target times
+    // a stream from the source over mutual TLS; a measurement up to 10 minutes old is
+    // reused), both at once.
+    let mut link_err = None;
+    let (dirty, link) = if req.mode == Mode::Live && si.is_ok() && di.is_ok() {
+        let dirty = async {
+            let c = src_c.clone()?.with_timeout(Duration::from_secs(15));
+            c.call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1, calc_ms: Some(300) }).await.ok()
+        };
+        let link = async {
+            let c = dst_c.clone()?.with_timeout(Duration::from_secs(30));
+            let h = cluster.host(&req.source)?;
+            let source = vmove_api::PeerHost { name: h.name.clone(), address: h.address.clone() };
+            Some(c.call::<vmove_api::LinkInfo>(&Request::LinkMeasure { source, max_age_s: 600 }).await)
+        };
+        tokio::join!(dirty, link)
     } else {
-        None
+        (None, None)
     };
+    let link = match link {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            link_err = Some(format!("link {} -> {}: not measured: {e}", req.source, req.target));
+            None
+        }
+        None => None,
+    };
+    let link_line = link_err.or_else(|| link.as_ref().map(|l| {
+        format!(
+            "link {} -> {}: {:.0} MB/s over TLS ({})",
+            l.source,
+            l.target,
+            l.bytes_per_s as f64 / 1048576.0,
+            if l.cached { format!("measured {} s ago", l.age_s) } else { "measured now".to_string() }
+        )
+    }));
     fn reach(r: &Result<vmove_api::HostInfo>) -> Reach<'_> {
         match r {
             Ok(i) => Reach::Answered(i),
@@ -143,9 +199,10 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
         target: reach(&di),
         busy: &busy,
         dirty_rate_bytes_per_s: dirty,
-        link_bytes_per_s: cluster.policy.migration_link_bytes_per_s,
+        link_bytes_per_s: link.as_ref().map(|l| l.bytes_per_s).or(cluster.policy.migration_link_bytes_per_s),
     };
-    Ok(vmove_plan::run(&input))
+    let measured = Measured { link_line, dirty_rate_bytes_per_s: dirty, link_bytes_per_s: input.link_bytes_per_s };
+    Ok((vmove_plan::run(&input), measured))
 }
 
 pub fn print_findings(ctx: &Ctx, req: &MigrationRequest, f: &[Finding]) {

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod boot;
+pub mod frames;
 pub mod net;
 pub mod netns;
 pub mod proc;

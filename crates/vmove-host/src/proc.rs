@@ -33,3 +33,43 @@ pub fn term(pid: u32) {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }
 }
+
+/// The TCP addresses a process listens on (its own sockets, in its network namespace):
+/// how to learn the port of a listener when its owner cannot be asked (a QEMU whose
+/// main loop waits on a missing post-copy page does not answer `query-migrate`).
+pub fn listening(pid: u32) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use procfs::process::{FDTarget, Process};
+    let io = |e: procfs::ProcError| std::io::Error::other(format!("/proc/{pid}: {e}"));
+    let p = Process::new(i32::try_from(pid).map_err(std::io::Error::other)?).map_err(io)?;
+    let mine: std::collections::HashSet<u64> = p
+        .fd()
+        .map_err(io)?
+        .filter_map(|f| match f.ok()?.target {
+            FDTarget::Socket(inode) => Some(inode),
+            _ => None,
+        })
+        .collect();
+    let mut entries = p.tcp().map_err(io)?;
+    entries.extend(p.tcp6().unwrap_or_default());
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.state == procfs::net::TcpState::Listen && mine.contains(&e.inode))
+        .map(|e| e.local_address)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listening_finds_this_process_listener_and_nothing_else() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let _connected = std::net::TcpStream::connect(addr).unwrap();
+        let found = super::listening(std::process::id()).unwrap();
+        assert!(found.contains(&addr), "{found:?}");
+        assert!(found.iter().all(|a| a.port() != 0));
+        drop(l);
+        assert!(!super::listening(std::process::id()).unwrap().contains(&addr));
+        assert!(super::listening(u32::MAX).is_err());
+    }
+}

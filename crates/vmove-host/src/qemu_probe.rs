@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use vmove_model::inventory::QemuFeatures;
-use vmove_qmp::{MigrationCapabilityStatus, Qmp, QmpError, VersionInfo};
+use vmove_qmp::{MigrationCapability, MigrationCapabilityStatus, Qmp, QmpError, VersionInfo};
 
 /// Why the host's QEMU could not be probed, or is not good enough.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +88,13 @@ pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures, ProbeError
         let version = q.query_version().await.map_err(qmp("query-version"))?;
         let caps = q.query_migrate_capabilities().await.map_err(qmp("query-migrate-capabilities"))?;
         let params = q.execute("query-migrate-parameters", None).await.map_err(qmp("query-migrate-parameters"))?;
+        let mut f = features_from(&version, &caps, &params);
+        if f.has_capability("postcopy-ram") && f.has_capability("multifd") {
+            let both = [(MigrationCapability::PostcopyRam, true), (MigrationCapability::Multifd, true)];
+            f.postcopy_with_multifd = q.refused_capabilities(&both).await.map_err(qmp("migrate-set-capabilities"))?.is_none();
+        }
         let _ = q.quit().await;
-        Ok::<_, ProbeError>(features_from(&version, &caps, &params))
+        Ok::<_, ProbeError>(f)
     })
     .await;
     let _ = child.start_kill();
@@ -129,6 +134,7 @@ pub fn features_from(version: &VersionInfo, caps: &[MigrationCapabilityStatus], 
         package: version.package.clone(),
         migration_capabilities,
         migration_parameters,
+        postcopy_with_multifd: false,
     }
 }
 

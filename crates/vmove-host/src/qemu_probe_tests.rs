@@ -76,6 +76,8 @@ async fn probe_real_qemu() {
     let f = probe("qemu-system-x86_64", dir.path()).await.expect("probe");
     assert!(f.has_capability("events"), "{f:?}");
     assert!(check_minimum(&f).is_ok(), "{f:?}");
+    // QEMU 10.0 refuses post-copy together with multifd.
+    assert!(!f.postcopy_with_multifd, "{f:?}");
 }
 
 #[tokio::test]

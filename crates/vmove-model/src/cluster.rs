@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::converge::Converge;
 use crate::guest::GuestSpec;
 use crate::store::StoreEntry;
 
@@ -75,8 +76,13 @@ pub struct Policy {
     pub min_hardware_generation: u32,
     /// Whether the live migration channel must be encrypted.
     pub require_encrypted_migration: bool,
-    /// Whether post-copy is allowed.
+    /// Whether post-copy is allowed. Off by default: a post-copy migration whose source
+    /// or target dies loses the guest (each side holds part of its memory).
     pub allow_postcopy: bool,
+    /// How live migrations that do not converge on their own are helped along
+    /// (`migrate --converge` overrides it). Default `auto`: the downtime limit climbs,
+    /// then the guest is throttled, then post-copy where `allow_postcopy` permits.
+    pub converge: Converge,
     /// Throughput of the migration link, bytes/s, when known (for the convergence check).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration_link_bytes_per_s: Option<u64>,
@@ -100,6 +106,7 @@ impl Default for Policy {
             min_hardware_generation: 0,
             require_encrypted_migration: true,
             allow_postcopy: false,
+            converge: Converge::Auto,
             migration_link_bytes_per_s: None,
             lease_ttl_s: 10,
         }
@@ -449,6 +456,22 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         assert_eq!(c2.to_toml(), text);
         assert!(text.find("host1").unwrap() < text.find("host2").unwrap());
         assert_eq!(c.resolve(Path::new("shared")), PathBuf::from("/x/shared"));
+    }
+
+    #[test]
+    fn policy_converge_defaults_to_auto_and_parses() {
+        let c = Cluster::parse(SAMPLE, Path::new("c.toml")).unwrap();
+        assert_eq!(c.policy.converge, Converge::Auto);
+        assert!(!c.policy.allow_postcopy);
+        let with = SAMPLE.replace("[tls]", "[policy]\nconverge = \"throttle\"\nallow_postcopy = true\n[tls]");
+        let c = Cluster::parse(&with, Path::new("c.toml")).unwrap();
+        assert_eq!(c.policy.converge, Converge::Throttle);
+        assert!(c.policy.allow_postcopy);
+        let text = c.to_toml();
+        assert!(text.contains("converge = \"throttle\""), "{text}");
+        let bad = SAMPLE.replace("[tls]", "[policy]\nconverge = \"fast\"\n[tls]");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("converge") || e.contains("fast"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct QemuFeatures {
     /// values as QEMU prints them.
     #[serde(default)]
     pub migration_parameters: Vec<(String, String)>,
+    /// Whether this QEMU accepts `postcopy-ram` together with `multifd` (QEMU 10.0 refuses:
+    /// "Postcopy is not yet compatible with multifd").
+    #[serde(default)]
+    pub postcopy_with_multifd: bool,
 }
 
 impl QemuFeatures {

@@ -7,6 +7,7 @@
 mod agent;
 mod clock;
 mod cluster;
+mod converge;
 mod guest;
 pub mod inventory;
 mod store;
@@ -17,6 +18,7 @@ pub use clock::now_ms;
 pub use cluster::{
     write_atomic, Cluster, ClusterMeta, HostEntry, ModelError, NetworkEntry, Policy, PoolEntry, TlsFiles, LEASE_TTL_RANGE_S,
 };
+pub use converge::{Converge, ConvergeParseError};
 pub use guest::{valid_name, BootSource, DesiredState, DiskSpec, GuestSpec, NicSpec};
 pub use store::{valid_namespace, StoreEntry, StoreKind};
 pub use units::{parse_duration_ms, parse_rate_bytes_per_s, parse_size_mib, UnitError};

@@ -111,6 +111,8 @@ pub enum FailKind {
     Cancelled,
     /// It ran out of time.
     TimedOut,
+    /// It failed past its point of no return (a post-copy migration): nothing to roll back.
+    PastNoReturn,
 }
 
 /// Which of the two hosts a guest lives on.
@@ -527,6 +529,13 @@ impl JobMachine {
     }
 
     fn step_failed(&mut self, step: Step, error: String, kind: FailKind, notes: &mut Vec<Note>) {
+        if kind == FailKind::PastNoReturn {
+            self.end(
+                EndStatus::Failed,
+                format!("{step} failed past its point of no return (post-copy): {error}; see `vmove job show {}`", self.id),
+            );
+            return;
+        }
         if self.rolls_back_by_itself() {
             let status = if kind == FailKind::Error && !self.cancel_requested { EndStatus::Failed } else { EndStatus::Cancelled };
             self.start_rollback(Some(step), status, format!("{step}: {error}"), notes);

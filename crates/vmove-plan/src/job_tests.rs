@@ -416,3 +416,16 @@ fn a_started_step_is_recorded_before_it_runs_and_recovery_covers_it() {
     run_all(&mut back);
     assert_eq!(back.record().in_progress, None);
 }
+
+#[test]
+fn a_failure_past_the_point_of_no_return_is_never_rolled_back() {
+    let mut m = whole(Mode::Live);
+    run_until(&mut m, Step::MigrateGuest);
+    let notes = m.on(Input::StepFailed { error: "the source QEMU died during post-copy".into(), kind: FailKind::PastNoReturn }).unwrap();
+    assert_eq!(notes, vec![], "no rollback");
+    let (s, why) = ended(&m);
+    assert_eq!(s, EndStatus::Failed);
+    assert!(why.starts_with("MIGRATE_GUEST failed past its point of no return (post-copy)"), "{why}");
+    assert!(!m.record().finished && !m.record().rolled_back);
+    assert_eq!(m.record().in_progress, Some(Step::MigrateGuest));
+}

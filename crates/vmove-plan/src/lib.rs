@@ -10,10 +10,13 @@
 //!   [`replan_one`]), reusing the prechecks against projected inventories.
 //! - [`mod@schedule`]: order, concurrency limits and predicted duration of the moves
 //!   ([`schedule()`], [`startable`], [`DrainPlan`]).
+//! - [`converge`]: live migrations that do not converge on their own — the setup of both
+//!   QEMUs, the [`Ladder`] that escalates while a migration is stuck, and [`predict`].
 #![warn(missing_docs)]
 
 pub mod checks;
 pub mod job;
+pub mod converge;
 mod mode;
 mod params;
 pub mod placement;
@@ -26,7 +29,9 @@ pub use checks::{
     MigrationRequest, Reach, Verdict,
 };
 pub use job::{Action, Direction, EndStatus, FailKind, Input, JobMachine, JobPhase, MigrationRecord, Note, Side};
+pub use converge::{predict, Ladder};
 pub use mode::{Mode, ModeParseError};
+pub use vmove_model::{Converge, ConvergeParseError};
 pub use params::MigrationParams;
 pub use step::{can_run_step, Step, StepError, StepParseError, StepReadiness};
 pub use version::{compare_versions, parse_version};

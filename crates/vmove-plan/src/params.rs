@@ -1,7 +1,7 @@
 //! The parameters of a migration: one typed set, units in the names, shared by the
 //! prechecks (in [`crate::MigrationRequest`]), the job the target agent runs, and both QEMUs.
 use serde::{Deserialize, Serialize};
-use vmove_model::Policy;
+use vmove_model::{Converge, Policy};
 
 /// Parameters of a migration: one typed set, units in the names. Applied to both QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,9 +19,20 @@ pub struct MigrationParams {
     /// multifd channels; 0 = a single stream.
     #[serde(default)]
     pub multifd_channels: u8,
-    /// Whether the migration may switch to post-copy.
+    /// Whether the migration may switch to post-copy (the cluster policy's
+    /// `allow_postcopy`).
     #[serde(default)]
     pub allow_postcopy: bool,
+    /// How a migration that does not converge on its own is helped along
+    /// ([`crate::converge`]). A request without it (an older sender) means `none`:
+    /// a fixed downtime limit, as before convergence policies existed.
+    #[serde(default)]
+    pub converge: Converge,
+    /// First downtime limit of the ladder, milliseconds. `None`: derived from the
+    /// measured link and dirty rate ([`crate::converge::initial_downtime_ms`]).
+    /// Never above `max_downtime_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_downtime_ms: Option<u64>,
     /// How long a graceful (ACPI) stop may take, seconds.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_s: u64,
@@ -43,6 +54,8 @@ impl Default for MigrationParams {
             insecure_transport: false,
             multifd_channels: 2,
             allow_postcopy: false,
+            converge: Converge::None,
+            initial_downtime_ms: None,
             stop_timeout_s: default_stop_timeout(),
             pause_before_switchover: false,
         }
@@ -58,6 +71,7 @@ impl MigrationParams {
             timeout_s: policy.live_timeout_s,
             max_downtime_ms: policy.max_downtime_ms,
             allow_postcopy: policy.allow_postcopy,
+            converge: policy.converge,
             ..MigrationParams::default()
         }
     }
@@ -72,6 +86,15 @@ mod tests {
         let policy = Policy { live_timeout_s: 60, max_downtime_ms: 500, allow_postcopy: true, ..Policy::default() };
         let p = MigrationParams::from_policy(&policy);
         assert_eq!((p.timeout_s, p.max_downtime_ms, p.allow_postcopy), (60, 500, true));
-        assert_eq!(p, MigrationParams { timeout_s: 60, max_downtime_ms: 500, allow_postcopy: true, ..MigrationParams::default() });
+        assert_eq!(
+            p,
+            MigrationParams {
+                timeout_s: 60,
+                max_downtime_ms: 500,
+                allow_postcopy: true,
+                converge: policy.converge,
+                ..MigrationParams::default()
+            }
+        );
     }
 }

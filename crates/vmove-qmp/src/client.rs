@@ -48,6 +48,8 @@ pub(crate) struct Conn {
     next_id: AtomicU64,
     default_timeout_ns: AtomicU64,
     tasks: [JoinHandle<()>; 2],
+    /// Out-of-band execution was negotiated (`qmp_capabilities` with `oob`).
+    oob: bool,
 }
 
 impl Drop for Conn {
@@ -263,17 +265,33 @@ impl Qmp {
     /// leaves capabilities negotiation (`qmp_capabilities`). `timeout`
     /// bounds the whole handshake.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        Self::connect_with(path, timeout, false).await
+    }
+
+    /// Like [`Qmp::connect`], and enables out-of-band execution when QEMU
+    /// offers it (every QEMU vmove supports does). Commands QEMU allows
+    /// out-of-band then bypass the main loop: [`Qmp::migrate_recover`] and
+    /// [`Qmp::migrate_pause`] use it, because a post-copy target whose link
+    /// broke can have its main loop blocked behind a vCPU waiting for a
+    /// missing page. Negotiate it when connecting to a QEMU that may become
+    /// a post-copy target: a new connection to a blocked QEMU cannot
+    /// negotiate anything.
+    pub async fn connect_oob(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        Self::connect_with(path, timeout, true).await
+    }
+
+    async fn connect_with(path: &Path, timeout: Duration, oob: bool) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + timeout;
         let stream = tokio::time::timeout_at(deadline, UnixStream::connect(path))
             .await
             .map_err(|_| timeout_err("connect"))??;
-        Self::handshake(stream, deadline).await
+        Self::handshake(stream, deadline, oob).await
     }
 
     /// Like [`Qmp::connect`] on an already connected stream (e.g. one end
     /// of a socketpair handed to QEMU with `-qmp fd`).
     pub async fn connect_stream(stream: UnixStream, timeout: Duration) -> Result<Qmp, QmpError> {
-        Self::handshake(stream, Instant::now() + timeout).await
+        Self::handshake(stream, Instant::now() + timeout, false).await
     }
 
     /// Connects, retrying while the socket does not exist yet or refuses
@@ -281,11 +299,20 @@ impl Qmp {
     /// runs out the last connection error is returned (an `Io` error for a
     /// missing socket, `Timeout` when QEMU accepted but never greeted).
     pub async fn connect_retry(path: &Path, total: Duration) -> Result<Qmp, QmpError> {
+        Self::connect_retry_with(path, total, false).await
+    }
+
+    /// [`Qmp::connect_retry`] with out-of-band execution ([`Qmp::connect_oob`]).
+    pub async fn connect_retry_oob(path: &Path, total: Duration) -> Result<Qmp, QmpError> {
+        Self::connect_retry_with(path, total, true).await
+    }
+
+    async fn connect_retry_with(path: &Path, total: Duration, oob: bool) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + total;
         let mut delay = Duration::from_millis(10);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match Self::connect(path, remaining).await {
+            match Self::connect_with(path, remaining, oob).await {
                 Ok(q) => return Ok(q),
                 Err(e) if is_retryable_connect(&e) && Instant::now() + delay < deadline => {
                     tracing::trace!(error = %e, path = %path.display(), "qmp: not ready, retrying");
@@ -297,7 +324,7 @@ impl Qmp {
         }
     }
 
-    async fn handshake(stream: UnixStream, deadline: Instant) -> Result<Qmp, QmpError> {
+    async fn handshake(stream: UnixStream, deadline: Instant, want_oob: bool) -> Result<Qmp, QmpError> {
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
         let greeting = tokio::time::timeout_at(deadline, read_greeting(&mut rd))
@@ -312,6 +339,7 @@ impl Qmp {
             events,
             closed,
         });
+        let oob = want_oob && greeting.capabilities.iter().any(|c| c == "oob");
         let (wtx, wrx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(rd, shared.clone()));
         let writer = tokio::spawn(write_loop(wr, wrx));
@@ -323,12 +351,33 @@ impl Qmp {
                 next_id: AtomicU64::new(1),
                 default_timeout_ns: AtomicU64::new(DEFAULT_TIMEOUT.as_nanos() as u64),
                 tasks: [reader, writer],
+                oob,
             }),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        qmp.execute_timeout("qmp_capabilities", None, remaining)
+        let args = oob.then(|| serde_json::json!({ "enable": ["oob"] }));
+        qmp.execute_timeout("qmp_capabilities", args, remaining)
             .await?;
         Ok(qmp)
+    }
+
+    /// Whether out-of-band execution was negotiated ([`Qmp::connect_oob`]).
+    pub fn is_oob(&self) -> bool {
+        self.conn.oob
+    }
+
+    /// Runs a command out-of-band (`exec-oob`): QEMU handles it at once in
+    /// its monitor thread, even while its main loop is blocked. Only for
+    /// commands QEMU allows out-of-band (`migrate-recover`, `migrate-pause`,
+    /// `x-oob-test`); fails without a request when out-of-band execution was
+    /// not negotiated.
+    pub async fn execute_oob(&self, cmd: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        if !self.conn.oob {
+            return Err(QmpError::Protocol(format!(
+                "cannot run {cmd} out-of-band: not negotiated on this connection"
+            )));
+        }
+        self.send_request(cmd, args, None, self.default_timeout(), true).await
     }
 
     /// The greeting QEMU sent (its version).
@@ -442,9 +491,21 @@ impl Qmp {
         fd: Option<BorrowedFd<'_>>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.send_request(cmd, args, fd, timeout, false).await
+    }
+
+    async fn send_request(
+        &self,
+        cmd: &str,
+        args: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+        oob: bool,
+    ) -> Result<Value, QmpError> {
         let id = self.conn.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = Map::new();
-        msg.insert("execute".into(), cmd.into());
+        let key = if oob { "exec-oob" } else { "execute" };
+        msg.insert(key.into(), cmd.into());
         if let Some(a) = args {
             msg.insert("arguments".into(), a);
         }

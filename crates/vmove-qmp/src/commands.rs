@@ -68,6 +68,43 @@ impl Qmp {
         self.run_unit("migrate", Some(json!({ "uri": uri }))).await
     }
 
+    /// `migrate` with `resume: true` (source side): reconnects a post-copy
+    /// migration in `postcopy-paused` to `uri`, where the target listens after
+    /// [`Qmp::migrate_recover`]. QEMU accepts the command even when the
+    /// connection then fails; the source stays in `postcopy-paused` with
+    /// `error-desc` set, and the call may be repeated.
+    pub async fn migrate_resume(&self, uri: &str) -> Result<(), QmpError> {
+        self.run_unit("migrate", Some(json!({ "uri": uri, "resume": true })))
+            .await
+    }
+
+    /// `migrate-recover` (target side, only in `postcopy-paused`): listen on
+    /// `uri` for the source's [`Qmp::migrate_resume`]. A second call replaces
+    /// the listener, so the source must resume to the latest `uri`.
+    /// Out-of-band when the connection negotiated it ([`Qmp::connect_oob`]):
+    /// then the new listener runs in QEMU's monitor thread, so recovery works
+    /// even when a vCPU holding QEMU's big lock waits for a missing page.
+    pub async fn migrate_recover(&self, uri: &str) -> Result<(), QmpError> {
+        self.run_maybe_oob("migrate-recover", Some(json!({ "uri": uri })))
+            .await
+    }
+
+    /// `migrate-pause` (either side, only in `postcopy-active` or
+    /// `postcopy-recover`): shuts the migration channels down; both QEMUs go to
+    /// `postcopy-paused` and the guest keeps running on the target.
+    /// Out-of-band when the connection negotiated it.
+    pub async fn migrate_pause(&self) -> Result<(), QmpError> {
+        self.run_maybe_oob("migrate-pause", None).await
+    }
+
+    async fn run_maybe_oob(&self, cmd: &str, args: Option<Value>) -> Result<(), QmpError> {
+        if self.is_oob() {
+            self.execute_oob(cmd, args).await.map(drop)
+        } else {
+            self.run_unit(cmd, args).await
+        }
+    }
+
     /// `migrate-incoming` on a QEMU started with `-incoming defer`.
     pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
         self.run_unit("migrate-incoming", Some(json!({ "uri": uri })))
@@ -109,6 +146,35 @@ impl Qmp {
         .await
     }
 
+    /// Whether this QEMU accepts `caps` together, decided by QEMU itself
+    /// (combinations change between versions: QEMU 10.0 refuses `postcopy-ram`
+    /// with `multifd`, and `dirty-limit` without KVM's dirty ring). Returns
+    /// QEMU's reason when it refuses; when it accepts, the capabilities named
+    /// in `caps` are put back as they were. Call it only when no migration
+    /// runs (capabilities are fixed while one does).
+    pub async fn refused_capabilities(
+        &self,
+        caps: &[(MigrationCapability, bool)],
+    ) -> Result<Option<String>, QmpError> {
+        let before = self.query_migrate_capabilities().await?;
+        match self.migrate_set_capabilities(caps).await {
+            Ok(()) => {}
+            Err(QmpError::Qemu { desc, .. }) => return Ok(Some(desc)),
+            Err(e) => return Err(e),
+        }
+        let restore: Vec<(MigrationCapability, bool)> = caps
+            .iter()
+            .map(|(cap, _)| {
+                let was = before
+                    .iter()
+                    .any(|c| c.capability == *cap && c.state);
+                (cap.clone(), was)
+            })
+            .collect();
+        self.migrate_set_capabilities(&restore).await?;
+        Ok(None)
+    }
+
     /// `query-migrate-capabilities`.
     pub async fn query_migrate_capabilities(
         &self,
@@ -140,6 +206,13 @@ impl Qmp {
     /// [`Qmp::query_dirty_rate`] for the result.
     pub async fn calc_dirty_rate(&self, calc_time_s: u64) -> Result<(), QmpError> {
         self.run_unit("calc-dirty-rate", Some(json!({ "calc-time": calc_time_s })))
+            .await
+    }
+
+    /// `calc-dirty-rate` over milliseconds (`calc-time-unit`, QEMU 8.2 and later; older
+    /// QEMUs refuse the member).
+    pub async fn calc_dirty_rate_ms(&self, calc_time_ms: u64) -> Result<(), QmpError> {
+        self.run_unit("calc-dirty-rate", Some(json!({ "calc-time": calc_time_ms, "calc-time-unit": "millisecond" })))
             .await
     }
 

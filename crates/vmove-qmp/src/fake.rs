@@ -43,8 +43,10 @@ pub const WAIT_GUARD: Duration = Duration::from_secs(10);
 /// A command the fake received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
-    /// The `execute` member.
+    /// The `execute` (or `exec-oob`) member.
     pub name: String,
+    /// Sent out-of-band (`exec-oob`).
+    pub oob: bool,
     /// The `arguments` member.
     pub arguments: Option<Value>,
     /// The `id` member (echo it in manual replies).
@@ -525,8 +527,9 @@ fn handle_line(state: &State, line: &[u8], fds: &mut Vec<OwnedFd>) -> (Vec<Strin
         tracing::warn!("fake qmp: client sent a non-JSON line");
         return (Vec::new(), false);
     };
+    let oob = raw.get("exec-oob").is_some();
     let Some(name) = raw
-        .get("execute")
+        .get(if oob { "exec-oob" } else { "execute" })
         .and_then(Value::as_str)
         .map(str::to_string)
     else {
@@ -538,6 +541,7 @@ fn handle_line(state: &State, line: &[u8], fds: &mut Vec<OwnedFd>) -> (Vec<Strin
         id: raw.get("id").cloned(),
         fds: fds.len(),
         name,
+        oob,
         raw,
     };
     if !fds.is_empty() {

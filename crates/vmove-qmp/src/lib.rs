@@ -33,6 +33,18 @@
 //! socket closes, every pending command fails with [`QmpError::Closed`] and
 //! [`Qmp::closed`] resolves.
 //!
+//! # Convergence primitives
+//!
+//! Post-copy and its recovery ([`Qmp::migrate_start_postcopy`],
+//! [`Qmp::migrate_pause`], [`Qmp::migrate_recover`] on the target,
+//! [`Qmp::migrate_resume`] on the source), the throttle and dirty-limit
+//! parameters of [`MigrateSetParameters`], the figures of [`MigrationInfo`]
+//! a convergence ladder watches ([`MigrationInfo::rate_bytes_per_s`],
+//! [`MigrationInfo::dirty_rate_bytes_per_s`], `cpu-throttle-percentage`,
+//! post-copy statuses), and [`Qmp::refused_capabilities`] to ask a QEMU which
+//! capability combinations it accepts. What QEMU 10.0.2 does with them is in
+//! docs/DESIGN.md ("Convergence: what QEMU 10 does").
+//!
 //! With the `fake` feature, [`fake::FakeQmp`] is a scriptable QMP server for
 //! other crates' unit tests.
 

@@ -73,6 +73,28 @@ impl MigrationStatus {
     }
 }
 
+impl MigrationStatus {
+    /// Post-copy has started (active, paused or recovering): the guest runs on
+    /// the target, and QEMU refuses `migrate_cancel` ("Postcopy migration in
+    /// progress, cannot cancel").
+    pub fn is_postcopy(&self) -> bool {
+        matches!(
+            self,
+            MigrationStatus::PostcopyActive
+                | MigrationStatus::PostcopyPaused
+                | MigrationStatus::PostcopyRecoverSetup
+                | MigrationStatus::PostcopyRecover
+        )
+    }
+
+    /// Post-copy lost its connection (or was paused with `migrate-pause`):
+    /// recover with `migrate-recover` on the target and `migrate` with
+    /// `resume: true` on the source.
+    pub fn is_postcopy_paused(&self) -> bool {
+        matches!(self, MigrationStatus::PostcopyPaused)
+    }
+}
+
 lenient_enum! {
     /// `MigrationCapability` (7.2 set plus a few later ones).
     pub enum MigrationCapability {
@@ -363,6 +385,22 @@ pub struct MigrationInfo {
     /// Per-vCPU postcopy blocktime (ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postcopy_vcpu_blocktime: Option<Vec<Value>>,
+    /// Time the dirty-limit throttle slept a vCPU per round, microseconds
+    /// (QEMU 8.1+, with the `dirty-limit` capability).
+    #[serde(
+        rename = "dirty-limit-throttle-time-per-round",
+        deserialize_with = "num::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dirty_limit_throttle_time_per_round_us: Option<u64>,
+    /// Estimated time a vCPU waits for its full dirty ring to be reaped,
+    /// microseconds (QEMU 8.1+, with the `dirty-limit` capability).
+    #[serde(
+        rename = "dirty-limit-ring-full-time",
+        deserialize_with = "num::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dirty_limit_ring_full_time_us: Option<u64>,
     /// Listening addresses of an incoming migration (raw `SocketAddress`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_address: Option<Vec<Value>>,
@@ -375,5 +413,42 @@ impl MigrationInfo {
     /// The status, `None` mapped to [`MigrationStatus::None`].
     pub fn status_or_none(&self) -> MigrationStatus {
         self.status.clone().unwrap_or(MigrationStatus::None)
+    }
+
+    /// Transfer rate of the last interval, bytes per second (`ram.mbps`, which
+    /// is megabits per second); 0 when unknown.
+    pub fn rate_bytes_per_s(&self) -> u64 {
+        let mbps = self.ram.as_ref().and_then(|r| r.mbps).unwrap_or(0.0);
+        if mbps.is_finite() && mbps > 0.0 {
+            (mbps * 1e6 / 8.0) as u64
+        } else {
+            0
+        }
+    }
+
+    /// Dirty rate found at the last bitmap sync, bytes per second
+    /// (`ram.dirty-pages-rate` × `ram.page-size`, 4 KiB when absent); 0 when
+    /// unknown. It counts distinct pages: a guest rewriting its working set
+    /// faster than a pass reads as the working set per pass.
+    pub fn dirty_rate_bytes_per_s(&self) -> u64 {
+        let Some(ram) = &self.ram else { return 0 };
+        let page = ram.page_size.filter(|p| *p > 0).unwrap_or(4096);
+        ram.dirty_pages_rate.unwrap_or(0).saturating_mul(page)
+    }
+
+    /// Bytes still to send (`ram.remaining`), 0 when unknown.
+    pub fn remaining_bytes(&self) -> u64 {
+        self.ram.as_ref().and_then(|r| r.remaining).unwrap_or(0)
+    }
+
+    /// Bytes sent so far (`ram.transferred`), 0 when unknown.
+    pub fn transferred_bytes(&self) -> u64 {
+        self.ram.as_ref().and_then(|r| r.transferred).unwrap_or(0)
+    }
+
+    /// Dirty bitmap syncs so far (`ram.dirty-sync-count`): pass 1 is the bulk
+    /// copy. 0 when unknown.
+    pub fn passes(&self) -> u64 {
+        self.ram.as_ref().and_then(|r| r.dirty_sync_count).unwrap_or(0)
     }
 }

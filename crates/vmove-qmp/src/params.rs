@@ -140,8 +140,31 @@ pub struct MigrateSetParameters {
         skip_serializing_if = "Option::is_none"
     )]
     pub multifd_zstd_level: Option<u64>,
-    /// Members this crate does not model (e.g. `compress-level` or QEMU 8's
-    /// `avail-switchover-bandwidth`), sent as they are.
+    /// Dirty-page rate limit per vCPU while the `dirty-limit` capability throttles
+    /// the guest, MB/s (QEMU 8.1+; needs KVM with a dirty ring).
+    #[serde(
+        rename = "vcpu-dirty-limit",
+        deserialize_with = "num::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vcpu_dirty_limit_mb_per_s: Option<u64>,
+    /// Period of the dirty-limit calculation, ms (QEMU 8.1+, experimental).
+    #[serde(
+        rename = "x-vcpu-dirty-limit-period",
+        deserialize_with = "num::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub x_vcpu_dirty_limit_period_ms: Option<u64>,
+    /// Bandwidth QEMU may assume for the switchover when it decides whether the
+    /// rest fits the downtime limit, bytes per second; 0 = the measured rate
+    /// (QEMU 8.2+).
+    #[serde(
+        rename = "avail-switchover-bandwidth",
+        deserialize_with = "num::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub avail_switchover_bandwidth_bytes_per_s: Option<u64>,
+    /// Members this crate does not model (e.g. `compress-level`), sent as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

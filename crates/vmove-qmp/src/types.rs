@@ -65,7 +65,7 @@ impl std::fmt::Display for VersionInfo {
 pub struct Greeting {
     /// QEMU version.
     pub version: VersionInfo,
-    /// Offered capabilities (e.g. `oob`); we never enable any.
+    /// Offered capabilities (e.g. `oob`); enabled only by `Qmp::connect_oob`.
     pub capabilities: Vec<String>,
     /// The greeting object as received.
     pub raw: Value,

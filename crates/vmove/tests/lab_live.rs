@@ -17,6 +17,22 @@ fn live_migration_keeps_the_client_connection_and_memory() {
     wait_for("the session to run", Duration::from_secs(10), || (session.echoed() > 10).then_some(()));
     let out = lab.ok(&["migrate", "vm1", "--to", "host2"]);
     assert!(out.contains("Step MIGRATE_GUEST completed successfully"), "{out}");
+    // Every live move records its outage in parts: here the client's echoes make the guest
+    // send frames on both sides, so the blackout is seen on the wire.
+    let id = out.split("Action ID : ").nth(1).and_then(|r| r.split_whitespace().next()).expect("job id").to_string();
+    let o = wait_for("the outage breakdown", Duration::from_secs(10), || {
+        let job = lab.json(&["job", "show", &id]);
+        (!job["outage"].is_null()).then(|| job["outage"].clone())
+    });
+    let o = &o;
+    for part in ["src_last_frame_us", "src_stopped_us", "dst_loaded_us", "dst_resumed_us", "dst_first_frame_us"] {
+        assert!(o[part].as_u64().is_some(), "{part} missing in {o}");
+    }
+    let blackout_us = o["dst_first_frame_us"].as_u64().unwrap() - o["src_last_frame_us"].as_u64().unwrap();
+    assert!(blackout_us < 10_000_000, "blackout {blackout_us} µs");
+    assert!(o["src_stopped_us"].as_u64() <= o["dst_resumed_us"].as_u64(), "{o}");
+    eprintln!("outage: blackout {} ms, QEMU downtime {} ms, {} frame(s) carried: {o}", blackout_us / 1000, o["qemu_downtime_ms"], o["carried_frames"]);
+    assert!(lab.ok(&["job", "show", &id]).contains("outage: blackout "), "job show prints the breakdown");
     assert!(out.contains("downtime") && out.contains("Done [Elapsed = "), "{out}");
     let n = session.echoed();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -141,7 +157,11 @@ fn the_migration_stream_is_encrypted_unless_insecure_transport() {
     lab.ok(&["migrate", "vm1", "--to", "host1", "--insecure-transport"]);
     cap.stop();
     let bytes = std::fs::read(&clear).unwrap();
-    assert!(contains(&bytes, marker), "with --insecure-transport the marker is visible, so the first check can fail");
+    assert!(
+        contains(&bytes, marker),
+        "with --insecure-transport the marker is visible, so the first check can fail ({} bytes captured)",
+        bytes.len()
+    );
     std::fs::remove_file(&clear).unwrap();
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
 }

@@ -24,6 +24,14 @@ fn prechecks_pass_fail_and_warn_against_real_agents() {
     assert_eq!(live["passed"], true, "{live}");
     assert_eq!(verdict(&live, "guest-running"), "pass");
     assert_eq!(verdict(&live, "encrypted-channel"), "pass");
+    // The link and the dirty rate were measured: convergence is predicted, not guessed.
+    let conv = reason(&live, "predicted-convergence");
+    assert!(!conv.contains("not measured"), "{conv}");
+    let text = lab.ok(&["migrate", "vm1", "--to", "host2", "--precheck"]);
+    let line = text.lines().find(|l| l.starts_with("link host1 -> host2: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with(" s ago)"), "a recent measurement is reused: {line}");
+    let mbs: f64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(mbs > 10.0, "{line}");
 
     // vCPUs past the target's physical count: a warning, not a failure.
     lab.ok(&["guest", "create", "wide", "--host", "host1", "--vcpus", "3", "--memory", "256M"]);
@@ -73,4 +81,8 @@ fn prechecks_pass_fail_and_warn_against_real_agents() {
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
     lab.tcp_echo("192.0.2.21:7").expect("guest untouched");
     let _ = Duration::from_secs(0);
+}
+
+fn reason(f: &serde_json::Value, id: &str) -> String {
+    f["findings"].as_array().unwrap().iter().find(|x| x["id"] == id).map(|x| x["reason"].as_str().unwrap_or("").to_string()).unwrap_or_default()
 }

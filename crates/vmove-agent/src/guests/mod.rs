@@ -78,6 +78,7 @@ pub struct Agent {
     events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
     peers: Mutex<HashMap<String, AgentClient>>,
     journal_seq: AtomicU64,
+    pub(crate) outgoing_watch: Mutex<HashMap<String, crate::frames::Outgoing>>,
 }
 
 impl Agent {
@@ -112,6 +113,7 @@ impl Agent {
             events: Mutex::default(),
             peers: Mutex::default(),
             journal_seq: AtomicU64::new(journal_seq + 1),
+            outgoing_watch: Mutex::default(),
         })
     }
 
@@ -201,6 +203,13 @@ impl Agent {
             Some(q) if guest.pid.is_some() => Ok((q.clone(), guest.state)),
             _ => fail!(WrongState, "guest {name} has no running QEMU on {}", self.cfg.name),
         }
+    }
+
+    /// The pid of the guest's QEMU here.
+    pub fn pid_of(&self, name: &str) -> Result<u32> {
+        let g = self.lock_guests();
+        let guest = g.get(name).ok_or_else(|| self.no_such(name))?;
+        guest.pid.ok_or_else(|| crate::error::AgentError::new(vmove_api::ErrorCode::WrongState, format!("guest {name} has no QEMU on {}", self.cfg.name)))
     }
 
     /// The guest's run directory.

@@ -239,21 +239,29 @@ impl Agent {
         }
     }
 
-    /// Measures the guest's memory dirty rate over `calc_s` seconds, bytes/s.
-    pub async fn dirty_rate(&self, name: &str, calc_s: u64) -> Result<u64> {
+    /// Measures the guest's memory dirty rate over `period` (QEMU `calc-dirty-rate`, in
+    /// milliseconds where QEMU can, else whole seconds), bytes/s.
+    pub async fn dirty_rate(&self, name: &str, period: Duration) -> Result<u64> {
         let (q, _) = self.qmp_of(name)?;
-        let calc_s = calc_s.clamp(1, 60);
-        q.calc_dirty_rate(calc_s).await.ctx("calc-dirty-rate")?;
-        let deadline = Instant::now() + Duration::from_secs(calc_s + 10);
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).clamp(100, 60_000);
+        let waited = if q.calc_dirty_rate_ms(ms).await.is_ok() {
+            Duration::from_millis(ms)
+        } else {
+            let s = ms.div_ceil(1000);
+            q.calc_dirty_rate(s).await.ctx("calc-dirty-rate")?;
+            Duration::from_secs(s)
+        };
+        tokio::time::sleep(waited).await;
+        let deadline = Instant::now() + waited + Duration::from_secs(10);
         loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
             let info = q.query_dirty_rate().await.ctx("query-dirty-rate")?;
             if info.status.as_str() == "measured" {
                 return Ok(info.dirty_rate_mib_per_s.unwrap_or(0).saturating_mul(1 << 20));
             }
             if Instant::now() > deadline {
-                fail!(Timeout, "dirty rate of {name} not measured within {} s", calc_s + 10);
+                fail!(Timeout, "dirty rate of {name} not measured within {} s", (waited + Duration::from_secs(10)).as_secs());
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

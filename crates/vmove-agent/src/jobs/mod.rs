@@ -105,6 +105,11 @@ impl Jobs {
         (self.peers)(&spec.source)
     }
 
+    /// A peer for another host.
+    pub(crate) fn peer_for(&self, host: &PeerHost) -> Result<Arc<dyn Peer>> {
+        (self.peers)(host)
+    }
+
     pub(crate) async fn load_mig(&self, guest: &str) -> Result<Option<MigrationRecord>> {
         Ok(self.agent.state.get::<MigRec>(&mig_key(guest)).await?.map(|m| m.0))
     }
@@ -160,6 +165,7 @@ impl Jobs {
             error: None,
             events: vec![],
             guest_host: None,
+            outage: None,
         };
         let cell = Arc::new(JobCell::new(rec));
         cell.save(&self.agent.state).await?;

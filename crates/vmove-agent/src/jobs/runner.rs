@@ -142,6 +142,7 @@ async fn run_step(jobs: &Arc<Jobs>, cell: &Arc<JobCell>, m: &JobMachine, step: S
             let kind = match e.code {
                 ErrorCode::Cancelled => FailKind::Cancelled,
                 ErrorCode::Timeout => FailKind::TimedOut,
+                ErrorCode::PastNoReturn => FailKind::PastNoReturn,
                 _ => FailKind::Error,
             };
             Input::StepFailed { error: e.message, kind }

@@ -272,7 +272,7 @@ impl HostOps for FakeHost {
     }
 
     async fn connect_qmp(&self, socket: &Path, total: Duration) -> Result<Qmp> {
-        Ok(Qmp::connect_retry(socket, total).await?)
+        Ok(Qmp::connect_retry_oob(socket, total).await?)
     }
 
     fn alive(&self, pid: u32) -> bool {

@@ -161,6 +161,8 @@ impl Cluster {
             inject_fault: None,
             pause_before: None,
             pause_at_switchover: false,
+            dirty_rate_bytes_per_s: None,
+            link_bytes_per_s: None,
         }
     }
 

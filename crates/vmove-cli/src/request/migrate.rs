@@ -98,8 +98,8 @@ impl MigrateArgs {
         Ok(cmd)
     }
 
-    /// `--timeout`, `--max-downtime`, `--bandwidth`, `--insecure-transport` and `--multifd`
-    /// over the policy's parameters.
+    /// `--timeout`, `--max-downtime`, `--bandwidth`, `--converge`, `--insecure-transport`
+    /// and `--multifd` over the policy's parameters.
     fn params(&self, policy: &Policy) -> Result<MigrationParams> {
         let ms = |s: &Option<String>, what: &str| -> Result<Option<u64>> {
             s.as_deref().map(|v| parse_duration_ms(v).map_err(|e| anyhow!("--{what}: {e}"))).transpose()
@@ -115,6 +115,10 @@ impl MigrateArgs {
                 .transpose()?,
             insecure_transport: self.insecure_transport,
             multifd_channels: self.multifd,
+            converge: match self.converge.as_deref() {
+                Some(v) => v.parse().map_err(|e| anyhow!("--converge: {e}"))?,
+                None => base.converge,
+            },
             ..base
         };
         if p.timeout_s == 0 {
@@ -161,7 +165,7 @@ mod tests {
                 source: "host1".into(),
                 target: "host2".into(),
                 mode: Mode::Live,
-                params: MigrationParams { timeout_s: 300, max_downtime_ms: 200, ..MigrationParams::default() },
+                params: MigrationParams { timeout_s: 300, max_downtime_ms: 200, converge: file.policy.converge, ..MigrationParams::default() },
             },
             step: None,
             precheck_only: false,
@@ -177,7 +181,7 @@ mod tests {
     fn every_flag_lands_in_the_command() {
         let c = from_args(&[
             "vm1", "--to", "host2", "--from", "host1", "--mode", "offline-force", "--step", "stop-guest", "--timeout", "90s",
-            "--max-downtime", "1s", "--bandwidth", "100M", "--insecure-transport", "--multifd", "0", "--ignore-check",
+            "--max-downtime", "1s", "--bandwidth", "100M", "--converge", "throttle", "--insecure-transport", "--multifd", "0", "--ignore-check",
             "no-outstanding-work", "--detach", "--inject-fault", "ATTACH_VOLUMES", "--pause-before", "MIGRATE_GUEST",
         ])
         .unwrap();
@@ -191,6 +195,7 @@ mod tests {
                 bandwidth_bytes_per_s: Some(100 << 20),
                 insecure_transport: true,
                 multifd_channels: 0,
+                converge: vmove_plan::Converge::Throttle,
                 ..MigrationParams::default()
             }
         );

@@ -1,5 +1,5 @@
-//! LIVE-only checks: a running guest, compatible CPUs, the secure channel, policy minimums,
-//! predicted convergence.
+//! LIVE-only checks: a running guest, compatible CPUs, the secure channel, policy minimums
+//! (predicted convergence: `convergence.rs`).
 use std::cmp::Ordering;
 
 use vmove_model::inventory::{GuestState, HostInfo};
@@ -7,7 +7,7 @@ use vmove_model::inventory::{GuestState, HostInfo};
 use crate::version::compare_versions;
 
 use super::placement::state_name;
-use super::{fmt_rate, fmt_secs, Ctx, Outcome, Verdict};
+use super::{Ctx, Outcome, Verdict};
 
 /// At most this many missing CPU flags are named.
 const MAX_FLAGS_LISTED: usize = 5;
@@ -151,60 +151,6 @@ pub(crate) fn policy_minimums(c: &Ctx) -> Outcome {
             c.req.target,
             t.hardware_generation,
             p.min_hardware_generation
-        ),
-    ))
-}
-
-pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
-    let g = c.guest()?;
-    let link = match (c.req.params.bandwidth_bytes_per_s, c.input.link_bytes_per_s) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let timeout = fmt_secs(c.req.params.timeout_s);
-    let (d, b) = match (c.input.dirty_rate_bytes_per_s, link) {
-        (Some(d), Some(b)) => (d, b),
-        (None, None) => {
-            return Ok((
-                Verdict::Warn,
-                "not measured: dirty rate and link throughput unknown".into(),
-            ))
-        }
-        (None, _) => {
-            return Ok((
-                Verdict::Warn,
-                format!("not measured: dirty rate of {} unknown", g.name),
-            ))
-        }
-        (_, None) => {
-            return Ok((
-                Verdict::Warn,
-                "not measured: link throughput unknown".into(),
-            ))
-        }
-    };
-    let (dirty, moves) = (fmt_rate(d), fmt_rate(b));
-    if d >= b {
-        return Err(format!(
-            "{} dirties {dirty}, link moves {moves}: will not converge; it would time out after {timeout}",
-            g.name
-        ));
-    }
-    let bytes = u128::from(g.memory_mib) * 1_048_576;
-    let net = u128::from(b - d);
-    let secs = u64::try_from(bytes.div_ceil(net)).unwrap_or(u64::MAX);
-    let what = format!("{} MiB at {moves} with {dirty} dirtied", g.memory_mib);
-    if secs > c.req.params.timeout_s {
-        return Err(format!(
-            "predicted {} to copy {what} exceeds the timeout of {timeout}",
-            fmt_secs(secs)
-        ));
-    }
-    Ok((
-        Verdict::Pass,
-        format!(
-            "about {} to copy {what}, within the timeout of {timeout}",
-            fmt_secs(secs)
         ),
     ))
 }

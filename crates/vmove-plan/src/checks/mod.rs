@@ -14,6 +14,7 @@ use vmove_model::{Cluster, GuestSpec, Policy};
 use crate::mode::Mode;
 use crate::params::MigrationParams;
 
+mod convergence;
 mod live;
 mod placement;
 pub mod qemu;
@@ -38,7 +39,8 @@ pub struct MigrationRequest {
 }
 
 impl MigrationRequest {
-    /// A request with the timeout and downtime of `policy`, no bandwidth limit, encrypted.
+    /// A request with the timeout, downtime, post-copy permission and convergence policy of
+    /// `policy`, no bandwidth limit, encrypted.
     pub fn new(
         guest: &str,
         source: &str,
@@ -54,6 +56,8 @@ impl MigrationRequest {
             params: MigrationParams {
                 timeout_s: policy.live_timeout_s,
                 max_downtime_ms: policy.max_downtime_ms,
+                allow_postcopy: policy.allow_postcopy,
+                converge: policy.converge,
                 ..MigrationParams::default()
             },
         }
@@ -367,7 +371,7 @@ fn check_fn(id: CheckId) -> CheckFn {
         CheckId::EncryptedChannel => live::encrypted_channel,
         CheckId::PolicyMinimums => live::policy_minimums,
         CheckId::QemuCapabilities => qemu::qemu_capabilities,
-        CheckId::PredictedConvergence => live::predicted_convergence,
+        CheckId::PredictedConvergence => convergence::predicted_convergence,
     }
 }
 

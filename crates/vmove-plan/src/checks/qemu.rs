@@ -1,6 +1,9 @@
-//! LIVE: both QEMUs have every migration capability the chosen migration needs. Decided by
+//! LIVE: both QEMUs have every migration capability the chosen migration needs (post-copy
+//! only when the convergence policy may use it and the cluster policy allows it). Decided by
 //! the capabilities each agent learned from its QEMU at start, never by version numbers.
 use vmove_model::inventory::HostInfo;
+
+use vmove_model::Converge;
 
 use crate::params::MigrationParams;
 
@@ -28,8 +31,11 @@ pub fn needs(p: &MigrationParams) -> Vec<Need> {
     if !p.insecure_transport {
         v.push(Need { name: "tls-creds", parameter: true, required: true, why: "TLS" });
     }
-    if p.allow_postcopy {
-        v.push(Need { name: "postcopy-ram", parameter: false, required: true, why: "post-copy" });
+    if p.allow_postcopy && p.converge.may_postcopy() {
+        // converge=postcopy cannot do without it; converge=auto uses it where both have it.
+        let required = p.converge == Converge::Postcopy;
+        v.push(Need { name: "postcopy-ram", parameter: false, required, why: "post-copy" });
+        v.push(Need { name: "postcopy-preempt", parameter: false, required: false, why: "urgent pages on their own channel" });
     }
     if p.pause_before_switchover {
         v.push(Need { name: "pause-before-switchover", parameter: false, required: true, why: "hold at switchover" });

@@ -2,6 +2,7 @@
 //! channels; timeouts are only failure guards.
 
 mod client;
+mod converge;
 mod parse;
 mod qemu;
 mod wrappers;

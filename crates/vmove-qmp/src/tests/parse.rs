@@ -128,6 +128,7 @@ fn migration_info_lenient() {
         "downtime": 1.5,
         "ram": {"transferred": "lots", "zero-pages": 12},
         "dirty-limit-ring-full-time": 3,
+        "x-future-member": 3,
         "blocked-reasons": ["vfio device"]
     }))
     .unwrap();
@@ -141,7 +142,8 @@ fn migration_info_lenient() {
     let ram = info.ram.as_ref().unwrap();
     assert_eq!(ram.transferred, None);
     assert_eq!(ram.extra["zero-pages"], 12);
-    assert_eq!(info.extra["dirty-limit-ring-full-time"], 3);
+    assert_eq!(info.dirty_limit_ring_full_time_us, Some(3));
+    assert_eq!(info.extra["x-future-member"], 3);
     assert_eq!(
         info.blocked_reasons.as_deref(),
         Some(&["vfio device".to_string()][..])

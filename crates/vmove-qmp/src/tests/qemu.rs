@@ -19,6 +19,132 @@ impl Drop for QemuGuard {
     }
 }
 
+/// A `-machine none` QEMU and its QMP connection; `None` when QEMU is not installed.
+async fn spawn_none(test: &str, dir: &std::path::Path) -> Option<(QemuGuard, Qmp)> {
+    let sock = dir.join("qmp.sock");
+    let log = std::fs::File::create(dir.join("qemu.log")).unwrap();
+    let spawned = Command::new(QEMU)
+        .args([
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+        ])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED {test}: {QEMU} not installed");
+            return None;
+        }
+        Err(e) => panic!("spawn {QEMU}: {e}"),
+    };
+    let guard = QemuGuard(child);
+    let qmp = match Qmp::connect_retry(&sock, Duration::from_secs(20)).await {
+        Ok(q) => q,
+        Err(e) => {
+            let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            panic!("connect to qemu: {e}\nqemu log:\n{log}");
+        }
+    };
+    qmp.set_default_timeout(Duration::from_secs(10));
+    Some((guard, qmp))
+}
+
+/// The convergence primitives against the real thing: which capability combinations
+/// QEMU accepts, the parked throttle, and the post-copy commands' refusals when no
+/// post-copy runs (two-QEMU migrations: `crates/vmove/tests/converge_qemu.rs`).
+#[tokio::test]
+async fn real_qemu_convergence_primitives() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_guard, qmp)) = spawn_none("real_qemu_convergence_primitives", dir.path()).await
+    else {
+        return;
+    };
+    let v = qmp.query_version().await.unwrap();
+    use MigrationCapability as C;
+    // Under TCG (what -machine none runs) dirty-limit is refused, with QEMU's reason.
+    let why = qmp
+        .refused_capabilities(&[(C::DirtyLimit, true)])
+        .await
+        .unwrap();
+    assert!(why.as_deref().unwrap_or("").contains("dirty-ring-size"), "{why:?}");
+    let why = qmp
+        .refused_capabilities(&[(C::PostcopyRam, true), (C::Multifd, true)])
+        .await
+        .unwrap();
+    if v.triple() < (10, 1, 0) {
+        assert_eq!(why.as_deref(), Some("Postcopy is not yet compatible with multifd"), "{v}");
+    }
+    let why = qmp
+        .refused_capabilities(&[(C::PostcopyRam, true), (C::PostcopyPreempt, true)])
+        .await
+        .unwrap();
+    assert_eq!(why, None, "{v}");
+    let why = qmp
+        .refused_capabilities(&[(C::AutoConverge, true)])
+        .await
+        .unwrap();
+    assert_eq!(why, None, "{v}");
+    // Accepted combinations are put back: nothing stays enabled.
+    let caps = qmp.query_migrate_capabilities().await.unwrap();
+    assert!(caps.iter().all(|c| !c.state), "{caps:?}");
+
+    // The parked throttle (1 %) and QEMU's own rule max >= initial.
+    qmp.migrate_set_parameters(&MigrateSetParameters {
+        cpu_throttle_initial_pct: Some(1),
+        cpu_throttle_increment_pct: Some(1),
+        max_cpu_throttle_pct: Some(1),
+        cpu_throttle_tailslow: Some(false),
+        vcpu_dirty_limit_mb_per_s: Some(1 << 20),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let p = qmp.query_migrate_parameters().await.unwrap();
+    assert_eq!(
+        (p.cpu_throttle_initial_pct, p.cpu_throttle_increment_pct, p.max_cpu_throttle_pct),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(p.vcpu_dirty_limit_mb_per_s, Some(1 << 20));
+    assert!(p.x_vcpu_dirty_limit_period_ms.is_some(), "{p:?}");
+    assert!(p.avail_switchover_bandwidth_bytes_per_s.is_some(), "{p:?}");
+    let err = qmp
+        .migrate_set_parameters(&MigrateSetParameters {
+            cpu_throttle_initial_pct: Some(20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_cpu_throttle"), "{err}");
+
+    // Out-of-band on a second connection: QEMU offers it, accepts it, and answers
+    // exec-oob (here with its refusal, as nothing is paused).
+    let sock = dir.path().join("qmp.sock");
+    drop(qmp);
+    let qmp = Qmp::connect_retry_oob(&sock, Duration::from_secs(20)).await.unwrap();
+    assert!(qmp.is_oob(), "{:?}", qmp.greeting());
+    let err = qmp.migrate_recover("tcp:127.0.0.1:1").await.unwrap_err();
+    assert!(err.to_string().contains("postcopy is paused"), "{err}");
+    // Post-copy commands outside post-copy: refused with a reason, never fatal.
+    for (what, r) in [
+        ("migrate-pause", qmp.migrate_pause().await),
+        ("migrate-recover", qmp.migrate_recover("tcp:127.0.0.1:1").await),
+        ("migrate resume", qmp.migrate_resume("tcp:127.0.0.1:1").await),
+        ("migrate-start-postcopy", qmp.migrate_start_postcopy().await),
+    ] {
+        let err = r.unwrap_err();
+        assert!(err.is_qemu_class("GenericError"), "{what}: {err:?}");
+    }
+    qmp.query_status().await.unwrap();
+}
+
 #[tokio::test]
 async fn real_qemu_roundtrip() {
     let dir = tempfile::tempdir().unwrap();

@@ -185,6 +185,7 @@ mod policy_minimums {
 
 mod predicted_convergence {
     use super::*;
+    use vmove_model::Converge;
     const ID: CheckId = CheckId::PredictedConvergence;
 
     #[test]
@@ -192,33 +193,67 @@ mod predicted_convergence {
         let mut fx = Fx::new(Mode::Live);
         fx.link = Some(100 * MIB);
         fx.dirty = Some(20 * MIB);
+        // 5.12 s bulk, 102.4 MiB in 1.02 s, 20.5 MiB in 0.2 s, 4.1 MiB fits 50 ms.
         assert_eq!(
             fx.check(ID),
-            f(ID, Verdict::Pass, "about 7s to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, within the timeout of 10m")
+            f(ID, Verdict::Pass, "about 7s in 3 passes to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime about 41 ms (limit 50 ms), within the timeout of 10m; converge=auto")
+        );
+        fx.req.params.converge = Converge::None;
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "about 7s in 2 passes to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime about 205 ms (limit 300 ms), within the timeout of 10m")
         );
     }
 
     #[test]
-    fn fails_when_dirtying_outpaces_the_link() {
+    fn none_fails_when_dirtying_outpaces_the_link_and_names_a_policy_that_would_do() {
         let mut fx = Fx::new(Mode::Live);
+        fx.req.params.converge = Converge::None;
         fx.link = Some(100 * MIB);
         fx.req.params.bandwidth_bytes_per_s = Some(50 * MIB);
         fx.dirty = Some(60 * MIB);
         assert_eq!(
             fx.check(ID),
-            f(ID, Verdict::Fail, "vm1 dirties 60 MB/s, link moves 50 MB/s: will not converge; it would time out after 10m")
+            f(ID, Verdict::Fail, "will not converge under converge=none: 512 MiB at 50 MB/s with 60 MB/s dirtied; it would time out after 10m; converge=throttle would (about 1m40s in 15 passes, the guest throttled to 50 %)")
         );
     }
 
     #[test]
-    fn fails_when_too_slow_for_the_timeout() {
+    fn auto_warns_when_only_throttling_converges() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.req.params.bandwidth_bytes_per_s = Some(50 * MIB);
+        fx.dirty = Some(60 * MIB);
+        // Unknown working set: all 512 MiB count, 10 s a pass; 300 ms from the start, stuck
+        // after three passes, then auto-converge up to 50 %.
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Warn, "converges only by throttling the guest (auto-converge to 50 %): about 1m40s in 15 passes to copy 512 MiB at 50 MB/s with 60 MB/s dirtied, downtime about 229 ms")
+        );
+    }
+
+    #[test]
+    fn post_copy_when_the_source_cannot_throttle() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.qemu.migration_capabilities.retain(|c| c != "auto-converge");
+        fx.req.params.bandwidth_bytes_per_s = Some(50 * MIB);
+        fx.dirty = Some(60 * MIB);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "will not converge under converge=auto: 512 MiB at 50 MB/s with 60 MB/s dirtied; it would time out after 10m; converge=postcopy would (about 52s in 4 passes), but the cluster policy does not allow post-copy (allow_postcopy)")
+        );
+        fx.req.params.allow_postcopy = true;
+        assert_eq!(fx.check(ID), f(ID, Verdict::Warn, "converges only in post-copy, after 4 passes of pre-copy: about 52s to copy 512 MiB at 50 MB/s with 60 MB/s dirtied; the guest is lost if either host fails during post-copy"));
+    }
+
+    #[test]
+    fn fails_when_the_bulk_pass_outlasts_the_timeout() {
         let mut fx = Fx::new(Mode::Live);
         fx.req.params.timeout_s = 5;
         fx.req.params.bandwidth_bytes_per_s = Some(100 * MIB);
         fx.dirty = Some(20 * MIB);
         assert_eq!(
             fx.check(ID),
-            f(ID, Verdict::Fail, "predicted 7s to copy 512 MiB at 100 MB/s with 20 MB/s dirtied exceeds the timeout of 5s")
+            f(ID, Verdict::Fail, "will not converge under converge=auto: 512 MiB at 100 MB/s with 20 MB/s dirtied; it would time out after 5s; no convergence policy would")
         );
     }
 

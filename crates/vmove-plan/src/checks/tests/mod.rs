@@ -107,6 +107,7 @@ pub(crate) fn qemu_features(version: &str, caps: &[&str]) -> QemuFeatures {
         package: String::new(),
         migration_capabilities: caps.iter().map(|c| c.to_string()).collect(),
         migration_parameters: vec![("tls-creds".into(), String::new())],
+            postcopy_with_multifd: false,
     }
 }
 
@@ -118,7 +119,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         name: name.into(),
         agent_version: "0.1.0".into(),
         qemu_version: "8.2.2".into(),
-        qemu: qemu_features("8.2.2", &["events", "multifd", "postcopy-ram", "return-path", "pause-before-switchover", "switchover-ack"]),
+        qemu: qemu_features("8.2.2", &["auto-converge", "events", "multifd", "postcopy-preempt", "postcopy-ram", "return-path", "pause-before-switchover", "switchover-ack"]),
         hardware_model: "Lab KVM".into(),
         hardware_generation: 1,
         accel: "tcg".into(),
@@ -375,6 +376,16 @@ fn request_defaults_come_from_policy() {
         ),
         (600, 300, None, false)
     );
+    assert_eq!((r.params.converge, r.params.allow_postcopy), (vmove_model::Converge::Auto, false));
+    let p = Policy { converge: vmove_model::Converge::Throttle, allow_postcopy: true, ..p };
+    let r = MigrationRequest::new("vm1", "host1", "host2", Mode::Live, &p);
+    assert_eq!((r.params.converge, r.params.allow_postcopy), (vmove_model::Converge::Throttle, true));
+    // A request from an older sender (no converge) means none.
+    let mut j = serde_json::to_value(&r.params).unwrap();
+    j.as_object_mut().unwrap().remove("converge");
+    let old: crate::MigrationParams = serde_json::from_value(j).unwrap();
+    assert_eq!(old.converge, vmove_model::Converge::None);
+    assert_eq!(old.initial_downtime_ms, None);
     let j = serde_json::to_value(&r).unwrap();
     assert_eq!(j["mode"], "live");
 }

@@ -60,6 +60,7 @@ fn fails_when_a_needed_capability_is_missing() {
 fn post_copy_needs_postcopy_ram_on_both_sides() {
     let mut fx = Fx::new(Mode::Live);
     fx.req.params.allow_postcopy = true;
+    fx.req.params.converge = vmove_model::Converge::Postcopy;
     assert_eq!(fx.check(ID).verdict, Verdict::Pass);
     fx.src.qemu.migration_capabilities.retain(|c| c != "postcopy-ram");
     fx.tgt.qemu.migration_capabilities.retain(|c| c != "postcopy-ram");
@@ -102,7 +103,16 @@ fn needs_follow_the_parameters() {
     assert_eq!(names, ["events", "multifd", "tls-creds"]);
     let p = MigrationParams { multifd_channels: 0, insecure_transport: true, allow_postcopy: true, ..p };
     let names: Vec<&str> = crate::checks::qemu::needs(&p).iter().filter(|n| n.required).map(|n| n.name).collect();
+    // converge=none never starts post-copy, allowed or not.
+    assert_eq!(names, ["events"]);
+    let p = MigrationParams { converge: vmove_model::Converge::Postcopy, ..p };
+    let names: Vec<&str> = crate::checks::qemu::needs(&p).iter().filter(|n| n.required).map(|n| n.name).collect();
     assert_eq!(names, ["events", "postcopy-ram"]);
+    // converge=auto uses post-copy where both QEMUs have it.
+    let p = MigrationParams { converge: vmove_model::Converge::Auto, ..p };
+    let needs = crate::checks::qemu::needs(&p);
+    let optional: Vec<&str> = needs.iter().filter(|n| !n.required).map(|n| n.name).collect();
+    assert_eq!(optional, ["postcopy-ram", "postcopy-preempt", "return-path", "switchover-ack"]);
 }
 
 #[test]

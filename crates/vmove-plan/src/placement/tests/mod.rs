@@ -37,6 +37,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
                 .map(String::from)
                 .to_vec(),
             migration_parameters: vec![("tls-creds".into(), String::new())],
+            postcopy_with_multifd: false,
         },
         hardware_model: "Lab KVM".into(),
         hardware_generation: 1,

@@ -370,6 +370,6 @@ fn warnings_become_notes() {
     let p = w.plan(&[r]);
     assert_eq!(
         p.unplaced[0].reason,
-        "vm1 cannot move: predicted-convergence: vm1 dirties 200 MB/s, link moves 100 MB/s: will not converge; it would time out after 10m"
+        "vm1 cannot move: predicted-convergence: will not converge under converge=auto: 1024 MiB at 100 MB/s with 200 MB/s dirtied; it would time out after 10m; no convergence policy would"
     );
 }

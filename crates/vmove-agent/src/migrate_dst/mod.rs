@@ -1,0 +1,79 @@
+//! Live migration, the target's half (`dst`): LIVE MIGRATE_GUEST. The target starts an
+//! incoming QEMU ([`setup`]), asks the source to migrate into it and follows the progress,
+//! climbing the convergence ladder when the migration does not converge on its own
+//! ([`follow`]), and once the guest runs here announces it and ends the source's QEMU
+//! ([`switchover`]; see [`crate::migrate_src`] for the protocol). Its undo, used while the
+//! guest still runs on the source, cancels the source's migration and removes the incoming
+//! QEMU. Once post-copy has started there is no undo: the guest runs here.
+use std::time::Duration;
+
+use async_trait::async_trait;
+use vmove_api::{ErrorCode, GuestState, Request};
+use vmove_qmp::AnnounceParameters;
+
+use crate::error::{fail, Result, ResultExt};
+use crate::steps::{take_definition, StepCx, StepWork};
+
+mod follow;
+mod setup;
+mod switchover;
+
+/// LIVE MIGRATE_GUEST.
+pub struct MemoryMigration;
+
+#[async_trait]
+impl StepWork for MemoryMigration {
+    async fn run(&self, cx: &StepCx<'_>) -> Result<String> {
+        let (agent, name) = (cx.agent(), cx.guest().to_string());
+        if agent.spec(&name).is_some() && agent.show(&name)?.state == GuestState::Running {
+            // The switchover happened while nobody watched (e.g. this agent restarted):
+            // end the source's paused QEMU and announce.
+            let finish = cx.peer.call(&Request::PeerMigrateFinish { name: name.clone() }, Duration::from_secs(30)).await;
+            if let Ok((q, _)) = agent.qmp_of(&name) {
+                q.announce_self(&AnnounceParameters::default()).await.ctx("announce-self")?;
+            }
+            return Ok(match finish {
+                Ok(_) => format!("guest already runs on {}; source QEMU ended", agent.name()),
+                Err(e) => format!("guest already runs on {}; source not confirmed ({e})", agent.name()),
+            });
+        }
+        take_definition(agent, cx.spec).await?;
+        let prepared = setup::prepare(cx).await?;
+        let done = follow::follow(cx, prepared).await?;
+        switchover::switched_over(cx, done).await
+    }
+
+    async fn undo(&self, cx: &StepCx<'_>) -> Result<String> {
+        let name = cx.guest().to_string();
+        let cancel = cx.peer.call(&Request::PeerMigrateCancel { name: name.clone() }, Duration::from_secs(40)).await;
+        if let Err(e) = &cancel {
+            if e.code == ErrorCode::WrongState {
+                fail!(WrongState, "{}; the guest moved: run `vmove job recover` to go forward", e.message);
+            }
+        }
+        let note = abort_incoming(cx).await?;
+        match cancel {
+            Ok(_) => Ok(format!("{note}; the migration was cancelled on {}", cx.spec.source.name)),
+            Err(e) => Err(e.context(format!("{note}, but {} did not confirm that it stopped migrating", cx.spec.source.name))),
+        }
+    }
+}
+
+/// Removes the incoming QEMU, the definition and the taps of a migration that did not
+/// switch over. Refuses when the guest already runs here.
+async fn abort_incoming(cx: &StepCx<'_>) -> Result<String> {
+    let (agent, name) = (cx.agent(), cx.guest());
+    if agent.spec(name).is_none() {
+        agent.unplug_taps(&cx.spec.guest).await;
+        return Ok(format!("nothing of {name} on {}", agent.name()));
+    }
+    let st = agent.show(name)?;
+    if st.state == GuestState::Running {
+        fail!(WrongState, "guest {name} already runs on {}: the migration completed; recover forward", agent.name());
+    }
+    if st.pid.is_some() {
+        agent.stop(name, true, Duration::from_secs(15)).await?;
+    }
+    agent.forget(name).await?;
+    Ok(format!("incoming guest removed from {}", agent.name()))
+}

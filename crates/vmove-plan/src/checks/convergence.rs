@@ -1,0 +1,104 @@
+//! LIVE: whether the migration converges under its convergence policy, predicted from the
+//! measured dirty rate and link throughput ([`crate::converge::predict`]).
+use vmove_model::inventory::HostInfo;
+use vmove_model::Converge;
+
+use crate::converge::{predict, ConvergePolicy, Features, Prediction, Rung, Workload};
+
+use super::{fmt_rate, fmt_secs, Ctx, Outcome, Verdict};
+
+/// What the two QEMUs can, from the inventories; what every QEMU from 7.2 on has when an
+/// agent did not report its QEMU (auto-converge, post-copy). Dirty-limit is only known
+/// when the guest's own QEMU is asked at migration time, so the model throttles with
+/// auto-converge.
+fn features(c: &Ctx) -> Features {
+    let hosts: Vec<&HostInfo> = [c.source().ok(), c.target().ok()].into_iter().flatten().collect();
+    let known = hosts.len() == 2 && hosts.iter().all(|h| h.qemu.known());
+    let all = |cap: &str| !known || hosts.iter().all(|h| h.qemu.has_capability(cap));
+    let src = |cap: &str| c.source().ok().filter(|h| h.qemu.known()).is_none_or(|h| h.qemu.has_capability(cap));
+    Features {
+        auto_converge: src("auto-converge"),
+        dirty_limit: false,
+        postcopy_ram: all("postcopy-ram"),
+        postcopy_preempt: all("postcopy-preempt"),
+        multifd_with_postcopy: false,
+        return_path: all("return-path"),
+        switchover_ack: all("switchover-ack"),
+    }
+}
+
+/// `about 38s in 17 passes`.
+fn took(p: &Prediction) -> String {
+    let passes = if p.passes == 1 { "1 pass".to_string() } else { format!("{} passes", p.passes) };
+    format!("about {} in {passes}", fmt_secs(p.total_ms.div_ceil(1000)))
+}
+
+pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
+    let g = c.guest()?;
+    let params = &c.req.params;
+    let link = match (params.bandwidth_bytes_per_s, c.input.link_bytes_per_s) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let (d, b) = match (c.input.dirty_rate_bytes_per_s, link) {
+        (Some(d), Some(b)) => (d, b),
+        (None, None) => return Ok((Verdict::Warn, "not measured: dirty rate and link throughput unknown".into())),
+        (None, _) => return Ok((Verdict::Warn, format!("not measured: dirty rate of {} unknown", g.name))),
+        (_, None) => return Ok((Verdict::Warn, "not measured: link throughput unknown".into())),
+    };
+    let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes: None };
+    let policy = ConvergePolicy::from_params(params, features(c), g.vcpus);
+    let p = predict(&w, b, &policy);
+    let what = format!("{} MiB at {} with {} dirtied", g.memory_mib, fmt_rate(b), fmt_rate(d));
+    let timeout = fmt_secs(params.timeout_s);
+    let cv = params.converge;
+    if !p.converges {
+        let mut msg = format!("will not converge under converge={cv}: {what}; it would time out after {timeout}");
+        match p.suggestion {
+            Some(s) => {
+                let alt = predict(&w, b, &ConvergePolicy { converge: s, allow_postcopy: true, ..policy });
+                msg.push_str(&format!("; converge={s} would ({}", took(&alt)));
+                if let Some(Rung::AutoConverge { .. }) = alt.rung_needed {
+                    msg.push_str(&format!(", the guest throttled to {} %", alt.throttle_pct));
+                }
+                msg.push(')');
+                if alt.rung_needed == Some(Rung::Postcopy) && !params.allow_postcopy {
+                    msg.push_str(", but the cluster policy does not allow post-copy (allow_postcopy)");
+                }
+            }
+            None => msg.push_str("; no convergence policy would"),
+        }
+        return Err(msg);
+    }
+    let downtime = format!("downtime about {} ms", p.downtime_ms);
+    Ok(match p.rung_needed {
+        Some(Rung::Downtime { limit_ms }) => (
+            Verdict::Pass,
+            format!(
+                "{} to copy {what}, {downtime} (limit {limit_ms} ms), within the timeout of {timeout}{}",
+                took(&p),
+                if cv == Converge::None { String::new() } else { format!("; converge={cv}") }
+            ),
+        ),
+        Some(Rung::AutoConverge { .. }) => (
+            Verdict::Warn,
+            format!(
+                "converges only by throttling the guest (auto-converge to {} %): {} to copy {what}, {downtime}",
+                p.throttle_pct,
+                took(&p)
+            ),
+        ),
+        Some(Rung::DirtyLimit { mb_per_s }) => (
+            Verdict::Warn,
+            format!("converges only by limiting each vCPU to {mb_per_s} MB/s: {} to copy {what}, {downtime}", took(&p)),
+        ),
+        Some(Rung::Postcopy) | None => (
+            Verdict::Warn,
+            format!(
+                "converges only in post-copy, after {} of pre-copy: about {} to copy {what}; the guest is lost if either host fails during post-copy",
+                if p.passes == 1 { "1 pass".to_string() } else { format!("{} passes", p.passes) },
+                fmt_secs(p.total_ms.div_ceil(1000))
+            ),
+        ),
+    })
+}
