@@ -91,14 +91,18 @@ fn etcd_migrations_one_truth_for_two_operators_and_export_import() {
 
 /// Two operators start a migration of the same guest at the same moment (to two targets):
 /// exactly one job starts; the other CLI fails naming the job that won. Both skip the
-/// outstanding-work precheck so that the store's claim decides, whoever is faster.
+/// outstanding-work precheck so that the store's claim decides, whoever is faster, and both
+/// hold their job before its first step (`--pause-before STOP_GUEST`) so that the winner
+/// cannot finish, and let the guest's claim go, before the loser asks: the outcome does not
+/// depend on how fast either CLI runs.
 #[test]
 fn etcd_two_clis_racing_for_one_guest() {
     let lab = Lab::up_etcd("etcdrace", 3, 3);
     lab.boot_guest("vm1", "host1", "192.0.2.62", 0, false);
     let spawn = |to: &str| {
         Command::new(common::vmove_bin())
-            .args(["migrate", "vm1", "--to", to, "--mode", "offline", "--ignore-check", "no-outstanding-work", "--detach"])
+            .args(["migrate", "vm1", "--to", to, "--mode", "offline", "--ignore-check", "no-outstanding-work"])
+            .args(["--pause-before", "STOP_GUEST", "--detach"])
             .env("VMOVE_CLUSTER", &lab.cluster)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -117,8 +121,17 @@ fn etcd_two_clis_racing_for_one_guest() {
     assert!(err.contains(&format!("already being migrated by job {id}")), "the loser names the winner {id}: {err}");
     let jobs = lab.json(&["job", "list"]);
     assert_eq!(job_ids(&jobs), vec![id.clone()], "one job in the whole cluster: {jobs}");
-    lab.ok(&["job", "watch", &id]);
+    // While the winner holds the guest, a third try (to the loser's target) is refused the
+    // same way.
     let target = id.rsplit_once('-').unwrap().0.to_string();
+    let other = if target == "host2" { "host3" } else { "host2" };
+    let again = lab.vmove(&["migrate", "vm1", "--to", other, "--mode", "offline", "--ignore-check", "no-outstanding-work"]);
+    assert!(!again.status.success(), "a second job started: {again:?}");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&format!("already being migrated by job {id}")), "{err}");
+    lab.ok(&["job", "resume", &id]);
+    assert!(lab.ok(&["job", "watch", &id]).contains("Done"));
+    assert_eq!(job_ids(&lab.json(&["job", "list"])), vec![id.clone()], "still one job");
     assert_eq!(lab.qemu_hosts("vm1"), vec![target]);
 }
 
