@@ -135,6 +135,70 @@ fn etcd_two_clis_racing_for_one_guest() {
     assert_eq!(lab.qemu_hosts("vm1"), vec![target]);
 }
 
+/// The lab's etcd members: (client URL, namespace), as `lab up` recorded them.
+fn etcd_members(lab: &Lab) -> Vec<(String, String)> {
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let strs = |k: &str| -> Vec<String> { info[k].as_array().unwrap().iter().filter_map(|u| u.as_str().map(String::from)).collect() };
+    strs("etcd_endpoints").into_iter().zip(strs("etcd_namespaces")).collect()
+}
+
+/// The client URL of the etcd member that leads, asked with `etcdctl` and the operator's
+/// certificate.
+fn etcd_leader(lab: &Lab) -> String {
+    let urls: Vec<String> = etcd_members(lab).into_iter().map(|(u, _)| u).collect();
+    let pki = lab.dir.join("pki");
+    wait_for("an etcd leader", Duration::from_secs(30), || {
+        let o = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", urls.join(",")))
+            .arg(format!("--cacert={}", pki.join("ca.pem").display()))
+            .arg(format!("--cert={}", pki.join("operator.pem").display()))
+            .arg(format!("--key={}", pki.join("operator.key").display()))
+            .args(["--command-timeout=3s", "endpoint", "status", "-w", "json"])
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.as_array()?.iter().find_map(|m| {
+            let st = &m["Status"];
+            (st["leader"].as_u64()? == st["header"]["member_id"].as_u64()?).then(|| m["Endpoint"].as_str().map(String::from))?
+        })
+    })
+}
+
+/// One etcd member (the leader) killed while a live migration is held at its switchover:
+/// the other two elect a new leader, the agents' clients move to them, and the migration
+/// completes; no agent's lease lapses and no guest is fenced on the way.
+#[test]
+fn etcd_member_killed_mid_migration() {
+    let lab = Lab::up_etcd("etcdkill", 2, 3);
+    lab.boot_guest("vm1", "host1", "192.0.2.64", BUSY_MB_S, false);
+    let id = lab.ok(&["migrate", "vm1", "--to", "host2", "--pause-at-switchover", "--detach"]).trim().to_string();
+    wait_for("the job held at its switchover", Duration::from_secs(120), || {
+        let j = lab.json(&["job", "show", &id]);
+        assert_eq!(j["status"], "running", "the job ended before its switchover: {j}");
+        j["events"].as_array()?.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("paused"))).then_some(())
+    });
+    let leader = etcd_leader(&lab);
+    let (_, ns) = etcd_members(&lab).into_iter().find(|(u, _)| *u == leader).expect("the leader is a lab member");
+    let pids = Command::new("ip").args(["netns", "pids", &ns]).output().expect("ip netns pids");
+    let pids: Vec<u32> = String::from_utf8_lossy(&pids.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert!(!pids.is_empty(), "no etcd in {ns}");
+    pids.into_iter().for_each(vmove_host::proc::kill9);
+    let killed = Instant::now();
+    lab.ok(&["job", "resume", &id]);
+    let out = lab.ok(&["job", "watch", &id]);
+    assert!(out.contains("Done"), "{out}");
+    eprintln!("etcd leader {leader} killed; the migration ended {:?} later", killed.elapsed());
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()]);
+    assert_eq!(lab.json(&["guest", "show", "vm1"])["state"], "running", "not fenced");
+    let members = lab.json(&["cluster", "members"]);
+    let hosts: Vec<&str> = members.as_array().unwrap().iter().filter_map(|m| m["host"].as_str()).collect();
+    assert_eq!(hosts, ["host1", "host2"], "both leases lived through the election: {members}");
+    lab.wait_log("vm1", "VERIFY OK after the live migration", Duration::from_secs(60), |l| {
+        l.matches("VERIFY OK").count() >= 2 && !l.contains("VERIFY FAIL")
+    });
+}
+
 /// The lab host's namespace runs a command.
 fn in_ns(ns: &str, args: &[&str]) {
     let st = Command::new("ip").args(["netns", "exec", ns]).args(args).status().expect("ip netns exec");
