@@ -6,13 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use vmove_api::server::{EventSink, Service};
-use vmove_api::{GuestLog, Health, Reply, Request, Role, WireError};
+use vmove_api::{GuestLog, Health, MaintenanceState, Reply, Request, Role, WireError};
 
 use crate::claims::claim;
 use crate::error::{fail, Result};
 use crate::guests::Agent;
 use crate::jobs::Jobs;
 use crate::leases::Take;
+use crate::storage::src;
 
 /// The agent's API.
 pub struct Api {
@@ -55,6 +56,12 @@ fn ok(v: impl serde::Serialize) -> Result<Value> {
 }
 
 impl Api {
+    /// `host_drain` (`on`) and `host_undrain`.
+    async fn maintenance(&self, on: bool) -> Result<Value> {
+        let (maintenance, changed) = self.jobs.set_maintenance(on).await?;
+        ok(MaintenanceState { host: self.agent.cfg.name.clone(), maintenance, changed })
+    }
+
     /// Handles one request.
     pub async fn handle(&self, req: Request, role: Role) -> Result<Value> {
         let (agent, jobs) = (&self.agent, &self.jobs);
@@ -67,8 +74,18 @@ impl Api {
                 requests_served: agent.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
             }),
             Request::HostInfo => ok(crate::inventory::host_info(agent).await?),
-            Request::GuestDefine { spec } => ok(agent.define(spec).await?),
-            Request::GuestStart { name } => ok(agent.start(&name).await?),
+            Request::HostDrain => self.maintenance(true).await,
+            Request::HostUndrain => self.maintenance(false).await,
+            // Maintenance: no new guests, and no guest starts (the host is being emptied).
+            // Migrations' own defines and a rollback's start on the source are not refused.
+            Request::GuestDefine { spec } => {
+                agent.refuse_in_maintenance(&format!("a new guest ({})", spec.name))?;
+                ok(agent.define(spec).await?)
+            }
+            Request::GuestStart { name } => {
+                agent.refuse_in_maintenance(&format!("starting guest {name}"))?;
+                ok(agent.start(&name).await?)
+            }
             // An operator's stop is not a migration: it claims nothing.
             Request::GuestStop { name, force, timeout_s } => ok(agent.stop(&name, force, Duration::from_secs(timeout_s)).await?),
             Request::GuestUndefine { name } => {
@@ -182,6 +199,23 @@ impl Api {
                 agent.unclaim(&name).await?;
                 ok(side)
             }
+            Request::PeerLocalVolumes { name } => ok(src::local_volumes(agent, &name)?),
+            Request::PeerMirrorStart { name, disks, nbd, tls_hostname, live, bandwidth_bytes_per_s, job } => {
+                claim(jobs, &name, &job.unwrap_or_else(|| format!("a copy to {nbd}"))).await?;
+                src::mirror_start(agent, &name, &disks, &nbd, tls_hostname, live, bandwidth_bytes_per_s).await?;
+                ok(json!({ "mirroring": name }))
+            }
+            Request::PeerMirrorQuery { name } => ok(src::mirror_query(agent, &name).await?),
+            Request::PeerMirrorWriteBlocking { name } => {
+                src::mirror_write_blocking(agent, &name).await?;
+                ok(json!({ "write_blocking": name }))
+            }
+            Request::PeerMirrorFinish { name } => ok(src::mirror_finish(agent, &name).await?),
+            Request::PeerMirrorAbort { name } => {
+                src::mirror_abort(agent, &name).await?;
+                ok(json!({ "abandoned": name }))
+            }
+            Request::PeerDropVolumes { name, volumes, keep } => ok(src::drop_volumes(agent, &name, &volumes, keep).await?),
         }
     }
 }

@@ -49,6 +49,9 @@ pub trait HostOps: Send + Sync + 'static {
     fn cpu(&self) -> (String, Vec<String>, u32);
     /// The hardware model (DMI product name).
     fn hardware_model(&self) -> String;
+    /// A listening TCP socket on `ip` with a port the kernel chose (for a server that a
+    /// QEMU takes over with `getfd`: no port chosen and released in between).
+    fn listen_tcp(&self, ip: std::net::IpAddr) -> Result<std::net::TcpListener>;
 }
 
 /// The real host.
@@ -170,6 +173,10 @@ impl HostOps for RealHost {
 
     fn hardware_model(&self) -> String {
         std::fs::read_to_string("/sys/class/dmi/id/product_name").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    }
+
+    fn listen_tcp(&self, ip: std::net::IpAddr) -> Result<std::net::TcpListener> {
+        std::net::TcpListener::bind(std::net::SocketAddr::new(ip, 0)).ctx(format!("listen on {ip}"))
     }
 }
 

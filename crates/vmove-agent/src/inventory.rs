@@ -1,12 +1,48 @@
 //! The host inventory: CPU, memory, versions, QEMU features, bridges, pools, consoles,
 //! guests.
+use std::os::unix::fs::MetadataExt;
+
 use vmove_api::{BridgeInfo, HostInfo, PoolInfo};
+use vmove_model::inventory::VolumeInfo;
 
 use crate::error::Result;
 use crate::guests::Agent;
 
 fn writable(p: &std::path::Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// A pool: kind, room on its file system, and for a local pool its volumes (the files
+/// that do not start with a dot).
+fn pool_info(p: &vmove_model::PoolEntry) -> PoolInfo {
+    let (capacity_bytes, free_bytes) = match nix::sys::statvfs::statvfs(&p.path) {
+        Ok(st) => (
+            st.blocks().saturating_mul(st.fragment_size()),
+            st.blocks_available().saturating_mul(st.fragment_size()),
+        ),
+        Err(_) => (0, 0),
+    };
+    let mut volumes = Vec::new();
+    if p.is_local() {
+        for e in std::fs::read_dir(&p.path).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(m) = e.metadata() else { continue };
+            if name.starts_with('.') || !m.is_file() {
+                continue;
+            }
+            volumes.push(VolumeInfo { name, size_bytes: m.len(), allocated_bytes: m.blocks().saturating_mul(512) });
+        }
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    PoolInfo {
+        name: p.name.clone(),
+        path: p.path.display().to_string(),
+        writable: p.path.is_dir() && writable(&p.path),
+        kind: p.kind,
+        capacity_bytes,
+        free_bytes,
+        volumes,
+    }
 }
 
 /// The whole inventory.
@@ -25,12 +61,7 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
             BridgeInfo { name, vlan }
         })
         .collect();
-    let pools = agent
-        .cfg
-        .pools
-        .iter()
-        .map(|p| PoolInfo { name: p.name.clone(), path: p.path.display().to_string(), writable: p.path.is_dir() && writable(&p.path) })
-        .collect();
+    let pools = agent.cfg.pools.iter().map(pool_info).collect();
     Ok(HostInfo {
         name: agent.cfg.name.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -53,5 +84,6 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
         console_ports_in_use: agent.console_ports(),
         console_port_range: agent.cfg.console_ports,
         guests: agent.list(),
+        maintenance: agent.maintenance(),
     })
 }

@@ -7,9 +7,11 @@
 //! - [`migrate_dst`] and [`migrate_src`]: the two halves of live migration, named for the
 //!   host they run on; [`peer`]: calls from target to source;
 //! - [`state`]: typed records in a `vmove_store::StateStore`; [`leases`]: volume leases;
-//!   [`claims`]: source claims; [`fleet`]: on etcd, this host's lease, membership,
-//!   migration claims, the job index, and self-fencing ([`fleet::fence`]);
-//! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks.
+//!   [`claims`]: source claims; [`storage`]: copies of local volumes (both halves);
+//!   [`fleet`]: on etcd, this host's lease, membership, migration claims, the job index,
+//!   and self-fencing ([`fleet::fence`]);
+//! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks;
+//!   [`metrics`]: Prometheus metrics.
 #![warn(missing_docs)]
 
 pub mod claims;
@@ -24,6 +26,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod leases;
 pub mod links;
+pub mod metrics;
 pub mod migrate_dst;
 pub mod migrate_src;
 pub mod peer;
@@ -31,6 +34,7 @@ pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod steps;
+pub mod storage;
 
 #[cfg(test)]
 mod tests;
@@ -127,7 +131,11 @@ async fn run(args: Args) -> Result<()> {
         // Claims this host's guests again on its new lease, then fences by its health.
         tokio::spawn(fleet::fence::run(jobs.clone()));
     }
-    server::serve(Arc::new(dispatch::Api { agent, jobs }), &cfg).await
+    let api = Arc::new(dispatch::Api { agent, jobs });
+    if let Some(addr) = &cfg.metrics_listen {
+        metrics::serve::start(api.clone(), addr).await?;
+    }
+    server::serve(api, &cfg).await
 }
 
 /// The agent's stores, as its configuration says.
@@ -141,12 +149,17 @@ struct Opened {
 /// for its own state, the cluster's for what it shares, a lease kept alive).
 async fn open_store(cfg: &vmove_model::AgentConfig) -> Result<Opened> {
     let mut leases = BTreeMap::new();
+    // A local pool's leases are this host's own (its copy of a volume is not another
+    // host's), in lease files on the pool whatever the store.
+    let file_leases = |p: &vmove_model::PoolEntry| -> Result<leases::Leases> {
+        let s = vmove_store::FileStore::open(p.path.join(".vmove-leases"))
+            .with_ctx(|| format!("open the leases of pool {}", p.name))?;
+        Ok(leases::Leases::new(Arc::new(s), ""))
+    };
     if cfg.store.kind == vmove_model::StoreKind::File {
         let store = vmove_store::FileStore::open(&cfg.state_dir).ctx("open the state store")?;
         for p in &cfg.pools {
-            let s = vmove_store::FileStore::open(p.path.join(".vmove-leases"))
-                .with_ctx(|| format!("open the leases of pool {}", p.name))?;
-            leases.insert(p.name.clone(), leases::Leases::new(Arc::new(s), ""));
+            leases.insert(p.name.clone(), file_leases(p)?);
         }
         return Ok(Opened { state: Arc::new(store), leases, fleet: None });
     }
@@ -159,7 +172,12 @@ async fn open_store(cfg: &vmove_model::AgentConfig) -> Result<Opened> {
     let policy = vmove_store::LeasePolicy::with_ttl(std::time::Duration::from_secs(cfg.lease_ttl_s));
     let fleet = fleet::Fleet::join(Arc::new(cluster), &cfg.name, &cfg.listen, policy).await?;
     for p in &cfg.pools {
-        leases.insert(p.name.clone(), leases::Leases::on_fleet(fleet.clone(), &vmove_registry::keys::volume_leases(&p.name)));
+        let l = if p.is_local() {
+            file_leases(p)?
+        } else {
+            leases::Leases::on_fleet(fleet.clone(), &vmove_registry::keys::volume_leases(&p.name))
+        };
+        leases.insert(p.name.clone(), l);
     }
     tracing::info!(namespace, endpoints = ?cfg.store.endpoints, "state on etcd");
     Ok(Opened { state: Arc::new(own), leases, fleet: Some(fleet) })

@@ -100,7 +100,7 @@ fn parameters(p: &MigrationParams, s: &SideSetup, tls_hostname: Option<String>) 
 }
 
 /// Writes QEMU's credential directory (`ca-cert.pem`, `<role>-cert.pem`, `<role>-key.pem`).
-fn tls_dir(agent: &Agent, run: &Path, role: &str) -> Result<PathBuf> {
+pub(crate) fn tls_dir(agent: &Agent, run: &Path, role: &str) -> Result<PathBuf> {
     let dir = run.join(format!("tls-{role}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::copy(&agent.cfg.ca, dir.join("ca-cert.pem")).ctx("copy the CA certificate")?;

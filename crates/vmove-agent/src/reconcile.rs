@@ -139,6 +139,7 @@ impl Agent {
             guest.qmp = qmp.ok();
         }
         tracing::info!(guest = %name, pid, ?state, "re-adopted QEMU");
+        self.metrics.readopted();
         let exit = self.host.wait_exit(pid);
         self.watch_exit(name, pid, exit);
         Ok(())

@@ -9,6 +9,7 @@
 //! | `migrations/<guest>` | [`MigRec`] | where a migration to this host stands |
 //! | `claims/<guest>` | [`Claim`] | a migration away from this host holds the guest |
 //! | `journal/<seq>` | [`IntentRec`] | what the agent is about to do (removed once done) |
+//! | `host/maintenance` | [`MaintenanceRec`] | the host is in maintenance (absent: it is not) |
 //!
 //! On etcd these keys live in the host's own namespace (`/vmove/<cluster>/hosts/<host>/`);
 //! what every host and operator shares (the job index, migration claims, ownership,
@@ -77,6 +78,18 @@ impl Record for Claim {
     const KIND: &'static str = "claim";
     const VERSION: u32 = 1;
 }
+
+/// The host is in maintenance (`vmove host drain`) since `since_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MaintenanceRec(pub vmove_model::inventory::Maintenance);
+impl Record for MaintenanceRec {
+    const KIND: &'static str = "maintenance";
+    const VERSION: u32 = 1;
+}
+
+/// Key of the maintenance record.
+pub const MAINTENANCE_KEY: &str = "host/maintenance";
 
 /// What the agent was about to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -54,6 +54,10 @@ pub struct JobSpec {
     /// `job_resume`.
     #[serde(default)]
     pub pause_at_switchover: bool,
+    /// Refuse the job with `at_limit` when the target already runs this many migrations in
+    /// (drains and evacuations pass their per-host inbound limit; `None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_incoming: Option<u32>,
     /// What the prechecks measured: the guest's dirty rate, bytes/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty_rate_bytes_per_s: Option<u64>,
@@ -179,6 +183,13 @@ pub struct Summary {
     /// Memory passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passes: Option<u64>,
+    /// Bytes of local volumes copied (COPY_VOLUMES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// How long the copy of the local volumes took until every mirror was in sync (LIVE)
+    /// or the copy was complete (OFFLINE), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_copy_ms: Option<u64>,
 }
 
 /// Something that happened in a job.
@@ -237,6 +248,18 @@ pub enum EventKind {
         /// Figures.
         summary: Summary,
     },
+}
+
+impl EventKind {
+    /// The line of an escalation of a live migration's convergence ladder (what was done
+    /// and why), if this is one. `vmoved`'s metrics
+    /// count them and `vmove job plot` marks them.
+    pub fn escalation(&self) -> Option<&str> {
+        match self {
+            EventKind::Escalation { action, .. } => Some(action),
+            _ => None,
+        }
+    }
 }
 
 /// An event with its sequence number and time.

@@ -20,12 +20,14 @@
 //! ([`Request::allowed_for`]).
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 pub mod client;
 pub mod server;
 mod job;
 pub mod operator;
 mod outage;
 pub mod pki;
+mod storage;
 pub mod tls;
 mod validate;
 mod wire;
@@ -34,6 +36,7 @@ pub use client::{one_line, AgentClient, ClientError};
 pub use operator::{operator_clients, OperatorError};
 pub use outage::Outage;
 pub use job::*;
+pub use storage::{LocalVolume, MirrorJob, MirrorReport, VolumeRef};
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
 pub use wire::*;
 

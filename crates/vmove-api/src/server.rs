@@ -28,7 +28,12 @@ pub struct EventSink<'a> {
     w: &'a mut (dyn AsyncWrite + Unpin + Send),
 }
 
-impl EventSink<'_> {
+impl<'a> EventSink<'a> {
+    /// A sink writing to `w` (the server's connection; a buffer in tests).
+    pub fn new(w: &'a mut (dyn AsyncWrite + Unpin + Send)) -> EventSink<'a> {
+        EventSink { w }
+    }
+
     /// Sends one line of a streaming reply.
     pub async fn send(&mut self, line: &StreamLine) -> std::io::Result<()> {
         let mut out = serde_json::to_vec(line).map_err(std::io::Error::other)?;

@@ -56,8 +56,14 @@ pub mod limits {
     pub const DIRTY_MB_S: RangeInclusive<u64> = 0..=100_000;
     /// Lab workload working set, MiB: at most the largest guest memory.
     pub const WSS_MIB: RangeInclusive<u64> = 0..=4 << 20;
+    /// A job's `max_incoming`: migrations arriving at one host at once.
+    pub const MAX_INCOMING: RangeInclusive<u64> = 1..=1024;
     /// Length of a guest or volume name (a file name on the host).
     pub const NAME_LEN: RangeInclusive<usize> = 1..=64;
+    /// A disk's index in a guest's disk list (`disk{i}`): far more disks than a guest has.
+    pub const DISK_INDEX: RangeInclusive<u64> = 0..=255;
+    /// How many disks or volumes one storage-copy call names.
+    pub const DISK_COUNT: RangeInclusive<u64> = 1..=256;
 }
 
 /// What a name must look like.
@@ -243,6 +249,9 @@ impl Check {
         if !socket_addr(&j.source.address) {
             return Err(self.bad(format!("{at}.source.address"), &j.source.address, "IP:PORT"));
         }
+        if let Some(n) = j.max_incoming {
+            self.range(format!("{at}.max_incoming"), u64::from(n), limits::MAX_INCOMING)?;
+        }
         self.params(&format!("{at}.params"), &j.params)
     }
 }
@@ -267,7 +276,12 @@ impl Request {
     pub fn validate(&self) -> Result<(), InvalidRequest> {
         let c = Check { op: self.op() };
         match self {
-            Request::Health | Request::HostInfo | Request::GuestList | Request::JobList => Ok(()),
+            Request::Health
+            | Request::HostInfo
+            | Request::HostDrain
+            | Request::HostUndrain
+            | Request::GuestList
+            | Request::JobList => Ok(()),
             Request::GuestDefine { spec } => c.guest("spec", spec),
             Request::JobSubmit { spec } => c.job("spec", spec),
             Request::GuestStop { name, timeout_s, .. } | Request::PeerStopGuest { name, timeout_s, .. } => {
@@ -312,6 +326,32 @@ impl Request {
                 }
                 c.params("params", params)
             }
+            Request::PeerMirrorStart { name, disks, nbd, tls_hostname, bandwidth_bytes_per_s, .. } => {
+                c.name("name", name)?;
+                c.range("disks.len", disks.len() as u64, limits::DISK_COUNT)?;
+                for (i, d) in disks.iter().enumerate() {
+                    c.range(format!("disks[{i}]"), u64::from(*d), limits::DISK_INDEX)?;
+                }
+                if !socket_addr(nbd) {
+                    return Err(c.bad("nbd", nbd, "IP:PORT"));
+                }
+                if let Some(h) = tls_hostname {
+                    c.name("tls_hostname", h)?;
+                }
+                if let Some(b) = bandwidth_bytes_per_s {
+                    c.range("bandwidth_bytes_per_s", *b, limits::BANDWIDTH_BYTES_PER_S)?;
+                }
+                Ok(())
+            }
+            Request::PeerDropVolumes { name, volumes, .. } => {
+                c.name("name", name)?;
+                c.range("volumes.len", volumes.len() as u64, limits::DISK_COUNT)?;
+                for (i, v) in volumes.iter().enumerate() {
+                    c.name(format!("volumes[{i}].pool"), &v.pool)?;
+                    c.name(format!("volumes[{i}].volume"), &v.volume)?;
+                }
+                Ok(())
+            }
             Request::PeerMigrateTune { name, downtime_limit_ms, throttle } => {
                 c.name("name", name)?;
                 if let Some(ms) = downtime_limit_ms {
@@ -343,7 +383,12 @@ impl Request {
             | Request::PeerMigrateQuery { name }
             | Request::PeerMigrateContinue { name }
             | Request::PeerMigrateCancel { name }
-            | Request::PeerMigrateFinish { name } => c.name("name", name),
+            | Request::PeerMigrateFinish { name }
+            | Request::PeerLocalVolumes { name }
+            | Request::PeerMirrorQuery { name }
+            | Request::PeerMirrorWriteBlocking { name }
+            | Request::PeerMirrorFinish { name }
+            | Request::PeerMirrorAbort { name } => c.name("name", name),
         }
     }
 }

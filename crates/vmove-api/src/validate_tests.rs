@@ -33,6 +33,7 @@ fn job() -> JobSpec {
         inject_fault: None,
         pause_before: None,
         pause_at_switchover: false,
+        max_incoming: None,
         dirty_rate_bytes_per_s: None,
         link_bytes_per_s: None,
     }
@@ -170,7 +171,9 @@ fn job_numbers_are_checked_inside_the_job() {
     });
     check(op, "spec.params.multifd_channels", limits::MULTIFD_CHANNELS, U8, |v| submit(|j| j.params.multifd_channels = v as u8));
     check(op, "spec.params.stop_timeout_s", limits::STOP_TIMEOUT_S, u64::MAX, |v| submit(|j| j.params.stop_timeout_s = v));
+    check(op, "spec.max_incoming", limits::MAX_INCOMING, U32, |v| submit(|j| j.max_incoming = Some(v as u32)));
     assert_eq!(submit(|j| j.params.bandwidth_bytes_per_s = None).validate(), Ok(()));
+    assert_eq!(submit(|j| j.max_incoming = None).validate(), Ok(()));
 }
 
 #[test]
@@ -264,4 +267,112 @@ fn decode_parses_then_validates() {
     for r in [submit(|_| {}), migrate_out(|_| {}), define(|_| {}), Request::PeerGuest { name: "vm1".into(), claim: Some("the migration to host2".into()) }] {
         assert_eq!(decode_request(&serde_json::to_string(&r).unwrap()).unwrap(), r);
     }
+}
+
+fn mirror_start(f: impl Fn(&mut Request)) -> Request {
+    let mut r = Request::PeerMirrorStart {
+        name: "vm1".into(),
+        disks: vec![0, 1],
+        nbd: "198.51.100.3:40123".into(),
+        tls_hostname: Some("host2".into()),
+        live: true,
+        bandwidth_bytes_per_s: None,
+        job: Some("the migration to host2".into()),
+    };
+    f(&mut r);
+    r
+}
+
+#[test]
+fn storage_copy_calls() {
+    assert_eq!(mirror_start(|_| {}).validate(), Ok(()));
+    check("peer_mirror_start", "disks[1]", limits::DISK_INDEX, U32, |v| {
+        mirror_start(|r| {
+            if let Request::PeerMirrorStart { disks, .. } = r {
+                disks[1] = u32::try_from(v).unwrap_or(u32::MAX);
+            }
+        })
+    });
+    check("peer_mirror_start", "bandwidth_bytes_per_s", limits::BANDWIDTH_BYTES_PER_S, u64::MAX, |v| {
+        mirror_start(|r| {
+            if let Request::PeerMirrorStart { bandwidth_bytes_per_s, .. } = r {
+                *bandwidth_bytes_per_s = Some(v);
+            }
+        })
+    });
+    let none = mirror_start(|r| {
+        if let Request::PeerMirrorStart { disks, .. } = r {
+            disks.clear();
+        }
+    });
+    assert_eq!(none.validate().unwrap_err().to_string(), "peer_mirror_start: disks.len 0 is out of range (1..=256)");
+    let many = mirror_start(|r| {
+        if let Request::PeerMirrorStart { disks, .. } = r {
+            *disks = vec![0; 257];
+        }
+    });
+    assert_eq!(many.validate().unwrap_err().to_string(), "peer_mirror_start: disks.len 257 is out of range (1..=256)");
+    for bad in ["198.51.100.3", "198.51.100.3:0", "host2:40123", "unix:/tmp/x"] {
+        let r = mirror_start(|r| {
+            if let Request::PeerMirrorStart { nbd, .. } = r {
+                *nbd = bad.into();
+            }
+        });
+        assert_eq!(r.validate().unwrap_err().to_string(), format!("peer_mirror_start: nbd {bad:?} is not IP:PORT"));
+    }
+    let r = mirror_start(|r| {
+        if let Request::PeerMirrorStart { tls_hostname, .. } = r {
+            *tls_hostname = Some("host2,tls-creds=x".into());
+        }
+    });
+    assert!(matches!(r.validate(), Err(InvalidRequest::BadName { .. })), "{r:?}");
+    let drop = |pool: &str, volume: &str| Request::PeerDropVolumes {
+        name: "vm1".into(),
+        volumes: vec![crate::VolumeRef { pool: pool.into(), volume: volume.into() }],
+        keep: false,
+    };
+    assert_eq!(drop("local", "vm1-data.img").validate(), Ok(()));
+    let e = drop("local", "../shared/x.img").validate().unwrap_err();
+    assert!(e.to_string().starts_with("peer_drop_volumes: volumes[0].volume \"../shared/x.img\" is not a valid name"), "{e}");
+    let e = drop("..", "x.img").validate().unwrap_err();
+    assert!(e.to_string().starts_with("peer_drop_volumes: volumes[0].pool"), "{e}");
+    let e = Request::PeerDropVolumes { name: "vm1".into(), volumes: vec![], keep: true }.validate().unwrap_err();
+    assert_eq!(e.to_string(), "peer_drop_volumes: volumes.len 0 is out of range (1..=256)");
+    for r in [
+        Request::PeerLocalVolumes { name: "..".into() },
+        Request::PeerMirrorQuery { name: "a/b".into() },
+        Request::PeerMirrorWriteBlocking { name: "".into() },
+        Request::PeerMirrorFinish { name: ".x".into() },
+        Request::PeerMirrorAbort { name: "x y".into() },
+    ] {
+        assert!(matches!(r.validate(), Err(InvalidRequest::BadName { .. })), "{r:?}");
+        assert!(r.allowed_for(&crate::Role::Host), "{r:?}: a peer call");
+    }
+    let r = mirror_start(|_| {});
+    assert!(r.allowed_for(&crate::Role::Host));
+    assert_eq!(decode_request(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+}
+
+#[test]
+fn maintenance_calls_are_for_operators_only() {
+    for (line, want) in [(r#"{"op":"host_drain"}"#, Request::HostDrain), (r#"{"op":"host_undrain"}"#, Request::HostUndrain)] {
+        let r = decode_request(line).unwrap();
+        assert_eq!(r, want);
+        assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        assert!(r.allowed_for(&crate::Role::Operator), "{line}");
+        assert!(!r.allowed_for(&crate::Role::Host), "a peer may not put a host in maintenance: {line}");
+    }
+    assert_eq!(Request::HostDrain.op(), "host_drain");
+    assert_eq!(Request::HostUndrain.op(), "host_undrain");
+}
+
+#[test]
+fn a_job_without_max_incoming_reads_as_before() {
+    let mut v = serde_json::to_value(job()).unwrap();
+    assert!(v.get("max_incoming").is_none(), "not sent when absent: {v}");
+    v["max_incoming"] = 2.into();
+    let j: JobSpec = serde_json::from_value(v).unwrap();
+    assert_eq!(j.max_incoming, Some(2));
+    let code: crate::ErrorCode = serde_json::from_str("\"at_limit\"").unwrap();
+    assert_eq!((code, code.as_str()), (crate::ErrorCode::AtLimit, "at_limit"));
 }

@@ -1,7 +1,7 @@
 //! Wire types of the agent API.
 use serde::{Deserialize, Serialize};
 use vmove_model::GuestSpec;
-pub use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
+pub use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, Maintenance, PoolInfo};
 
 /// Who is calling, from the client certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,11 @@ pub enum Request {
     Health,
     /// The host inventory.
     HostInfo,
+    /// Put this host in maintenance (`vmove host drain`): no new guests, no guest starts,
+    /// no migrations in; the guests already here keep running. Idempotent.
+    HostDrain,
+    /// End this host's maintenance (`vmove host undrain`). Idempotent.
+    HostUndrain,
     /// Persist a guest definition on this host (checks resources and uniqueness).
     GuestDefine {
         /// The definition.
@@ -233,6 +238,70 @@ pub enum Request {
         /// Guest name.
         name: String,
     },
+    /// Peer: the guest's volumes in this host's local pools and their sizes (the target
+    /// creates its copies with them).
+    PeerLocalVolumes {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: start copying the guest's local volumes into the target's NBD exports: a
+    /// mirror job per disk (`vmove-mirror-disk{i}` into NBD node `vmove-nbd-disk{i}`, export
+    /// `vmove-export-disk{i}`). LIVE mirrors from the running guest's QEMU; OFFLINE from a
+    /// storage helper the source starts on the stopped guest's volumes.
+    PeerMirrorStart {
+        /// Guest name.
+        name: String,
+        /// The disks to copy: indices in the guest's disk list (each in a local pool).
+        disks: Vec<u32>,
+        /// The target's NBD server, `IP:PORT`.
+        nbd: String,
+        /// Target name in its certificate (TLS), or none for clear text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls_hostname: Option<String>,
+        /// From the running guest (LIVE) or from its stopped volumes (OFFLINE).
+        live: bool,
+        /// Bandwidth cap of each job, bytes/s (none: unlimited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth_bytes_per_s: Option<u64>,
+        /// The migration job asking (the source refuses a second one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
+    },
+    /// Peer: the guest's mirror jobs.
+    PeerMirrorQuery {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: switch every mirror of the guest to write-blocking (the guest writes faster
+    /// than the copy moves).
+    PeerMirrorWriteBlocking {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: finish the copy: every ready mirror copies what is still dirty and ends (a
+    /// cancel, never a pivot), the NBD client nodes go. LIVE: at the pre-switchover pause.
+    PeerMirrorFinish {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: abandon the copy: every mirror is cancelled at once, the NBD client nodes
+    /// (and an OFFLINE storage helper) go; the guest's own volumes are untouched.
+    PeerMirrorAbort {
+        /// Guest name.
+        name: String,
+    },
+    /// Peer: the guest moved (its copies on the target are its volumes now): release this
+    /// host's leases of its local volumes and delete them (unless `keep`). Refused for a
+    /// volume that a guest defined here uses.
+    PeerDropVolumes {
+        /// Guest name.
+        name: String,
+        /// The volumes, in local pools of this host.
+        volumes: Vec<crate::VolumeRef>,
+        /// Keep the files (release the leases only).
+        #[serde(default)]
+        keep: bool,
+    },
     /// The tail of a guest's serial console log.
     GuestLog {
         /// Guest name.
@@ -280,6 +349,13 @@ impl Request {
                     | Request::PeerMigrateCancel { .. }
                     | Request::PeerMigrateContinue { .. }
                     | Request::PeerMigrateFinish { .. }
+                    | Request::PeerLocalVolumes { .. }
+                    | Request::PeerMirrorStart { .. }
+                    | Request::PeerMirrorQuery { .. }
+                    | Request::PeerMirrorWriteBlocking { .. }
+                    | Request::PeerMirrorFinish { .. }
+                    | Request::PeerMirrorAbort { .. }
+                    | Request::PeerDropVolumes { .. }
             ),
         }
     }
@@ -289,6 +365,8 @@ impl Request {
         match self {
             Request::Health => "health",
             Request::HostInfo => "host_info",
+            Request::HostDrain => "host_drain",
+            Request::HostUndrain => "host_undrain",
             Request::GuestDefine { .. } => "guest_define",
             Request::GuestStart { .. } => "guest_start",
             Request::GuestStop { .. } => "guest_stop",
@@ -322,6 +400,13 @@ impl Request {
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
             Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
             Request::PeerMigrateFinish { .. } => "peer_migrate_finish",
+            Request::PeerLocalVolumes { .. } => "peer_local_volumes",
+            Request::PeerMirrorStart { .. } => "peer_mirror_start",
+            Request::PeerMirrorQuery { .. } => "peer_mirror_query",
+            Request::PeerMirrorWriteBlocking { .. } => "peer_mirror_write_blocking",
+            Request::PeerMirrorFinish { .. } => "peer_mirror_finish",
+            Request::PeerMirrorAbort { .. } => "peer_mirror_abort",
+            Request::PeerDropVolumes { .. } => "peer_drop_volumes",
         }
     }
 }
@@ -361,6 +446,9 @@ pub enum ErrorCode {
     Cancelled,
     /// Test hooks are not available on this agent.
     Disabled,
+    /// The host already runs as many migrations as the request allows (`JobSpec::max_incoming`):
+    /// nothing is wrong, try again when one has ended.
+    AtLimit,
     /// The operation failed past its point of no return (a post-copy migration): it can
     /// be neither rolled back nor retried as it was.
     PastNoReturn,
@@ -390,6 +478,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Disabled => "disabled",
+            ErrorCode::AtLimit => "at_limit",
             ErrorCode::PastNoReturn => "past_no_return",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
@@ -455,6 +544,18 @@ pub struct Health {
     /// Requests it answered since it started.
     #[serde(default)]
     pub requests_served: u64,
+}
+
+/// `host_drain` and `host_undrain` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceState {
+    /// Host name.
+    pub host: String,
+    /// In maintenance since when, if it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// Whether this call changed it (false: it already was so).
+    pub changed: bool,
 }
 
 /// `link_measure` result: the migration link from a source to a target.

@@ -35,7 +35,7 @@ pub struct GuestPlan {
 }
 
 impl GuestPlan {
-    fn boot_opts(&self) -> vmove_lab::image::BootOpts {
+    pub(crate) fn boot_opts(&self) -> vmove_lab::image::BootOpts {
         vmove_lab::image::BootOpts {
             name: self.name.clone(),
             ip: Some(format!("{}/24", self.ip)),
@@ -68,6 +68,8 @@ pub struct Outcome {
     pub samples: Vec<Sample>,
     /// Extra facts.
     pub notes: Vec<String>,
+    /// The target's `RESUME`, QEMU's timestamp, unix µs.
+    pub resumed_us: Option<u64>,
 }
 
 /// Shared by all contenders.
@@ -124,7 +126,7 @@ async fn vmove(ctx: &Ctx<'_>, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-async fn virsh(uri: &str, args: &[&str]) -> Result<String> {
+pub(crate) async fn virsh(uri: &str, args: &[&str]) -> Result<String> {
     let o = tokio::process::Command::new("virsh")
         .arg("-q")
         .arg("-c")
@@ -141,9 +143,6 @@ async fn virsh(uri: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn libvirt<'a>(ctx: &Ctx<'a>) -> Result<&'a Libvirt> {
-    ctx.libvirt.ok_or_else(|| anyhow!("libvirt is not running"))
-}
 
 // ------------------------------------------------------------------------- boot
 
@@ -165,39 +164,11 @@ pub async fn boot(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Running>
             let src = spawn_qemu(ctx.env, 0, g, false).await?;
             Ok(Running::Qemu { src: Some(src), dst: None })
         }
-        Contender::Virsh | Contender::VirshTunnelled => {
-            let lv = libvirt(ctx)?;
-            let dir = ctx.env.dir().join("libvirt");
-            let xml = domain_xml(ctx, g, &dir.join(format!("{}.serial.log", g.name)));
-            let file = dir.join(format!("{}.xml", g.name));
-            std::fs::write(&file, xml)?;
-            virsh(&lv.uri[0], &["create", &file.display().to_string()]).await?;
+        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest => {
+            crate::libvirt::boot(ctx, g).await?;
             Ok(Running::Libvirt)
         }
     }
-}
-
-/// The libvirt domain: the same QEMU binary, machine, CPU model, memory, kernel, initrd,
-/// command line and NIC model as the others (libvirt adds its own defaults besides).
-pub fn domain_xml(ctx: &Ctx<'_>, g: &GuestPlan, serial: &std::path::Path) -> String {
-    let img = &ctx.env.image;
-    format!(
-        "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>1</vcpu>\n  <os>\n    \
-         <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>{k}</kernel>\n    <initrd>{i}</initrd>\n    \
-         <cmdline>{cmd}</cmdline>\n  </os>\n  <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>\n  \
-         <devices>\n    <emulator>/usr/bin/{bin}</emulator>\n    <controller type='usb' model='none'/>\n    \
-         <memballoon model='none'/>\n    <interface type='bridge'>\n      <source bridge='lab-net'/>\n      \
-         <mac address='{mac}'/>\n      <model type='virtio'/>\n    </interface>\n    \
-         <serial type='file'><source path='{serial}' append='on'/></serial>\n  </devices>\n</domain>\n",
-        name = g.name,
-        mem = g.memory_mib,
-        k = img.kernel.display(),
-        i = img.initrd.display(),
-        cmd = vmove_lab::image::cmdline(&g.boot_opts()),
-        bin = qemu::QEMU_BIN,
-        mac = g.mac,
-        serial = serial.display(),
-    )
 }
 
 /// Starts QEMU by hand in host `idx`'s namespace with the agent's command line, a tap on
@@ -205,7 +176,7 @@ pub fn domain_xml(ctx: &Ctx<'_>, g: &GuestPlan, serial: &std::path::Path) -> Str
 async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool) -> Result<QemuProc> {
     let ns = env.host_ns[idx].clone();
     let role = if incoming { "dst" } else { "src" };
-    let tap = format!("bq{}{}", g.n, &role[..1]);
+    let tap = qemu_tap(g, role);
     {
         let tap = tap.clone();
         netns::run_in::<_, anyhow::Error>(&ns, move || {
@@ -295,7 +266,7 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan, running: &mut R
     let r = match (c, running) {
         (Contender::Vmove, _) => migrate_vmove(ctx, g).await,
         (Contender::Qemu, Running::Qemu { src, dst }) => migrate_qemu(ctx, g, src, dst).await,
-        (Contender::Virsh | Contender::VirshTunnelled, _) => migrate_libvirt(ctx, c, g).await,
+        (Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest, _) => crate::libvirt::migrate(ctx, c, g).await,
         (Contender::Control, _) => {
             tokio::time::sleep(CONTROL_WAIT).await;
             Ok(Outcome {
@@ -331,9 +302,13 @@ async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
     let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
     let mut out = Outcome::default();
     let mut ended = None;
+    let mut job = None;
     let hard = ctx.budget + Duration::from_secs(120);
     let read = async {
         while let Ok(Some(line)) = lines.next_line().await {
+            if job.is_none() {
+                job = parse::vmove_job_id(&line);
+            }
             match parse::vmove_line(&line) {
                 Some(VmoveLine::Progress { at_ms, remaining_bytes, transferred_bytes }) => out.samples.push(Sample {
                     t_ms: at_ms.saturating_sub(t0_unix),
@@ -362,6 +337,12 @@ async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
             out.transferred_bytes = transferred_bytes;
             out.passes = passes;
             out.notes.push(format!("job total {total_ms} ms"));
+            if let Some(id) = &job {
+                if let Some(o) = job_outage(ctx, id).await {
+                    out.resumed_us = o.dst_resumed_us;
+                    out.notes.push(format!("vmove's own outage record (not used for the figures): {}", o.line()));
+                }
+            }
             if out.converged {
                 let last = out.samples.last().map(|s| s.transferred_bytes).unwrap_or(0);
                 out.samples.push(Sample { t_ms: total, remaining_bytes: 0, transferred_bytes: transferred_bytes.unwrap_or(last) });
@@ -393,6 +374,7 @@ async fn migrate_qemu(ctx: &Ctx<'_>, g: &GuestPlan, src: &mut Option<QemuProc>, 
             on.join(", ")
         ));
     }
+    let resumed = resume_time(&dq);
     sq.migrate(&uri).await.context("migrate")?;
     let started = Instant::now();
     let mut cancelled = false;
@@ -432,6 +414,8 @@ async fn migrate_qemu(ctx: &Ctx<'_>, g: &GuestPlan, src: &mut Option<QemuProc>, 
         }
         out.converged = true;
         out.downtime_ms = last.downtime;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        out.resumed_us = *resumed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = src.take() {
             s.stop().await;
         }
@@ -448,77 +432,82 @@ async fn migrate_qemu(ctx: &Ctx<'_>, g: &GuestPlan, src: &mut Option<QemuProc>, 
     Ok(out)
 }
 
-async fn migrate_libvirt(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Outcome> {
-    let lv = libvirt(ctx)?;
-    let mut args: Vec<String> = vec!["migrate".into(), "--live".into()];
-    if c == Contender::VirshTunnelled {
-        args.extend(["--p2p".into(), "--tunnelled".into()]);
-    }
-    args.extend([g.name.clone(), lv.uri[1].clone()]);
-    if c == Contender::Virsh {
-        // The target's host name is the same in every namespace: name its address.
-        args.extend(["--migrateuri".into(), format!("tcp://{}", ctx.env.host_ip[1])]);
-    }
-    let t0 = Instant::now();
-    let mut out = Outcome::default();
-    let mut child = tokio::process::Command::new("virsh")
-        .arg("-c")
-        .arg(&lv.uri[0])
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("run virsh migrate")?;
-    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-    let err_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
-    let mut aborted = false;
-    let hard = ctx.budget + Duration::from_secs(120);
-    let status = loop {
-        tokio::select! {
-            st = child.wait() => break st?,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                let now = ms(t0.elapsed());
-                if let Ok(text) = virsh(&lv.uri[0], &["domjobinfo", &g.name, "--rawstats"]).await {
-                    if let Some(s) = parse::virsh_sample(&parse::virsh_rawstats(&text), now) {
-                        out.samples.push(s);
-                    }
+/// Follows a QEMU's events; the first `RESUME`'s timestamp, unix µs.
+fn resume_time(q: &Qmp) -> std::sync::Arc<std::sync::Mutex<Option<u64>>> {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mut rx = q.subscribe();
+    let s = slot.clone();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.event == "RESUME" => {
+                    let at = e.timestamp.as_ref().and_then(|t| {
+                        u64::try_from(t.seconds).ok()?.checked_mul(1_000_000)?.checked_add(u64::try_from(t.microseconds).ok()?)
+                    });
+                    *s.lock().unwrap_or_else(|p| p.into_inner()) = at;
+                    break;
                 }
-                if !aborted && t0.elapsed() > ctx.budget {
-                    let _ = virsh(&lv.uri[0], &["domjobabort", &g.name]).await;
-                    aborted = true;
-                    out.error = Some(format!("not converged after {} s: domjobabort", ctx.budget.as_secs()));
-                }
-                if t0.elapsed() > hard {
-                    let _ = child.kill().await;
-                    bail!("virsh migrate did not end within {} s", hard.as_secs());
-                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
             }
         }
-    };
-    let total = ms(t0.elapsed());
-    out.total_ms = Some(total);
-    let err = err_task.await.unwrap_or_default();
-    if status.success() && !aborted {
-        out.converged = true;
-        let text = virsh(&lv.uri[1], &["domjobinfo", &g.name, "--completed", "--rawstats"]).await?;
-        let st = parse::virsh_rawstats(&text);
-        out.downtime_ms = st.get("downtime").copied();
-        out.qemu_total_ms = st.get("time_elapsed").copied();
-        out.transferred_bytes = st.get("memory_processed").or_else(|| st.get("data_processed")).copied();
-        out.passes = st.get("memory_iteration").copied();
-        out.touched_bytes = parse::virsh_touched(&st);
-        out.notes.push("migration time is libvirt's time_elapsed; downtime is libvirt's (from QEMU)".into());
-        out.samples.push(Sample { t_ms: total, remaining_bytes: 0, transferred_bytes: out.transferred_bytes.unwrap_or(0) });
-    } else if out.error.is_none() {
-        out.error = Some(err.trim().to_string());
+    });
+    slot
+}
+
+/// vmove's own outage record of a job (`vmove --json job show`), once it has the target's
+/// first frame (it is completed a moment after the job ends); at most 5 s of waiting.
+async fn job_outage(ctx: &Ctx<'_>, job: &str) -> Option<vmove_api::Outage> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = vmove(ctx, &["--json", "job", "show", job])
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| serde_json::from_value::<vmove_api::Outage>(v.get("outage")?.clone()).ok());
+        if o.as_ref().is_some_and(|o| o.dst_first_frame_us.is_some()) || Instant::now() > deadline {
+            return o;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(out)
+}
+
+/// vmove's prediction for the move: `vmove --json migrate --precheck` (it measures the
+/// guest's dirty rate and reuses a link measurement up to 10 minutes old).
+pub async fn precheck(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<crate::model::Prediction> {
+    let budget = format!("{}s", ctx.budget.as_secs());
+    let o = tokio::process::Command::new(ctx.env.bin_dir.join("vmove"))
+        .args(["--json", "migrate", &g.name, "--to", "host2", "--timeout", &budget, "--precheck"])
+        .env("VMOVE_CLUSTER", &ctx.env.info.cluster_file)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run vmove migrate --precheck")?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    parse::prediction(&text).ok_or_else(|| {
+        anyhow!("no predicted-convergence finding: {} {}", text.trim(), String::from_utf8_lossy(&o.stderr).trim())
+    })
+}
+
+/// The guest's tap on host1 and on host2, the contender's way (None: it does not migrate).
+pub fn taps(c: Contender, g: &GuestPlan) -> Option<(String, String)> {
+    match c {
+        Contender::Vmove => {
+            let t = vmove_host::tap::tap_name(&g.name, 0);
+            Some((t.clone(), t))
+        }
+        Contender::Qemu => Some((qemu_tap(g, "src"), qemu_tap(g, "dst"))),
+        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest => {
+            let t = crate::libvirt::tap(g);
+            Some((t.clone(), t))
+        }
+        Contender::Control => None,
+    }
+}
+
+fn qemu_tap(g: &GuestPlan, role: &str) -> String {
+    format!("bq{}{}", g.n, &role[..1])
 }
 
 // ------------------------------------------------------------------------- console
@@ -535,7 +524,7 @@ pub async fn console(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> String {
             })
             .collect::<Vec<_>>()
             .join(""),
-        Contender::Virsh | Contender::VirshTunnelled => {
+        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest => {
             std::fs::read_to_string(ctx.env.dir().join("libvirt").join(format!("{}.serial.log", g.name))).unwrap_or_default()
         }
     }

@@ -13,6 +13,9 @@ pub enum Contender {
     Virsh,
     /// `virsh migrate --live --p2p --tunnelled` (the stream goes through libvirtd).
     VirshTunnelled,
+    /// `virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy`: libvirt's
+    /// best convergence (throttling during pre-copy, post-copy after the first pass).
+    VirshBest,
     /// No migration: the hand-started guest stays where it is for as long as a migration
     /// takes (the probes' floor, and how often the guest breaks without a migration).
     Control,
@@ -20,8 +23,18 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 5] =
-        [Contender::Vmove, Contender::Qemu, Contender::Virsh, Contender::VirshTunnelled, Contender::Control];
+    pub const ALL: [Contender; 6] = [
+        Contender::Vmove,
+        Contender::Qemu,
+        Contender::Virsh,
+        Contender::VirshBest,
+        Contender::VirshTunnelled,
+        Contender::Control,
+    ];
+
+    /// The contenders of a run without `--contenders` (tunnelled virsh is left out: pass it by name).
+    pub const DEFAULT: [Contender; 5] =
+        [Contender::Vmove, Contender::Qemu, Contender::Virsh, Contender::VirshBest, Contender::Control];
 
     /// Short name (command line, JSON, file names).
     pub fn id(self) -> &'static str {
@@ -30,6 +43,7 @@ impl Contender {
             Contender::Qemu => "qemu",
             Contender::Virsh => "virsh",
             Contender::VirshTunnelled => "virsh-tunnelled",
+            Contender::VirshBest => "virsh-best",
             Contender::Control => "control",
         }
     }
@@ -41,6 +55,7 @@ impl Contender {
             Contender::Qemu => "QEMU by hand (QEMU defaults)",
             Contender::Virsh => "virsh migrate --live",
             Contender::VirshTunnelled => "virsh migrate --live --tunnelled",
+            Contender::VirshBest => "virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy",
             Contender::Control => "no migration (control)",
         }
     }
@@ -57,7 +72,7 @@ impl Contender {
 
     /// Whether it needs libvirt.
     pub fn is_libvirt(self) -> bool {
-        matches!(self, Contender::Virsh | Contender::VirshTunnelled)
+        matches!(self, Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest)
     }
 }
 
@@ -69,13 +84,20 @@ pub enum Workload {
     Idle,
     /// HTTP requests from the client while the guest dirties 20 MB/s.
     Http20,
-    /// Dirtying at a rate near the migration link's measured throughput.
+    /// Dirtying at a rate near the migration link's measured throughput (`--near-fraction`
+    /// of the capped link; the QEMU 7.2 report's third workload).
     NearLink,
+    /// Dirtying at twice the capped migration link's measured throughput (`--link-factor`):
+    /// plain pre-copy cannot converge.
+    TwoXLink,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 3] = [Workload::Idle, Workload::Http20, Workload::NearLink];
+    pub const ALL: [Workload; 4] = [Workload::Idle, Workload::Http20, Workload::NearLink, Workload::TwoXLink];
+
+    /// The workloads of a run without `--workloads`.
+    pub const DEFAULT: [Workload; 3] = [Workload::Idle, Workload::Http20, Workload::TwoXLink];
 
     /// Short name.
     pub fn id(self) -> &'static str {
@@ -83,7 +105,13 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Http20 => "http-20",
             Workload::NearLink => "near-link",
+            Workload::TwoXLink => "2x-link",
         }
+    }
+
+    /// Whether its cells run on the capped link, dirtying in proportion to it.
+    pub fn on_capped_link(self) -> bool {
+        matches!(self, Workload::NearLink | Workload::TwoXLink)
     }
 
     /// Parses [`Workload::id`].
@@ -143,7 +171,9 @@ impl CellSpec {
             Workload::Http20 => {
                 format!("HTTP served while dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib)
             }
-            Workload::NearLink => format!("dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib),
+            Workload::NearLink | Workload::TwoXLink => {
+                format!("dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib)
+            }
         };
         let link = match self.link_cap_mbit {
             Some(c) => format!("link capped at {c} Mbit/s"),
@@ -191,6 +221,92 @@ pub struct Outage {
     /// Longest time without an HTTP answer, ms (HTTP workload only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_longest_gap_ms: Option<u64>,
+    /// UDP requests sent inside the measurement window (from the migration command's start
+    /// to 300 ms before the probes stop, so that every one had time to come back).
+    #[serde(default)]
+    pub udp_window_sent: u64,
+    /// Of those, requests never answered (frames lost at the switchover, or anywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_lost: Option<u64>,
+    /// Requests never answered of those sent at the switchover: from 50 ms before the
+    /// guest's last frame on the source tap to 50 ms after its first answer on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_lost_switchover: Option<u64>,
+}
+
+impl Outage {
+    /// Lost at the switchover where the wire saw one, else lost in the whole window (the
+    /// control, or a run without frame watches).
+    pub fn lost_at_switchover(&self) -> Option<u64> {
+        self.udp_lost_switchover.or(self.udp_lost)
+    }
+}
+
+/// What the network saw: a packet-socket frame watch (kernel timestamps) on the guest's tap
+/// in each host namespace, for every contender alike.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wire {
+    /// The tap watched on host1 (source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_tap: Option<String>,
+    /// The tap watched on host2 (target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_tap: Option<String>,
+    /// Frames from the guest seen on the source tap.
+    pub src_frames: u64,
+    /// Frames from the guest seen on the target tap (RARPs included).
+    pub dst_frames: u64,
+    /// The guest's last frame on the source tap before its first on the target, unix µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_last_frame_us: Option<u64>,
+    /// The guest's first frame on the target tap (not a RARP), unix µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_first_frame_us: Option<u64>,
+    /// The first RARP (QEMU's announce) on the target tap, unix µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_rarp_us: Option<u64>,
+    /// The target's vCPUs run: QEMU's `RESUME` event on the target, unix µs (QEMU's own
+    /// timestamp, read the contender's way: QMP, `virsh qemu-monitor-event`, vmove's job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_resumed_us: Option<u64>,
+}
+
+fn span_ms(from: Option<u64>, to: Option<u64>) -> Option<f64> {
+    match (from, to) {
+        (Some(a), Some(b)) => Some((b as f64 - a as f64) / 1000.0),
+        _ => None,
+    }
+}
+
+impl Wire {
+    /// The guest's last frame on the source to its first on the target, ms.
+    pub fn blackout_ms(&self) -> Option<f64> {
+        span_ms(self.src_last_frame_us, self.dst_first_frame_us)
+    }
+
+    /// The guest's last frame on the source to the target's first RARP, ms.
+    pub fn rarp_ms(&self) -> Option<f64> {
+        span_ms(self.src_last_frame_us, self.dst_rarp_us)
+    }
+
+    /// The target's cold start: its `RESUME` to the guest's first frame there, ms.
+    pub fn cold_start_ms(&self) -> Option<f64> {
+        span_ms(self.dst_resumed_us, self.dst_first_frame_us)
+    }
+}
+
+/// vmove's own prediction before the move: the `predicted-convergence` finding of
+/// `vmove migrate --precheck --json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The finding's verdict (pass, warn, fail).
+    pub verdict: String,
+    /// Its reason, as printed.
+    pub reason: String,
+    /// The time it predicts for the move, s (its first "about …"), if it gives one for
+    /// the move as asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_s: Option<f64>,
 }
 
 /// One migration by one contender.
@@ -209,8 +325,13 @@ pub struct RunResult {
     /// What went wrong, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The contender's whole operation, wall clock, ms.
+    /// From the contender's command start to the guest answering on the target (the first UDP
+    /// echo after the guest's first frame on the target tap), ms.
     pub total_ms: Option<u64>,
+    /// The contender's command, wall clock, ms (it may end before or after the guest answers
+    /// on the target: post-copy, cleanup of the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_ms: Option<u64>,
     /// QEMU's `total-time` of the memory migration, ms.
     pub qemu_total_ms: Option<u64>,
     /// QEMU's downtime, ms.
@@ -227,6 +348,12 @@ pub struct RunResult {
     pub dirty_rate_mb_s: Option<f64>,
     /// The client's view.
     pub outage: Outage,
+    /// The network's view of the switchover.
+    #[serde(default)]
+    pub wire: Wire,
+    /// vmove's prediction (vmove only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Prediction>,
     /// Whether the guest answered TCP echo on the target afterwards (or on the source, if not converged).
     pub answers_after: bool,
     /// The first console line showing that the guest was damaged (oops, failed verification), if any.
@@ -252,6 +379,7 @@ impl RunResult {
             converged: false,
             error: None,
             total_ms: None,
+            command_ms: None,
             qemu_total_ms: None,
             downtime_ms: None,
             transferred_bytes: None,
@@ -260,6 +388,8 @@ impl RunResult {
             passes: None,
             dirty_rate_mb_s: None,
             outage: Outage::default(),
+            wire: Wire::default(),
+            prediction: None,
             answers_after: false,
             damage: None,
             verify_ok: 0,
@@ -332,8 +462,11 @@ pub struct Settings {
     pub budget_s: u64,
     /// Near-link dirty rate as a fraction of the capped link's throughput.
     pub near_fraction: f64,
-    /// Working set of the near-link workload, MiB.
+    /// Working set of the capped-link workloads, MiB.
     pub near_wss_mib: u32,
+    /// 2x-link dirty rate as a multiple of the capped link's throughput.
+    #[serde(default)]
+    pub link_factor: f64,
     /// Quick mode.
     pub quick: bool,
 }

@@ -7,7 +7,17 @@ use anyhow::{bail, Result};
 
 use crate::contenders::{self, Ctx, GuestPlan};
 use crate::model::{CellSpec, Contender, RunResult};
+use crate::wire::{self, TapWatch};
 use crate::{parse, probes, stats};
+
+/// How long after the migration command ends the probes go on.
+const AFTER: Duration = Duration::from_secs(2);
+/// UDP requests sent in the last this-many ms of the window are not counted as lost or not
+/// (their echo may still be on its way when the probe stops).
+const LATE_MS: u64 = 300;
+/// The switchover's UDP window reaches this far before the guest's last frame on the source
+/// and after its first answer on the target.
+const SWITCH_MARGIN_MS: u64 = 50;
 
 fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
     let short = match c {
@@ -15,6 +25,7 @@ fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
         Contender::Qemu => "bq",
         Contender::Virsh => "bl",
         Contender::VirshTunnelled => "bt",
+        Contender::VirshBest => "bb",
         Contender::Control => "bc",
     };
     GuestPlan {
@@ -83,6 +94,13 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     if let (Some(a), Some(b)) = (p1, p2) {
         r.dirty_rate_mb_s = Some(b.saturating_sub(a) as f64 * 4096.0 / t1.elapsed().as_secs_f64() / 1e6);
     }
+    // vmove's prediction, as its precheck prints it.
+    if c == Contender::Vmove {
+        match contenders::precheck(ctx, g).await {
+            Ok(p) => r.prediction = Some(p),
+            Err(e) => r.notes.push(format!("no prediction: {e:#}")),
+        }
+    }
     // Probes.
     let udp = probes::UdpStream::start(&client, echo)?;
     let tcp = match probes::TcpEcho::start(&client, echo) {
@@ -93,15 +111,26 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
         }
     };
     let load = if cell.http_load { Some(probes::HttpLoad::start(&client, http, Duration::from_millis(20))?) } else { None };
+    // The wire: the guest's tap in each host namespace.
+    let mut watches = Vec::new();
+    if let Some((src_tap, dst_tap)) = contenders::taps(c, g) {
+        for (ns, tap) in [(&ctx.env.host_ns[0], src_tap), (&ctx.env.host_ns[1], dst_tap)] {
+            match TapWatch::start(ns, &tap) {
+                Ok(w) => watches.push(w),
+                Err(e) => r.notes.push(format!("no frame watch on {tap} in {ns}: {e:#}")),
+            }
+        }
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     if udp.received() == 0 {
         r.notes.push("no UDP echo before the migration".into());
     }
     let t_mig = Instant::now();
     let out = contenders::migrate(ctx, c, g, running).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(AFTER).await;
     let t_end = Instant::now();
     let u = tokio::task::spawn_blocking(move || udp.stop()).await?;
+    let frames = tokio::task::spawn_blocking(move || watches.into_iter().map(TapWatch::stop).collect::<Vec<_>>()).await?;
     let t = match tcp {
         Some(s) => Some(tokio::task::spawn_blocking(move || s.stop()).await?),
         None => None,
@@ -114,6 +143,9 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     r.outage.udp_received = u.at_ms.len() as u64;
     r.outage.udp_longest_gap_ms = (!u.at_ms.is_empty()).then(|| stats::longest_gap(&u.at_ms, u.ms(t_mig), u.ms(t_end)));
     r.outage.udp_gaps = stats::gaps(&u.at_ms, u.ms(t_mig), u.ms(t_end), 20);
+    let (in_window, lost) = stats::lost(&u.sent_at_ms, &u.echoed, u.ms(t_mig), u.ms(t_end).saturating_sub(LATE_MS));
+    r.outage.udp_window_sent = in_window;
+    r.outage.udp_lost = (in_window > 0).then_some(lost);
     if let Some((t, err)) = t {
         r.outage.tcp_longest_stall_ms = (!t.at_ms.is_empty()).then(|| stats::longest_gap(&t.at_ms, t.ms(t_mig), t.ms(t_end)));
         r.outage.tcp_error = err;
@@ -124,9 +156,45 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
         r.outage.http_longest_gap_ms = (!h.at_ms.is_empty()).then(|| stats::longest_gap(&h.at_ms, h.ms(t_mig), h.ms(t_end)));
         r.outage.http_gaps = stats::gaps(&h.at_ms, h.ms(t_mig), h.ms(t_end), 200);
     }
+    if let [(src_tap, src), (dst_tap, dst)] = &frames[..] {
+        let sw = wire::switchover(src, dst);
+        r.wire = crate::model::Wire {
+            src_tap: Some(src_tap.clone()),
+            dst_tap: Some(dst_tap.clone()),
+            src_frames: src.len() as u64,
+            dst_frames: dst.len() as u64,
+            src_last_frame_us: sw.src_last_us,
+            dst_first_frame_us: sw.dst_first_us,
+            dst_rarp_us: sw.dst_rarp_us,
+            dst_resumed_us: out.resumed_us,
+        };
+    }
     r.converged = out.converged;
     r.error = out.error;
-    r.total_ms = out.total_ms;
+    r.command_ms = out.total_ms;
+    // Total: the command's start to the guest answering on the target — the first UDP echo
+    // after the guest's first frame on the target tap.
+    if out.converged {
+        r.total_ms = match r.wire.dst_first_frame_us {
+            Some(first) => stats::first_at_or_after(&u.at_ms, u.ms_of_unix(first)).map(|a| a.saturating_sub(u.ms(t_mig))),
+            None => None,
+        };
+        if r.total_ms.is_none() && c.migrates() {
+            r.notes.push("total unknown: no frame from the guest on the target tap, or no UDP echo after it".into());
+        }
+    }
+    if !c.migrates() {
+        r.total_ms = None;
+    }
+    // Lost at the switchover: requests sent from just before the guest's last frame on the
+    // source to just after its first answer on the target.
+    if let (Some(last), Some(first)) = (r.wire.src_last_frame_us, r.wire.dst_first_frame_us) {
+        let late = u.ms(t_end).saturating_sub(LATE_MS);
+        let from = u.ms_of_unix(last).saturating_sub(SWITCH_MARGIN_MS);
+        let answered = stats::first_at_or_after(&u.at_ms, u.ms_of_unix(first)).unwrap_or(late);
+        let (n, lost) = stats::lost(&u.sent_at_ms, &u.echoed, from, (answered + SWITCH_MARGIN_MS).min(late));
+        r.outage.udp_lost_switchover = (n > 0).then_some(lost);
+    }
     r.qemu_total_ms = out.qemu_total_ms;
     r.downtime_ms = out.downtime_ms;
     r.transferred_bytes = out.transferred_bytes;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use vmove_api::{EventKind, JobEvent, JobStatus};
 use vmove_qmp::MigrationInfo;
 
-use crate::model::Sample;
+use crate::model::{Prediction, Sample};
 
 /// One line of `vmove --json migrate`.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +67,62 @@ pub fn vmove_line(line: &str) -> Option<VmoveLine> {
         },
         _ => VmoveLine::Other,
     })
+}
+
+/// The job id a line of `vmove --json migrate` names (`"job": "host2-1"`).
+pub fn vmove_job_id(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    v.get("job")?.as_str().map(str::to_string)
+}
+
+/// A duration as vmove prints it (`12s`, `3m12s`, `1h5m`, `850ms`, `1.5 s`, `2 min`) at the
+/// start of `s`, in seconds.
+pub fn duration_words(s: &str) -> Option<f64> {
+    let mut rest = s.trim_start();
+    let mut total = None;
+    loop {
+        let n_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let Ok(n) = rest[..n_end].parse::<f64>() else { break };
+        let after = rest[n_end..].trim_start();
+        let u_end = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let scale = match &after[..u_end] {
+            "h" | "hour" | "hours" => 3600.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "ms" => 0.001,
+            _ => break,
+        };
+        total = Some(total.unwrap_or(0.0) + n * scale);
+        rest = &after[u_end..];
+    }
+    total
+}
+
+/// vmove's prediction: the `predicted-convergence` finding of `vmove --json migrate
+/// --precheck`. Its time is the first "about …" of the reason, unless the reason says the
+/// move as asked will not converge (a time after that is another policy's).
+pub fn prediction(precheck_json: &str) -> Option<Prediction> {
+    let v: serde_json::Value = serde_json::from_str(precheck_json.trim()).ok()?;
+    let f = v.get("findings")?.as_array()?.iter().find(|f| f.get("id").and_then(|i| i.as_str()) == Some("predicted-convergence"))?;
+    let verdict = f.get("verdict").and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let reason = f.get("reason").and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let predicted_s = if reason.contains("will not converge") {
+        None
+    } else {
+        reason.split("about ").skip(1).find_map(duration_words)
+    };
+    Some(Prediction { verdict, reason, predicted_s })
+}
+
+/// A line of `virsh qemu-monitor-event`: `event RESUME at 1795314877.754321 for domain 'g': <null>`
+/// → the event's name and QEMU's timestamp, unix µs.
+pub fn monitor_event(line: &str) -> Option<(String, u64)> {
+    let rest = line.trim().strip_prefix("event ")?;
+    let (name, rest) = rest.split_once(" at ")?;
+    let stamp = rest.split_whitespace().next()?;
+    let (secs, frac) = stamp.split_once('.').unwrap_or((stamp, "0"));
+    let us: u64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    Some((name.to_string(), secs.parse::<u64>().ok()?.checked_mul(1_000_000)?.checked_add(us)?))
 }
 
 /// `virsh domjobinfo --rawstats`: `key: value` lines with integer values.
@@ -190,6 +246,43 @@ mod tests {
         assert_eq!(vmove_line(s), Some(VmoveLine::Other));
         assert_eq!(vmove_line("not json"), None);
         assert_eq!(vmove_line(r#"{"guest":"vm1","passed":true}"#), None);
+    }
+
+    #[test]
+    fn predictions() {
+        for (text, secs) in [
+            ("about 12s in 5 passes to copy 512 MiB", Some(12.0)),
+            ("about 1m12s in 17 passes", Some(72.0)),
+            ("about 1h5m", Some(3900.0)),
+            ("about 850ms", Some(0.85)),
+            ("about 1.5 s", Some(1.5)),
+            ("about 2 min", Some(120.0)),
+            ("about eleven", None),
+        ] {
+            assert_eq!(text.split("about ").nth(1).and_then(duration_words), secs, "{text}");
+        }
+        let j = r#"{"guest":"bv-1","passed":true,"findings":[{"id":"ram","verdict":"pass","reason":"about 9s"},{"id":"predicted-convergence","verdict":"pass","reason":"about 3s to copy 512 MiB at 200 MB/s with 20 MB/s dirtied, within the timeout of 2m30s"}]}"#;
+        let p = prediction(j).unwrap();
+        assert_eq!((p.verdict.as_str(), p.predicted_s), ("pass", Some(3.0)));
+        let post = r#"{"findings":[{"id":"predicted-convergence","verdict":"warn","reason":"converges only in post-copy, after 1 pass of pre-copy: about 1m5s to copy 2048 MiB"}]}"#;
+        assert_eq!(prediction(post).unwrap().predicted_s, Some(65.0));
+        let no = r#"{"findings":[{"id":"predicted-convergence","verdict":"fail","reason":"will not converge under converge=none: x; it would time out after 2m30s; converge=auto would (about 38s in 17 passes)"}]}"#;
+        let p = prediction(no).unwrap();
+        assert_eq!((p.verdict.as_str(), p.predicted_s), ("fail", None));
+        assert_eq!(prediction(r#"{"findings":[]}"#), None);
+        assert_eq!(prediction("garbage"), None);
+    }
+
+    #[test]
+    fn monitor_events_and_job_ids() {
+        assert_eq!(
+            monitor_event("event RESUME at 1795314877.754321 for domain 'bl-5': <null>"),
+            Some(("RESUME".to_string(), 1_795_314_877_754_321))
+        );
+        assert_eq!(monitor_event("event STOP at 17.5 for domain 'x': <null>"), Some(("STOP".to_string(), 17_500_000)));
+        assert_eq!(monitor_event("events: none"), None);
+        assert_eq!(vmove_job_id(r#"{"event":{"event":"progress"},"job":"host2-7"}"#).as_deref(), Some("host2-7"));
+        assert_eq!(vmove_job_id("x"), None);
     }
 
     #[test]

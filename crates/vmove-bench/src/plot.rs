@@ -4,8 +4,14 @@ use plotters::prelude::*;
 
 use crate::model::{Contender, Sample};
 
-const COLORS: [RGBColor; 5] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(127, 127, 127)];
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(127, 127, 127),
+];
 
 fn color(c: Contender) -> RGBColor {
     COLORS[Contender::ALL.iter().position(|x| *x == c).unwrap_or(0) % COLORS.len()]

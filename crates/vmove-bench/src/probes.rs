@@ -23,6 +23,12 @@ pub struct Arrivals {
     pub failed: u64,
     /// Arrival times, ms since `base`, ascending.
     pub at_ms: Vec<u64>,
+    /// `base` as unix µs (UDP).
+    pub base_unix_us: u64,
+    /// When each request went out, ms since `base`, by sequence number (UDP).
+    pub sent_at_ms: Vec<u64>,
+    /// The sequence number each echo carried, in arrival order (UDP).
+    pub echoed: Vec<u64>,
 }
 
 impl Arrivals {
@@ -30,14 +36,21 @@ impl Arrivals {
     pub fn ms(&self, t: Instant) -> u64 {
         self.base.map(|b| t.saturating_duration_since(b).as_millis() as u64).unwrap_or(0)
     }
+
+    /// ms since `base` of a unix time in µs (0 before it).
+    pub fn ms_of_unix(&self, unix_us: u64) -> u64 {
+        unix_us.saturating_sub(self.base_unix_us) / 1000
+    }
 }
 
 /// A datagram to the guest's UDP echo every millisecond; records when echoes come back.
 pub struct UdpStream {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-    arrivals: Arc<Mutex<Vec<u64>>>,
+    sent_at: Arc<Mutex<Vec<u64>>>,
+    arrivals: Arc<Mutex<Vec<(u64, u64)>>>,
     base: Instant,
+    base_unix_us: u64,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -54,13 +67,18 @@ impl UdpStream {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 16)));
+        let sent_at = Arc::new(Mutex::new(Vec::with_capacity(1 << 16)));
         let base = Instant::now();
-        let (st, se) = (stop.clone(), sent.clone());
+        let base_unix_us = vmove_host::frames::now_us();
+        let (st, se, sa) = (stop.clone(), sent.clone(), sent_at.clone());
         let tx = std::thread::spawn(move || {
             let mut next = Instant::now();
             let mut seq = 0u64;
             while !st.load(Ordering::Relaxed) {
                 let _ = sock.send(&seq.to_be_bytes());
+                if let Ok(mut v) = sa.lock() {
+                    v.push(base.elapsed().as_millis() as u64);
+                }
                 seq += 1;
                 se.store(seq, Ordering::Relaxed);
                 next += Duration::from_millis(1);
@@ -79,14 +97,15 @@ impl UdpStream {
                 if let Ok(n) = rx.recv(&mut buf) {
                     if n == 8 {
                         let t = base.elapsed().as_millis() as u64;
+                        let seq = u64::from_be_bytes([buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]]);
                         if let Ok(mut a) = arr.lock() {
-                            a.push(t);
+                            a.push((t, seq));
                         }
                     }
                 }
             }
         });
-        Ok(UdpStream { stop, sent, arrivals, base, threads: vec![tx, rxt] })
+        Ok(UdpStream { stop, sent, sent_at, arrivals, base, base_unix_us, threads: vec![tx, rxt] })
     }
 
     /// Echoes so far.
@@ -100,8 +119,16 @@ impl UdpStream {
         for t in self.threads {
             let _ = t.join();
         }
-        let at_ms = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
-        Arrivals { base: Some(self.base), sent: self.sent.load(Ordering::Relaxed), failed: 0, at_ms }
+        let got = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+        Arrivals {
+            base: Some(self.base),
+            sent: self.sent.load(Ordering::Relaxed),
+            failed: 0,
+            at_ms: got.iter().map(|(t, _)| *t).collect(),
+            base_unix_us: self.base_unix_us,
+            sent_at_ms: self.sent_at.lock().map(|a| a.clone()).unwrap_or_default(),
+            echoed: got.iter().map(|(_, s)| *s).collect(),
+        }
     }
 }
 

@@ -51,10 +51,34 @@ fn converged(s: &Summary, ct: Contender) -> String {
 
 fn tcp(s: &Summary) -> String {
     let mut t = num(s.tcp_stall_ms, 0);
+    let mut why = Vec::new();
+    if s.rto_runs.0 > 0 {
+        why.push(format!("{} RTO", s.rto_runs.0));
+    }
     if s.tcp_broken > 0 {
-        let _ = write!(t, " ({} broke)", s.tcp_broken);
+        why.push(format!("{} broke", s.tcp_broken));
+    }
+    if !why.is_empty() {
+        let _ = write!(t, " ({})", why.join(", "));
     }
     t
+}
+
+/// Median lost UDP requests, and in how many runs none was lost.
+fn lost(s: &Summary) -> String {
+    match s.no_loss_runs {
+        (_, 0) => "–".into(),
+        (k, n) => format!("{} ({k}/{n} none)", num(s.udp_lost, 0)),
+    }
+}
+
+fn workload_label(cell: &CellSpec) -> String {
+    match cell.workload {
+        Workload::Idle => "idle".to_string(),
+        Workload::Http20 => format!("HTTP + {} MB/s", cell.dirty_mb_s),
+        Workload::NearLink => format!("{} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
+        Workload::TwoXLink => format!("2× link: {} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
+    }
 }
 
 /// The compact table of every cell and contender (also what docs/benchmarks.md shows).
@@ -66,9 +90,11 @@ pub fn overview(r: &Report) -> String {
         "contender",
         "converged",
         "total s",
-        "QEMU downtime ms",
+        "blackout ms",
+        "UDP lost",
         "UDP gap ms",
         "TCP stall ms",
+        "QEMU downtime ms",
         "sent / RAM",
         "× limit",
     ]
@@ -79,11 +105,7 @@ pub fn overview(r: &Report) -> String {
     for cell in &r.cells {
         let id = cell.id();
         let (_, limit) = physical_limit(&r.runs, cell);
-        let work = match cell.workload {
-            Workload::Idle => "idle".to_string(),
-            Workload::Http20 => format!("HTTP + {} MB/s", cell.dirty_mb_s),
-            Workload::NearLink => format!("{} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
-        };
+        let work = workload_label(cell);
         for &c in &r.contenders {
             let s = summarize(&r.runs, &id, c);
             if s.runs == 0 {
@@ -95,9 +117,11 @@ pub fn overview(r: &Report) -> String {
                 c.id().to_string(),
                 converged(&s, c),
                 num(s.total_s, 1),
-                num(s.downtime_ms, 0),
+                num(s.blackout_ms, 0),
+                lost(&s),
                 num(s.udp_gap_ms, 0),
                 tcp(&s),
+                num(s.downtime_ms, 0),
                 num(s.sent_over_memory, 2),
                 num(ratio(s.total_s, limit), 1),
             ]);
@@ -112,11 +136,70 @@ pub fn overview(r: &Report) -> String {
             String::new(),
             String::new(),
             String::new(),
+            String::new(),
+            String::new(),
             "1.0".into(),
         ]);
     }
     table(&mut out, &head, 3, &rows);
     out
+}
+
+/// Every migrating contender's median cold start of the target: `vmove 80 ms, qemu –`.
+fn cold_starts(sums: &[(Contender, Summary)]) -> String {
+    sums.iter()
+        .filter(|(c, _)| c.migrates())
+        .map(|(c, s)| format!("{} {}", c.id(), s.cold_start_ms.map(|x| format!("{x:.0} ms")).unwrap_or_else(|| "–".into())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line per cell: the target's cold start, median per contender.
+pub fn cold_start_lines(r: &Report) -> String {
+    let mut out = String::new();
+    for cell in &r.cells {
+        let id = cell.id();
+        let sums: Vec<(Contender, Summary)> =
+            r.contenders.iter().map(|&c| (c, summarize(&r.runs, &id, c))).filter(|(_, s)| s.runs > 0).collect();
+        if sums.iter().any(|(c, _)| c.migrates()) {
+            let _ = writeln!(out, "- {}: {}", cell.describe(), cold_starts(&sums));
+        }
+    }
+    out
+}
+
+/// One line per contender: what it runs (and the contenders left out, and why).
+pub fn contender_lines(r: &Report) -> String {
+    let mut out = String::new();
+    for &ct in &r.contenders {
+        let _ = writeln!(out, "- **{}** — {}", ct.id(), contender_what(ct));
+    }
+    for (ct, why) in &r.left_out {
+        let _ = writeln!(out, "- **{}** — left out: {why}", ct.id());
+    }
+    out
+}
+
+/// The legend of [`overview`].
+pub const OVERVIEW_LEGEND: &str = "*total*: from the contender's command start to the guest answering on the target (the first UDP echo \
+     after the guest's first frame on the target tap). *blackout*: the guest's last frame on the source tap to \
+     its first frame on the target tap. *UDP lost*: median of UDP echo requests sent at the switchover (from 50 ms \
+     before the guest's last frame on the source to 50 ms after its first answer on the target; the whole \
+     window for the control) that never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
+     \"RTO\": runs whose TCP stall exceeded the UDP gap by more than 20 ms (a retransmission timeout waited \
+     out). *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
+     \"crashed\": the guest's console shows a kernel oops or a failed memory verification; \"unreachable\": it \
+     did not answer TCP echo afterwards.";
+
+fn contender_what(ct: Contender) -> &'static str {
+    match ct {
+        Contender::Vmove => "`vmove migrate GUEST --to host2 --timeout BUDGET` with its defaults; includes its prechecks and job steps. Before each move the benchmark also runs `vmove migrate --precheck --json` for its prediction (not timed)",
+        Contender::Qemu => "the same QEMU command line as vmove's agent, started by hand in the host namespaces; QMP `migrate-incoming` on the target, plain `migrate tcp:…` on the source, nothing else set (QEMU defaults: 128 MiB/s cap, 300 ms downtime limit, no TLS, no multifd)",
+        Contender::Virsh => "`virsh migrate --live GUEST qemu+tcp://host2/system --migrateuri tcp://host2` with a libvirtd in each host namespace (libvirt's defaults: unlimited bandwidth, QEMU's 300 ms downtime limit, no TLS, no multifd)",
+        Contender::VirshTunnelled => "`virsh migrate --live --p2p --tunnelled GUEST qemu+tcp://host2/system`: the stream goes through the libvirtd connection",
+        Contender::VirshBest => "`virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy GUEST qemu+tcp://host2/system --migrateuri tcp://host2`: libvirt's best convergence (QEMU throttles the guest during pre-copy; post-copy starts after the first pass)",
+        Contender::Control => "no migration: a guest started like the hand-driven one, probed the same way while it stays on host1 for 3 s — the probes' floor, and how often a guest breaks without any migration",
+    }
 }
 
 fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
@@ -125,7 +208,20 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
     let (touched, limit) = physical_limit(&r.runs, cell);
     let sums: Vec<(Contender, Summary)> =
         r.contenders.iter().map(|&c| (c, summarize(&r.runs, &id, c))).filter(|(_, s)| s.runs > 0).collect();
-    let mut head: Vec<String> = ["contender", "converged", "total s", "QEMU migration s", "QEMU downtime ms", "UDP gap ms", "TCP stall ms"]
+    let mut head: Vec<String> = [
+        "contender",
+        "converged",
+        "total s",
+        "command s",
+        "QEMU migration s",
+        "QEMU downtime ms",
+        "blackout ms",
+        "RARP ms",
+        "UDP gap ms",
+        "UDP lost",
+        "UDP lost (window)",
+        "TCP stall ms",
+    ]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -139,9 +235,14 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
             c.label().to_string(),
             converged(s, *c),
             num(s.total_s, 2),
+            num(s.command_s, 2),
             num(s.qemu_s, 2),
             num(s.downtime_ms, 0),
+            num(s.blackout_ms, 0),
+            num(s.rarp_ms, 0),
             num(s.udp_gap_ms, 0),
+            lost(s),
+            num(s.udp_lost_window, 0),
             tcp(s),
         ];
         if cell.http_load {
@@ -162,6 +263,27 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
         touched.map(mib).unwrap_or_else(|| "unknown".into()),
         mb_s(cell.link_bytes_per_s)
     );
+    let _ = writeln!(out, "Target's cold start (its RESUME → the guest's first frame on the target tap), median: {}.\n", cold_starts(&sums));
+    let preds: Vec<String> = r
+        .runs
+        .iter()
+        .filter(|x| x.cell == id)
+        .filter_map(|x| {
+            let p = x.prediction.as_ref()?;
+            Some(format!(
+                "- run {}: predicted {} (`{}: {}`), measured total {}{}",
+                x.run,
+                p.predicted_s.map(|v| format!("{v:.1} s")).unwrap_or_else(|| "no time".into()),
+                p.verdict,
+                p.reason,
+                x.total_ms.map(|t| format!("{:.1} s", t as f64 / 1000.0)).unwrap_or_else(|| "–".into()),
+                crate::stats::prediction_ratio(x).map(|q| format!(" (predicted ÷ measured {q:.2})")).unwrap_or_default()
+            ))
+        })
+        .collect();
+    if !preds.is_empty() {
+        let _ = writeln!(out, "vmove's prediction (its precheck's predicted-convergence finding):\n\n{}\n", preds.join("\n"));
+    }
     let movers: Vec<&(Contender, Summary)> = sums.iter().filter(|(c, _)| c.migrates()).collect();
     if movers.len() > 1 {
         for (what, get) in [
@@ -256,44 +378,30 @@ pub fn markdown(r: &Report) -> String {
     if let (Some(cap), Some(bw)) = (r.links.cap_mbit, r.links.capped_bytes_per_s) {
         let _ = writeln!(
             out,
-            "- capped link for the near-link workload: tc tbf {cap} Mbit/s on both hosts' mgmt0 → {} — median of {} copies",
+            "- capped link for the 2x-link and near-link workloads: tc tbf {cap} Mbit/s on both hosts' mgmt0 → {} — median of {} copies",
             mb_s(bw),
             r.links.capped_samples.len()
         );
     }
     out.push('\n');
     let _ = writeln!(out, "## Contenders\n");
-    for &ct in &r.contenders {
-        let what = match ct {
-            Contender::Vmove => "`vmove migrate GUEST --to host2 --timeout BUDGET`: TLS with the cluster CA, 2 multifd channels, no bandwidth cap, 300 ms downtime limit; includes its prechecks (a 1 s dirty-rate measurement) and job steps",
-            Contender::Qemu => "the same QEMU command line as vmove's agent, started by hand in the host namespaces; QMP `migrate-incoming` on the target, plain `migrate tcp:…` on the source, nothing else set (QEMU defaults: 128 MiB/s cap, 300 ms downtime limit, no TLS, no multifd)",
-            Contender::Virsh => "`virsh migrate --live GUEST qemu+tcp://host2/system --migrateuri tcp://host2` with a libvirtd in each host namespace (libvirt's defaults: unlimited bandwidth, QEMU's 300 ms downtime limit, no TLS, no multifd)",
-            Contender::VirshTunnelled => "`virsh migrate --live --p2p --tunnelled GUEST qemu+tcp://host2/system`: the stream goes through the libvirtd connection",
-            Contender::Control => "no migration: a guest started like the hand-driven one, probed the same way while it stays on host1 for 3 s — the probes' floor, and how often a guest breaks without any migration",
-        };
-        let _ = writeln!(out, "- **{}** — {what}", ct.id());
-    }
-    for (ct, why) in &r.left_out {
-        let _ = writeln!(out, "- **{}** — left out: {why}", ct.id());
-    }
+    out.push_str(&contender_lines(r));
     let _ = writeln!(
         out,
         "\nEvery run boots a fresh guest on host1 for each contender, lets it settle, starts the client probes \
          (UDP echo every 1 ms, one TCP echo connection exchanging every 1 ms, HTTP GETs every 20 ms in the HTTP \
-         workload), migrates it to host2, keeps probing 2 s more, and removes it. Contenders take turns (the \
+         workload), starts a frame watch (packet socket, kernel timestamps) on the guest's tap in each host \
+         namespace, migrates it to host2, keeps probing 2 s more, and removes it. Contenders take turns (the \
          starting contender rotates with the run). A migration that has not completed after {} s is cancelled and \
-         counts as not converged. Medians are over the converged runs of {} per cell.\n",
+         counts as not converged. Medians are over the converged runs of {} per cell. Every figure is measured \
+         from outside the contender, the same way for all (only QEMU's own figures — migration time, downtime, \
+         bytes — and the target's RESUME time come from each tool).\n",
         r.settings.budget_s, r.settings.runs
     );
+    out.push_str(&crate::goals::markdown(r, "##"));
     let _ = writeln!(out, "## Overview\n");
     out.push_str(&overview(r));
-    let _ = writeln!(
-        out,
-        "\n*total* is the contender's whole operation (wall clock); *UDP gap* and *TCP stall* are what the client \
-         saw; *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
-         \"crashed\": the guest's console shows a kernel oops or a failed memory verification; \"unreachable\": it \
-         did not answer TCP echo afterwards.\n"
-    );
+    let _ = writeln!(out, "\n{OVERVIEW_LEGEND}\n");
     let damaged: Vec<String> = r
         .runs
         .iter()
@@ -375,7 +483,7 @@ mod tests {
     fn overview_has_medians_limits_and_ratios() {
         let r = report();
         let o = overview(&r);
-        assert!(o.contains("| 512 MiB | HTTP + 20 MB/s | vmove | 1/1 | 2.0 | 50 | 120 | 121 | 0.50 | 20.0 |"), "{o}");
+        assert!(o.contains("| 512 MiB | HTTP + 20 MB/s | vmove | 1/1 | 2.0 | – | – | 120 | 121 | 50 | 0.50 | 20.0 |"), "{o}");
         assert!(o.contains("| qemu | 1/2 (1 crashed, 1 unreachable) | 4.0 |"), "{o}");
         // touched 1e8 bytes at 1e9 B/s = 0.1 s
         assert!(o.contains("*physical limit* |  | 0.10 |"), "{o}");

@@ -56,6 +56,39 @@ pub fn gaps(arrivals: &[u64], start: u64, end: u64, min: u64) -> Vec<(u64, u64)>
     v
 }
 
+/// Requests sent in `[from, to]` (ms since the probe's start; `sent_at[seq]` is when
+/// request `seq` went out) and how many of them never came back (`echoed`: the sequence
+/// numbers that did).
+pub fn lost(sent_at: &[u64], echoed: &[u64], from: u64, to: u64) -> (u64, u64) {
+    let mut back = vec![false; sent_at.len()];
+    for &s in echoed {
+        if let Some(b) = usize::try_from(s).ok().and_then(|i| back.get_mut(i)) {
+            *b = true;
+        }
+    }
+    let inside: Vec<usize> = (0..sent_at.len()).filter(|&i| sent_at[i] >= from && sent_at[i] <= to).collect();
+    let lost = inside.iter().filter(|&&i| !back[i]).count();
+    (inside.len() as u64, lost as u64)
+}
+
+/// The first arrival at or after `t` (same unit as `arrivals`, sorted).
+pub fn first_at_or_after(arrivals: &[u64], t: u64) -> Option<u64> {
+    arrivals.iter().copied().find(|a| *a >= t)
+}
+
+/// Whether a run's TCP connection waited out a retransmission timeout: its longest stall is
+/// more than 20 ms longer than the longest UDP gap (both are what the client saw).
+pub fn waited_rto(r: &RunResult) -> Option<bool> {
+    Some(r.outage.tcp_longest_stall_ms? > r.outage.udp_longest_gap_ms? + 20)
+}
+
+/// The predicted time over the measured total (vmove's prediction), when both are known.
+pub fn prediction_ratio(r: &RunResult) -> Option<f64> {
+    let p = r.prediction.as_ref()?.predicted_s?;
+    let m = r.total_ms? as f64 / 1000.0;
+    (m > 0.0).then(|| p / m)
+}
+
 /// Medians of one contender in one cell: times, downtime and bytes over the runs that
 /// converged; the client's outage over those whose guest also survived (not damaged, still
 /// answering: a dead guest's "outage" only ends with the measurement window).
@@ -65,8 +98,28 @@ pub struct Summary {
     pub runs: usize,
     /// Runs that converged.
     pub converged: usize,
-    /// Whole operation, s.
+    /// Command start to the guest answering on the target, s.
     pub total_s: Option<f64>,
+    /// The contender's command, wall clock, s.
+    pub command_s: Option<f64>,
+    /// Blackout on the wire (guest's last frame on the source tap → first on the target), ms.
+    pub blackout_ms: Option<f64>,
+    /// The guest's last frame on the source → the target's first RARP, ms.
+    pub rarp_ms: Option<f64>,
+    /// The target's cold start (its RESUME → the guest's first frame there), ms.
+    pub cold_start_ms: Option<f64>,
+    /// UDP requests never answered at the switchover (median over the surviving runs).
+    pub udp_lost: Option<f64>,
+    /// UDP requests never answered in the whole window, from the command's start (median).
+    pub udp_lost_window: Option<f64>,
+    /// Surviving runs that lost no UDP request, of those that counted.
+    pub no_loss_runs: (usize, usize),
+    /// Surviving runs whose TCP connection waited out a retransmission timeout, of those measured.
+    pub rto_runs: (usize, usize),
+    /// Predicted ÷ measured total (vmove), median.
+    pub predicted_over_measured: Option<f64>,
+    /// Runs whose prediction was within ±30 % of the measured total, of those with both.
+    pub predicted_within: (usize, usize),
     /// QEMU's total-time, s.
     pub qemu_s: Option<f64>,
     /// QEMU's downtime, ms.
@@ -102,6 +155,25 @@ pub fn summarize(runs: &[RunResult], cell: &str, contender: Contender) -> Summar
         runs: all.len(),
         converged: ok.len(),
         total_s: med(&ok, |r| r.total_ms.map(|m| m as f64 / 1000.0)),
+        command_s: med(&ok, |r| r.command_ms.map(|m| m as f64 / 1000.0)),
+        blackout_ms: med(&ok, |r| r.wire.blackout_ms()),
+        rarp_ms: med(&ok, |r| r.wire.rarp_ms()),
+        cold_start_ms: med(&ok, |r| r.wire.cold_start_ms()),
+        udp_lost: med(&alive, |r| r.outage.lost_at_switchover().map(|n| n as f64)),
+        udp_lost_window: med(&alive, |r| r.outage.udp_lost.map(|n| n as f64)),
+        no_loss_runs: (
+            alive.iter().filter(|r| r.outage.lost_at_switchover() == Some(0)).count(),
+            alive.iter().filter(|r| r.outage.lost_at_switchover().is_some()).count(),
+        ),
+        rto_runs: (
+            alive.iter().filter(|r| waited_rto(r) == Some(true)).count(),
+            alive.iter().filter(|r| waited_rto(r).is_some()).count(),
+        ),
+        predicted_over_measured: med(&ok, prediction_ratio),
+        predicted_within: (
+            ok.iter().filter_map(|r| prediction_ratio(r)).filter(|x| (0.7..=1.3).contains(x)).count(),
+            ok.iter().filter_map(|r| prediction_ratio(r)).count(),
+        ),
         qemu_s: med(&ok, |r| r.qemu_total_ms.map(|m| m as f64 / 1000.0)),
         downtime_ms: med(&ok, |r| r.downtime_ms.map(|m| m as f64)),
         udp_gap_ms: med(&alive, |r| r.outage.udp_longest_gap_ms.map(|m| m as f64)),
@@ -159,6 +231,32 @@ mod tests {
         // arrivals outside the window are ignored
         assert_eq!(longest_gap(&[1, 2, 20, 21, 200], 15, 25), 5);
         assert_eq!(longest_gap(&[1], 5, 5), 0);
+    }
+
+    #[test]
+    fn lost_requests_in_the_window() {
+        // requests 0..6 sent at 0, 10, ..., 50 ms; 2 and 3 never came back, 5 came back twice
+        let sent = [0, 10, 20, 30, 40, 50];
+        assert_eq!(lost(&sent, &[0, 1, 4, 5, 5], 5, 45), (4, 2));
+        assert_eq!(lost(&sent, &[0, 1, 2, 3, 4, 5, 99], 0, 50), (6, 0));
+        assert_eq!(lost(&[], &[], 0, 10), (0, 0));
+        assert_eq!(first_at_or_after(&[1, 5, 9], 5), Some(5));
+        assert_eq!(first_at_or_after(&[1, 5, 9], 10), None);
+    }
+
+    #[test]
+    fn rto_and_prediction() {
+        let mut r = run("a", Contender::Vmove, true, 10_000, 100);
+        assert_eq!(waited_rto(&r), None, "no TCP figure");
+        r.outage.tcp_longest_stall_ms = Some(120);
+        assert_eq!(waited_rto(&r), Some(false));
+        r.outage.tcp_longest_stall_ms = Some(121);
+        assert_eq!(waited_rto(&r), Some(true));
+        assert_eq!(prediction_ratio(&r), None);
+        r.prediction = Some(crate::model::Prediction { predicted_s: Some(12.0), ..Default::default() });
+        assert_eq!(prediction_ratio(&r), Some(1.2));
+        let s = summarize(&[r], "a", Contender::Vmove);
+        assert_eq!((s.predicted_within, s.rto_runs), ((1, 1), (1, 1)));
     }
 
     #[test]

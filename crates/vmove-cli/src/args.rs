@@ -44,6 +44,9 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
+    /// Make a new cluster in a directory: its CA, an operator certificate and a cluster
+    /// file without hosts (add them with `vmove host add`).
+    Init(InitArgs),
     /// Where the cluster (the file, or etcd when the file says so) and the agents' reports
     /// differ (drift); non-zero if they do.
     Check,
@@ -71,6 +74,26 @@ pub enum ClusterCmd {
         #[arg(long)]
         timeout: Option<String>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory for the cluster file (DIR/cluster.toml) and its PKI (DIR/pki); made if
+    /// missing. Keep it on the operator's machine: it holds the CA's key.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Cluster name (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest network, a bridge on every host: NAME[,bridge=BR][,vlan=N][,cidr=A/P]
+    /// (bridge defaults to NAME); repeatable.
+    #[arg(long)]
+    pub network: Vec<String>,
+    /// Storage pool, a directory every host sees at the same absolute path: NAME=PATH; or
+    /// NAME=PATH,local: a directory of each host's own (its volumes are copied when a guest
+    /// moves); repeatable.
+    #[arg(long)]
+    pub pool: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +140,10 @@ pub struct MigrateArgs {
     /// multifd channels (0 = one stream).
     #[arg(long, default_value_t = 2)]
     pub multifd: u8,
+    /// Keep the source's copies of local volumes after the move (their leases are released;
+    /// by default they are deleted once the guest runs on the target).
+    #[arg(long)]
+    pub keep_source_volumes: bool,
     /// Go on even if this check fails (its finding becomes a warning); repeatable.
     #[arg(long, value_name = "CHECK")]
     pub ignore_check: Vec<String>,
@@ -142,6 +169,15 @@ pub enum JobCmd {
     Show {
         /// Job id (HOST-N).
         id: String,
+    },
+    /// Draw a live migration's memory transfer as an SVG picture: remaining bytes,
+    /// transfer rate and dirty rate over time, escalations and the switchover marked.
+    Plot {
+        /// Job id.
+        id: String,
+        /// Where to write the SVG (default: ID.svg in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Follow a job's events until it ends.
     Watch {
@@ -224,6 +260,93 @@ pub enum HostCmd {
         /// Host name.
         host: String,
     },
+    /// Add a host: issue its certificate, add it to the cluster file, and write the bundle
+    /// to install on it as /etc/vmove (agent.toml, ca.pem, host.pem, host.key).
+    Add(HostAddArgs),
+    /// Remove a host without guests from the cluster file, and its bundle.
+    Remove {
+        /// Host name.
+        host: String,
+    },
+    /// Put a host in maintenance and move every guest off it: planned targets, moves in
+    /// parallel under limits, each a migration job with its prechecks.
+    Drain(DrainArgs),
+    /// End a host's maintenance: it takes guests and migrations again.
+    Undrain {
+        /// Host name.
+        host: String,
+    },
+    /// Restart every guest of a dead host elsewhere (OFFLINEFORCE; the host is not asked).
+    Evacuate(EvacuateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HostAddArgs {
+    /// Host name (letters, digits, '-'): the name in its certificate.
+    pub name: String,
+    /// The agent's address on the management network: IP or IP:PORT (port 7450 unless
+    /// given). Its certificate names this IP.
+    #[arg(long)]
+    pub address: String,
+    /// Accelerator: kvm, tcg or auto (auto falls back to TCG without /dev/kvm).
+    #[arg(long, default_value = "kvm")]
+    pub accel: String,
+    /// Serve Prometheus metrics: IP:PORT, or PORT on the host's address (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Where to write the bundle (default: hosts/NAME beside the cluster file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The agent's configuration directory on the host.
+    #[arg(long, default_value = vmove_api::bootstrap::CONFIG_DIR)]
+    pub config_dir: PathBuf,
+    /// The agent's state directory on the host.
+    #[arg(long, default_value = vmove_api::bootstrap::STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The agent's runtime directory on the host.
+    #[arg(long, default_value = vmove_api::bootstrap::RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// The host is in the cluster file already: issue a new certificate and bundle (after
+    /// a change of address, or of the cluster's pools and networks).
+    #[arg(long)]
+    pub reissue: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// Host name.
+    pub host: String,
+    /// Print the plan and its predicted duration; change nothing (no maintenance either).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Moves at once in the cluster (at most 2 out of and 2 into any host besides).
+    #[arg(long, default_value_t = 5)]
+    pub parallel: usize,
+    /// live or offline, for running guests (stopped guests always move offline).
+    #[arg(long, default_value = "live")]
+    pub mode: String,
+    /// Test hook: the first attempt of GUEST's move fails STEP on purpose (lab agents
+    /// only); repeatable, GUEST=STEP.
+    #[arg(long, hide = true, value_name = "GUEST=STEP")]
+    pub inject_fault: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvacuateArgs {
+    /// Host name.
+    pub host: String,
+    /// The operator says the host is dead (its guests are not running): no waiting.
+    #[arg(long)]
+    pub force: bool,
+    /// How long the host must stay silent to count as dead without --force (e.g. 60s).
+    #[arg(long, default_value = "60s")]
+    pub grace: String,
+    /// Print the plan and its predicted duration; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Moves at once in the cluster (at most 2 into any host besides).
+    #[arg(long, default_value_t = 5)]
+    pub parallel: usize,
 }
 
 #[derive(Args, Debug)]

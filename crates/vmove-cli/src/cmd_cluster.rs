@@ -12,6 +12,7 @@ use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> Result<()> {
     match cmd {
+        ClusterCmd::Init(a) => crate::cmd_setup::init(ctx, a),
         ClusterCmd::Check => check(ctx).await,
         ClusterCmd::Export { out } => export(ctx, out.as_deref()).await,
         ClusterCmd::Import { replace } => import(ctx, replace).await,

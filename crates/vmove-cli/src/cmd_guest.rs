@@ -24,27 +24,32 @@ pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
             Ok(())
         }
         GuestCmd::Start { name } => {
-            let (mut cluster, host) = locate(ctx, &name).await?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestStart { name: name.clone() }).await?;
-            set_desired(ctx, &mut cluster, &name, DesiredState::Running).await?;
+            set_desired(ctx, &name, DesiredState::Running).await?;
             print_status(ctx, &st);
             Ok(())
         }
         GuestCmd::Stop { name, force, timeout } => {
             let timeout_s = parse_duration_ms(&timeout).map_err(|e| anyhow!(e))?.div_ceil(1000);
-            let (mut cluster, host) = locate(ctx, &name).await?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let client = ctx.client(&cluster, &host)?.with_timeout(std::time::Duration::from_secs(timeout_s + 30));
             let st: GuestStatus = client.call(&Request::GuestStop { name: name.clone(), force, timeout_s }).await?;
-            set_desired(ctx, &mut cluster, &name, DesiredState::Stopped).await?;
+            set_desired(ctx, &name, DesiredState::Stopped).await?;
             print_status(ctx, &st);
             Ok(())
         }
         GuestCmd::Destroy { name } => {
-            let (mut cluster, host) = locate(ctx, &name).await?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let client = ctx.client(&cluster, &host)?;
             let _: GuestStatus = client.call(&Request::GuestStop { name: name.clone(), force: true, timeout_s: 30 }).await?;
             let _: serde_json::Value = client.call(&Request::GuestUndefine { name: name.clone() }).await?;
-            ctx.remove_guest(&mut cluster, &name).await?;
+            ctx.update_cluster(|c| {
+                let before = c.guests.len();
+                c.guests.retain(|g| g.name != name);
+                c.guests.len() != before
+            })
+            .await?;
             if ctx.json {
                 crate::out::json(&serde_json::json!({ "ok": true, "destroyed": name, "host": host }));
             } else {
@@ -86,21 +91,29 @@ fn with_file_group(c: &Cluster, st: &mut GuestStatus) {
     }
 }
 
-async fn set_desired(ctx: &Ctx, c: &mut Cluster, name: &str, d: DesiredState) -> Result<()> {
-    if let Some(g) = c.guest(name).filter(|g| g.desired != d) {
-        let g = vmove_model::GuestSpec { desired: d, ..g.clone() };
-        ctx.put_guest(c, g).await?;
-    }
-    Ok(())
+async fn set_desired(ctx: &Ctx, name: &str, d: DesiredState) -> Result<()> {
+    ctx.update_cluster(|c| match c.guest_mut(name) {
+        Some(g) if g.desired != d => {
+            g.desired = d;
+            true
+        }
+        _ => false,
+    })
+    .await
 }
 
 /// `vmove guest create`: defines the guest on its host, records it in the cluster file,
 /// and starts it if asked.
-pub async fn create(ctx: &Ctx, mut cluster: Cluster, cmd: CreateCommand) -> Result<()> {
+pub async fn create(ctx: &Ctx, cluster: Cluster, cmd: CreateCommand) -> Result<()> {
     let (name, host, start) = (cmd.spec.name.clone(), cmd.spec.host.clone(), cmd.start());
     let client = ctx.client(&cluster, &host)?;
     let st: GuestStatus = client.call(&Request::GuestDefine { spec: cmd.spec }).await?;
-    ctx.put_guest(&mut cluster, st.spec.clone()).await?;
+    ctx.update_cluster(|c| {
+        c.upsert_guest(st.spec.clone());
+        true
+    })
+    .await
+    .map_err(|e| e.context(format!("record the guest in {}", ctx.truth(&cluster))))?;
     let st = if start { client.call(&Request::GuestStart { name }).await? } else { st };
     print_status(ctx, &st);
     Ok(())

@@ -1,4 +1,4 @@
-//! `vmove host list|show`.
+//! `vmove host list|show` (and `add|remove`, in [`crate::cmd_setup`]).
 use anyhow::Result;
 use futures::future::join_all;
 use vmove_api::{HostInfo, Request};
@@ -7,8 +7,17 @@ use crate::args::HostCmd;
 use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
+    let cmd = match cmd {
+        HostCmd::Add(a) => return crate::cmd_setup::add(ctx, a),
+        HostCmd::Remove { host } => return crate::cmd_setup::remove(ctx, &host),
+        HostCmd::Drain(a) => return crate::drain::drain(ctx, a).await,
+        HostCmd::Undrain { host } => return crate::drain::undrain(ctx, &host).await,
+        HostCmd::Evacuate(a) => return crate::drain::evacuate(ctx, a).await,
+        other => other,
+    };
     let cluster = ctx.cluster().await?;
     match cmd {
+        HostCmd::Add(_) | HostCmd::Remove { .. } | HostCmd::Drain(_) | HostCmd::Undrain { .. } | HostCmd::Evacuate(_) => {}
         HostCmd::List => {
             let clients = ctx.clients(&cluster)?;
             let infos = join_all(clients.iter().map(|(_, c)| c.call::<HostInfo>(&Request::HostInfo))).await;
@@ -26,6 +35,7 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
                             format!("{}/{}", i.memory_available_mib, i.memory_total_mib),
                             i.guests.len().to_string(),
                             i.qemu_version.clone(),
+                            if i.maintenance.is_some() { "yes".into() } else { String::new() },
                         ]);
                         js.push(serde_json::json!({ "name": name, "address": c.addr().to_string(), "reachable": true, "info": i }));
                     }
@@ -39,7 +49,7 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             if ctx.json {
                 crate::out::json(&js);
             } else {
-                crate::out::table(&["HOST", "ADDRESS", "REACHABLE", "ACCEL", "CPUS", "MEM_AVAIL/TOTAL_MIB", "GUESTS", "QEMU"], &rows);
+                crate::out::table(&["HOST", "ADDRESS", "REACHABLE", "ACCEL", "CPUS", "MEM_AVAIL/TOTAL_MIB", "GUESTS", "QEMU", "MAINTENANCE"], &rows);
             }
         }
         HostCmd::Show { host } => {
@@ -61,6 +71,10 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
                     i.memory_total_mib, i.memory_free_mib, i.memory_reserve_mib, i.memory_committed_mib, i.memory_available_mib
                 );
                 println!("vcpus committed: {}", i.vcpus_committed);
+                match &i.maintenance {
+                    Some(m) => println!("maintenance:     since {} (unix ms; `vmove host undrain {}` ends it)", m.since_ms, i.name),
+                    None => println!("maintenance:     no"),
+                }
                 let br: Vec<String> = i.bridges.iter().map(|b| b.name.clone()).collect();
                 println!("bridges:         {}", br.join(", "));
                 for p in &i.pools {

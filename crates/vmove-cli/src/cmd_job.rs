@@ -1,7 +1,8 @@
-//! `vmove job list|show|watch|cancel|recover`, and following a job as it runs.
+//! `vmove job list|show|plot|watch|cancel|recover`, and following a job as it runs.
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use futures::future::join_all;
 use vmove_api::{EventKind, JobBrief, JobEvent, JobRecord, JobStatus, Progress, Request};
 
@@ -66,6 +67,27 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             }
             Ok(())
         }
+        JobCmd::Plot { id, out } => {
+            let cluster = ctx.cluster().await?;
+            let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobShow { id: id.clone() }).await?;
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{id}.svg")));
+            let (path, d) = write_plot(&rec, &path)?;
+            if ctx.json {
+                crate::out::json(&serde_json::json!({
+                    "ok": true, "job": id, "svg": path, "samples": d.remaining.len(),
+                    "escalations": d.escalations.len(), "switchover_s": d.switchover.map(|m| m.t),
+                }));
+            } else {
+                let sw = d.switchover.map_or("no switchover".to_string(), |m| format!("switchover at {:.1} s", m.t));
+                println!(
+                    "job {id}: {} written ({} samples, {} escalations, {sw})",
+                    path.display(),
+                    d.remaining.len(),
+                    d.escalations.len()
+                );
+            }
+            Ok(())
+        }
         JobCmd::Watch { id } => {
             let host = host_of(&id)?.to_string();
             follow(ctx, &host, &id).await
@@ -99,6 +121,14 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
     }
 }
 
+/// Draws a live job's transfer into an SVG file; returns its absolute path and what it shows.
+pub fn write_plot(rec: &JobRecord, path: &Path) -> Result<(PathBuf, crate::plot::PlotData)> {
+    let d = crate::plot::PlotData::from_job(rec)?;
+    let svg = crate::plot::svg(&d)?;
+    std::fs::write(path, svg).with_context(|| format!("write {}", path.display()))?;
+    Ok((std::path::absolute(path)?, d))
+}
+
 fn status_str(s: JobStatus) -> String {
     format!("{s:?}").to_lowercase()
 }
@@ -121,17 +151,17 @@ pub async fn list_jobs(ctx: &Ctx, cluster: &vmove_model::Cluster) -> Result<Vec<
 /// nothing to do: the target's agent records the placement in the store as the job goes.
 pub async fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
     let Some(host) = &rec.guest_host else { return Ok(()) };
-    let mut c = ctx.file()?;
-    if !c.store.is_file() {
+    if !ctx.file()?.store.is_file() {
         return Ok(());
     }
-    if let Some(g) = c.guest_mut(&rec.spec.guest.name) {
-        if &g.host != host {
+    ctx.update_cluster(|c| match c.guest_mut(&rec.spec.guest.name) {
+        Some(g) if &g.host != host => {
             g.host = host.clone();
-            c.save(&ctx.cluster_path)?;
+            true
         }
-    }
-    Ok(())
+        _ => false,
+    })
+    .await
 }
 
 fn mib(b: u64) -> f64 {

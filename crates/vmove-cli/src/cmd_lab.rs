@@ -113,6 +113,17 @@ async fn demo(ctx: &Ctx, dir: &Path, keep: bool) -> Result<()> {
     r
 }
 
+/// Draws the newest job of `guest` on `host` into `/var/tmp/vmove-demo-<job>.svg`.
+async fn demo_plot(ctx: &Ctx, host: &str, guest: &str) -> Result<(String, PathBuf)> {
+    let cluster = ctx.cluster().await?;
+    let client = ctx.client(&cluster, host)?;
+    let jobs: Vec<vmove_api::JobBrief> = client.call(&vmove_api::Request::JobList).await?;
+    let id = jobs.iter().rev().find(|j| j.guest == guest).map(|j| j.id.clone()).ok_or_else(|| anyhow!("no job of {guest} on {host}"))?;
+    let rec: vmove_api::JobRecord = client.call(&vmove_api::Request::JobShow { id: id.clone() }).await?;
+    let (path, _) = crate::cmd_job::write_plot(&rec, &PathBuf::from(format!("/var/tmp/vmove-demo-{id}.svg")))?;
+    Ok((id, path))
+}
+
 fn say(ctx: &Ctx, s: &str) {
     if ctx.json {
         crate::out::json(&serde_json::json!({ "demo": s }));
@@ -180,6 +191,8 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     if ctx.json {
         crate::out::json(&serde_json::json!({ "client": rep }));
     }
+    let (job, svg) = demo_plot(&sub, "host2", "vm1").await?;
+    say(ctx, &format!("job {job} as a picture (remaining bytes, transfer and dirty rate, the switchover): {}", svg.display()));
     say(ctx, "guests");
     crate::cmd_guest::run(&sub, crate::args::GuestCmd::List { host: None }).await?;
     // The verifier reports every few seconds; the target's console starts empty.

@@ -50,11 +50,18 @@ pub async fn submit(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand) -> Resul
 
 /// Submits the job with what the prechecks measured.
 pub async fn submit_measured(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand, m: Measured) -> Result<vmove_api::JobRecord> {
+    let spec = job_spec(cluster, cmd, &m)?;
+    let client = ctx.client(cluster, &cmd.request.target)?;
+    Ok(client.call(&Request::JobSubmit { spec }).await?)
+}
+
+/// The job the target agent is asked to run for `cmd`, with what the prechecks measured.
+pub fn job_spec(cluster: &Cluster, cmd: &MigrateCommand, m: &Measured) -> Result<JobSpec> {
     let req = &cmd.request;
     let guest = guest_spec(cluster, &req.guest)?;
     let source = &req.source;
     let src = cluster.host(source).ok_or_else(|| anyhow!("no host named {source} in the cluster file"))?;
-    let spec = JobSpec {
+    Ok(JobSpec {
         guest,
         mode: req.mode,
         source: PeerHost { name: src.name.clone(), address: src.address.clone() },
@@ -64,11 +71,10 @@ pub async fn submit_measured(ctx: &Ctx, cluster: &Cluster, cmd: &MigrateCommand,
         inject_fault: cmd.hooks.inject_fault,
         pause_before: cmd.hooks.pause_before,
         pause_at_switchover: cmd.hooks.pause_at_switchover,
+        max_incoming: None,
         dirty_rate_bytes_per_s: m.dirty_rate_bytes_per_s,
         link_bytes_per_s: m.link_bytes_per_s,
-    };
-    let client = ctx.client(cluster, &req.target)?;
-    Ok(client.call(&Request::JobSubmit { spec }).await?)
+    })
 }
 
 /// `vmove migrate`: the prechecks (unless one step only), then the job, followed to its end
@@ -125,6 +131,26 @@ pub async fn prechecks(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> 
 
 /// [`prechecks`], with what they measured.
 pub async fn prechecks_measured(ctx: &Ctx, cluster: &Cluster, req: &MigrationRequest) -> Result<(Vec<Finding>, Measured)> {
+    prechecks_with(ctx, cluster, req, &PrecheckOpts::default()).await
+}
+
+/// How [`prechecks_with`] gathers what the checks look at.
+#[derive(Debug, Clone, Default)]
+pub struct PrecheckOpts {
+    /// Count only unfinished work on the guest itself, not on its hosts: the moves of a
+    /// drain run side by side on purpose, under the drain's limits.
+    pub guest_work_only: bool,
+    /// The guest's dirty rate, bytes/s, measured already (LIVE): not measured again.
+    pub dirty_rate_bytes_per_s: Option<u64>,
+}
+
+/// [`prechecks_measured`] as `opts` says.
+pub async fn prechecks_with(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    req: &MigrationRequest,
+    opts: &PrecheckOpts,
+) -> Result<(Vec<Finding>, Measured)> {
     let short = Duration::from_secs(5);
     let client_of = |h: &str| ctx.client(cluster, h).ok().map(|c| c.with_timeout(short));
     let (src_c, dst_c) = (client_of(&req.source), client_of(&req.target));
@@ -150,12 +176,22 @@ pub async fn prechecks_measured(ctx: &Ctx, cluster: &Cluster, req: &MigrationReq
             busy.push(Busy { guest: None, host: Some(j.source.clone()), what: format!("job {} migrates {} away", j.id, j.guest) });
         }
     }
+    if opts.guest_work_only {
+        busy.retain(|b| b.guest.as_deref() == Some(req.guest.as_str()));
+        for b in &mut busy {
+            b.host = None;
+        }
+    }
     // LIVE: the guest's dirty rate (QEMU, 300 ms) and the migration link (the target times
     // a stream from the source over mutual TLS; a measurement up to 10 minutes old is
     // reused), both at once.
     let mut link_err = None;
     let (dirty, link) = if req.mode == Mode::Live && si.is_ok() && di.is_ok() {
+        let known = opts.dirty_rate_bytes_per_s;
         let dirty = async {
+            if known.is_some() {
+                return known;
+            }
             let c = src_c.clone()?.with_timeout(Duration::from_secs(15));
             c.call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1, calc_ms: Some(300) }).await.ok()
         };

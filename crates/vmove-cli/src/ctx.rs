@@ -5,7 +5,7 @@
 //! (the operator certificate is also the etcd client certificate) and where etcd is. Hosts,
 //! policy and guests (with their placement) come from the store, and the changes `vmove`
 //! makes to guests go to the store, so every operator on every machine sees one truth.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,30 +73,6 @@ impl Ctx {
         Ok(s.clone())
     }
 
-    /// Records a guest's definition: in the store, or in the cluster file.
-    pub async fn put_guest(&self, cluster: &mut Cluster, spec: GuestSpec) -> Result<()> {
-        if cluster.store.is_file() {
-            cluster.upsert_guest(spec);
-            return cluster.save(&self.cluster_path).context("update the cluster file");
-        }
-        let store = self.store(cluster).await?;
-        vmove_registry::put_guest(store.as_ref(), &spec).await.context("record the guest in etcd")?;
-        cluster.upsert_guest(spec);
-        Ok(())
-    }
-
-    /// Removes a guest's definition: from the store, or from the cluster file.
-    pub async fn remove_guest(&self, cluster: &mut Cluster, name: &str) -> Result<()> {
-        if cluster.store.is_file() {
-            cluster.guests.retain(|g| g.name != name);
-            return cluster.save(&self.cluster_path).context("update the cluster file");
-        }
-        let store = self.store(cluster).await?;
-        vmove_registry::remove_guest(store.as_ref(), name).await.context("remove the guest from etcd")?;
-        cluster.guests.retain(|g| g.name != name);
-        Ok(())
-    }
-
     /// Where the cluster's truth is, for messages.
     pub fn truth(&self, cluster: &Cluster) -> String {
         if cluster.store.is_file() {
@@ -104,6 +80,55 @@ impl Ctx {
         } else {
             format!("etcd ({})", cluster.store.namespace_for(&cluster.cluster.name))
         }
+    }
+
+    /// Loads the cluster, lets `change` edit it and records it if `change` says it changed
+    /// anything.
+    ///
+    /// With a cluster file: under an exclusive `flock` on the file's directory (the file
+    /// itself is replaced by a rename on save), so that `vmove` processes running side by
+    /// side (two drains, a drain and a `migrate`) never lose each other's updates.
+    ///
+    /// On etcd: the guests that `change` added, changed or removed are written to (removed
+    /// from) the store one by one; a change of a guest's host alone is not written (the
+    /// target's agent records where a guest is, as its migration goes).
+    pub async fn update_cluster(&self, change: impl FnOnce(&mut Cluster) -> bool) -> Result<()> {
+        let file = self.file()?;
+        if !file.store.is_file() {
+            let mut c = self.cluster().await?;
+            let before = c.guests.clone();
+            if !change(&mut c) {
+                return Ok(());
+            }
+            let store = self.store(&file).await?;
+            for old in &before {
+                if c.guest(&old.name).is_none() {
+                    vmove_registry::remove_guest(store.as_ref(), &old.name).await.context("remove the guest from etcd")?;
+                }
+            }
+            for g in &c.guests {
+                let unchanged = before
+                    .iter()
+                    .find(|b| b.name == g.name)
+                    .is_some_and(|b| *b == GuestSpec { host: b.host.clone(), ..g.clone() });
+                if !unchanged {
+                    vmove_registry::put_guest(store.as_ref(), g).await.context("record the guest in etcd")?;
+                }
+            }
+            return Ok(());
+        }
+        let dir = match self.cluster_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let d = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+        let _lock = nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow!("lock {}: {e}", dir.display()))?;
+        let mut c = self.file()?;
+        if change(&mut c) {
+            c.save(&self.cluster_path)?;
+        }
+        Ok(())
     }
 
     /// Clients of every host, in file order.

@@ -99,13 +99,16 @@ mod tests {
         let store = op1.store(&file).await.unwrap();
         vmove_registry::import(store.as_ref(), &file, vmove_registry::Import::New).await.unwrap();
 
-        // op1 moves vm1; op2, whose file says nothing of it, sees it.
-        let mut c1 = op1.cluster().await.unwrap();
+        // vm1 moves (its agent records it); op2, whose file says nothing of it, sees it.
+        let c1 = op1.cluster().await.unwrap();
         let mut g = c1.guest("vm1").unwrap().clone();
         g.host = "host2".into();
-        op1.put_guest(&mut c1, g).await.unwrap();
+        vmove_registry::put_guest(store.as_ref(), &g).await.unwrap();
+        // op1 stops vm1 (a change of its definition): recorded in the store, not the file.
+        let stopped = vmove_model::DesiredState::Stopped;
+        op1.update_cluster(|c| c.guest_mut("vm1").map(|g| g.desired = stopped).is_some()).await.unwrap();
         let c2 = op2.cluster().await.unwrap();
-        assert_eq!(c2.guest("vm1").map(|g| g.host.as_str()), Some("host2"));
+        assert_eq!(c2.guest("vm1").map(|g| (g.host.as_str(), g.desired)), Some(("host2", stopped)));
         assert_eq!(c2.path, d2.path().join("cluster.toml"));
         assert!(vmove_model::Cluster::load(&op1.cluster_path).unwrap().guest("vm1").unwrap().host == "host1", "the file is untouched");
 

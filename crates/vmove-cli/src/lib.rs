@@ -6,12 +6,15 @@ mod cmd_cluster;
 mod cmd_guest;
 mod cmd_host;
 mod cmd_job;
-mod cmd_migrate;
 mod cmd_lab;
+mod cmd_migrate;
+mod cmd_setup;
 mod ctx;
+mod drain;
 mod fleet_store;
 mod oedacli;
 mod out;
+mod plot;
 mod request;
 #[cfg(test)]
 mod testutil;

@@ -110,13 +110,13 @@ pub fn args(spec: &GuestSpec, l: &Launch) -> Vec<String> {
         ]);
     }
     for (i, (path, direct)) in l.disks.iter().enumerate() {
-        let cache = if *direct { "none" } else { "writeback" };
+        let node = DiskNames::of(i).node;
         a.extend([
-            "-drive".into(),
-            format!("file={},format=raw,if=none,id=disk{i},cache={cache},file.locking=on", path.display()),
+            "-blockdev".into(),
+            blockdev(&node, path, *direct),
             "-device".into(),
             format!(
-                "virtio-blk-pci,drive=disk{i},id=vblk{i}{}",
+                "virtio-blk-pci,drive={node},id=vblk{i},write-cache=on{}",
                 if i == 0 && spec.boot == BootSource::Disk { ",bootindex=1" } else { "" }
             ),
         ]);
@@ -133,6 +133,85 @@ pub fn args(spec: &GuestSpec, l: &Launch) -> Vec<String> {
         a.extend(["-incoming".into(), inc.clone()]);
     }
     a
+}
+
+/// The QEMU arguments of a storage helper: a `-machine none` QEMU (no guest, no CPUs) that
+/// opens some of a guest's volumes as `-blockdev` nodes named as the guest's own
+/// ([`DiskNames::node`], by the disk's index `i`) and is driven over QMP in `run_dir`. A
+/// migration target runs one to serve its new copies over NBD; an offline source runs one
+/// to mirror a stopped guest's volumes. `name` (`-name guest=`) is never a valid guest name
+/// (it holds a `+`), so nothing takes it for a guest's QEMU, and an agent that restarts
+/// kills it as the QEMU of no guest.
+pub fn helper_args(name: &str, run_dir: &Path, disks: &[(usize, PathBuf, bool)]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("guest={name},debug-threads=on"),
+        "-machine".into(),
+        "none".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", RunFiles::qmp(run_dir).display()),
+        "-pidfile".into(),
+        RunFiles::pid(run_dir).display().to_string(),
+    ];
+    for (i, path, direct) in disks {
+        a.extend(["-blockdev".into(), blockdev(&DiskNames::of(*i).node, path, *direct)]);
+    }
+    a
+}
+
+/// The helper name of a guest's storage helper `role` (`nbd` on a target, `copy` on an
+/// offline source): `<guest>+<role>`.
+pub fn helper_name(guest: &str, role: &str) -> String {
+    format!("{guest}+{role}")
+}
+
+/// The block layer names of a guest's disk `i`, the same on every host, so a source and
+/// a target agree on them without asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskNames {
+    /// The disk's node (`-blockdev node-name`, the virtio-blk's `drive`): what a mirror
+    /// copies from on the source and what the NBD export serves on the target. QEMUs
+    /// started with the older `-drive id=disk{i}` line name their backend the same, and
+    /// `blockdev-mirror` takes either.
+    pub node: String,
+    /// The NBD export on the target: block export id and the name clients ask for.
+    pub export: String,
+    /// The NBD client node on the source (the mirror's target).
+    pub nbd_client: String,
+    /// The mirror job on the source.
+    pub job: String,
+}
+
+impl DiskNames {
+    /// The names of disk `i`.
+    pub fn of(i: usize) -> DiskNames {
+        DiskNames {
+            node: format!("disk{i}"),
+            export: format!("vmove-export-disk{i}"),
+            nbd_client: format!("vmove-nbd-disk{i}"),
+            job: format!("vmove-mirror-disk{i}"),
+        }
+    }
+}
+
+/// `-blockdev` JSON for a raw disk: a `raw` node named `node` over a `file` node (which
+/// inherits the cache mode). Same semantics as the former
+/// `-drive format=raw,cache=none|writeback,file.locking=on`: O_DIRECT when `direct`,
+/// flushes honoured, image locking on; the guest's write cache is turned on at the
+/// device (`write-cache=on`), as `-drive` did for both cache modes. JSON needs no
+/// escaping of commas in paths.
+fn blockdev(node: &str, path: &Path, direct: bool) -> String {
+    serde_json::json!({
+        "driver": "raw",
+        "node-name": node,
+        "cache": { "direct": direct, "no-flush": false },
+        "file": { "driver": "file", "filename": path, "locking": "on" },
+    })
+    .to_string()
 }
 
 /// Whether files in `dir` can be opened with O_DIRECT (tmpfs cannot).
@@ -212,10 +291,70 @@ mod tests {
         assert!(a.contains("-accel tcg"));
         assert!(a.contains("-smp 2 -m 512M"));
         assert!(a.contains("-qmp unix:/run/x/qmp.sock,server=on,wait=off"));
-        assert!(a.contains("file=/pool/d.img,format=raw,if=none,id=disk0,cache=writeback"));
+        assert!(a.contains("-device virtio-blk-pci,drive=disk0,id=vblk0,write-cache=on -netdev"));
         assert!(a.contains("tap,id=net0,ifname=vt1n0,script=no"));
         assert!(a.contains("mac=52:54:00:00:00:01"));
         assert!(a.contains("port=5901"));
         assert!(a.ends_with("-incoming defer"));
+    }
+
+    #[test]
+    fn helper_opens_volumes_under_the_guests_node_names() {
+        let disks = vec![(2usize, PathBuf::from("/local/vm1-data.img"), true)];
+        let a = helper_args(&helper_name("vm1", "nbd"), Path::new("/run/vm1+nbd"), &disks);
+        let s = a.join(" ");
+        assert!(s.starts_with("-name guest=vm1+nbd,debug-threads=on -machine none -nodefaults"), "{s}");
+        assert!(s.contains("-qmp unix:/run/vm1+nbd/qmp.sock,server=on,wait=off -pidfile /run/vm1+nbd/qemu.pid"), "{s}");
+        let bd: Vec<serde_json::Value> =
+            a.windows(2).filter(|w| w[0] == "-blockdev").map(|w| serde_json::from_str(&w[1]).expect("JSON")).collect();
+        assert_eq!(bd.len(), 1);
+        assert_eq!(bd[0]["node-name"], "disk2");
+        assert_eq!(bd[0]["file"]["filename"], "/local/vm1-data.img");
+        assert!(!a.iter().any(|x| x == "-device" || x == "-incoming"));
+    }
+
+    /// Disks are `-blockdev` JSON with the node names of [`DiskNames`]: cache mode,
+    /// locking, and paths with commas (which `-drive` would have split) all survive.
+    #[test]
+    fn disks_are_blockdevs_with_stable_node_names() {
+        let mut s = spec();
+        s.boot = BootSource::Disk;
+        let l = Launch {
+            accel: "kvm".into(),
+            run_dir: "/run/x".into(),
+            direct_boot: None,
+            disks: vec![("/pool/a,b.img".into(), true), ("/pool/d.img".into(), false)],
+            nics: vec![],
+            incoming: None,
+            console_port: None,
+        };
+        let a = args(&s, &l);
+        let blockdevs: Vec<serde_json::Value> = a
+            .windows(2)
+            .filter(|w| w[0] == "-blockdev")
+            .map(|w| serde_json::from_str(&w[1]).expect("-blockdev is JSON"))
+            .collect();
+        let expect = |node: &str, file: &str, direct: bool| {
+            serde_json::json!({
+                "driver": "raw", "node-name": node,
+                "cache": {"direct": direct, "no-flush": false},
+                "file": {"driver": "file", "filename": file, "locking": "on"},
+            })
+        };
+        assert_eq!(blockdevs, [expect("disk0", "/pool/a,b.img", true), expect("disk1", "/pool/d.img", false)]);
+        let devices: Vec<&String> = a.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
+        assert_eq!(
+            devices,
+            [
+                "virtio-blk-pci,drive=disk0,id=vblk0,write-cache=on,bootindex=1",
+                "virtio-blk-pci,drive=disk1,id=vblk1,write-cache=on"
+            ]
+        );
+        assert!(!a.iter().any(|x| x == "-drive"));
+        let n = DiskNames::of(1);
+        assert_eq!(
+            (n.node.as_str(), n.export.as_str(), n.nbd_client.as_str(), n.job.as_str()),
+            ("disk1", "vmove-export-disk1", "vmove-nbd-disk1", "vmove-mirror-disk1")
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! `vmove lab up` / `vmove lab down`.
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -6,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vmove_api::pki::Ca;
+use vmove_api::bootstrap::{self, AgentLayout, HostOptions, InitOptions};
 use vmove_api::{Health, Request};
-use vmove_model::{AgentConfig, Cluster, ClusterMeta, HostEntry, NetworkEntry, Policy, PoolEntry, TlsFiles};
+use vmove_model::{Cluster, NetworkEntry, PoolEntry};
 
 use crate::topology::{self, Plan, GUEST_NET, MAX_ETCD, MAX_HOSTS, SLOTS};
 
@@ -174,91 +175,69 @@ pub async fn up(o: &LabOptions) -> Result<LabInfo> {
     result
 }
 
-async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
+async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo> {
     let image = {
         let (bin, kroot, cache) =
-            (o.guest_bin.clone(), crate::image::default_kernel_root(), crate::image::default_cache_dir());
+            (opts.guest_bin.clone(), crate::image::default_kernel_root(), crate::image::default_cache_dir());
         tokio::task::spawn_blocking(move || crate::image::ensure(&bin, &kroot, &cache)).await??
     };
     let p2 = plan.clone();
     tokio::task::spawn_blocking(move || topology::build(&p2)).await??;
 
-    let pki = dir.join("pki");
-    let ca = Ca::generate(&plan.name)?;
-    ca.pair().write(&pki, "ca")?;
-    ca.issue_operator("operator")?.write(&pki, "operator")?;
+    // The same path as a real cluster: `cluster init`, then `host add` per host (bundles
+    // in the lab directory instead of /etc/vmove), then the agents in their namespaces.
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared)?;
-    let pools = vec![PoolEntry { name: "shared".into(), path: shared.clone() }];
-    let policy = Policy::default();
-    let store = if plan.etcd > 0 {
-        crate::etcd::start(plan, &ca, dir)?;
-        crate::etcd::store_entry(plan)
-    } else {
-        Default::default()
+    // The local pool: each host's own directory hosts/NAME/local (the cluster file names
+    // the pool with a placeholder path; each agent's configuration holds its own).
+    let init = InitOptions {
+        name: plan.name.clone(),
+        networks: vec![NetworkEntry { name: GUEST_NET.into(), bridge: GUEST_NET.into(), vlan: None, cidr: Some("192.0.2.0/24".into()) }],
+        pools: vec![PoolEntry::shared("shared", shared), PoolEntry::local("local", dir.join("hosts").join("HOST").join("local"))],
+        store: if plan.etcd > 0 { crate::etcd::store_entry(plan) } else { Default::default() },
     };
-    let networks = vec![NetworkEntry {
-        name: GUEST_NET.into(),
-        bridge: GUEST_NET.into(),
-        vlan: None,
-        cidr: Some("192.0.2.0/24".into()),
-    }];
-    let mut hosts = Vec::new();
+    let made = bootstrap::init_cluster(dir, &init)?;
+    let cluster_file = dir.join(bootstrap::CLUSTER_FILE);
+    if plan.etcd > 0 {
+        // The members' certificates come from the cluster's CA, as the hosts' do.
+        crate::etcd::start(plan, &bootstrap::load_ca(&made)?, dir)?;
+    }
     let mut pids = Vec::new();
     let mut cfgs = Vec::new();
     for i in 1..=plan.hosts {
         let hname = Plan::host_name(i);
         let hdir = dir.join("hosts").join(&hname);
-        std::fs::create_dir_all(&hdir)?;
-        ca.issue_host(&hname, plan.host_ip(i).into())?.write(&pki, &hname)?;
-        let listen = format!("{}:{}", plan.host_ip(i), vmove_api::DEFAULT_PORT);
-        let cfg = AgentConfig {
+        std::fs::create_dir_all(hdir.join("local"))?;
+        let ip = IpAddr::V4(plan.host_ip(i));
+        let o = HostOptions {
             name: hname.clone(),
-            listen: listen.clone(),
+            address: SocketAddr::new(ip, vmove_api::DEFAULT_PORT),
             accel: "tcg".into(),
-            state_dir: hdir.join("state"),
-            run_dir: hdir.join("run"),
-            ca: pki.join("ca.pem"),
-            cert: pki.join(format!("{hname}.pem")),
-            key: pki.join(format!("{hname}.key")),
-            memory_reserve_mib: 256,
-            memory_limit_mib: Some(6144),
-            hardware_model: Some("vmove-lab".into()),
-            hardware_generation: 1,
-            console_ports: (5900, 5999),
-            lab_kernel: Some(image.kernel.clone()),
-            lab_initrd: Some(image.initrd.clone()),
-            allow_fault_injection: true,
-            pools: pools.clone(),
-            networks: networks.clone(),
-            store: store.clone(),
-            lease_ttl_s: policy.lease_ttl_s,
+            layout: AgentLayout { config_dir: hdir.clone(), state_dir: hdir.join("state"), run_dir: hdir.join("run") },
+            metrics_listen: Some(SocketAddr::new(ip, bootstrap::DEFAULT_METRICS_PORT)),
+            reissue: false,
         };
-        let cfg_path = hdir.join("agent.toml");
-        cfg.save(&cfg_path)?;
-        cfgs.push((cfg_path, plan.host_ns(i), hdir.join("vmoved.log")));
-        hosts.push(HostEntry { name: hname, address: listen, accel: "tcg".into() });
+        bootstrap::add_host(&cluster_file, &o, &hdir, |cfg| {
+            cfg.memory_limit_mib = Some(6144);
+            cfg.hardware_model = Some("vmove-lab".into());
+            cfg.hardware_generation = 1;
+            cfg.lab_kernel = Some(image.kernel.clone());
+            cfg.lab_initrd = Some(image.initrd.clone());
+            cfg.allow_fault_injection = true;
+            for p in cfg.pools.iter_mut().filter(|p| p.is_local()) {
+                p.path = hdir.join("local");
+            }
+        })?;
+        cfgs.push((hdir.join(bootstrap::AGENT_CONFIG), plan.host_ns(i), hdir.join("vmoved.log")));
     }
-    let cluster_file = dir.join("cluster.toml");
-    let cluster = Cluster {
-        cluster: ClusterMeta { name: plan.name.clone() },
-        tls: TlsFiles { ca: "pki/ca.pem".into(), cert: "pki/operator.pem".into(), key: "pki/operator.key".into() },
-        policy,
-        hosts,
-        networks,
-        pools,
-        store,
-        guests: vec![],
-        path: cluster_file.clone(),
-    };
-    cluster.save(&cluster_file)?;
+    let cluster = Cluster::load(&cluster_file)?;
     if plan.etcd > 0 {
         // The agents need etcd to start; operators need the cluster in it.
         let etcd = crate::etcd::wait_ready(plan, dir).await?;
         vmove_registry::import(&etcd, &cluster, vmove_registry::Import::Replace).await?;
     }
     for (cfg_path, ns, log) in &cfgs {
-        pids.push(start_agent(&o.vmoved, cfg_path, ns, log)?);
+        pids.push(start_agent(&opts.vmoved, cfg_path, ns, log)?);
     }
     let info = LabInfo {
         name: plan.name.clone(),
@@ -275,7 +254,7 @@ async fn build_lab(plan: &Plan, dir: &Path, o: &LabOptions) -> Result<LabInfo> {
         etcd_endpoints: (1..=plan.etcd).map(|j| plan.etcd_client_url(j)).collect(),
     };
     vmove_model::write_atomic(&dir.join("lab.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
-    wait_for_agents(&cluster).await?;
+    wait_for_agents(&cluster, dir).await?;
     Ok(info)
 }
 
@@ -298,15 +277,30 @@ pub fn start_agent(vmoved: &Path, config: &Path, ns: &str, log: &Path) -> Result
     Ok(child.id())
 }
 
-async fn wait_for_agents(cluster: &Cluster) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits until every agent answers (a loaded machine may take a while: the agent starts a
+/// QEMU to learn its features); an agent that exits is reported at once with the last line
+/// of its log.
+async fn wait_for_agents(cluster: &Cluster, dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let info = LabInfo::load(dir).ok();
     for (name, c) in vmove_api::operator_clients(cluster)? {
         let c = c.with_timeout(Duration::from_secs(2));
         loop {
             match c.call::<Health>(&Request::Health).await {
                 Ok(_) => break,
-                Err(e) if Instant::now() > deadline => bail!("agent on {name} did not come up: {:#}", anyhow::Error::from(e)),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    let exited = info.as_ref().is_some_and(|i| agent_pid(i, &name).is_none());
+                    if exited || Instant::now() > deadline {
+                        let log = dir.join("hosts").join(&name).join("vmoved.log");
+                        let last = std::fs::read_to_string(&log)
+                            .ok()
+                            .and_then(|t| t.lines().rev().find(|l| !l.contains("IFLA_")).map(str::to_string))
+                            .unwrap_or_default();
+                        let what = if exited { "exited" } else { "did not come up" };
+                        bail!("agent on {name} {what}: {:#}; last log line: {last}", anyhow::Error::from(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -373,6 +367,6 @@ pub async fn start_agent_again(dir: &Path, host: &str, vmoved: &Path) -> Result<
     let pid = start_agent(vmoved, &hdir.join("agent.toml"), &lab_host_ns(&info, host)?, &hdir.join("vmoved.log"))?;
     let cluster = Cluster::load(&info.cluster_file)?;
     let one = Cluster { hosts: cluster.hosts.iter().filter(|h| h.name == host).cloned().collect(), ..cluster };
-    wait_for_agents(&one).await?;
+    wait_for_agents(&one, &info.dir).await?;
     Ok(pid)
 }

@@ -48,6 +48,10 @@ pub struct AgentConfig {
     /// Honour `inject_fault` in job requests (labs and tests only).
     #[serde(default)]
     pub allow_fault_injection: bool,
+    /// Serve Prometheus metrics over plain HTTP on this `IP:PORT` (`/metrics`); none by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Storage pools on this host.
     #[serde(default)]
     pub pools: Vec<PoolEntry>,

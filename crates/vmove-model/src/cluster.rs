@@ -146,7 +146,36 @@ pub struct NetworkEntry {
     pub cidr: Option<String>,
 }
 
-/// `[[pools]]`: a storage pool, a directory visible to every host.
+/// What kind of storage a pool is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// One directory every host sees (NFS, a cluster file system): a volume is the same
+    /// file on every host and moves by handing over its lease, never by copying.
+    #[default]
+    Shared,
+    /// A directory on each host that only that host sees (local NVMe, say): a volume is
+    /// that host's file, and a migration copies it to the target.
+    Local,
+}
+
+impl PoolKind {
+    /// `shared` or `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Shared => "shared",
+            PoolKind::Local => "local",
+        }
+    }
+
+    fn is_shared(&self) -> bool {
+        *self == PoolKind::Shared
+    }
+}
+
+/// `[[pools]]`: a storage pool. A `shared` pool (the default) is one directory every host
+/// sees; a `local` pool is a directory on each host (each agent's configuration names its
+/// own; in the cluster file the path is what the hosts use by convention).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolEntry {
@@ -154,6 +183,26 @@ pub struct PoolEntry {
     pub name: String,
     /// Directory.
     pub path: PathBuf,
+    /// Shared by every host, or local to each.
+    #[serde(default, skip_serializing_if = "PoolKind::is_shared")]
+    pub kind: PoolKind,
+}
+
+impl PoolEntry {
+    /// A shared pool.
+    pub fn shared(name: &str, path: impl Into<PathBuf>) -> PoolEntry {
+        PoolEntry { name: name.into(), path: path.into(), kind: PoolKind::Shared }
+    }
+
+    /// A pool local to each host.
+    pub fn local(name: &str, path: impl Into<PathBuf>) -> PoolEntry {
+        PoolEntry { name: name.into(), path: path.into(), kind: PoolKind::Local }
+    }
+
+    /// Whether the pool is local to each host.
+    pub fn is_local(&self) -> bool {
+        self.kind == PoolKind::Local
+    }
 }
 
 /// The whole cluster file.
@@ -204,8 +253,8 @@ impl Cluster {
         c.validate().map_err(|message| ModelError::Invalid {
             path: path.into(),
             message: match locate(text, &message) {
-                Some(line) => format!("line {line}: {message}"),
-                None => message,
+                Some(line) => format!("line {line}: {}", one_line(&message)),
+                None => one_line(&message),
             },
         })?;
         Ok(c)
@@ -383,6 +432,11 @@ fn natural_key(s: &str) -> (String, u64) {
     (head.to_string(), tail.parse().unwrap_or(0))
 }
 
+/// Control characters (a name may hold a `\n` escape) written as escapes: one line.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
@@ -501,6 +555,15 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         assert_eq!(e, "c.toml: line 11: hosts[host2].accel: \"warp\" is not kvm, tcg or auto");
     }
 
+    /// Found by the fuzzer (fuzz/corpus/cluster_file/crash-newline-in-name.toml): a name
+    /// with a `\n` escape put a newline in the validation error.
+    #[test]
+    fn validation_errors_stay_on_one_line() {
+        let bad = SAMPLE.replace("name = \"vm1\"\nhost = \"host1\"", "name = \"v\\nm\\r1\\u0000\"\nhost = \"host9\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: guests[v\\nm\\r1\\u{0}].host: no host named \"host9\"");
+    }
+
     #[test]
     fn group_roundtrips_and_is_validated() {
         let with = SAMPLE.replace("memory_mib = 512\n", "memory_mib = 512\ngroup = \"db\"\n");
@@ -548,6 +611,27 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         let bad = SAMPLE.replace("[cluster]", "[policy]\nlease_ttl_s = 1\n[cluster]");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("policy.lease_ttl_s: 1 is not within 2..=600 seconds"), "{e}");
+    }
+
+    #[test]
+    fn pools_are_shared_unless_local() {
+        let text = SAMPLE.replace(
+            "[[pools]]\nname = \"shared\"\npath = \"shared\"\n",
+            "[[pools]]\nname = \"shared\"\npath = \"shared\"\n[[pools]]\nname = \"local\"\npath = \"/var/lib/vmove/local\"\nkind = \"local\"\n",
+        );
+        let c = Cluster::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.pool("shared").map(|p| p.kind), Some(PoolKind::Shared));
+        assert_eq!(c.pool("local").map(|p| p.kind), Some(PoolKind::Local));
+        assert!(c.pool("local").unwrap().is_local());
+        let out = c.to_toml();
+        assert_eq!(out.matches("kind = \"local\"").count(), 1, "{out}");
+        assert!(!out.contains("kind = \"shared\""), "the default is not written: {out}");
+        let again = Cluster::parse(&out, Path::new("c.toml")).unwrap();
+        assert_eq!(again.pool("local"), c.pool("local"));
+        assert_eq!(again.pool("shared"), c.pool("shared"));
+        let bad = text.replace("kind = \"local\"", "kind = \"nfs\"");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `nfs`"), "{e}");
     }
 
     #[test]

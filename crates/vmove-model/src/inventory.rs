@@ -57,6 +57,30 @@ pub struct PoolInfo {
     pub path: String,
     /// Whether the host can write it.
     pub writable: bool,
+    /// Shared by every host or local to this one (agents older than this field: shared).
+    #[serde(default)]
+    pub kind: crate::PoolKind,
+    /// Size of the file system holding the pool, bytes (`statvfs`; 0 when unknown).
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Bytes an unprivileged writer may still use there (`statvfs` `f_bavail`).
+    #[serde(default)]
+    pub free_bytes: u64,
+    /// The volumes of a local pool (a shared pool's are the same on every host and not
+    /// listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeInfo>,
+}
+
+/// A volume (file) of a local pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Volume name (the file's name).
+    pub name: String,
+    /// Its size, bytes (what a copy of it takes at most).
+    pub size_bytes: u64,
+    /// Bytes the file occupies on disk (less for a sparse file).
+    pub allocated_bytes: u64,
 }
 
 /// What a host's QEMU can do, learned when the agent starts (`query-version`,
@@ -97,6 +121,14 @@ impl QemuFeatures {
     pub fn known(&self) -> bool {
         !self.migration_capabilities.is_empty()
     }
+}
+
+/// A host in maintenance (`vmove host drain`): it takes no new guests and no migrations
+/// in; the guests already there keep running until they are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// Since when, unix ms.
+    pub since_ms: u64,
 }
 
 /// `host_info` result: the host inventory.
@@ -145,5 +177,8 @@ pub struct HostInfo {
     pub console_port_range: (u16, u16),
     /// Guests and their states.
     pub guests: Vec<GuestStatus>,
+    /// In maintenance since when, if it is (an agent older than this field reports none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
 }
 

@@ -16,7 +16,8 @@ mod units;
 pub use agent::AgentConfig;
 pub use clock::now_ms;
 pub use cluster::{
-    write_atomic, Cluster, ClusterMeta, HostEntry, ModelError, NetworkEntry, Policy, PoolEntry, TlsFiles, LEASE_TTL_RANGE_S,
+    write_atomic, Cluster, ClusterMeta, HostEntry, ModelError, NetworkEntry, Policy, PoolEntry, PoolKind, TlsFiles,
+    LEASE_TTL_RANGE_S,
 };
 pub use converge::{Converge, ConvergeParseError};
 pub use guest::{valid_name, BootSource, DesiredState, DiskSpec, GuestSpec, NicSpec};

@@ -20,7 +20,7 @@ use std::time::Instant;
 use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
 use vmove_model::{
     BootSource, Cluster, ClusterMeta, DesiredState, DiskSpec, GuestSpec, HostEntry, NetworkEntry,
-    NicSpec, Policy, PoolEntry, TlsFiles,
+    NicSpec, Policy, PoolEntry, PoolKind, TlsFiles,
 };
 use vmove_plan::{plan, DrainPlan, HostView, Limits, Mode, MoveRequest, PlacementInput};
 
@@ -104,11 +104,16 @@ fn host_info(i: usize, rng: &mut Rng) -> HostInfo {
                 name: format!("pool{p}"),
                 path: format!("/srv/pool{p}"),
                 writable: true,
+                kind: PoolKind::Shared,
+                capacity_bytes: 1 << 40,
+                free_bytes: 1 << 39,
+                volumes: vec![],
             })
             .collect(),
         console_ports_in_use: (5900..5900 + rng.below(30) as u16).collect(),
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 
@@ -220,10 +225,7 @@ fn world() -> World {
             })
             .collect(),
         pools: (0..POOLS)
-            .map(|p| PoolEntry {
-                name: format!("pool{p}"),
-                path: format!("/srv/pool{p}").into(),
-            })
+            .map(|p| PoolEntry::shared(&format!("pool{p}"), format!("/srv/pool{p}")))
             .collect(),
         store: Default::default(),
         guests,

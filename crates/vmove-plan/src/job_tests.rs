@@ -2,17 +2,18 @@
 //! every phase, rollback and recovery, for each mode.
 use super::*;
 
-const OFFLINE: [Step; 8] = [
+const OFFLINE: [Step; 9] = [
     Step::StopGuest,
     Step::CreateBridges,
     Step::DetachInterfaces,
     Step::DetachVolumes,
     Step::AttachVolumes,
+    Step::CopyVolumes,
     Step::MigrateGuest,
     Step::AttachInterfaces,
     Step::StartupGuest,
 ];
-const LIVE: [Step; 4] = [Step::AttachVolumes, Step::CreateBridges, Step::MigrateGuest, Step::DetachVolumes];
+const LIVE: [Step; 5] = [Step::AttachVolumes, Step::CreateBridges, Step::CopyVolumes, Step::MigrateGuest, Step::DetachVolumes];
 
 fn rec(mode: Mode) -> MigrationRecord {
     MigrationRecord::new("vm1", mode, "host1", "198.51.100.2:7450")
@@ -212,6 +213,8 @@ fn live_failure_or_timeout_in_the_memory_phase_undoes_it_and_the_earlier_steps()
         assert_eq!(notes, vec![Note::RollingBack("MIGRATE_GUEST: timed out after 6 s".into())]);
         assert_eq!(m.action(), Action::Undo(Step::MigrateGuest), "the failed step's own work first");
         m.on(Input::UndoSucceeded).unwrap();
+        assert_eq!(m.action(), Action::Undo(Step::CopyVolumes), "the mirrors after the memory migration");
+        m.on(Input::UndoSucceeded).unwrap();
         assert_eq!(m.action(), Action::Undo(Step::CreateBridges));
         m.on(Input::UndoSucceeded).unwrap();
         assert_eq!(m.action(), Action::Undo(Step::AttachVolumes));
@@ -233,7 +236,7 @@ fn a_failed_rollback_leaves_the_migration_for_recover() {
     assert_eq!(s, EndStatus::Failed);
     assert_eq!(why, "rollback of MIGRATE_GUEST failed: host1 (198.51.100.2:7450): cannot connect; run `vmove job recover host2-1` when the cause is fixed");
     assert!(!m.record().finished);
-    assert_eq!(m.record().completed, vec![Step::AttachVolumes, Step::CreateBridges]);
+    assert_eq!(m.record().completed, vec![Step::AttachVolumes, Step::CreateBridges, Step::CopyVolumes]);
 }
 
 #[test]
@@ -307,11 +310,11 @@ fn a_failed_state_write_stops_the_job_in_every_phase() {
 fn recovery_forward_runs_the_rest() {
     let mut r = rec(Mode::Offline);
     r.was_running = Some(true);
-    r.completed = OFFLINE[..6].to_vec();
+    r.completed = OFFLINE[..7].to_vec();
     let mut m = JobMachine::recover("j", r, true);
     assert_eq!(m.direction(), Direction::RecoverForward);
-    assert_eq!(m.steps(), &OFFLINE[6..]);
-    assert_eq!(run_all(&mut m), OFFLINE[6..].to_vec());
+    assert_eq!(m.steps(), &OFFLINE[7..]);
+    assert_eq!(run_all(&mut m), OFFLINE[7..].to_vec());
     assert_eq!(ended(&m).0, EndStatus::Succeeded);
     assert!(m.record().finished && !m.record().rolled_back);
 }
@@ -337,7 +340,7 @@ fn recovery_back_undoes_in_reverse_with_migrate_guest() {
 fn recovery_failures_and_cancels() {
     let mut r = rec(Mode::Offline);
     r.was_running = Some(true);
-    r.completed = OFFLINE[..6].to_vec();
+    r.completed = OFFLINE[..7].to_vec();
     let mut m = JobMachine::recover("j", r.clone(), true);
     m.on(Input::StepFailed { error: "no QEMU".into(), kind: FailKind::Error }).unwrap();
     assert_eq!(ended(&m), (EndStatus::Failed, "recovery step ATTACH_INTERFACES failed: no QEMU".into()));
@@ -350,7 +353,7 @@ fn recovery_failures_and_cancels() {
     m.on(Input::UndoFailed { error: "host1 (198.51.100.2:7450): cannot connect".into() }).unwrap();
     let (s, why) = ended(&m);
     assert_eq!(s, EndStatus::Failed);
-    assert!(why.starts_with("recovery step ATTACH_VOLUMES failed: "), "{why}");
+    assert!(why.starts_with("recovery step COPY_VOLUMES failed: "), "{why}");
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub struct MigrationParams {
     /// Hold the source at switchover until told to continue (QEMU pause-before-switchover).
     #[serde(default)]
     pub pause_before_switchover: bool,
+    /// Keep the source's copies of local volumes after the move (released, not deleted).
+    #[serde(default)]
+    pub keep_source_volumes: bool,
 }
 
 fn default_stop_timeout() -> u64 {
@@ -58,6 +61,7 @@ impl Default for MigrationParams {
             initial_downtime_ms: None,
             stop_timeout_s: default_stop_timeout(),
             pause_before_switchover: false,
+            keep_source_volumes: false,
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum Step {
     DetachVolumes,
     /// Attach the guest's volumes on the target.
     AttachVolumes,
+    /// Copy the guest's volumes in local pools to the target (NBD over TLS; LIVE: mirrors
+    /// that stay in sync until the switchover). Nothing to do for shared volumes.
+    CopyVolumes,
     /// Move the guest: define it on the target (OFFLINE) or run the live migration (LIVE).
     MigrateGuest,
     /// Attach the guest's interfaces (taps) on the target.
@@ -30,20 +33,28 @@ pub enum Step {
     PrecheckLiveMigration,
 }
 
-const OFFLINE_PLAN: [Step; 8] = [
+// COPY_VOLUMES sits right before MIGRATE_GUEST in both plans: after ATTACH_VOLUMES (the
+// target holds the lease of its new copy, in its own lease store) and, OFFLINE, after
+// STOP_GUEST (the source's volumes no longer change); before MIGRATE_GUEST, which moves
+// the definition (OFFLINE) or runs the memory migration (LIVE: the mirrors it started stay
+// in sync during the memory phase and are finished at the pre-switchover pause). A guest
+// with no volume in a local pool makes it a no-op.
+const OFFLINE_PLAN: [Step; 9] = [
     Step::StopGuest,
     Step::CreateBridges,
     Step::DetachInterfaces,
     Step::DetachVolumes,
     Step::AttachVolumes,
+    Step::CopyVolumes,
     Step::MigrateGuest,
     Step::AttachInterfaces,
     Step::StartupGuest,
 ];
 
-const LIVE_PLAN: [Step; 4] = [
+const LIVE_PLAN: [Step; 5] = [
     Step::AttachVolumes,
     Step::CreateBridges,
+    Step::CopyVolumes,
     Step::MigrateGuest,
     Step::DetachVolumes,
 ];
@@ -52,7 +63,7 @@ const LIVE_PLAN: [Step; 4] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown step {input:?}: expected one of STOP_GUEST, CREATE_BRIDGES, DETACH_INTERFACES, DETACH_VOLUMES, \
-     ATTACH_VOLUMES, MIGRATE_GUEST, ATTACH_INTERFACES, STARTUP_GUEST, PRECHECK_LIVEMIGRATION"
+     ATTACH_VOLUMES, COPY_VOLUMES, MIGRATE_GUEST, ATTACH_INTERFACES, STARTUP_GUEST, PRECHECK_LIVEMIGRATION"
 )]
 pub struct StepParseError {
     /// What was given.
@@ -61,12 +72,13 @@ pub struct StepParseError {
 
 impl Step {
     /// Every step, in declaration order.
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::StopGuest,
         Step::CreateBridges,
         Step::DetachInterfaces,
         Step::DetachVolumes,
         Step::AttachVolumes,
+        Step::CopyVolumes,
         Step::MigrateGuest,
         Step::AttachInterfaces,
         Step::StartupGuest,
@@ -96,6 +108,7 @@ impl Step {
             Step::DetachInterfaces => "DETACH_INTERFACES",
             Step::DetachVolumes => "DETACH_VOLUMES",
             Step::AttachVolumes => "ATTACH_VOLUMES",
+            Step::CopyVolumes => "COPY_VOLUMES",
             Step::MigrateGuest => "MIGRATE_GUEST",
             Step::AttachInterfaces => "ATTACH_INTERFACES",
             Step::StartupGuest => "STARTUP_GUEST",
@@ -296,6 +309,7 @@ mod tests {
             "DETACH_INTERFACES",
             "DETACH_VOLUMES",
             "ATTACH_VOLUMES",
+            "COPY_VOLUMES",
             "MIGRATE_GUEST",
             "ATTACH_INTERFACES",
             "STARTUP_GUEST",
@@ -307,6 +321,7 @@ mod tests {
             [
                 "ATTACH_VOLUMES",
                 "CREATE_BRIDGES",
+                "COPY_VOLUMES",
                 "MIGRATE_GUEST",
                 "DETACH_VOLUMES"
             ]
@@ -316,8 +331,10 @@ mod tests {
     #[test]
     fn index_and_validity() {
         assert_eq!(Step::StopGuest.index_in(Mode::Offline), Some(0));
-        assert_eq!(Step::StartupGuest.index_in(Mode::OfflineForce), Some(7));
-        assert_eq!(Step::DetachVolumes.index_in(Mode::Live), Some(3));
+        assert_eq!(Step::StartupGuest.index_in(Mode::OfflineForce), Some(8));
+        assert_eq!(Step::CopyVolumes.index_in(Mode::Offline), Some(5));
+        assert_eq!(Step::CopyVolumes.index_in(Mode::Live), Some(2));
+        assert_eq!(Step::DetachVolumes.index_in(Mode::Live), Some(4));
         assert_eq!(Step::StopGuest.index_in(Mode::Live), None);
         assert_eq!(Step::PrecheckLiveMigration.index_in(Mode::Live), None);
         assert!(Step::PrecheckLiveMigration.valid_for(Mode::Live));
@@ -361,6 +378,7 @@ mod tests {
             Step::CreateBridges,
             Step::DetachInterfaces,
             Step::AttachVolumes,
+            Step::CopyVolumes,
         ];
         let e = can_run_step(Mode::Offline, Step::MigrateGuest, &done).unwrap_err();
         assert_eq!(
@@ -378,7 +396,7 @@ mod tests {
         let e = can_run_step(
             Mode::Live,
             Step::DetachVolumes,
-            &[Step::AttachVolumes, Step::CreateBridges],
+            &[Step::AttachVolumes, Step::CreateBridges, Step::CopyVolumes],
         )
         .unwrap_err();
         assert_eq!(
@@ -388,6 +406,12 @@ mod tests {
                 missing: Step::MigrateGuest,
                 mode: Mode::Live
             }
+        );
+        // MIGRATE_GUEST needs the copy of the local volumes first, in both plans.
+        let e = can_run_step(Mode::Live, Step::MigrateGuest, &[Step::AttachVolumes, Step::CreateBridges]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot run MIGRATE_GUEST: COPY_VOLUMES, an earlier step of the LIVE plan, has not completed"
         );
     }
 
@@ -420,7 +444,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "STOP_GUEST is not a step of the LIVE plan (ATTACH_VOLUMES, CREATE_BRIDGES, MIGRATE_GUEST, DETACH_VOLUMES)"
+            "STOP_GUEST is not a step of the LIVE plan (ATTACH_VOLUMES, CREATE_BRIDGES, COPY_VOLUMES, MIGRATE_GUEST, DETACH_VOLUMES)"
         );
         let e = can_run_step(Mode::Offline, Step::PrecheckLiveMigration, &[]).unwrap_err();
         assert_eq!(

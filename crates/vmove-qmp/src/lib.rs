@@ -33,6 +33,9 @@
 //! socket closes, every pending command fails with [`QmpError::Closed`] and
 //! [`Qmp::closed`] resolves.
 //!
+//! For a live storage copy it wraps mirror jobs ([`BlockdevMirror`]) into NBD client
+//! nodes ([`NbdClient`]), the NBD server ([`NbdServerStart`]) and its exports
+//! ([`NbdExport`]), and decodes the `BLOCK_JOB_*` events ([`Event::block_job`]).
 //! # Convergence primitives
 //!
 //! Post-copy and its recovery ([`Qmp::migrate_start_postcopy`],
@@ -48,6 +51,8 @@
 //! With the `fake` feature, [`fake::FakeQmp`] is a scriptable QMP server for
 //! other crates' unit tests.
 
+mod block;
+mod block_cmds;
 mod client;
 mod commands;
 mod error;
@@ -63,6 +68,11 @@ pub mod fake;
 #[cfg(test)]
 mod tests;
 
+pub use block::{
+    BlockExportInfo, BlockInfo, BlockJobEvent, BlockJobEventKind, BlockJobInfo, BlockNodeInfo,
+    BlockdevCacheInfo, BlockdevMirror, JobInfo, JobStatus, JobType, MirrorCopyMode, MirrorSyncMode,
+    NbdAddr, NbdClient, NbdExport, NbdServerStart,
+};
 pub use client::{Qmp, DEFAULT_TIMEOUT, EVENT_CAPACITY};
 pub use error::QmpError;
 pub use message::{classify, parse_line, Message};

@@ -98,7 +98,8 @@ fn mtls_refuses_clients_without_a_cluster_certificate() {
     assert!(e.is_err(), "a foreign CA's certificate must be refused");
 
     // A host certificate may make peer calls only.
-    let host = CertPair::read(&pki, "host1").unwrap();
+    // The host bundle that `vmove host add` wrote for host1 (what its agent serves with).
+    let host = CertPair::read(&lab.dir.join("hosts").join("host1"), "host").unwrap();
     let cfg = vmove_api::tls::client_config(&ca, &host).unwrap();
     call(cfg.clone(), Request::HostInfo).expect("host_info is a peer call");
     let e = call(cfg, Request::GuestList).unwrap_err();

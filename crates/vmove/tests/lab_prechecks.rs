@@ -27,6 +27,8 @@ fn prechecks_pass_fail_and_warn_against_real_agents() {
     // The link and the dirty rate were measured: convergence is predicted, not guessed.
     let conv = reason(&live, "predicted-convergence");
     assert!(!conv.contains("not measured"), "{conv}");
+    // An idle guest: pre-copy at the first downtime limit, within the timeout.
+    assert!(conv.starts_with("about ") && conv.contains("downtime about") && conv.contains("within the timeout"), "{conv}");
     let text = lab.ok(&["migrate", "vm1", "--to", "host2", "--precheck"]);
     let line = text.lines().find(|l| l.starts_with("link host1 -> host2: ")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.ends_with(" s ago)"), "a recent measurement is reused: {line}");

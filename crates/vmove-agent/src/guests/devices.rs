@@ -77,15 +77,22 @@ impl Agent {
         self.release_leases(&spec).await
     }
 
-    /// Lets this host open a guest's volumes for an incoming live migration from `source`
-    /// (on etcd also names it the guest's incoming owner).
+    /// Lets this host open a guest's volumes for an incoming live migration from `source`:
+    /// an `incoming` claim on a shared volume (the source still holds it; on etcd also names
+    /// it the guest's incoming owner); a local volume is copied, and this host leases its new
+    /// copy (in its own lease store) outright.
     pub async fn claim_incoming(&self, spec: &GuestSpec, source: &str) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
         if let Some(o) = &self.owners {
             o.add_incoming(&spec.name, source, &self.cfg.name, &spec.name).await?;
         }
         for d in &spec.disks {
-            out.push(self.pool_leases(&d.pool)?.add_incoming(&d.volume, source, &self.cfg.name, &spec.name).await?);
+            let leases = self.pool_leases(&d.pool)?;
+            out.push(if self.pool_is_local(&d.pool) {
+                leases.acquire(&d.volume, &self.cfg.name, &spec.name, Take::Exclusive, &self.cfg.listen).await?
+            } else {
+                leases.add_incoming(&d.volume, source, &self.cfg.name, &spec.name).await?
+            });
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmove_api::server::ServerStats;
 use vmove_api::{AgentClient, GuestState, GuestStatus};
-use vmove_model::inventory::QemuFeatures;
+use vmove_model::inventory::{Maintenance, QemuFeatures};
 use vmove_model::{AgentConfig, GuestSpec};
 use vmove_qmp::Qmp;
 
@@ -15,7 +15,7 @@ use crate::error::{fail, AgentError, Result};
 use crate::fleet::Fleet;
 use crate::host::HostOps;
 use crate::leases::Leases;
-use crate::state::{intent_key, Intent, IntentRec, State};
+use crate::state::{intent_key, Intent, IntentRec, MaintenanceRec, State, MAINTENANCE_KEY};
 
 pub mod define;
 pub mod devices;
@@ -73,11 +73,14 @@ pub struct Agent {
     /// On etcd: who may run each guest (`owners/<guest>`, records like volume leases).
     pub(crate) owners: Option<Leases>,
     pub(crate) stats: Arc<ServerStats>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     guests: Mutex<BTreeMap<String, Guest>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: Mutex<HashMap<String, Arc<Mutex<MigrationEvents>>>>,
     peers: Mutex<HashMap<String, AgentClient>>,
     journal_seq: AtomicU64,
+    pub(crate) helpers: crate::storage::helper::Helpers,
+    maintenance: Mutex<Option<Maintenance>>,
     pub(crate) outgoing_watch: Mutex<HashMap<String, crate::frames::Outgoing>>,
 }
 
@@ -97,6 +100,8 @@ impl Agent {
             .filter_map(|e| e.key.rsplit('/').next().and_then(|s| s.parse::<u64>().ok()))
             .max()
             .unwrap_or(0);
+        let starts = crate::metrics::count_start(&parts.state).await?;
+        let maintenance = parts.state.get::<MaintenanceRec>(MAINTENANCE_KEY).await?.map(|m| m.0);
         Ok(Agent {
             cfg: parts.cfg,
             accel: parts.accel,
@@ -108,13 +113,57 @@ impl Agent {
             owners: parts.fleet.clone().map(|f| Leases::on_fleet(f, vmove_registry::keys::owners())),
             fleet: parts.fleet,
             stats: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(starts)),
             guests: Mutex::new(guests),
             op_locks: Mutex::default(),
             events: Mutex::default(),
             peers: Mutex::default(),
             journal_seq: AtomicU64::new(journal_seq + 1),
+            helpers: Default::default(),
+            maintenance: Mutex::new(maintenance),
             outgoing_watch: Mutex::default(),
         })
+    }
+
+    /// Since when the host is in maintenance, if it is.
+    pub fn maintenance(&self) -> Option<Maintenance> {
+        *self.maintenance.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses `what` while the host is in maintenance (`wrong_state`).
+    pub fn refuse_in_maintenance(&self, what: &str) -> Result<()> {
+        if self.maintenance().is_some() {
+            fail!(
+                WrongState,
+                "{} is in maintenance: {what} refused (guests already here keep running; `vmove host undrain {}` ends it)",
+                self.cfg.name,
+                self.cfg.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Puts the host in maintenance (`on`) or ends it; saved before it takes effect.
+    /// Returns the new state and whether it changed. Callers that must not race with job
+    /// submissions go through [`crate::jobs::Jobs::set_maintenance`].
+    pub(crate) async fn set_maintenance(&self, on: bool) -> Result<(Option<Maintenance>, bool)> {
+        let now = self.maintenance();
+        match (on, now) {
+            (true, Some(_)) | (false, None) => Ok((now, false)),
+            (true, None) => {
+                let m = Maintenance { since_ms: crate::now_ms() };
+                self.state.put(MAINTENANCE_KEY, &MaintenanceRec(m)).await?;
+                *self.maintenance.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+                tracing::info!("maintenance begins: no new guests, no migrations in");
+                Ok((Some(m), true))
+            }
+            (false, Some(_)) => {
+                self.state.delete(MAINTENANCE_KEY).await?;
+                *self.maintenance.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!("maintenance ends");
+                Ok((None, true))
+            }
+        }
     }
 
     /// This host's name.

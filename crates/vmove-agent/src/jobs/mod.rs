@@ -33,6 +33,9 @@ pub struct Jobs {
     cells: Mutex<BTreeMap<String, Arc<JobCell>>>,
     next: AtomicU64,
     peers: PeerFactory,
+    /// Held while a job is accepted and while maintenance changes, so that the limit of
+    /// migrations in and the maintenance state are checked against every accepted job.
+    admission: tokio::sync::Mutex<()>,
 }
 
 impl Jobs {
@@ -70,10 +73,17 @@ impl Jobs {
                 cell.emit(&agent.state, EventKind::JobEnded { status: JobStatus::Failed, error: Some(error), summary: Summary::default() })
                     .await?;
                 cell.save(&agent.state).await?;
+                agent.metrics.job_ended(&cell.snapshot(), &Summary::default());
             }
             cells.insert(r.id.clone(), cell);
         }
-        Ok(Arc::new(Jobs { agent, cells: Mutex::new(cells), next: AtomicU64::new(max + 1), peers }))
+        Ok(Arc::new(Jobs {
+            agent,
+            cells: Mutex::new(cells),
+            next: AtomicU64::new(max + 1),
+            peers,
+            admission: tokio::sync::Mutex::new(()),
+        }))
     }
 
     fn cells(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<JobCell>>> {
@@ -173,8 +183,23 @@ impl Jobs {
         Ok(cell)
     }
 
-    /// Accepts a migration job and starts it.
+    /// Jobs running now (every job of this host brings a guest in).
+    pub fn running(&self) -> usize {
+        self.cells().values().filter(|c| c.lock().status == JobStatus::Running).count()
+    }
+
+    /// Puts the host in maintenance or ends it. Once this returns, every job accepted
+    /// before is in the job list, and no new migration in is accepted while in maintenance.
+    pub async fn set_maintenance(&self, on: bool) -> Result<(Option<vmove_model::inventory::Maintenance>, bool)> {
+        let _admission = self.admission.lock().await;
+        self.agent.set_maintenance(on).await
+    }
+
+    /// Accepts a migration job and starts it: refused while the host is in maintenance
+    /// (unless it continues a migration accepted before), and with `at_limit` when the host
+    /// already runs `spec.max_incoming` jobs.
     pub async fn submit(self: &Arc<Self>, mut spec: JobSpec) -> Result<JobRecord> {
+        let _admission = self.admission.lock().await;
         let me = self.agent.cfg.name.clone();
         if spec.source.name == me && spec.step.is_some() {
             // The cluster file already says the guest is here (MIGRATE_GUEST done): the
@@ -200,7 +225,17 @@ impl Jobs {
         if spec.step == Some(Step::PrecheckLiveMigration) {
             fail!(InvalidRequest, "PRECHECK_LIVEMIGRATION runs in the CLI (vmove migrate --step PRECHECK_LIVEMIGRATION)");
         }
-        let mig = match self.load_mig(&spec.guest.name).await? {
+        let existing = self.load_mig(&spec.guest.name).await?;
+        if existing.as_ref().is_none_or(|m| m.finished) {
+            self.agent.refuse_in_maintenance(&format!("a migration of {} to {me}", spec.guest.name))?;
+        }
+        if let Some(max) = spec.max_incoming {
+            let n = self.running();
+            if n >= max as usize {
+                fail!(AtLimit, "{me} already receives {n} guests (limit {max}); try again when one has arrived");
+            }
+        }
+        let mig = match existing {
             Some(m) if !m.finished && (m.mode != spec.mode || m.source != spec.source.name) => fail!(
                 Busy,
                 "guest {} has an unfinished {} migration from {} (completed: {}); finish it with --step or `vmove job recover`",
@@ -266,7 +301,7 @@ impl Jobs {
     pub async fn recover(self: &Arc<Self>, id: &str) -> Result<JobRecord> {
         let old = self.get(id)?.snapshot();
         let (mig, forward) = recover::decide(self, &old).await?;
-        let spec = JobSpec { step: None, inject_fault: None, pause_before: None, pause_at_switchover: false, ..old.spec.clone() };
+        let spec = JobSpec { step: None, inject_fault: None, pause_before: None, pause_at_switchover: false, max_incoming: None, ..old.spec.clone() };
         let machine = JobMachine::recover("", mig, forward);
         let new_id = self.next_id();
         self.claim_for(&new_id, &spec, "recovery").await?;

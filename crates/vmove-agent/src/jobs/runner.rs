@@ -221,6 +221,10 @@ async fn finish(jobs: &Jobs, cell: &JobCell, m: &JobMachine, mut summary: Summar
     }
     // The guest is free for other migrations once this one has ended.
     jobs.unclaim(&cell.id(), &spec.guest.name).await;
+    // Counted before the record ends, so that whoever sees the job ended sees it counted.
+    let mut ended = cell.snapshot();
+    ended.status = status;
+    jobs.agent.metrics.job_ended(&ended, &summary);
     end_record(cell, status, error.clone());
     if m.record().finished && m.record().rolled_back {
         release_source(jobs, cell, &spec).await;

@@ -58,6 +58,9 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
     let mut paused_here = false;
     // The target reported post-copy: the guest runs here.
     let mut runs_here = false;
+    // The pre-switchover pause was handled.
+    let mut held = false;
+    let poll = if p.copying { super::pause::POLL_COPYING } else { POLL };
     loop {
         if cx.cell.cancelled() {
             if !postcopy {
@@ -140,12 +143,10 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
                     let last = final_figures(cx, info).await;
                     return Ok(completed(p, last));
                 }
-                "pre-switchover" => {
-                    cx.cell.emit(&agent.state, EventKind::Info { message: "paused at switchover (test hook)".into() }).await?;
-                    if !cx.cell.wait_resumed().await {
-                        fail!(Cancelled, "cancelled by the operator at switchover; the guest keeps running on {}", cx.spec.source.name);
-                    }
-                    cx.peer.call(&Request::PeerMigrateContinue { name: name.clone() }, PEER_TIMEOUT).await.ctx("continue at switchover")?;
+                // Once: a query right after the continue may still see the pause.
+                "pre-switchover" if !held => {
+                    held = true;
+                    super::pause::at_pre_switchover(cx, p.hook, p.copying).await?;
                 }
                 "failed" | "cancelled" => {
                     let why = info.error_desc.clone().unwrap_or_else(|| "no reason given".into());
@@ -182,7 +183,7 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
         }
         // Wait for the next poll, or for the target QEMU's MIGRATION event (it reports the
         // incoming side's completion at once).
-        let _ = tokio::time::timeout(POLL, async {
+        let _ = tokio::time::timeout(poll, async {
             loop {
                 match dst_events.recv().await {
                     Ok(e) if e.migration_status().is_some() => break,

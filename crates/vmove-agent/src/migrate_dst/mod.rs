@@ -15,6 +15,7 @@ use crate::error::{fail, Result, ResultExt};
 use crate::steps::{take_definition, StepCx, StepWork};
 
 mod follow;
+mod pause;
 mod setup;
 mod switchover;
 

@@ -28,6 +28,10 @@ pub(super) struct Prepared {
     pub watches: Vec<TapWatch>,
     /// This QEMU's switchover events.
     pub times: Arc<Mutex<EventTimes>>,
+    /// The test hook `--pause-at-switchover` holds the migration at pre-switchover.
+    pub hook: bool,
+    /// Local volumes are copied: their mirrors are finished at pre-switchover.
+    pub copying: bool,
 }
 
 /// What the two QEMUs can do for convergence.
@@ -51,7 +55,10 @@ fn features(src: &HostInfo, dst: &vmove_model::inventory::QemuFeatures) -> Featu
 pub(super) async fn prepare(cx: &StepCx<'_>) -> Result<Prepared> {
     let (agent, name) = (cx.agent(), cx.guest().to_string());
     let mut p = cx.spec.params.clone();
-    p.pause_before_switchover = crate::hooks::pause_at_switchover(agent, cx.spec);
+    let hook = crate::hooks::pause_at_switchover(agent, cx.spec);
+    // Local volumes: the mirrors must be in sync now and are finished at the pause.
+    let copying = crate::storage::dst::copies_in_sync(cx).await?;
+    p.pause_before_switchover = hook || copying;
     // The source's QEMU features, asked while this host's QEMU starts.
     let src_info = call::<HostInfo>(cx.peer, &Request::HostInfo, PEER_TIMEOUT);
     let (started, src_info) = tokio::join!(agent.start_incoming(&name), src_info);
@@ -115,5 +122,5 @@ pub(super) async fn prepare(cx: &StepCx<'_>) -> Result<Prepared> {
         p.bandwidth_bytes_per_s.map_or("unlimited".to_string(), |b| format!("{} MiB/s", b >> 20))
     );
     cx.cell.emit(&agent.state, EventKind::Info { message }).await?;
-    Ok(Prepared { q, ladder, started, watches, times })
+    Ok(Prepared { q, ladder, started, watches, times, hook, copying })
 }

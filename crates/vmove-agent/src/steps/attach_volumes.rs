@@ -1,7 +1,8 @@
 //! ATTACH_VOLUMES.
 //! - OFFLINE: the target takes the leases of the guest's volumes (OFFLINEFORCE takes them
 //!   over from a dead source, bumping their epoch). Undo: it releases them.
-//! - LIVE: the target claims the volumes as incoming while the source still runs them.
+//! - LIVE: the target claims the volumes as incoming while the source still runs them (a
+//!   volume in a local pool is copied: the target leases its new copy in its own store).
 //!   Undo: it drops the claim.
 use async_trait::async_trait;
 use vmove_plan::Mode;
@@ -41,7 +42,10 @@ impl StepWork for ClaimIncoming {
             .disks
             .iter()
             .zip(&leases)
-            .map(|(d, l)| format!("{}/{} (held by {}, incoming {})", d.pool, d.volume, l.holder, cx.agent().name()))
+            .map(|(d, l)| match &l.incoming {
+                Some(to) => format!("{}/{} (held by {}, incoming {to})", d.pool, d.volume, l.holder),
+                None => format!("{}/{} (the new copy, leased to {})", d.pool, d.volume, l.holder),
+            })
             .collect();
         Ok(if notes.is_empty() { "no volumes".into() } else { notes.join(", ") })
     }

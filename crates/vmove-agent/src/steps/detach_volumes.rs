@@ -1,7 +1,8 @@
 //! DETACH_VOLUMES.
 //! - OFFLINE: the source releases its leases of the guest's volumes. Undo: it takes them back.
 //! - LIVE (after the switchover): the leases pass from the source to the target, which
-//!   held them as incoming. Undo: nothing (a live migration is not rolled back after its
+//!   held them as incoming; the source drops its copies of local volumes (deleted, or
+//!   released with `--keep-source-volumes`). Undo: nothing (a live migration is not rolled back after its
 //!   switchover; recovery goes forward).
 use async_trait::async_trait;
 use vmove_api::Request;
@@ -43,7 +44,12 @@ impl StepWork for LeasesPassToTarget {
             .zip(&leases)
             .map(|(d, l)| format!("{}/{} (epoch {})", d.pool, d.volume, l.epoch))
             .collect();
-        Ok(format!("detached from {}, leased to {}: {}", cx.spec.source.name, cx.agent().name(), names.join(", ")))
+        let mut note = format!("detached from {}, leased to {}: {}", cx.spec.source.name, cx.agent().name(), names.join(", "));
+        if let Some(dropped) = crate::storage::dst::moved(cx).await? {
+            note.push_str("; ");
+            note.push_str(&dropped);
+        }
+        Ok(note)
     }
 
     async fn undo(&self, _cx: &StepCx<'_>) -> Result<String> {

@@ -8,9 +8,10 @@
 //! | STOP_GUEST | source stops the guest (ACPI; OFFLINEFORCE kills it, or skips a dead source) | — |
 //! | CREATE_BRIDGES | target creates missing bridges | target creates missing bridges and the guest's taps |
 //! | DETACH_INTERFACES | source removes the guest's taps | — |
-//! | DETACH_VOLUMES | source releases its leases | the leases pass to the target (after the switchover) |
-//! | ATTACH_VOLUMES | target takes the leases (OFFLINEFORCE takes them over) | target claims the volumes as incoming |
-//! | MIGRATE_GUEST | definition moves: target defines, source undefines | memory migration (`migrate_dst`) |
+//! | DETACH_VOLUMES | source releases its leases | the leases pass to the target (after the switchover); the source drops its copies of local volumes |
+//! | ATTACH_VOLUMES | target takes the leases (OFFLINEFORCE takes them over) | target claims the volumes as incoming (local volumes: leases its new copies) |
+//! | COPY_VOLUMES | local volumes copied from the stopped guest's files | local volumes mirrored from the running guest, left in sync |
+//! | MIGRATE_GUEST | definition moves: target defines, source undefines (and drops its copies of local volumes) | memory migration (`migrate_dst`), the mirrors finished at its pre-switchover pause |
 //! | ATTACH_INTERFACES | target creates the guest's taps | — |
 //! | STARTUP_GUEST | target starts the guest if it ran before | — |
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use crate::peer::{call, Peer, PEER_TIMEOUT};
 
 mod attach_interfaces;
 mod attach_volumes;
+pub(crate) mod copy_volumes;
 mod create_bridges;
 mod detach_interfaces;
 mod detach_volumes;
@@ -106,6 +108,7 @@ pub fn work(mode: Mode, step: Step) -> &'static dyn StepWork {
         Step::DetachVolumes => &detach_volumes::SourceReleasesLeases,
         Step::AttachVolumes if live => &attach_volumes::ClaimIncoming,
         Step::AttachVolumes => &attach_volumes::TakeLeases,
+        Step::CopyVolumes => &copy_volumes::CopyVolumes,
         Step::MigrateGuest if live => &crate::migrate_dst::MemoryMigration,
         Step::MigrateGuest => &migrate_guest::MoveDefinition,
         Step::AttachInterfaces => &attach_interfaces::AttachInterfaces,

@@ -4,7 +4,7 @@
 //! `migrate` reaches the target's `migrate-incoming`.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ pub enum Out {
     None,
     /// Active, with how many `query-migrate` calls are left before it completes.
     Active { uri: String, left: u32 },
+    /// Held before the switchover (capability `pause-before-switchover`) until
+    /// `migrate-continue`.
+    PreSwitchover { uri: String },
     Completed,
     Cancelled,
 }
@@ -54,9 +57,17 @@ pub struct Proc {
     pub pid: u32,
     pub guest: String,
     pub host: String,
+    /// Its command line.
+    pub args: Vec<String>,
+    /// Its block layer (exports, NBD nodes, mirror jobs).
+    pub block: Mutex<super::fake_block::Block>,
     pub run: Mutex<Run>,
     pub out: Mutex<Out>,
     pub listen: Mutex<Option<String>>,
+    /// The capability `pause-before-switchover` is on.
+    pub pause_before_switchover: AtomicBool,
+    /// The commands it received, kept when it exits.
+    saved: Mutex<Vec<Command>>,
     exited: watch::Sender<bool>,
     pub qmp: Mutex<Option<FakeQmp>>,
 }
@@ -70,12 +81,21 @@ impl Proc {
     }
     fn exit(&self) {
         if let Some(f) = self.qmp.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = f.commands();
             f.disconnect();
         }
         self.exited.send_replace(true);
     }
     fn alive(&self) -> bool {
         !*self.exited.borrow()
+    }
+    /// Whether the process lives.
+    pub fn is_alive(&self) -> bool {
+        self.alive()
+    }
+    /// Its block layer.
+    pub fn block(&self) -> std::sync::MutexGuard<'_, super::fake_block::Block> {
+        self.block.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -89,12 +109,20 @@ pub struct World {
     incoming: Mutex<HashMap<String, Arc<Proc>>>,
     /// `query-migrate` calls a migration takes before it completes.
     pub passes: AtomicU32,
+    /// `query-block-jobs` calls a mirror takes to get ready.
+    pub mirror_steps: AtomicU32,
+    /// Mirrors make no progress until they are write-blocking (the guest writes faster).
+    pub stall_mirrors: AtomicBool,
+    /// Mirrors fail with this error at the next query.
+    pub mirror_error: Mutex<Option<String>>,
+    /// QEMU before 9.1: no `block-job-change`.
+    pub no_block_job_change: AtomicBool,
 }
 
 impl World {
     /// A world whose migrations complete after `passes` queries.
     pub fn new(passes: u32) -> Arc<World> {
-        let w = World { pids: AtomicU32::new(1000), passes: AtomicU32::new(passes), ..Default::default() };
+        let w = World { pids: AtomicU32::new(1000), passes: AtomicU32::new(passes), mirror_steps: AtomicU32::new(2), ..Default::default() };
         Arc::new(w)
     }
 
@@ -109,13 +137,18 @@ impl World {
             .collect()
     }
 
-    /// The commands a process received.
+    /// The commands a process received (also once it has exited).
     pub fn commands(&self, pid: u32) -> Vec<Command> {
         let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        procs.get(&pid).and_then(|p| p.qmp.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|f| f.commands())).unwrap_or_default()
+        let Some(p) = procs.get(&pid) else { return vec![] };
+        let live = p.qmp.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|f| f.commands());
+        live.unwrap_or_else(|| p.saved.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     fn handle(self: &Arc<World>, me: &Arc<Proc>, c: &Command) -> Reply {
+        if let Some(r) = self.handle_block(me, c) {
+            return r;
+        }
         match c.name.as_str() {
             "query-status" => {
                 let r = me.get_run();
@@ -151,10 +184,27 @@ impl World {
             }
             "migrate_cancel" => {
                 let mut out = me.out.lock().unwrap_or_else(|p| p.into_inner());
-                if matches!(*out, Out::Active { .. }) {
+                if matches!(*out, Out::Active { .. } | Out::PreSwitchover { .. }) {
                     *out = Out::Cancelled;
                 }
                 Reply::ok()
+            }
+            "migrate-set-capabilities" => {
+                let on = c.arguments.as_ref().and_then(|a| a["capabilities"].as_array().cloned()).unwrap_or_default().iter().any(|x| {
+                    x["capability"] == "pause-before-switchover" && x["state"] == true
+                });
+                me.pause_before_switchover.store(on, Ordering::SeqCst);
+                Reply::ok()
+            }
+            "migrate-continue" => {
+                let mut out = me.out.lock().unwrap_or_else(|p| p.into_inner());
+                match out.clone() {
+                    Out::PreSwitchover { uri } => {
+                        *out = Out::Active { uri, left: 0 };
+                        Reply::ok()
+                    }
+                    _ => Reply::error("GenericError", "Migration not in expected state: none"),
+                }
             }
             "cont" => {
                 me.set_run(Run::Running);
@@ -184,6 +234,11 @@ impl World {
             Out::None => Reply::Return(json!({})),
             Out::Cancelled => Reply::Return(json!({"status": "cancelled"})),
             Out::Completed => Reply::Return(json!({"status": "completed", "total-time": 321, "downtime": 12, "ram": ram})),
+            Out::PreSwitchover { .. } => Reply::Return(json!({"status": "pre-switchover", "total-time": 300, "ram": ram})),
+            Out::Active { uri, left: 0 } if me.pause_before_switchover.swap(false, Ordering::SeqCst) => {
+                *out = Out::PreSwitchover { uri };
+                Reply::Return(json!({"status": "pre-switchover", "total-time": 300, "ram": ram}))
+            }
             Out::Active { uri, left: 0 } => {
                 *out = Out::Completed;
                 me.set_run(Run::PostMigrate);
@@ -237,9 +292,13 @@ impl HostOps for FakeHost {
             pid,
             guest,
             host: self.name.clone(),
+            args: args.to_vec(),
+            block: Mutex::default(),
             run: Mutex::new(if incoming { Run::InMigrate } else { Run::Running }),
             out: Mutex::new(Out::None),
             listen: Mutex::new(None),
+            pause_before_switchover: AtomicBool::new(false),
+            saved: Mutex::default(),
             exited: watch::channel(false).0,
             qmp: Mutex::new(None),
         });
@@ -326,5 +385,10 @@ impl HostOps for FakeHost {
 
     fn hardware_model(&self) -> String {
         "fake".into()
+    }
+
+    /// Fake hosts' addresses are not this machine's: listen on the loopback.
+    fn listen_tcp(&self, _ip: std::net::IpAddr) -> Result<std::net::TcpListener> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?)
     }
 }

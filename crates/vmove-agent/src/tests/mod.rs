@@ -21,9 +21,13 @@ use crate::peer::Peer;
 use crate::state::State;
 
 pub mod fake;
+mod fake_block;
 mod faults;
+mod etcd_fleet;
 mod fleet;
 pub mod link;
+mod local_volumes;
+mod metrics;
 mod migrations;
 
 use fake::{FakeHost, World};
@@ -61,6 +65,9 @@ pub struct Host {
     pub up: Arc<AtomicBool>,
     /// On etcd: this host's link to the cluster's store.
     pub link: Option<Arc<link::Link>>,
+    /// Its local pool `local` (a directory of its own) and that pool's lease store.
+    pub local_dir: std::path::PathBuf,
+    pub local_leases: Arc<MemStore>,
 }
 
 impl Host {
@@ -161,6 +168,7 @@ impl Cluster {
             inject_fault: None,
             pause_before: None,
             pause_at_switchover: false,
+            max_incoming: None,
             dirty_rate_bytes_per_s: None,
             link_bytes_per_s: None,
         }
@@ -258,11 +266,14 @@ async fn host(
 ) -> Host {
     let base = dir.path().join(name);
     let shared = dir.path().join("shared");
+    let local_dir = base.join("local");
     std::fs::create_dir_all(&shared).expect("pool dir");
+    std::fs::create_dir_all(&local_dir).expect("local pool dir");
     std::fs::create_dir_all(&base).expect("host dir");
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         std::fs::write(base.join(f), "not a real PEM: the fake QEMU does not read it").expect("tls file");
     }
+    let local_leases = Arc::new(MemStore::new());
     let cfg = AgentConfig {
         name: name.into(),
         listen: addr(name),
@@ -280,7 +291,8 @@ async fn host(
         lab_kernel: Some("/k".into()),
         lab_initrd: Some("/i".into()),
         allow_fault_injection: true,
-        pools: vec![PoolEntry { name: "shared".into(), path: shared }],
+        metrics_listen: None,
+        pools: vec![PoolEntry::shared("shared", shared), PoolEntry::local("local", local_dir.clone())],
         networks: vec![NetworkEntry { name: "lab-net".into(), bridge: "lab-net".into(), vlan: None, cidr: None }],
         store: Default::default(),
         lease_ttl_s: 10,
@@ -299,7 +311,10 @@ async fn host(
         qemu: Default::default(),
         host: fake.clone(),
         state: State::new(store.clone() as Arc<dyn StateStore>),
-        leases: BTreeMap::from([("shared".to_string(), leases)]),
+        leases: BTreeMap::from([
+            ("shared".to_string(), leases),
+            ("local".to_string(), Leases::new(local_leases.clone(), "")),
+        ]),
         peer_tls: tls,
         fleet,
     };
@@ -311,7 +326,7 @@ async fn host(
     let api = Arc::new(Api { agent, jobs });
     let up = Arc::new(AtomicBool::new(true));
     registry.lock().unwrap_or_else(|p| p.into_inner()).insert(name.into(), (api.clone(), up.clone()));
-    Host { name: name.into(), api, fake, store, up, link }
+    Host { name: name.into(), api, fake, store, up, link, local_dir, local_leases }
 }
 
 fn peers(reg: Registry) -> PeerFactory {

@@ -89,17 +89,33 @@ impl fmt::Display for Migrate {
     }
 }
 
-/// A value as it must be written to parse back.
+/// A value as it must be written to parse back. A value with both kinds of quotes is
+/// written as adjacent quoted runs (`"a"'"'"b'c"` for `a"b'c`): one word to the lexer.
 pub fn quote(v: &str) -> String {
-    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
-        if v.contains('"') {
-            format!("'{v}'")
-        } else {
-            format!("\"{v}\"")
-        }
-    } else {
-        v.to_string()
+    if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        return v.to_string();
     }
+    if !v.contains('"') {
+        return format!("\"{v}\"");
+    }
+    if !v.contains('\'') {
+        return format!("'{v}'");
+    }
+    let mut out = String::new();
+    let mut rest = v;
+    while let Some(c) = rest.chars().next() {
+        // A run of `"` goes in '...', a run of anything else in "...".
+        let (q, len) = if c == '"' {
+            ('\'', rest.find(|x| x != '"').unwrap_or(rest.len()))
+        } else {
+            ('"', rest.find('"').unwrap_or(rest.len()))
+        };
+        out.push(q);
+        out.push_str(&rest[..len]);
+        out.push(q);
+        rest = &rest[len..];
+    }
+    out
 }
 
 /// Why a line is not a command. Every variant names the token and what was expected.

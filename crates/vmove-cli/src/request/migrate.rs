@@ -115,6 +115,7 @@ impl MigrateArgs {
                 .transpose()?,
             insecure_transport: self.insecure_transport,
             multifd_channels: self.multifd,
+            keep_source_volumes: self.keep_source_volumes,
             converge: match self.converge.as_deref() {
                 Some(v) => v.parse().map_err(|e| anyhow!("--converge: {e}"))?,
                 None => base.converge,
@@ -183,6 +184,7 @@ mod tests {
             "vm1", "--to", "host2", "--from", "host1", "--mode", "offline-force", "--step", "stop-guest", "--timeout", "90s",
             "--max-downtime", "1s", "--bandwidth", "100M", "--converge", "throttle", "--insecure-transport", "--multifd", "0", "--ignore-check",
             "no-outstanding-work", "--detach", "--inject-fault", "ATTACH_VOLUMES", "--pause-before", "MIGRATE_GUEST",
+            "--keep-source-volumes",
         ])
         .unwrap();
         assert_eq!(c.request.mode, Mode::OfflineForce);
@@ -195,6 +197,7 @@ mod tests {
                 bandwidth_bytes_per_s: Some(100 << 20),
                 insecure_transport: true,
                 multifd_channels: 0,
+                keep_source_volumes: true,
                 converge: vmove_plan::Converge::Throttle,
                 ..MigrationParams::default()
             }

@@ -46,7 +46,30 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
         (None, _) => return Ok((Verdict::Warn, format!("not measured: dirty rate of {} unknown", g.name))),
         (_, None) => return Ok((Verdict::Warn, "not measured: link throughput unknown".into())),
     };
-    let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes: None };
+    // The memory the guest keeps rewriting: declared by the lab's workload; unknown (all of
+    // it, the pessimistic case) for any other guest.
+    let working_set_bytes = match g.boot {
+        vmove_model::BootSource::Lab { wss_mib, .. } => Some(u64::from(wss_mib).saturating_mul(1_048_576)),
+        vmove_model::BootSource::Disk => None,
+    };
+    let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes };
+    // Local volumes are copied before the memory phase (COPY_VOLUMES), over the same link;
+    // the mirrors keep up with the guest's disk writes (write-blocking when they do not).
+    let disk = super::storage::copy_bytes(c);
+    let disk_secs = u64::try_from(u128::from(disk).div_ceil(u128::from(b.max(1)))).unwrap_or(u64::MAX);
+    let first = if disk > 0 {
+        let copy = format!("{} of local volumes at {}", super::storage::mib(disk), fmt_rate(b));
+        if disk_secs > params.timeout_s {
+            return Err(format!(
+                "predicted {} to copy {copy} exceeds the timeout of {}",
+                fmt_secs(disk_secs),
+                fmt_secs(params.timeout_s)
+            ));
+        }
+        format!("; before the memory, {copy} (about {})", fmt_secs(disk_secs))
+    } else {
+        String::new()
+    };
     let policy = ConvergePolicy::from_params(params, features(c), g.vcpus);
     let p = predict(&w, b, &policy);
     let what = format!("{} MiB at {} with {} dirtied", g.memory_mib, fmt_rate(b), fmt_rate(d));
@@ -71,7 +94,7 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
         return Err(msg);
     }
     let downtime = format!("downtime about {} ms", p.downtime_ms);
-    Ok(match p.rung_needed {
+    let (verdict, reason) = match p.rung_needed {
         Some(Rung::Downtime { limit_ms }) => (
             Verdict::Pass,
             format!(
@@ -100,5 +123,6 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
                 fmt_secs(p.total_ms.div_ceil(1000))
             ),
         ),
-    })
+    };
+    Ok((verdict, format!("{reason}{first}")))
 }

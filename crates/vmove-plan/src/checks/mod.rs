@@ -19,6 +19,7 @@ mod live;
 mod placement;
 pub mod qemu;
 mod resources;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -209,10 +210,14 @@ check_ids! {
     SourceReachable = "source-reachable", live: false;
     /// The target agent answered.
     TargetReachable = "target-reachable", live: false;
+    /// The target is not in maintenance (`vmove host drain`): it takes no migrations in.
+    TargetNotInMaintenance = "target-not-in-maintenance", live: false;
     /// Every network of the guest has its bridge, with the same VLAN, on the target.
     NetworksOnTarget = "networks-on-target", live: false;
     /// Every storage pool of the guest is on the target and writable.
     PoolsOnTarget = "pools-on-target", live: false;
+    /// The target's local pools have room for copies of the guest's local volumes.
+    LocalVolumeSpace = "local-volume-space", live: false;
     /// No unfinished job or pending work on the guest, the source or the target.
     NoOutstandingWork = "no-outstanding-work", live: false;
     /// Target agent and QEMU versions are at least the source's.
@@ -357,8 +362,10 @@ fn check_fn(id: CheckId) -> CheckFn {
         CheckId::TargetIsNotSource => placement::target_is_not_source,
         CheckId::SourceReachable => placement::source_reachable,
         CheckId::TargetReachable => placement::target_reachable,
+        CheckId::TargetNotInMaintenance => placement::target_not_in_maintenance,
         CheckId::NetworksOnTarget => resources::networks_on_target,
         CheckId::PoolsOnTarget => resources::pools_on_target,
+        CheckId::LocalVolumeSpace => storage::local_volume_space,
         CheckId::NoOutstandingWork => placement::no_outstanding_work,
         CheckId::TargetVersions => resources::target_versions,
         CheckId::TargetMemory => resources::target_memory,

@@ -202,6 +202,17 @@ pub(crate) fn target_reachable(c: &Ctx) -> Outcome {
     }
 }
 
+pub(crate) fn target_not_in_maintenance(c: &Ctx) -> Outcome {
+    let t = c.target()?;
+    if t.maintenance.is_some() {
+        return Err(format!(
+            "target {} is in maintenance (drained): it takes no migrations in until `vmove host undrain {}`",
+            c.req.target, c.req.target
+        ));
+    }
+    Ok((Verdict::Pass, format!("target {} is not in maintenance", c.req.target)))
+}
+
 pub(crate) fn no_outstanding_work(c: &Ctx) -> Outcome {
     let r = c.req;
     let mine =

@@ -64,7 +64,12 @@ pub(crate) fn qemu_capabilities(c: &Ctx) -> Outcome {
             format!("not evaluated: {} did not report its QEMU's migration capabilities", unknown.join(" and ")),
         ));
     }
-    let needs = needs(&c.req.params);
+    let mut needs = needs(&c.req.params);
+    // Local volumes: their mirrors are finished at the pre-switchover pause, always taken.
+    let copies = super::storage::local_volumes(c).is_ok_and(|v| !v.is_empty());
+    if copies && !needs.iter().any(|n| n.name == "pause-before-switchover") {
+        needs.push(Need { name: "pause-before-switchover", parameter: false, required: true, why: "finish the copy of local volumes" });
+    }
     let mut missing = Vec::new();
     for n in needs.iter().filter(|n| n.required) {
         for (name, h) in hosts {

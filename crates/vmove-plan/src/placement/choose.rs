@@ -25,7 +25,8 @@ const GUEST_CHECKS: [CheckId; 7] = [
 /// Checks of a target, cheapest and most selective first (the first failure ends a
 /// candidate while choosing). `NoOutstandingWork` here only finds the target's work: the
 /// guest's and the source's failed the guest before.
-const TARGET_CHECKS: [CheckId; 14] = [
+const TARGET_CHECKS: [CheckId; 15] = [
+    CheckId::TargetNotInMaintenance,
     CheckId::TargetMemory,
     CheckId::VcpuOvercommit,
     CheckId::NetworksOnTarget,

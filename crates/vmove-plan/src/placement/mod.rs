@@ -70,12 +70,13 @@ pub struct HostView<'a> {
 }
 
 impl<'a> HostView<'a> {
-    /// A host that answered, not drained, with the QEMU capabilities it reported.
+    /// A host that answered, drained when its agent reports maintenance, with the QEMU
+    /// capabilities it reported.
     pub fn answered(info: &'a vmove_model::inventory::HostInfo) -> HostView<'a> {
         HostView {
             name: info.name.clone(),
             reach: Reach::Answered(info),
-            drained: false,
+            drained: info.maintenance.is_some(),
             qemu_capabilities: info.qemu.migration_capabilities.clone(),
         }
     }

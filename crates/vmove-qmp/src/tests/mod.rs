@@ -1,6 +1,7 @@
 //! Unit tests. Sequencing uses the fake's command stream and event
 //! channels; timeouts are only failure guards.
 
+mod block;
 mod client;
 mod converge;
 mod parse;

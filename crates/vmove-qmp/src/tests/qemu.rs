@@ -248,3 +248,136 @@ async fn real_qemu_roundtrip() {
     .await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn real_qemu_mirror_over_nbd() {
+    use crate::{
+        BlockJobEventKind, BlockdevMirror, JobStatus, MirrorCopyMode, MirrorSyncMode, NbdAddr,
+        NbdClient, NbdExport, NbdServerStart,
+    };
+    use serde_json::json;
+
+    let test = "real_qemu_mirror_over_nbd";
+    let dir = tempfile::tempdir().unwrap();
+    let (sdir, ddir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir(&sdir).unwrap();
+    std::fs::create_dir(&ddir).unwrap();
+    let Some((_src_guard, qmp)) = spawn_none(test, &sdir).await else {
+        return;
+    };
+    let Some((_dst_guard, dqmp)) = spawn_none(test, &ddir).await else {
+        return;
+    };
+    let (src, dst) = (dir.path().join("src.img"), dir.path().join("dst.img"));
+    std::fs::write(&src, vec![0x5a_u8; 4 << 20]).unwrap();
+    std::fs::File::create(&dst)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    for (q, name, path) in [(&qmp, "src", &src), (&dqmp, "dst", &dst)] {
+        let opts = json!({"driver": "raw", "node-name": name,
+                          "file": {"driver": "file", "filename": path, "locking": "on"}});
+        q.blockdev_add(opts).await.unwrap();
+    }
+    let sock = dir.path().join("nbd.sock").display().to_string();
+    let addr = NbdAddr::Unix { path: sock };
+    dqmp.nbd_server_start(&NbdServerStart {
+        addr: addr.clone(),
+        tls_creds: None,
+        tls_authz: None,
+        max_connections: Some(2),
+    })
+    .await
+    .unwrap();
+    dqmp.block_export_add_nbd(&NbdExport {
+        id: "exp-dst".into(),
+        node_name: "dst".into(),
+        name: Some("dst".into()),
+        writable: true,
+        allow_inactive: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        dqmp.query_block_exports().await.unwrap()[0].node_name,
+        "dst"
+    );
+    qmp.blockdev_add_nbd(&NbdClient {
+        node_name: "nbd-dst".into(),
+        server: addr,
+        export: "dst".into(),
+        tls_creds: None,
+        tls_hostname: None,
+        reconnect_delay_s: None,
+    })
+    .await
+    .unwrap();
+    let mut events = qmp.subscribe();
+    qmp.blockdev_mirror(&BlockdevMirror {
+        job_id: Some("m".into()),
+        device: "src".into(),
+        target: "nbd-dst".into(),
+        sync: MirrorSyncMode::Full,
+        copy_mode: Some(MirrorCopyMode::Background),
+        auto_dismiss: Some(false),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ready = qmp
+        .wait_event(&mut events, Duration::from_secs(20), "m ready", |e| {
+            e.block_job().filter(|b| b.kind == BlockJobEventKind::Ready)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ready.job_id, "m");
+    let jobs = qmp.query_block_jobs().await.unwrap();
+    assert!(jobs[0].ready && jobs[0].remaining() == 0, "{jobs:?}");
+    qmp.block_job_change_copy_mode("m", &MirrorCopyMode::WriteBlocking)
+        .await
+        .unwrap();
+    let back = qmp
+        .block_job_change_copy_mode("m", &MirrorCopyMode::Background)
+        .await
+        .unwrap_err();
+    assert!(back.is_qemu_class("GenericError"), "{back:?}");
+    qmp.block_job_set_speed("m", 0).await.unwrap();
+    qmp.block_job_cancel("m", false).await.unwrap();
+    let done = qmp
+        .wait_event(&mut events, Duration::from_secs(20), "m completed", |e| {
+            e.block_job().filter(|b| b.kind != BlockJobEventKind::Ready)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.kind, done.error),
+        (BlockJobEventKind::Completed, None)
+    );
+    let jobs = qmp.query_jobs().await.unwrap();
+    assert_eq!(jobs[0].status, JobStatus::Concluded, "{jobs:?}");
+    qmp.job_dismiss("m").await.unwrap();
+    assert!(qmp.query_jobs().await.unwrap().is_empty());
+    let missing = qmp.block_job_cancel("m", true).await.unwrap_err();
+    assert!(missing.is_qemu_class("DeviceNotActive"), "{missing:?}");
+
+    qmp.blockdev_del("nbd-dst").await.unwrap();
+    let nodes = qmp.query_named_block_nodes().await.unwrap();
+    assert!(nodes.iter().any(|n| n.node_name == "src" && n.drv == "raw"));
+    assert!(!nodes.iter().any(|n| n.node_name == "nbd-dst"));
+    let mut dst_events = dqmp.subscribe();
+    dqmp.block_export_del("exp-dst", false).await.unwrap();
+    let gone = dqmp
+        .wait_event(
+            &mut dst_events,
+            Duration::from_secs(10),
+            "export deleted",
+            |e| e.block_export_deleted().map(str::to_string),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, "exp-dst");
+    dqmp.nbd_server_stop().await.unwrap();
+    qmp.blockdev_del("src").await.unwrap();
+    dqmp.blockdev_del("dst").await.unwrap();
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+}

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod loopback;
+
 /// How fast busy test guests dirty memory, MB/s (over their 128 MiB working set). QEMU 10
 /// tracks dirty pages under TCG correctly at this rate (7.2 did not; docs/DESIGN.md).
 pub const BUSY_MB_S: u32 = 20;

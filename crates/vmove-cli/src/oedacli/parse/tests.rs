@@ -292,3 +292,20 @@ fn every_error_is_one_line() {
         assert!(!err(line).to_string().contains('\n'), "{line}");
     }
 }
+
+/// Found by the fuzzer's round trip (fuzz/corpus/oedacli/crash-both-quotes.oeda): a value
+/// with both kinds of quotes was written as `'a"b'c'`, which does not parse back.
+#[test]
+fn values_with_both_kinds_of_quotes_are_written_back() {
+    let line = r#"MIGRATE GUEST HOSTNAME='a"b'"'c" MODE=live SRCHOST=a TGTHOST=b"#;
+    let Ok(Command::MigrateGuest(m)) = parse(line) else { panic!("{line}") };
+    assert_eq!(m.guest, r#"a"b'c"#);
+    assert_eq!(m.to_string(), r#"MIGRATE GUEST HOSTNAME="a"'"'"b'c" MODE=live SRCHOST=a TGTHOST=b"#);
+    assert_eq!(parse(&m.to_string()), Ok(Command::MigrateGuest(m)));
+    for v in [r#"""#, r#"'"#, r#""'"#, r#"'""'"#, r#"x""y''z"#, r#"" '"#, "plain", "with space", ""] {
+        let q = quote(v);
+        let line = format!("SAVE FILE NAME={q}");
+        let want = if v.is_empty() { Err(ParseError::BadValue { token: format!("NAME={q}"), expected: "a file name" }) } else { Ok(Command::SaveFile { name: v.into() }) };
+        assert_eq!(parse(&line), want, "{v:?} written as {q}");
+    }
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo, QemuFeatures};
 use vmove_model::{
     BootSource, Cluster, ClusterMeta, DesiredState, DiskSpec, GuestSpec, HostEntry, NetworkEntry,
-    NicSpec, Policy, PoolEntry, TlsFiles,
+    NicSpec, Policy, PoolEntry, PoolKind, TlsFiles,
 };
 
 use super::*;
@@ -18,6 +18,7 @@ mod live;
 mod placement;
 mod qemu;
 mod resources;
+mod storage;
 
 pub(crate) const MIB: u64 = 1_048_576;
 
@@ -90,10 +91,10 @@ pub(crate) fn two_host_cluster() -> Cluster {
                 cidr: None,
             },
         ],
-        pools: vec![PoolEntry {
-            name: "shared".into(),
-            path: "/srv/shared".into(),
-        }],
+        pools: vec![
+            PoolEntry::shared("shared", "/srv/shared"),
+            PoolEntry::local("local", "/var/lib/vmove/local"),
+        ],
         store: Default::default(),
         guests: vec![guest_spec("vm1", "host1", "52:54:00:00:00:0a")],
         path: PathBuf::from("/lab/cluster.toml"),
@@ -142,14 +143,30 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
                 vlan: Some(100),
             },
         ],
-        pools: vec![PoolInfo {
-            name: "shared".into(),
-            path: "/srv/shared".into(),
-            writable: true,
-        }],
+        pools: vec![
+            PoolInfo {
+                name: "shared".into(),
+                path: "/srv/shared".into(),
+                writable: true,
+                kind: PoolKind::Shared,
+                capacity_bytes: 100 << 30,
+                free_bytes: 50 << 30,
+                volumes: vec![],
+            },
+            PoolInfo {
+                name: "local".into(),
+                path: "/var/lib/vmove/local".into(),
+                writable: true,
+                kind: PoolKind::Local,
+                capacity_bytes: 10 << 30,
+                free_bytes: 1 << 30,
+                volumes: vec![],
+            },
+        ],
         console_ports_in_use: vec![],
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 
@@ -232,15 +249,17 @@ fn ids(findings: &[Finding]) -> Vec<&'static str> {
     findings.iter().map(|f| f.id.as_str()).collect()
 }
 
-const COMMON: [&str; 15] = [
+const COMMON: [&str; 17] = [
     "guest-in-cluster-file",
     "cluster-file-matches-source",
     "hosts-in-cluster",
     "target-is-not-source",
     "source-reachable",
     "target-reachable",
+    "target-not-in-maintenance",
     "networks-on-target",
     "pools-on-target",
+    "local-volume-space",
     "no-outstanding-work",
     "target-versions",
     "target-memory",
@@ -328,7 +347,7 @@ fn every_reason_is_one_line_without_a_trailing_period() {
 
 #[test]
 fn check_ids_are_stable_strings() {
-    assert_eq!(CheckId::ALL.len(), 21);
+    assert_eq!(CheckId::ALL.len(), COMMON.len() + LIVE_ONLY.len());
     for id in CheckId::ALL {
         assert_eq!(CheckId::parse(id.as_str()), Some(*id));
         assert_eq!(id.as_str().parse::<CheckId>(), Ok(*id));
@@ -340,8 +359,8 @@ fn check_ids_are_stable_strings() {
     assert_eq!(CheckId::parse("nope"), None);
     let e = "nope".parse::<CheckId>().unwrap_err();
     assert_eq!(e.to_string(), "unknown check id \"nope\"");
-    assert_eq!(CheckId::for_mode(Mode::OfflineForce).len(), 15);
-    assert_eq!(CheckId::for_mode(Mode::Live).len(), 21);
+    assert_eq!(CheckId::for_mode(Mode::OfflineForce).len(), COMMON.len());
+    assert_eq!(CheckId::for_mode(Mode::Live).len(), COMMON.len() + LIVE_ONLY.len());
 }
 
 #[test]

@@ -276,6 +276,60 @@ mod target_reachable {
     }
 }
 
+mod target_not_in_maintenance {
+    use super::*;
+    use vmove_model::inventory::Maintenance;
+    const ID: CheckId = CheckId::TargetNotInMaintenance;
+
+    #[test]
+    fn passes_for_a_target_in_service() {
+        let fx = Fx::new(Mode::Live);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "target host2 is not in maintenance")
+        );
+    }
+
+    #[test]
+    fn fails_for_a_drained_target_in_every_mode() {
+        for mode in [Mode::Live, Mode::Offline, Mode::OfflineForce] {
+            let mut fx = Fx::new(mode);
+            fx.tgt.maintenance = Some(Maintenance { since_ms: 1 });
+            assert_eq!(
+                fx.check(ID),
+                f(
+                    ID,
+                    Verdict::Fail,
+                    "target host2 is in maintenance (drained): it takes no migrations in until `vmove host undrain host2`"
+                ),
+                "{mode:?}"
+            );
+            assert!(any_failed(&fx.run()));
+        }
+    }
+
+    #[test]
+    fn a_source_in_maintenance_is_fine() {
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.maintenance = Some(Maintenance { since_ms: 1 });
+        assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn not_evaluated_when_the_target_is_unreachable() {
+        let mut fx = Fx::new(Mode::Offline);
+        fx.tgt_down = Some("connection refused".into());
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "not evaluated: target host2 unreachable (connection refused)"
+            )
+        );
+    }
+}
+
 mod no_outstanding_work {
     use super::*;
     const ID: CheckId = CheckId::NoOutstandingWork;

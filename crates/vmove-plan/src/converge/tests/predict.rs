@@ -118,3 +118,4 @@ fn no_link_never_converges() {
     let p = predict(&w(1000, 0, None), 0, &policy(Converge::Auto, true, qemu10()));
     assert_eq!((p.converges, p.passes, p.suggestion), (false, 0, None));
 }
+

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use vmove_model::inventory::{BridgeInfo, GuestState, GuestStatus, HostInfo, PoolInfo};
 use vmove_model::{
     BootSource, Cluster, ClusterMeta, DesiredState, DiskSpec, GuestSpec, HostEntry, NetworkEntry,
-    NicSpec, Policy, PoolEntry, TlsFiles,
+    NicSpec, Policy, PoolEntry, PoolKind, TlsFiles,
 };
 
 use super::*;
@@ -65,10 +65,15 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
             name: "shared".into(),
             path: "/srv/shared".into(),
             writable: true,
+            kind: PoolKind::Shared,
+            capacity_bytes: 100 << 30,
+            free_bytes: 50 << 30,
+            volumes: vec![],
         }],
         console_ports_in_use: vec![],
         console_port_range: (5900, 5999),
         guests: vec![],
+        maintenance: None,
     }
 }
 
@@ -135,10 +140,7 @@ impl World {
                     cidr: None,
                 },
             ],
-            pools: vec![PoolEntry {
-                name: "shared".into(),
-                path: "/srv/shared".into(),
-            }],
+            pools: vec![PoolEntry::shared("shared", "/srv/shared")],
             store: Default::default(),
             guests: vec![],
             path: PathBuf::from("/lab/cluster.toml"),

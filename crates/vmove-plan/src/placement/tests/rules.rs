@@ -373,3 +373,33 @@ fn warnings_become_notes() {
         "vm1 cannot move: predicted-convergence: will not converge under converge=auto: 1024 MiB at 100 MB/s with 200 MB/s dirtied; it would time out after 10m; no convergence policy would"
     );
 }
+
+#[test]
+fn a_host_whose_agent_reports_maintenance_takes_no_guest() {
+    let mut w = World::new(3);
+    w.guest("vm1", "host1", GIB, 1).drain(&["host1"]);
+    w.host("host2").maintenance = Some(vmove_model::inventory::Maintenance { since_ms: 7 });
+    // As the CLI builds its views: drained from the agent's report.
+    let views: Vec<HostView> = w.infos.values().map(HostView::answered).collect();
+    assert_eq!(views.iter().filter(|v| v.drained).map(|v| v.name.as_str()).collect::<Vec<_>>(), ["host2"]);
+    let p = w.plan_host("host1", Mode::Live);
+    // The fixture's own `drained` list does not name host2: the precheck refuses it.
+    assert_eq!(targets(&p), [("vm1", "host3")]);
+    w.host("host3").maintenance = Some(vmove_model::inventory::Maintenance { since_ms: 8 });
+    let p = w.plan_host("host1", Mode::Live);
+    assert!(p.moves.is_empty());
+    let rules: Vec<(Option<&str>, Rule)> = p.unplaced[0].rejections.iter().map(|r| (r.host.as_deref(), r.rule)).collect();
+    assert_eq!(
+        rules,
+        [
+            (Some("host1"), check(CheckId::TargetIsNotSource)),
+            (Some("host2"), check(CheckId::TargetNotInMaintenance)),
+            (Some("host3"), check(CheckId::TargetNotInMaintenance)),
+        ]
+    );
+    assert_eq!(
+        p.unplaced[0].reason,
+        "vm1 (1 GiB, 1 vCPU) fits no host: target-not-in-maintenance fails on 2 of 2 hosts (host2, host3), e.g. target host2 \
+         is in maintenance (drained): it takes no migrations in until `vmove host undrain host2`"
+    );
+}

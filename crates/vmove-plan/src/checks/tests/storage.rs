@@ -1,0 +1,208 @@
+//! Local volumes: room on the target, a source to copy from; and their bytes in the
+//! predicted convergence.
+use vmove_model::inventory::VolumeInfo;
+
+use super::*;
+
+/// `vm1` with a 256 MiB data disk `local/vm1-data.img` (besides its shared one), which
+/// the source's local pool holds.
+fn with_local_disk(mode: Mode) -> Fx {
+    let mut fx = Fx::new(mode);
+    fx.guest().disks.push(DiskSpec {
+        pool: "local".into(),
+        volume: "vm1-data.img".into(),
+        size_mib: Some(256),
+    });
+    fx.src.pools[1].volumes.push(VolumeInfo {
+        name: "vm1-data.img".into(),
+        size_bytes: 256 * MIB,
+        allocated_bytes: 3 * MIB,
+    });
+    fx
+}
+
+mod local_volume_space {
+    use super::*;
+    const ID: CheckId = CheckId::LocalVolumeSpace;
+
+    #[test]
+    fn passes_without_local_volumes() {
+        let fx = Fx::new(Mode::Live);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "vm1 has no volumes in local pools: nothing to copy")
+        );
+    }
+
+    #[test]
+    fn passes_with_room_and_names_the_numbers() {
+        let fx = with_local_disk(Mode::Live);
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Pass,
+                "copies 256 MiB to pool local on host2 (1024 MiB free): local/vm1-data.img 256 MiB"
+            )
+        );
+    }
+
+    #[test]
+    fn fails_without_room_with_the_numbers() {
+        let mut fx = with_local_disk(Mode::Offline);
+        fx.tgt.pools[1].free_bytes = 100 * MIB;
+        fx.guest().disks.push(DiskSpec {
+            pool: "local".into(),
+            volume: "vm1-logs.img".into(),
+            size_mib: None,
+        });
+        fx.src.pools[1].volumes.push(VolumeInfo {
+            name: "vm1-logs.img".into(),
+            size_bytes: 64 * MIB + 1,
+            allocated_bytes: 0,
+        });
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "pool local on host2 has 100 MiB free, vm1's local volumes need 321 MiB there \
+                 (local/vm1-data.img 256 MiB, local/vm1-logs.img 65 MiB)"
+            )
+        );
+    }
+
+    #[test]
+    fn fails_when_the_target_has_the_volume_already() {
+        let mut fx = with_local_disk(Mode::Live);
+        fx.tgt.pools[1].volumes.push(VolumeInfo {
+            name: "vm1-data.img".into(),
+            size_bytes: MIB,
+            allocated_bytes: MIB,
+        });
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "local/vm1-data.img already exists on host2")
+        );
+    }
+
+    #[test]
+    fn fails_when_the_target_disagrees_on_the_pool() {
+        let mut fx = with_local_disk(Mode::Live);
+        fx.tgt.pools[1].kind = PoolKind::Shared;
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "pool local is local in the cluster file but shared on host2")
+        );
+        fx.tgt.pools.truncate(1);
+        assert_eq!(fx.check(ID), f(ID, Verdict::Fail, "pool local missing on host2"));
+    }
+
+    #[test]
+    fn a_volume_not_created_yet_needs_no_copy() {
+        let mut fx = with_local_disk(Mode::Offline);
+        fx.src.pools[1].volumes.clear();
+        fx.tgt.pools[1].free_bytes = 0;
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Pass,
+                "nothing to copy for local/vm1-data.img (not created on host1 yet)"
+            )
+        );
+    }
+
+    #[test]
+    fn offlineforce_cannot_copy_from_a_dead_source() {
+        let mut fx = with_local_disk(Mode::OfflineForce);
+        fx.src_down = Some("connection refused".into());
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "vm1's local volume local/vm1-data.img lives on host1, which does not answer: \
+                 it cannot be copied (OFFLINEFORCE cannot rescue local volumes)"
+            )
+        );
+        // Without local volumes a dead source is fine.
+        let mut fx = Fx::new(Mode::OfflineForce);
+        fx.src_down = Some("connection refused".into());
+        assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn other_modes_need_the_source_for_the_sizes() {
+        let mut fx = with_local_disk(Mode::Live);
+        fx.src_down = Some("timed out".into());
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Fail, "not evaluated: source host1 unreachable (timed out)")
+        );
+    }
+}
+
+mod predicted_convergence_with_disks {
+    use super::*;
+    const ID: CheckId = CheckId::PredictedConvergence;
+
+    #[test]
+    fn counts_the_local_volumes_before_the_memory() {
+        // The lab guest's declared working set (64 MiB) shortens the passes after the bulk.
+        let mut fx = with_local_disk(Mode::Live);
+        fx.link = Some(100 * MIB);
+        fx.dirty = Some(20 * MIB);
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Pass,
+                "about 6s in 3 passes to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime \
+                 about 26 ms (limit 50 ms), within the timeout of 10m; converge=auto; before the \
+                 memory, 256 MiB of local volumes at 100 MB/s (about 3s)"
+            )
+        );
+    }
+
+    #[test]
+    fn fails_when_the_copy_alone_outlasts_the_timeout() {
+        let mut fx = with_local_disk(Mode::Live);
+        fx.req.params.timeout_s = 2;
+        fx.link = Some(100 * MIB);
+        fx.dirty = Some(0);
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "predicted 3s to copy 256 MiB of local volumes at 100 MB/s exceeds the timeout of 2s"
+            )
+        );
+    }
+}
+
+mod qemu_capabilities_with_disks {
+    use super::*;
+    const ID: CheckId = CheckId::QemuCapabilities;
+
+    #[test]
+    fn local_volumes_need_the_pause_before_the_switchover() {
+        let mut fx = with_local_disk(Mode::Live);
+        assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+        fx.tgt.qemu.migration_capabilities.retain(|c| c != "pause-before-switchover");
+        assert_eq!(
+            fx.check(ID),
+            f(
+                ID,
+                Verdict::Fail,
+                "host2's QEMU 8.2.2 lacks migration capability pause-before-switchover \
+                 (finish the copy of local volumes)"
+            )
+        );
+        // Without local volumes it is not needed.
+        let mut fx = Fx::new(Mode::Live);
+        fx.tgt.qemu.migration_capabilities.retain(|c| c != "pause-before-switchover");
+        assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+    }
+}

@@ -1,0 +1,156 @@
+//! Issue "Move guests whose disks are local to their host": a guest with a 256 MiB data
+//! disk in the local pool moves live while its disk log is written (copied by NBD over TLS
+//! and blockdev-mirror), cancel during the copy leaves nothing on the target, a target
+//! pool without room fails the precheck, and an offline move copies the disk too.
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+/// The local pool's directory on a lab host.
+fn local_dir(lab: &Lab, host: &str) -> PathBuf {
+    lab.dir.join("hosts").join(host).join("local")
+}
+
+/// The volumes (files, not the lease store) in a host's local pool.
+fn local_files(lab: &Lab, host: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(local_dir(lab, host))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Creates and starts a lab guest with a data disk in the local pool and waits until it
+/// answers TCP echo and its memory and disk log verify.
+fn boot_local(lab: &Lab, name: &str, ip: &str, size: &str) {
+    let nic = format!("lab-net,ip={ip}/24");
+    let vol = format!("local/{name}-data.img:{size}");
+    let dirty = BUSY_MB_S.to_string();
+    lab.ok(&["guest", "create", name, "--host", "host1", "--nic", &nic, "--dirty-rate", &dirty, "--disk", &vol, "--start"]);
+    lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(120));
+    lab.wait_log(name, "VERIFY OK and DISK OK", Duration::from_secs(90), |l| l.contains("VERIFY OK") && l.contains("DISK OK"));
+}
+
+fn job_id(out: &str) -> String {
+    out.split("Action ID : ").nth(1).and_then(|r| r.split_whitespace().next()).expect("job id").to_string()
+}
+
+#[test]
+fn a_guest_with_a_local_disk_moves_live_while_writing_its_disk_log() {
+    let lab = Lab::up("ldlive", 2);
+    boot_local(&lab, "vm1", "192.0.2.61", "256M");
+    lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
+    let before = last_disk_ok(&lab.log("vm1")).unwrap();
+    let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--ignore-check", "predicted-convergence"]);
+    let at = |s: &str| out.find(&format!("Step {s} completed successfully")).unwrap_or_else(|| panic!("{s} missing in {out}"));
+    assert!(at("COPY_VOLUMES") < at("MIGRATE_GUEST"), "the copy before the memory: {out}");
+    let job = lab.json(&["job", "show", &job_id(&out)]);
+    let copying = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "progress" && e["status"] == "copying-volumes");
+    assert!(copying, "progress of the copy in the job's events: {job}");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()], "runs on host2 only");
+    assert_eq!(lab.cluster_host("vm1"), "host2");
+    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()]);
+    assert!(local_files(&lab, "host1").is_empty(), "the source's copy is gone: {:?}", local_files(&lab, "host1"));
+    let log = lab.wait_log("vm1", "VERIFY OK and more DISK OK after the move", Duration::from_secs(90), |l| {
+        l.matches("VERIFY OK").count() >= 2 && last_disk_ok(l).is_some_and(|n| n > before + 2)
+    });
+    assert!(!log.contains("VERIFY FAIL") && !log.contains("DISK FAIL"), "{log}");
+    lab.tcp_echo("192.0.2.61:7").expect("guest answers on host2");
+    // The whole log on the target's copy, records written on host1 before and during the
+    // copy included, read back from the host after an ACPI stop (the guest syncs its last
+    // record): every record valid, in order, more than before the move.
+    let written = last_disk_ok(&lab.log("vm1")).unwrap();
+    let st = lab.json(&["guest", "stop", "vm1"]);
+    assert_eq!(st["state"], "stopped", "{st}");
+    let scan = scan_log(&local_dir(&lab, "host2").join("vm1-data.img"));
+    assert_eq!(scan.fail, None, "the copy's disk log verifies");
+    assert!(scan.records >= written, "{} records on the copy, the guest reported {written}", scan.records);
+}
+
+/// Reads a data disk's log from the host.
+fn scan_log(path: &std::path::Path) -> vmove_guest::disklog::Scan {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let capacity = f.metadata().unwrap().len() / vmove_guest::disklog::SECTOR as u64;
+    vmove_guest::disklog::scan(|off, buf| f.read_at(buf, off), capacity).unwrap()
+}
+
+#[test]
+fn cancel_during_the_copy_leaves_the_guest_on_the_source_and_nothing_on_the_target() {
+    let lab = Lab::up("ldcancel", 2);
+    boot_local(&lab, "vm1", "192.0.2.62", "256M");
+    let pid = lab.qemu_pids("vm1");
+    // 256 MiB at 2 MiB/s: the copy takes two minutes, long enough to cancel in it.
+    let id = lab
+        .ok(&["migrate", "vm1", "--to", "host2", "--bandwidth", "2M", "--ignore-check", "predicted-convergence", "--detach"])
+        .trim()
+        .to_string();
+    wait_for("the copy to make progress", Duration::from_secs(90), || {
+        let j = lab.json(&["job", "show", &id]);
+        j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "progress" && e["status"] == "copying-volumes" && e["transferred_bytes"].as_u64() > Some(0))
+            .then_some(())
+    });
+    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()], "the copy exists during the mirror");
+    lab.ok(&["job", "cancel", &id]);
+    let o = lab.vmove(&["job", "watch", &id]);
+    assert!(!o.status.success(), "a cancelled job does not succeed");
+    let j = lab.json(&["job", "show", &id]);
+    assert_eq!(j["status"], "cancelled", "{}", j["error"]);
+    assert_eq!(lab.qemu_pids("vm1"), pid, "the same QEMU still runs on host1");
+    assert_eq!(lab.cluster_host("vm1"), "host1");
+    assert_eq!(lab.json(&["guest", "show", "vm1"])["state"], "running");
+    assert!(local_files(&lab, "host2").is_empty(), "nothing left on the target: {:?}", local_files(&lab, "host2"));
+    assert!(lab.qemu_hosts("vm1") == vec!["host1".to_string()], "no helper or guest QEMU on host2");
+    assert!(
+        processes_mentioning(&local_dir(&lab, "host2").display().to_string()).is_empty(),
+        "no process holds the target's pool"
+    );
+    assert_eq!(local_files(&lab, "host1"), vec!["vm1-data.img".to_string()], "the source's disk untouched");
+    let before = last_disk_ok(&lab.log("vm1")).unwrap_or(0);
+    let log = lab.wait_log("vm1", "more DISK OK on host1", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n > before));
+    assert!(!log.contains("DISK FAIL") && !log.contains("VERIFY FAIL"), "{log}");
+    lab.tcp_echo("192.0.2.62:7").expect("guest answers on host1");
+}
+
+#[test]
+fn a_target_pool_without_room_fails_the_precheck_and_an_offline_move_copies() {
+    let lab = Lab::up("ldroom", 2);
+    // A sparse 8 TiB disk: no lab machine has that much room in host2's local pool.
+    lab.ok(&["guest", "create", "big", "--host", "host1", "--disk", "local/big-data.img:8T"]);
+    std::fs::File::create(local_dir(&lab, "host1").join("big-data.img")).unwrap().set_len(8 << 40).unwrap();
+    let e = lab.fails(&["migrate", "big", "--to", "host2", "--mode", "offline"]);
+    assert!(e.contains("local-volume-space"), "{e}");
+    let f = lab.json_fail(&["migrate", "big", "--to", "host2", "--mode", "offline"]);
+    assert_eq!(verdict(&f, "local-volume-space"), "fail", "{f}");
+    let reason = f["findings"].as_array().unwrap().iter().find(|x| x["id"] == "local-volume-space").unwrap()["reason"].to_string();
+    assert!(reason.contains("pool local on host2 has") && reason.contains("MiB free") && reason.contains("need 8388608 MiB"), "{reason}");
+    assert!(local_files(&lab, "host2").is_empty());
+
+    // Offline: the stopped guest's disk is copied, the source's copy dropped.
+    boot_local(&lab, "vm1", "192.0.2.63", "64M");
+    lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
+    let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
+    assert!(out.contains("Step COPY_VOLUMES completed successfully"), "{out}");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()]);
+    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()]);
+    assert_eq!(local_files(&lab, "host1"), vec!["big-data.img".to_string()], "vm1's source copy is gone");
+    lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(120));
+    let log = lab.wait_log("vm1", "DISK OK on host2", Duration::from_secs(90), |l| last_disk_ok(l).is_some());
+    assert!(!log.contains("DISK FAIL"), "{log}");
+}
