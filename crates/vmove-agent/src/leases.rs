@@ -2,8 +2,17 @@
 //!
 //! A lease is a record per volume in a [`StateStore`] that every host of the pool sees: by
 //! default a [`vmove_store::FileStore`] in the pool itself (`<pool>/.vmove-leases/`, changes
-//! serialised across hosts by the store's lock), or the cluster's etcd. Every change is a
-//! compare-and-swap on the record's revision, so two hosts can never both take one volume.
+//! serialised across hosts by the store's lock), or the cluster's etcd
+//! (`leases/<pool>/<volume>`, [`Leases::on_fleet`]). Every change is a compare-and-swap on
+//! the record's revision, so two hosts can never both take one volume. The same records,
+//! one per guest under `owners/`, say which host may run a guest on etcd.
+//!
+//! On etcd every record is attached to its holder's etcd lease ([`Lease::holder_lease`]):
+//! written by the holder with its own lease, and by another host (a live-migration target
+//! adding its `incoming` claim) with the holder's. So a holder that dies or loses etcd
+//! loses its records when its lease expires, and a takeover never replaces a record whose
+//! holder's lease is alive: forced migrations wait for the holder's lease to expire (the
+//! record is then gone) rather than take an operator's word.
 //!
 //! A lease is taken before a guest starts and before a migration target attaches the
 //! volume; it is released when the source detaches it. A live-migration target holds an
@@ -13,9 +22,10 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vmove_store::{get_record, put_record, Precondition, Record, StateStore, StoreError};
+use vmove_store::{get_record, put_record, LeaseId, Precondition, Record, StateStore, StoreError};
 
 use crate::error::{fail, AgentError, Result};
+use crate::fleet::Fleet;
 
 /// How many times a compare-and-swap is retried when another host changed the lease.
 const CAS_TRIES: usize = 16;
@@ -37,6 +47,9 @@ pub struct Lease {
     /// The holder's agent address, so that other hosts can ask it about the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_address: Option<String>,
+    /// On etcd: the holder's etcd lease, to which the record is attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_lease: Option<i64>,
 }
 
 impl Record for Lease {
@@ -58,6 +71,7 @@ pub enum Take {
 pub struct Leases {
     store: Arc<dyn StateStore>,
     prefix: String,
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// What a change decides, given the current lease.
@@ -70,7 +84,31 @@ enum Change {
 impl Leases {
     /// The leases kept in `store` under `prefix` (empty for a pool's own store).
     pub fn new(store: Arc<dyn StateStore>, prefix: &str) -> Leases {
-        Leases { store, prefix: prefix.to_string() }
+        Leases { store, prefix: prefix.to_string(), fleet: None }
+    }
+
+    /// The leases kept in the cluster's store under `prefix` (`leases/<pool>/`, `owners/`),
+    /// attached to their holders' etcd leases.
+    pub fn on_fleet(fleet: Arc<Fleet>, prefix: &str) -> Leases {
+        Leases { store: fleet.store().clone(), prefix: prefix.to_string(), fleet: Some(fleet) }
+    }
+
+    /// Writes a record: on etcd attached to the holder's lease (this host's own, in force,
+    /// when it is the holder).
+    async fn write(&self, key: &str, mut l: Lease, cond: Precondition) -> vmove_store::Result<()> {
+        let Some(f) = &self.fleet else {
+            return put_record(self.store.as_ref(), key, &l, cond).await.map(|_| ());
+        };
+        if l.holder == f.host() {
+            l.holder_lease = Some(f.lease_id().0);
+        }
+        match l.holder_lease {
+            Some(id) => {
+                let bytes = vmove_store::encode_record(key, &l)?;
+                f.lease_store().put_with_lease(key, bytes, cond, LeaseId(id)).await.map(|_| ())
+            }
+            None => put_record(self.store.as_ref(), key, &l, cond).await.map(|_| ()),
+        }
     }
 
     fn key(&self, volume: &str) -> String {
@@ -91,7 +129,7 @@ impl Leases {
             let (change, out) = f(cur.map(|(l, _)| l))?;
             let r = match change {
                 Change::Keep => return Ok(out),
-                Change::Put(l) => put_record(self.store.as_ref(), &key, &l, cond).await.map(|_| ()),
+                Change::Put(l) => self.write(&key, l, cond).await,
                 Change::Delete => self.store.delete(&key, cond).await.map(|_| ()),
             };
             match r {
@@ -106,11 +144,30 @@ impl Leases {
     /// Takes the lease for `host` (recording its agent address). Returns the lease in force.
     pub async fn acquire(&self, volume: &str, host: &str, guest: &str, how: Take, address: &str) -> Result<Lease> {
         let now = crate::now_ms();
+        let attached = self.fleet.is_some();
         let l = self
             .change(volume, |cur| {
                 let new = match cur {
-                    None => Lease { holder: host.into(), guest: guest.into(), epoch: 1, incoming: None, since_ms: now, holder_address: None },
+                    None => Lease {
+                        holder: host.into(),
+                        guest: guest.into(),
+                        epoch: 1,
+                        incoming: None,
+                        since_ms: now,
+                        holder_address: None,
+                        holder_lease: None,
+                    },
                     Some(c) if c.holder == host => Lease { incoming: None, since_ms: now, ..c },
+                    // On etcd a record exists only while its holder's lease does: the holder
+                    // is alive, whatever the operator says.
+                    Some(c) if how == Take::Takeover && attached && c.holder_lease.is_some() => fail!(
+                        Leased,
+                        "volume {volume} is leased to {} (guest {}), whose lease is alive: a takeover waits until it \
+                         expires (`vmove cluster wait-dead {}`)",
+                        c.holder,
+                        c.guest,
+                        c.holder
+                    ),
                     Some(c) if how == Take::Takeover => Lease {
                         holder: host.into(),
                         guest: guest.into(),
@@ -118,6 +175,7 @@ impl Leases {
                         incoming: None,
                         since_ms: now,
                         holder_address: None,
+                        holder_lease: None,
                     },
                     Some(c) => fail!(Leased, "volume {volume} is leased to {} (guest {}); it cannot be used on {host}", c.holder, c.guest),
                 };
@@ -157,6 +215,7 @@ impl Leases {
                     incoming: None,
                     since_ms: now,
                     holder_address: None,
+                    holder_lease: None,
                 });
                 if c.holder == target {
                     return Ok((Change::Keep, Some(c)));
@@ -167,6 +226,34 @@ impl Leases {
                 c.incoming = Some(target.into());
                 c.since_ms = now;
                 Ok((Change::Put(c.clone()), Some(c)))
+            })
+            .await?;
+        l.ok_or_else(|| AgentError::internal("lease change returned nothing"))
+    }
+
+    /// Claims a record again after this host's etcd lease was lost (the record vanished with
+    /// it) or replaced (a restart): this host's record is attached to its new lease, a
+    /// missing one is created for it, another host's is refused (`leased`). A record whose
+    /// incoming host this is stays as it is (the holder keeps it).
+    pub async fn reattach(&self, volume: &str, host: &str, guest: &str, address: &str) -> Result<Lease> {
+        let now = crate::now_ms();
+        let l = self
+            .change(volume, |cur| {
+                let l = match cur {
+                    None => Lease {
+                        holder: host.into(),
+                        guest: guest.into(),
+                        epoch: 1,
+                        incoming: None,
+                        since_ms: now,
+                        holder_address: Some(address.into()),
+                        holder_lease: None,
+                    },
+                    Some(c) if c.incoming.as_deref() == Some(host) => return Ok((Change::Keep, Some(c))),
+                    Some(c) if c.holder == host => c,
+                    Some(c) => fail!(Leased, "{volume} is now leased to {} (guest {})", c.holder, c.guest),
+                };
+                Ok((Change::Put(l.clone()), Some(l)))
             })
             .await?;
         l.ok_or_else(|| AgentError::internal("lease change returned nothing"))
@@ -184,7 +271,14 @@ impl Leases {
                 if c.incoming.as_deref() != Some(target) {
                     fail!(Leased, "volume {volume}: {target} is not its incoming host");
                 }
-                let l = Lease { holder: target.into(), incoming: None, since_ms: now, holder_address: Some(address.into()), ..c };
+                let l = Lease {
+                    holder: target.into(),
+                    incoming: None,
+                    since_ms: now,
+                    holder_address: Some(address.into()),
+                    holder_lease: None,
+                    ..c
+                };
                 Ok((Change::Put(l.clone()), Some(l)))
             })
             .await?;

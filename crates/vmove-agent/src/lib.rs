@@ -8,6 +8,8 @@
 //!   host they run on; [`peer`]: calls from target to source;
 //! - [`state`]: typed records in a `vmove_store::StateStore`; [`leases`]: volume leases;
 //!   [`claims`]: source claims; [`storage`]: copies of local volumes (both halves);
+//!   [`fleet`]: on etcd, this host's lease, membership, migration claims, the job index,
+//!   and self-fencing ([`fleet::fence`]);
 //! - [`dispatch`] and [`server`]: the API; [`reconcile`]: restart; [`hooks`]: test hooks;
 //!   [`metrics`]: Prometheus metrics.
 #![warn(missing_docs)]
@@ -15,6 +17,7 @@
 pub mod claims;
 pub mod dispatch;
 pub mod error;
+pub mod fleet;
 pub mod frames;
 pub mod guests;
 pub mod hooks;
@@ -108,12 +111,7 @@ async fn run(args: Args) -> Result<()> {
         .map_err(|e| AgentError::host(format!("cannot learn what this host's QEMU can do: {e:#}")))?;
     vmove_host::qemu_probe::check_minimum(&qemu).map_err(|e| AgentError::host(format!("{e:#}")))?;
     tracing::info!(version = %qemu.version, capabilities = qemu.migration_capabilities.len(), "QEMU features learned");
-    let store = vmove_store::FileStore::open(&cfg.state_dir).ctx("open the state store")?;
-    let mut leases = BTreeMap::new();
-    for p in &cfg.pools {
-        let s = vmove_store::FileStore::open(p.path.join(".vmove-leases")).with_ctx(|| format!("open the leases of pool {}", p.name))?;
-        leases.insert(p.name.clone(), leases::Leases::new(Arc::new(s), ""));
-    }
+    let opened = open_store(&cfg).await?;
     let (ca, me) = server::tls_files(&cfg)?;
     let peer_tls = vmove_api::tls::client_config(&ca, &me).map_err(AgentError::host)?;
     let parts = guests::Parts {
@@ -121,16 +119,66 @@ async fn run(args: Args) -> Result<()> {
         accel,
         qemu,
         host: Arc::new(host::RealHost::default()),
-        state: state::State::new(Arc::new(store)),
-        leases,
+        state: state::State::new(opened.state),
+        leases: opened.leases,
         peer_tls,
+        fleet: opened.fleet,
     };
     let agent = Arc::new(guests::Agent::new(parts).await?);
     agent.reconcile().await?;
     let jobs = jobs::Jobs::open(agent.clone()).await?;
+    if agent.fleet().is_some() {
+        // Claims this host's guests again on its new lease, then fences by its health.
+        tokio::spawn(fleet::fence::run(jobs.clone()));
+    }
     let api = Arc::new(dispatch::Api { agent, jobs });
     if let Some(addr) = &cfg.metrics_listen {
         metrics::serve::start(api.clone(), addr).await?;
     }
     server::serve(api, &cfg).await
+}
+
+/// The agent's stores, as its configuration says.
+struct Opened {
+    state: Arc<dyn vmove_store::StateStore>,
+    leases: BTreeMap<String, leases::Leases>,
+    fleet: Option<Arc<fleet::Fleet>>,
+}
+
+/// Files (the state directory, lease files on each pool) or etcd (this host's namespace
+/// for its own state, the cluster's for what it shares, a lease kept alive).
+async fn open_store(cfg: &vmove_model::AgentConfig) -> Result<Opened> {
+    let mut leases = BTreeMap::new();
+    // A local pool's leases are this host's own (its copy of a volume is not another
+    // host's), in lease files on the pool whatever the store.
+    let file_leases = |p: &vmove_model::PoolEntry| -> Result<leases::Leases> {
+        let s = vmove_store::FileStore::open(p.path.join(".vmove-leases"))
+            .with_ctx(|| format!("open the leases of pool {}", p.name))?;
+        Ok(leases::Leases::new(Arc::new(s), ""))
+    };
+    if cfg.store.kind == vmove_model::StoreKind::File {
+        let store = vmove_store::FileStore::open(&cfg.state_dir).ctx("open the state store")?;
+        for p in &cfg.pools {
+            leases.insert(p.name.clone(), file_leases(p)?);
+        }
+        return Ok(Opened { state: Arc::new(store), leases, fleet: None });
+    }
+    let namespace = cfg.store.namespace.clone().unwrap_or_default();
+    let tls = vmove_registry::read_tls(&cfg.ca, &cfg.cert, &cfg.key).map_err(|e| AgentError::host(vmove_api::one_line(&e)))?;
+    let cluster = vmove_registry::open_etcd(&cfg.store, &namespace, tls)
+        .await
+        .map_err(|e| AgentError::host(format!("open the cluster's etcd: {}", vmove_api::one_line(&e))))?;
+    let own = cluster.sub_namespace(&vmove_registry::keys::host_namespace(&cfg.name))?;
+    let policy = vmove_store::LeasePolicy::with_ttl(std::time::Duration::from_secs(cfg.lease_ttl_s));
+    let fleet = fleet::Fleet::join(Arc::new(cluster), &cfg.name, &cfg.listen, policy).await?;
+    for p in &cfg.pools {
+        let l = if p.is_local() {
+            file_leases(p)?
+        } else {
+            leases::Leases::on_fleet(fleet.clone(), &vmove_registry::keys::volume_leases(&p.name))
+        };
+        leases.insert(p.name.clone(), l);
+    }
+    tracing::info!(namespace, endpoints = ?cfg.store.endpoints, "state on etcd");
+    Ok(Opened { state: Arc::new(own), leases, fleet: Some(fleet) })
 }

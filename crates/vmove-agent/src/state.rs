@@ -11,6 +11,10 @@
 //! | `journal/<seq>` | [`IntentRec`] | what the agent is about to do (removed once done) |
 //! | `host/maintenance` | [`MaintenanceRec`] | the host is in maintenance (absent: it is not) |
 //!
+//! On etcd these keys live in the host's own namespace (`/vmove/<cluster>/hosts/<host>/`);
+//! what every host and operator shares (the job index, migration claims, ownership,
+//! membership) is in the cluster's ([`crate::fleet`]).
+//!
 //! Every write is fail-stop: an error is returned to the caller, which stops.
 use std::sync::Arc;
 
@@ -132,6 +136,7 @@ impl Record for IntentRec {
 #[derive(Clone)]
 pub struct State {
     store: Arc<dyn StateStore>,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// The log holding a job's events.
@@ -142,7 +147,18 @@ fn job_log(id: &str) -> String {
 impl State {
     /// A view of `store`.
     pub fn new(store: Arc<dyn StateStore>) -> State {
-        State { store }
+        State { store, fleet: None }
+    }
+
+    /// The same view, also keeping the cluster's shared records (the job index) in
+    /// `fleet`'s store.
+    pub fn in_fleet(self, fleet: Option<Arc<crate::fleet::Fleet>>) -> State {
+        State { fleet, ..self }
+    }
+
+    /// The cluster's shared store, on etcd.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The store itself.

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use vmove_model::{AgentConfig, Cluster, ClusterMeta, HostEntry, ModelError, NetworkEntry, Policy, PoolEntry, TlsFiles};
+use vmove_model::{AgentConfig, Cluster, ClusterMeta, HostEntry, ModelError, NetworkEntry, Policy, PoolEntry, StoreEntry, TlsFiles};
 
 use crate::pki::{Ca, CertPair, PkiError};
 
@@ -75,6 +75,8 @@ pub struct InitOptions {
     pub networks: Vec<NetworkEntry>,
     /// Storage pools (directories every host sees at the same path).
     pub pools: Vec<PoolEntry>,
+    /// Where the cluster's state is kept: files (the default) or etcd.
+    pub store: StoreEntry,
 }
 
 /// Makes a cluster in `dir`: the CA, an operator certificate and a cluster file without
@@ -106,6 +108,7 @@ pub fn init_cluster(dir: &Path, o: &InitOptions) -> Result<Cluster, BootstrapErr
         hosts: vec![],
         networks: o.networks.clone(),
         pools: o.pools.clone(),
+        store: o.store.clone(),
         guests: vec![],
         path: path.clone(),
     };
@@ -194,7 +197,18 @@ pub fn agent_config(cluster: &Cluster, o: &HostOptions) -> AgentConfig {
         metrics_listen: o.metrics_listen.map(|a| a.to_string()),
         pools: cluster.pools.iter().map(|p| PoolEntry { path: cluster.resolve(&p.path), ..p.clone() }).collect(),
         networks: cluster.networks.clone(),
+        store: agent_store(cluster),
+        lease_ttl_s: cluster.policy.lease_ttl_s,
     }
+}
+
+/// The `[store]` section of an agent of `cluster`: on etcd with the cluster's namespace
+/// spelt out (the agent does not know the cluster's name).
+fn agent_store(cluster: &Cluster) -> StoreEntry {
+    if cluster.store.is_file() {
+        return cluster.store.clone();
+    }
+    StoreEntry { namespace: Some(cluster.store.namespace_for(&cluster.cluster.name)), ..cluster.store.clone() }
 }
 
 /// A host name: what certificates and file names accept.
@@ -337,6 +351,7 @@ mod tests {
             name: "prod".into(),
             networks: vec![NetworkEntry { name: "guests".into(), bridge: "br0".into(), vlan: None, cidr: None }],
             pools: vec![PoolEntry::shared("shared", "/srv/vmove/shared")],
+            ..Default::default()
         };
         init_cluster(dir, &o).unwrap()
     }

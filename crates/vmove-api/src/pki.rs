@@ -132,6 +132,15 @@ impl Ca {
         self.leaf(p)
     }
 
+    /// A server certificate for `name` and its IP (an etcd member: server and client auth,
+    /// the latter for its peers), with no vmove role.
+    pub fn issue_server(&self, name: &str, ip: IpAddr) -> Result<CertPair, PkiError> {
+        let mut p = CertificateParams::new(vec![name.to_string()]).map_err(rcgen_err("server certificate"))?;
+        p.subject_alt_names.push(SanType::IpAddress(ip));
+        p.distinguished_name.push(DnType::CommonName, name);
+        self.leaf(p)
+    }
+
     /// An operator certificate.
     pub fn issue_operator(&self, name: &str) -> Result<CertPair, PkiError> {
         let mut p = CertificateParams::new(vec![OPERATOR_ROLE_NAME.to_string()]).map_err(rcgen_err("operator certificate"))?;

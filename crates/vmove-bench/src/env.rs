@@ -47,6 +47,7 @@ impl Env {
         let opts = LabOptions {
             dir: dir.to_path_buf(),
             hosts: 2,
+            etcd: 0,
             vmoved: bin_dir.join("vmoved"),
             guest_bin: bin_dir.join("vmove-guest"),
         };

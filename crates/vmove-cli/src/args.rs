@@ -36,7 +36,8 @@ pub enum Command {
     /// Oracle Exadata's oedacli command language (LOAD FILE, MIGRATE GUEST, MERGE/DEPLOY ACTIONS, ...),
     /// interactive or from a script.
     Oedacli(OedacliArgs),
-    /// The cluster file against reality.
+    /// The cluster's definition: drift against the agents, export and import (etcd),
+    /// members and their leases.
     #[command(subcommand)]
     Cluster(ClusterCmd),
 }
@@ -46,8 +47,33 @@ pub enum ClusterCmd {
     /// Make a new cluster in a directory: its CA, an operator certificate and a cluster
     /// file without hosts (add them with `vmove host add`).
     Init(InitArgs),
-    /// Where the cluster file and the agents' reports differ (drift); non-zero if they do.
+    /// Where the cluster (the file, or etcd when the file says so) and the agents' reports
+    /// differ (drift); non-zero if they do.
     Check,
+    /// Write the cluster held in etcd as a cluster file (hosts, policy, guests and where
+    /// they are now; the TLS files and [store] of the cluster file in use).
+    Export {
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Seed the etcd the cluster file names with the file's hosts, policy and guests.
+    Import {
+        /// Replace a cluster the store holds already (its guests become exactly the file's).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// The hosts whose agents hold a lease in etcd.
+    Members,
+    /// Wait until a host's etcd lease has expired (its agent is dead or cut off, and its
+    /// guests are paused and free to take); non-zero if the host is still alive.
+    WaitDead {
+        /// Host name.
+        host: String,
+        /// How long to wait (default: twice the lease TTL and 5 s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +215,14 @@ pub enum LabCmd {
         /// Number of hosts.
         #[arg(long, default_value_t = 3)]
         hosts: u8,
+        /// Where the cluster's state lives: `file` (each agent's directory, lease files on
+        /// the pool, the cluster file) or `etcd` (an etcd cluster inside the lab, TLS from
+        /// the lab CA).
+        #[arg(long, default_value = "file")]
+        store: String,
+        /// etcd members with `--store etcd` (default 3).
+        #[arg(long)]
+        etcd_members: Option<u8>,
     },
     /// Tear the lab down (idempotent).
     Down {

@@ -1,11 +1,106 @@
-//! `vmove cluster check`: where the cluster file and the agents' reports differ (drift).
-use anyhow::{bail, Result};
+//! `vmove cluster check|export|import|members|wait-dead`: drift between the cluster (the
+//! file, or etcd) and the agents; the cluster file as an export of etcd and a bootstrap of
+//! it; who holds a lease; waiting for a host's lease to expire.
+use anyhow::{anyhow, bail, Context, Result};
 use futures::future::join_all;
 use serde::Serialize;
 use vmove_api::{GuestStatus, Request};
 use vmove_model::{Cluster, GuestSpec};
 
+use crate::args::ClusterCmd;
 use crate::ctx::Ctx;
+
+pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> Result<()> {
+    match cmd {
+        ClusterCmd::Init(a) => crate::cmd_setup::init(ctx, a),
+        ClusterCmd::Check => check(ctx).await,
+        ClusterCmd::Export { out } => export(ctx, out.as_deref()).await,
+        ClusterCmd::Import { replace } => import(ctx, replace).await,
+        ClusterCmd::Members => members(ctx).await,
+        ClusterCmd::WaitDead { host, timeout } => wait_dead(ctx, &host, timeout.as_deref()).await,
+    }
+}
+
+/// The etcd cluster file in use, or why it is not one.
+fn etcd_file(ctx: &Ctx) -> Result<Cluster> {
+    let file = ctx.file()?;
+    if file.store.is_file() {
+        bail!("{} keeps the cluster in the file itself: export and import need [store] kind = \"etcd\"", ctx.cluster_path.display());
+    }
+    Ok(file)
+}
+
+async fn export(ctx: &Ctx, out: Option<&std::path::Path>) -> Result<()> {
+    let file = etcd_file(ctx)?;
+    let store = ctx.store(&file).await?;
+    let c = vmove_registry::export(store.as_ref(), &file).await?;
+    match out {
+        Some(path) => {
+            let c = crate::oedacli::session::rebased(&c, path);
+            c.save(path).with_context(|| format!("write {}", path.display()))?;
+            if ctx.json {
+                crate::out::json(&serde_json::json!({ "exported": path, "hosts": c.hosts.len(), "guests": c.guests.len() }));
+            } else {
+                eprintln!("exported {} hosts and {} guests to {}", c.hosts.len(), c.guests.len(), path.display());
+            }
+        }
+        None => print!("{}", c.to_toml()),
+    }
+    Ok(())
+}
+
+async fn import(ctx: &Ctx, replace: bool) -> Result<()> {
+    let file = etcd_file(ctx)?;
+    let store = ctx.store(&file).await?;
+    let how = if replace { vmove_registry::Import::Replace } else { vmove_registry::Import::New };
+    let n = vmove_registry::import(store.as_ref(), &file, how).await?;
+    let ns = file.store.namespace_for(&file.cluster.name);
+    if ctx.json {
+        crate::out::json(&serde_json::json!({ "imported": file.cluster.name, "namespace": ns, "hosts": file.hosts.len(), "guests": n }));
+    } else {
+        println!("cluster {} imported into etcd ({ns}): {} hosts, {n} guests", file.cluster.name, file.hosts.len());
+    }
+    Ok(())
+}
+
+async fn members(ctx: &Ctx) -> Result<()> {
+    let file = etcd_file(ctx)?;
+    let c = ctx.cluster().await?;
+    let list = crate::fleet_store::members(ctx, &file).await?;
+    if ctx.json {
+        crate::out::json(&list);
+        return Ok(());
+    }
+    let mut rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| vec![m.host.clone(), m.address.clone(), format!("{:x}", m.lease), format!("{} s", m.ttl_s), m.agent_version.clone()])
+        .collect();
+    for h in c.hosts.iter().filter(|h| !list.iter().any(|m| m.host == h.name)) {
+        rows.push(vec![h.name.clone(), h.address.clone(), "-".into(), "no lease".into(), String::new()]);
+    }
+    crate::out::table(&["HOST", "ADDRESS", "LEASE", "TTL", "AGENT"], &rows);
+    Ok(())
+}
+
+async fn wait_dead(ctx: &Ctx, host: &str, timeout: Option<&str>) -> Result<()> {
+    let c = ctx.cluster().await?;
+    if c.store.is_file() {
+        bail!("the file store has no leases: only an operator can say that {host} is dead");
+    }
+    let timeout = timeout
+        .map(|t| vmove_model::parse_duration_ms(t).map(std::time::Duration::from_millis).map_err(|e| anyhow!(e)))
+        .transpose()?;
+    let Some(dead) = crate::fleet_store::wait_host_dead(ctx, &c, host, timeout).await? else { return Ok(()) };
+    let waited_ms = u64::try_from(dead.waited.as_millis()).unwrap_or(u64::MAX);
+    if ctx.json {
+        crate::out::json(&serde_json::json!({ "host": host, "dead": true, "waited_ms": waited_ms, "last_seen": dead.last_seen }));
+    } else if dead.last_seen.is_none() {
+        println!("{host} holds no lease: dead (or never started on etcd)");
+    } else {
+        println!("{host}: its lease expired after {:.1} s: dead", dead.waited.as_secs_f64());
+    }
+    Ok(())
+}
 
 /// One difference between the file and reality.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,7 +191,7 @@ fn spec_diff(file: &GuestSpec, host: &GuestSpec) -> Option<String> {
 }
 
 pub async fn check(ctx: &Ctx) -> Result<()> {
-    let c = ctx.cluster()?;
+    let c = ctx.cluster().await?;
     let clients = ctx.clients(&c)?;
     let lists = join_all(clients.iter().map(|(_, cl)| cl.call::<Vec<GuestStatus>>(&Request::GuestList))).await;
     let reports: Vec<(String, Result<Vec<GuestStatus>, String>)> =
@@ -105,7 +200,8 @@ pub async fn check(ctx: &Ctx) -> Result<()> {
     if ctx.json {
         crate::out::json(&serde_json::json!({ "drift": drift, "hosts": c.hosts.len(), "guests": c.guests.len() }));
     } else if drift.is_empty() {
-        println!("the cluster file matches the agents ({} hosts, {} guests)", c.hosts.len(), c.guests.len());
+        let what = if c.store.is_file() { "the cluster file" } else { "the cluster in etcd" };
+        println!("{what} matches the agents ({} hosts, {} guests)", c.hosts.len(), c.guests.len());
     } else {
         let rows: Vec<Vec<String>> = drift
             .iter()
@@ -114,7 +210,7 @@ pub async fn check(ctx: &Ctx) -> Result<()> {
         crate::out::table(&["DRIFT", "GUEST", "HOST", "DETAIL"], &rows);
     }
     if !drift.is_empty() {
-        bail!("{} difference(s) between {} and the agents", drift.len(), ctx.cluster_path.display());
+        bail!("{} difference(s) between {} and the agents", drift.len(), ctx.truth(&c));
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `vmove guest create|list|show|start|stop|destroy|log`.
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use futures::future::join_all;
 use vmove_api::{GuestLog, GuestState, GuestStatus, Request};
 use vmove_model::{parse_duration_ms, Cluster, DesiredState};
@@ -11,36 +11,36 @@ use crate::request::CreateCommand;
 pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
     match cmd {
         GuestCmd::Create(a) => {
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let cmd = a.into_command(&cluster)?;
             create(ctx, cluster, cmd).await
         }
         GuestCmd::List { host } => list(ctx, host).await,
         GuestCmd::Show { name } => {
-            let (cluster, host) = locate(ctx, &name)?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let mut st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestShow { name }).await?;
             with_file_group(&cluster, &mut st);
             print_status(ctx, &st);
             Ok(())
         }
         GuestCmd::Start { name } => {
-            let (cluster, host) = locate(ctx, &name)?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let st: GuestStatus = ctx.client(&cluster, &host)?.call(&Request::GuestStart { name: name.clone() }).await?;
-            set_desired(ctx, &name, DesiredState::Running)?;
+            set_desired(ctx, &name, DesiredState::Running).await?;
             print_status(ctx, &st);
             Ok(())
         }
         GuestCmd::Stop { name, force, timeout } => {
             let timeout_s = parse_duration_ms(&timeout).map_err(|e| anyhow!(e))?.div_ceil(1000);
-            let (cluster, host) = locate(ctx, &name)?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let client = ctx.client(&cluster, &host)?.with_timeout(std::time::Duration::from_secs(timeout_s + 30));
             let st: GuestStatus = client.call(&Request::GuestStop { name: name.clone(), force, timeout_s }).await?;
-            set_desired(ctx, &name, DesiredState::Stopped)?;
+            set_desired(ctx, &name, DesiredState::Stopped).await?;
             print_status(ctx, &st);
             Ok(())
         }
         GuestCmd::Destroy { name } => {
-            let (cluster, host) = locate(ctx, &name)?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let client = ctx.client(&cluster, &host)?;
             let _: GuestStatus = client.call(&Request::GuestStop { name: name.clone(), force: true, timeout_s: 30 }).await?;
             let _: serde_json::Value = client.call(&Request::GuestUndefine { name: name.clone() }).await?;
@@ -48,7 +48,8 @@ pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
                 let before = c.guests.len();
                 c.guests.retain(|g| g.name != name);
                 c.guests.len() != before
-            })?;
+            })
+            .await?;
             if ctx.json {
                 crate::out::json(&serde_json::json!({ "ok": true, "destroyed": name, "host": host }));
             } else {
@@ -57,7 +58,7 @@ pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
             Ok(())
         }
         GuestCmd::Log { name, bytes } => {
-            let (cluster, host) = locate(ctx, &name)?;
+            let (cluster, host) = locate(ctx, &name).await?;
             let log: GuestLog = ctx.client(&cluster, &host)?.call(&Request::GuestLog { name, max_bytes: bytes }).await?;
             if ctx.json {
                 crate::out::json(&log);
@@ -71,18 +72,15 @@ pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
 
 /// The tail of a guest's console.
 pub async fn log_text(ctx: &Ctx, name: &str) -> Result<String> {
-    let (cluster, host) = locate(ctx, name)?;
+    let (cluster, host) = locate(ctx, name).await?;
     let log: GuestLog =
         ctx.client(&cluster, &host)?.call(&Request::GuestLog { name: name.into(), max_bytes: 65536 }).await?;
     Ok(log.text)
 }
 
-fn locate(ctx: &Ctx, name: &str) -> Result<(Cluster, String)> {
-    let c = ctx.cluster()?;
-    let host = c
-        .guest(name)
-        .map(|g| g.host.clone())
-        .ok_or_else(|| anyhow!("no guest named {name} in {}", ctx.cluster_path.display()))?;
+async fn locate(ctx: &Ctx, name: &str) -> Result<(Cluster, String)> {
+    let c = ctx.cluster().await?;
+    let host = c.guest(name).map(|g| g.host.clone()).ok_or_else(|| anyhow!("no guest named {name} in {}", ctx.truth(&c)))?;
     Ok((c, host))
 }
 
@@ -93,7 +91,7 @@ fn with_file_group(c: &Cluster, st: &mut GuestStatus) {
     }
 }
 
-fn set_desired(ctx: &Ctx, name: &str, d: DesiredState) -> Result<()> {
+async fn set_desired(ctx: &Ctx, name: &str, d: DesiredState) -> Result<()> {
     ctx.update_cluster(|c| match c.guest_mut(name) {
         Some(g) if g.desired != d => {
             g.desired = d;
@@ -101,6 +99,7 @@ fn set_desired(ctx: &Ctx, name: &str, d: DesiredState) -> Result<()> {
         }
         _ => false,
     })
+    .await
 }
 
 /// `vmove guest create`: defines the guest on its host, records it in the cluster file,
@@ -113,18 +112,19 @@ pub async fn create(ctx: &Ctx, cluster: Cluster, cmd: CreateCommand) -> Result<(
         c.upsert_guest(st.spec.clone());
         true
     })
-    .context("update the cluster file")?;
+    .await
+    .map_err(|e| e.context(format!("record the guest in {}", ctx.truth(&cluster))))?;
     let st = if start { client.call(&Request::GuestStart { name }).await? } else { st };
     print_status(ctx, &st);
     Ok(())
 }
 async fn list(ctx: &Ctx, only: Option<String>) -> Result<()> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     let clients: Vec<_> =
         ctx.clients(&cluster)?.into_iter().filter(|(n, _)| only.as_ref().is_none_or(|o| o == n)).collect();
     if let Some(o) = &only {
         if clients.is_empty() {
-            bail!("no host named {o} in {}", ctx.cluster_path.display());
+            bail!("no host named {o} in {}", ctx.truth(&cluster));
         }
     }
     let answers = join_all(clients.iter().map(|(_, c)| c.call::<Vec<GuestStatus>>(&Request::GuestList))).await;

@@ -15,7 +15,7 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
         HostCmd::Evacuate(a) => return crate::drain::evacuate(ctx, a).await,
         other => other,
     };
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     match cmd {
         HostCmd::Add(_) | HostCmd::Remove { .. } | HostCmd::Drain(_) | HostCmd::Undrain { .. } | HostCmd::Evacuate(_) => {}
         HostCmd::List => {

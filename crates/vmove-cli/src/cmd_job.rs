@@ -17,11 +17,8 @@ fn host_of(id: &str) -> Result<&str> {
 pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
     match cmd {
         JobCmd::List => {
-            let cluster = ctx.cluster()?;
-            let clients = ctx.clients(&cluster)?;
-            let lists = join_all(clients.iter().map(|(_, c)| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
-            let mut all: Vec<JobBrief> = lists.into_iter().flatten().flatten().collect();
-            all.sort_by_key(|j| j.created_ms);
+            let cluster = ctx.cluster().await?;
+            let all = list_jobs(ctx, &cluster).await?;
             if ctx.json {
                 crate::out::json(&all);
             } else {
@@ -47,9 +44,9 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             Ok(())
         }
         JobCmd::Show { id } => {
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobShow { id }).await?;
-            sync_cluster(ctx, &rec)?;
+            sync_cluster(ctx, &rec).await?;
             if ctx.json {
                 crate::out::json(&rec);
             } else {
@@ -71,7 +68,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             Ok(())
         }
         JobCmd::Plot { id, out } => {
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobShow { id: id.clone() }).await?;
             let path = out.unwrap_or_else(|| PathBuf::from(format!("{id}.svg")));
             let (path, d) = write_plot(&rec, &path)?;
@@ -96,7 +93,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             follow(ctx, &host, &id).await
         }
         JobCmd::Cancel { id } => {
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobCancel { id: id.clone() }).await?;
             if ctx.json {
                 crate::out::json(&serde_json::json!({ "ok": true, "job": rec.id, "cancel_requested": true }));
@@ -106,7 +103,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             Ok(())
         }
         JobCmd::Resume { id } => {
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let _: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobResume { id: id.clone() }).await?;
             if ctx.json {
                 crate::out::json(&serde_json::json!({ "ok": true, "job": id, "resumed": true }));
@@ -117,7 +114,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
         }
         JobCmd::Recover { id } => {
             let host = host_of(&id)?.to_string();
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let rec: JobRecord = ctx.client(&cluster, &host)?.call(&Request::JobRecover { id }).await?;
             follow(ctx, &host, &rec.id).await
         }
@@ -136,9 +133,27 @@ fn status_str(s: JobStatus) -> String {
     format!("{s:?}").to_lowercase()
 }
 
-/// Moves the guest in the cluster file to where the job says it is now.
-pub fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
+/// Every job of the cluster, oldest first: on etcd the cluster's job index (every job,
+/// whichever host runs it, from any machine), else what every agent of the file reports.
+pub async fn list_jobs(ctx: &Ctx, cluster: &vmove_model::Cluster) -> Result<Vec<JobBrief>> {
+    if !cluster.store.is_file() {
+        let store = ctx.store(cluster).await?;
+        return Ok(vmove_registry::list_jobs(store.as_ref()).await?);
+    }
+    let clients = ctx.clients(cluster)?;
+    let lists = join_all(clients.iter().map(|(_, c)| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
+    let mut all: Vec<JobBrief> = lists.into_iter().flatten().flatten().collect();
+    all.sort_by_key(|j| j.created_ms);
+    Ok(all)
+}
+
+/// Moves the guest in the cluster file to where the job says it is now. On etcd there is
+/// nothing to do: the target's agent records the placement in the store as the job goes.
+pub async fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
     let Some(host) = &rec.guest_host else { return Ok(()) };
+    if !ctx.file()?.store.is_file() {
+        return Ok(());
+    }
     ctx.update_cluster(|c| match c.guest_mut(&rec.spec.guest.name) {
         Some(g) if &g.host != host => {
             g.host = host.clone();
@@ -146,6 +161,7 @@ pub fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
         }
         _ => false,
     })
+    .await
 }
 
 fn mib(b: u64) -> f64 {
@@ -180,7 +196,7 @@ pub async fn follow(ctx: &Ctx, host: &str, id: &str) -> Result<()> {
 /// Follows a job to its end as `opts` says, updates the cluster file where the guest
 /// moved, and returns the job's final record whatever its status.
 pub async fn follow_with(ctx: &Ctx, host: &str, id: &str, opts: &FollowOpts) -> Result<JobRecord> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     let client = ctx.client(&cluster, host)?;
     let bar = (!ctx.json && !opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -232,7 +248,7 @@ pub async fn follow_with(ctx: &Ctx, host: &str, id: &str, opts: &FollowOpts) -> 
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    sync_cluster(ctx, &rec)?;
+    sync_cluster(ctx, &rec).await?;
     Ok(rec)
 }
 

@@ -24,10 +24,11 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
 }
 
 /// Options for a lab in `dir`, with the binaries next to this one.
-pub fn options(dir: &Path, hosts: u8) -> Result<LabOptions> {
+pub fn options(dir: &Path, hosts: u8, etcd: u8) -> Result<LabOptions> {
     Ok(LabOptions {
         dir: dir.to_path_buf(),
         hosts,
+        etcd,
         vmoved: sibling_binary("vmoved")?,
         guest_bin: sibling_binary("vmove-guest")?,
     })
@@ -35,14 +36,27 @@ pub fn options(dir: &Path, hosts: u8) -> Result<LabOptions> {
 
 pub async fn run(ctx: &Ctx, cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { dir, hosts } => {
+        LabCmd::Up { dir, hosts, store, etcd_members } => {
             let t = Instant::now();
-            let info = vmove_lab::up(&options(&dir, hosts)?).await?;
+            let etcd = match store.as_str() {
+                "file" if etcd_members.is_some() => bail!("--etcd-members needs --store etcd"),
+                "file" => 0,
+                "etcd" => etcd_members.unwrap_or(3),
+                other => bail!("--store {other:?}: file or etcd"),
+            };
+            if store == "etcd" && etcd == 0 {
+                bail!("--etcd-members must be at least 1");
+            }
+            let info = vmove_lab::up(&options(&dir, hosts, etcd)?).await?;
             if ctx.json {
                 crate::out::json(&info);
             } else {
+                let store = match info.etcd_endpoints.len() {
+                    0 => "state in files".to_string(),
+                    n => format!("state in etcd ({n} members: {})", info.etcd_endpoints.join(", ")),
+                };
                 eprintln!(
-                    "lab {} up: {} hosts, client namespace {}, in {:.1} s",
+                    "lab {} up: {} hosts, {store}, client namespace {}, in {:.1} s",
                     info.name,
                     info.hosts,
                     info.client_namespace,
@@ -89,7 +103,7 @@ async fn demo(ctx: &Ctx, dir: &Path, keep: bool) -> Result<()> {
     })
     .await?;
     say(ctx, "lab up (3 hosts)");
-    let info = vmove_lab::up(&options(dir, 3)?).await?;
+    let info = vmove_lab::up(&options(dir, 3, 0)?).await?;
     let r = demo_body(ctx, &info).await;
     if !keep {
         say(ctx, "lab down");
@@ -101,7 +115,7 @@ async fn demo(ctx: &Ctx, dir: &Path, keep: bool) -> Result<()> {
 
 /// Draws the newest job of `guest` on `host` into `/var/tmp/vmove-demo-<job>.svg`.
 async fn demo_plot(ctx: &Ctx, host: &str, guest: &str) -> Result<(String, PathBuf)> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     let client = ctx.client(&cluster, host)?;
     let jobs: Vec<vmove_api::JobBrief> = client.call(&vmove_api::Request::JobList).await?;
     let id = jobs.iter().rev().find(|j| j.guest == guest).map(|j| j.id.clone()).ok_or_else(|| anyhow!("no job of {guest} on {host}"))?;
@@ -119,11 +133,11 @@ fn say(ctx: &Ctx, s: &str) {
 }
 
 async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
-    let sub = Ctx { cluster_path: info.cluster_file.clone(), json: ctx.json };
+    let sub = Ctx::new(info.cluster_file.clone(), ctx.json);
     say(ctx, "hosts");
     crate::cmd_host::run(&sub, crate::args::HostCmd::List).await?;
     say(ctx, "guest vm1 on host1: 512 MiB, 192.0.2.10 on lab-net, a data disk, dirtying 20 MB/s over a 128 MiB working set");
-    let cluster = sub.cluster()?;
+    let cluster = sub.cluster().await?;
     let spec = GuestSpec {
         name: "vm1".into(),
         host: "host1".into(),
@@ -154,7 +168,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
     let session = vmove_lab::probe::TcpSession::start(&info.client_namespace, addr, Duration::from_millis(10))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     say(ctx, "live migration of vm1 from host1 to host2 (TLS, multifd, downtime limit 300 ms)");
-    let cluster = sub.cluster()?;
+    let cluster = sub.cluster().await?;
     let migrate = MigrateCommand::new(&cluster.policy, "vm1", "host1", "host2", Mode::Live, None);
     let migrated = crate::cmd_migrate::run(&sub, &cluster, migrate).await;
     let before = session.echoed();

@@ -90,6 +90,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         name,
         networks: a.network.iter().map(|s| parse_network(s)).collect::<Result<_>>()?,
         pools: a.pool.iter().map(|s| parse_pool(s)).collect::<Result<_>>()?,
+        ..Default::default()
     };
     let c = bootstrap::init_cluster(&a.dir, &o)?;
     let file = std::path::absolute(&c.path)?;
@@ -105,7 +106,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
 
 /// `vmove host add`.
 pub fn add(ctx: &Ctx, a: HostAddArgs) -> Result<()> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.file()?;
     let address = parse_address(&a.address)?;
     let metrics_listen = a.metrics_listen.as_deref().map(|m| parse_metrics(m, address)).transpose()?;
     let o = HostOptions {

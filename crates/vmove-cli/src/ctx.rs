@@ -1,20 +1,35 @@
-//! What every command needs: the cluster file and clients of its agents.
+//! What every command needs: the cluster (from the cluster file, or from etcd when the file
+//! says so) and clients of its agents.
+//!
+//! With `[store] kind = "etcd"` the cluster file is the operator's bootstrap: its TLS files
+//! (the operator certificate is also the etcd client certificate) and where etcd is. Hosts,
+//! policy and guests (with their placement) come from the store, and the changes `vmove`
+//! makes to guests go to the store, so every operator on every machine sees one truth.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use tokio::sync::OnceCell;
 use vmove_api::AgentClient;
-use vmove_model::Cluster;
+use vmove_model::{Cluster, GuestSpec};
+use vmove_store::EtcdStore;
 
-/// Global options.
+/// Global options, and the store once opened.
 pub struct Ctx {
     pub cluster_path: PathBuf,
     pub json: bool,
+    store: OnceCell<Arc<EtcdStore>>,
 }
 
 impl Ctx {
-    /// Loads the cluster file.
-    pub fn cluster(&self) -> Result<Cluster> {
+    /// A context for the cluster file at `cluster_path`.
+    pub fn new(cluster_path: PathBuf, json: bool) -> Ctx {
+        Ctx { cluster_path, json, store: OnceCell::new() }
+    }
+
+    /// The cluster file as it is on disk.
+    pub fn file(&self) -> Result<Cluster> {
         if !self.cluster_path.exists() {
             return Err(anyhow!(
                 "cluster file {} not found (use --cluster FILE or VMOVE_CLUSTER, or `vmove lab up`)",
@@ -24,11 +39,84 @@ impl Ctx {
         Ok(Cluster::load(&self.cluster_path)?)
     }
 
-    /// Loads the cluster file, lets `change` edit it and saves it if `change` says it
-    /// changed anything, under an exclusive `flock` on the file's directory (the file itself
-    /// is replaced by a rename on save): `vmove` processes running side by side (two drains,
-    /// a drain and a `migrate`) never lose each other's updates.
-    pub fn update_cluster(&self, change: impl FnOnce(&mut Cluster) -> bool) -> Result<()> {
+    /// The cluster: the file, or with an etcd store the store's cluster (with the file's
+    /// TLS files and store section).
+    pub async fn cluster(&self) -> Result<Cluster> {
+        let file = self.file()?;
+        if file.store.is_file() {
+            return Ok(file);
+        }
+        let store = self.store(&file).await?;
+        vmove_registry::load_cluster(store.as_ref(), &file)
+            .await
+            .with_context(|| format!("the cluster in etcd ({})", file.store.namespace_for(&file.cluster.name)))
+    }
+
+    /// The etcd store a cluster file names (opened once, over TLS with the operator
+    /// certificate).
+    pub async fn store(&self, file: &Cluster) -> Result<Arc<EtcdStore>> {
+        let s = self
+            .store
+            .get_or_try_init(|| async {
+                let tls = vmove_registry::read_tls(
+                    &file.resolve(&file.tls.ca),
+                    &file.resolve(&file.tls.cert),
+                    &file.resolve(&file.tls.key),
+                )?;
+                let ns = file.store.namespace_for(&file.cluster.name);
+                let store = vmove_registry::open_etcd(&file.store, &ns, tls)
+                    .await
+                    .with_context(|| format!("connect to etcd at {}", file.store.endpoints.join(", ")))?;
+                Ok::<_, anyhow::Error>(Arc::new(store))
+            })
+            .await?;
+        Ok(s.clone())
+    }
+
+    /// Where the cluster's truth is, for messages.
+    pub fn truth(&self, cluster: &Cluster) -> String {
+        if cluster.store.is_file() {
+            self.cluster_path.display().to_string()
+        } else {
+            format!("etcd ({})", cluster.store.namespace_for(&cluster.cluster.name))
+        }
+    }
+
+    /// Loads the cluster, lets `change` edit it and records it if `change` says it changed
+    /// anything.
+    ///
+    /// With a cluster file: under an exclusive `flock` on the file's directory (the file
+    /// itself is replaced by a rename on save), so that `vmove` processes running side by
+    /// side (two drains, a drain and a `migrate`) never lose each other's updates.
+    ///
+    /// On etcd: the guests that `change` added, changed or removed are written to (removed
+    /// from) the store one by one; a change of a guest's host alone is not written (the
+    /// target's agent records where a guest is, as its migration goes).
+    pub async fn update_cluster(&self, change: impl FnOnce(&mut Cluster) -> bool) -> Result<()> {
+        let file = self.file()?;
+        if !file.store.is_file() {
+            let mut c = self.cluster().await?;
+            let before = c.guests.clone();
+            if !change(&mut c) {
+                return Ok(());
+            }
+            let store = self.store(&file).await?;
+            for old in &before {
+                if c.guest(&old.name).is_none() {
+                    vmove_registry::remove_guest(store.as_ref(), &old.name).await.context("remove the guest from etcd")?;
+                }
+            }
+            for g in &c.guests {
+                let unchanged = before
+                    .iter()
+                    .find(|b| b.name == g.name)
+                    .is_some_and(|b| *b == GuestSpec { host: b.host.clone(), ..g.clone() });
+                if !unchanged {
+                    vmove_registry::put_guest(store.as_ref(), g).await.context("record the guest in etcd")?;
+                }
+            }
+            return Ok(());
+        }
         let dir = match self.cluster_path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -36,7 +124,7 @@ impl Ctx {
         let d = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
         let _lock = nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| anyhow!("lock {}: {e}", dir.display()))?;
-        let mut c = self.cluster()?;
+        let mut c = self.file()?;
         if change(&mut c) {
             c.save(&self.cluster_path)?;
         }
@@ -57,6 +145,6 @@ impl Ctx {
             .into_iter()
             .find(|(n, _)| n == host)
             .map(|(_, cl)| cl)
-            .with_context(|| format!("no host named {host} in {}", self.cluster_path.display()))
+            .with_context(|| format!("no host named {host} in {}", self.truth(c)))
     }
 }

@@ -11,6 +11,7 @@ mod cmd_migrate;
 mod cmd_setup;
 mod ctx;
 mod drain;
+mod fleet_store;
 mod oedacli;
 mod out;
 mod plot;
@@ -59,19 +60,18 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: args::Cli) -> anyhow::Result<()> {
-    let ctx = ctx::Ctx { cluster_path: cli.cluster.clone(), json: cli.json };
+    let ctx = ctx::Ctx::new(cli.cluster.clone(), cli.json);
     match cli.command {
         args::Command::Lab(c) => cmd_lab::run(&ctx, c).await,
         args::Command::Host(c) => cmd_host::run(&ctx, c).await,
         args::Command::Guest(c) => cmd_guest::run(&ctx, c).await,
         args::Command::Migrate(a) => {
-            let cluster = ctx.cluster()?;
+            let cluster = ctx.cluster().await?;
             let cmd = a.into_command(&cluster)?;
             cmd_migrate::run(&ctx, &cluster, cmd).await
         }
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
-        args::Command::Cluster(args::ClusterCmd::Check) => cmd_cluster::check(&ctx).await,
-        args::Command::Cluster(args::ClusterCmd::Init(a)) => cmd_setup::init(&ctx, a),
+        args::Command::Cluster(c) => cmd_cluster::run(&ctx, c).await,
         args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,
     }
 }

@@ -11,7 +11,7 @@ use vmove_api::bootstrap::{self, AgentLayout, HostOptions, InitOptions};
 use vmove_api::{Health, Request};
 use vmove_model::{Cluster, NetworkEntry, PoolEntry};
 
-use crate::topology::{self, Plan, GUEST_NET, MAX_HOSTS, SLOTS};
+use crate::topology::{self, Plan, GUEST_NET, MAX_ETCD, MAX_HOSTS, SLOTS};
 
 /// Where slot claims live.
 const SLOT_DIR: &str = "/run/vmove/lab-slots";
@@ -19,7 +19,7 @@ const SLOT_DIR: &str = "/run/vmove/lab-slots";
 /// What `lab up` makes inside the lab directory (cluster file, PKI, the shared pool with its
 /// volumes and leases, each host's agent configuration, state and run directories).
 /// `lab down` removes all of it; `lab up` on a directory holding an old lab starts clean.
-const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts"];
+const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts", crate::etcd::DIR];
 
 /// Removes what an earlier lab left in `dir`, and `dir` itself when nothing else is in it.
 fn remove_lab_files(dir: &Path) -> Result<()> {
@@ -44,6 +44,9 @@ pub struct LabOptions {
     pub dir: PathBuf,
     /// Number of hosts.
     pub hosts: u8,
+    /// etcd members (0: the file store; else the cluster's state is in an etcd of this
+    /// many members inside the lab).
+    pub etcd: u8,
     /// The `vmoved` binary.
     pub vmoved: PathBuf,
     /// The `vmove-guest` binary (for the lab image).
@@ -73,6 +76,12 @@ pub struct LabInfo {
     pub root_link: String,
     /// Agent pids, in host order.
     pub agent_pids: Vec<u32>,
+    /// etcd members' namespaces (empty: the file store).
+    #[serde(default)]
+    pub etcd_namespaces: Vec<String>,
+    /// etcd's client URLs.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
 }
 
 impl LabInfo {
@@ -135,6 +144,9 @@ pub async fn up(o: &LabOptions) -> Result<LabInfo> {
     if o.hosts == 0 || o.hosts > MAX_HOSTS {
         bail!("--hosts must be 1..={MAX_HOSTS}");
     }
+    if o.etcd > MAX_ETCD || o.hosts.saturating_add(o.etcd) > MAX_HOSTS {
+        bail!("--etcd-members must be 0..={MAX_ETCD}, and hosts + members at most {MAX_HOSTS} (they share the lab's /28)");
+    }
     let name = lab_name(&o.dir)?;
     if let Ok(info) = LabInfo::load(&o.dir) {
         if vmove_host::netns::exists(&info.switch_namespace) {
@@ -154,7 +166,7 @@ pub async fn up(o: &LabOptions) -> Result<LabInfo> {
     std::fs::create_dir_all(&o.dir).with_context(|| format!("create {}", o.dir.display()))?;
     let dir = std::fs::canonicalize(&o.dir)?;
     let slot = claim_slot(&name)?;
-    let plan = Plan { name: name.clone(), slot, hosts: o.hosts };
+    let plan = Plan { name: name.clone(), slot, hosts: o.hosts, etcd: o.etcd };
     let result = build_lab(&plan, &dir, o).await;
     if result.is_err() {
         let _ = topology::destroy(&name, Some(&plan.root_link()));
@@ -182,10 +194,16 @@ async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo
         name: plan.name.clone(),
         networks: vec![NetworkEntry { name: GUEST_NET.into(), bridge: GUEST_NET.into(), vlan: None, cidr: Some("192.0.2.0/24".into()) }],
         pools: vec![PoolEntry::shared("shared", shared), PoolEntry::local("local", dir.join("hosts").join("HOST").join("local"))],
+        store: if plan.etcd > 0 { crate::etcd::store_entry(plan) } else { Default::default() },
     };
-    bootstrap::init_cluster(dir, &init)?;
+    let made = bootstrap::init_cluster(dir, &init)?;
     let cluster_file = dir.join(bootstrap::CLUSTER_FILE);
+    if plan.etcd > 0 {
+        // The members' certificates come from the cluster's CA, as the hosts' do.
+        crate::etcd::start(plan, &bootstrap::load_ca(&made)?, dir)?;
+    }
     let mut pids = Vec::new();
+    let mut cfgs = Vec::new();
     for i in 1..=plan.hosts {
         let hname = Plan::host_name(i);
         let hdir = dir.join("hosts").join(&hname);
@@ -210,9 +228,17 @@ async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo
                 p.path = hdir.join("local");
             }
         })?;
-        pids.push(start_agent(&opts.vmoved, &hdir.join(bootstrap::AGENT_CONFIG), &plan.host_ns(i), &hdir.join("vmoved.log"))?);
+        cfgs.push((hdir.join(bootstrap::AGENT_CONFIG), plan.host_ns(i), hdir.join("vmoved.log")));
     }
     let cluster = Cluster::load(&cluster_file)?;
+    if plan.etcd > 0 {
+        // The agents need etcd to start; operators need the cluster in it.
+        let etcd = crate::etcd::wait_ready(plan, dir).await?;
+        vmove_registry::import(&etcd, &cluster, vmove_registry::Import::Replace).await?;
+    }
+    for (cfg_path, ns, log) in &cfgs {
+        pids.push(start_agent(&opts.vmoved, cfg_path, ns, log)?);
+    }
     let info = LabInfo {
         name: plan.name.clone(),
         dir: dir.to_path_buf(),
@@ -224,6 +250,8 @@ async fn build_lab(plan: &Plan, dir: &Path, opts: &LabOptions) -> Result<LabInfo
         switch_namespace: plan.switch_ns(),
         root_link: plan.root_link(),
         agent_pids: pids,
+        etcd_namespaces: (1..=plan.etcd).map(|j| plan.etcd_ns(j)).collect(),
+        etcd_endpoints: (1..=plan.etcd).map(|j| plan.etcd_client_url(j)).collect(),
     };
     vmove_model::write_atomic(&dir.join("lab.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     wait_for_agents(&cluster, dir).await?;

@@ -10,11 +10,15 @@
 //!                bridge "fabric" ─ h<i>f ══ uplink0 ⊂ bridge "lab-net" in <lab>-host<i>
 //!                                └ cl0  ══ eth0 192.0.2.2/24 in <lab>-client
 //! ```
+//! With `--store etcd --etcd-members N`, etcd member `j` runs in `<lab>-etcd<j>`, its
+//! `mgmt0` on the bridge "mgmt" at 198.51.100.(16s+15-j)/28 ([`etcd`]).
+//!
 //! Guests' taps join `lab-net` on their host, so all guests and the client share one L2
 //! network. Deleting the namespaces removes every link; `down` also kills every process
 //! left inside them.
 #![warn(missing_docs)]
 
+pub mod etcd;
 pub mod image;
 pub mod lab;
 pub mod probe;

@@ -8,8 +8,15 @@ use vmove_host::netns;
 
 /// Labs that can run at once (slots of 198.51.100.0/24, a /28 each).
 pub const SLOTS: u8 = 16;
-/// Hosts a lab can have.
+/// Hosts a lab can have (with its etcd members: they share the /28).
 pub const MAX_HOSTS: u8 = 13;
+/// etcd members a lab can have.
+pub const MAX_ETCD: u8 = 5;
+/// etcd's client port on a member's address (each member has a namespace of its own, so
+/// parallel labs never collide on ports).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port.
+pub const ETCD_PEER_PORT: u16 = 2380;
 /// The guest network's name, and its bridge's name on every host.
 pub const GUEST_NET: &str = "lab-net";
 /// The client's address on the guest network.
@@ -24,6 +31,8 @@ pub struct Plan {
     pub slot: u8,
     /// Number of hosts.
     pub hosts: u8,
+    /// Number of etcd members (0: the file store).
+    pub etcd: u8,
 }
 
 impl Plan {
@@ -48,10 +57,29 @@ impl Plan {
     pub fn host_ip(&self, i: u8) -> Ipv4Addr {
         Ipv4Addr::new(198, 51, 100, 16 * self.slot + 1 + i)
     }
+    /// The namespace of etcd member `j` (1-based).
+    pub fn etcd_ns(&self, j: u8) -> String {
+        format!("{}-etcd{j}", self.name)
+    }
+    /// etcd member `j`'s address on the management network: from the top of the /28 down
+    /// (16s+14, 16s+13, ...), so hosts (from the bottom up) and members never meet while
+    /// hosts + members <= 13.
+    pub fn etcd_ip(&self, j: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 51, 100, 16 * self.slot + 15 - j)
+    }
+    /// The client URL of etcd member `j`.
+    pub fn etcd_client_url(&self, j: u8) -> String {
+        format!("https://{}:{ETCD_CLIENT_PORT}", self.etcd_ip(j))
+    }
+    /// The peer URL of etcd member `j`.
+    pub fn etcd_peer_url(&self, j: u8) -> String {
+        format!("https://{}:{ETCD_PEER_PORT}", self.etcd_ip(j))
+    }
     /// Every namespace of the lab.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.switch_ns(), self.client_ns()];
         v.extend((1..=self.hosts).map(|i| self.host_ns(i)));
+        v.extend((1..=self.etcd).map(|j| self.etcd_ns(j)));
         v
     }
 }
@@ -59,9 +87,8 @@ impl Plan {
 /// Whether `ns` is one of the namespaces a lab named `lab` makes.
 pub fn belongs_to(lab: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else { return false };
-    rest == "switch"
-        || rest == "client"
-        || rest.strip_prefix("host").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    let numbered = |p: &str| rest.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    rest == "switch" || rest == "client" || numbered("host") || numbered("etcd")
 }
 
 fn in_ns<T: Send + 'static, F>(ns: &str, f: impl FnOnce(Netlink) -> F + Send + 'static) -> Result<T>
@@ -85,9 +112,14 @@ pub fn build(p: &Plan) -> Result<()> {
         host_fds.push(netns::open(&p.host_ns(i))?);
     }
     let client_fd = netns::open(&p.client_ns())?;
-    let (root_link, hosts) = (p.root_link(), p.hosts);
+    let mut etcd_fds = Vec::new();
+    for j in 1..=p.etcd {
+        etcd_fds.push(netns::open(&p.etcd_ns(j))?);
+    }
+    let (root_link, hosts, members) = (p.root_link(), p.hosts, p.etcd);
     let root_raw = root_fd.as_raw_fd();
     let host_raw: Vec<i32> = host_fds.iter().map(|f| f.as_raw_fd()).collect();
+    let etcd_raw: Vec<i32> = etcd_fds.iter().map(|f| f.as_raw_fd()).collect();
     let client_raw = client_fd.as_raw_fd();
     in_ns(&p.switch_ns(), move |nl| async move {
         nl.ensure_bridge("mgmt").await?;
@@ -105,11 +137,18 @@ pub fn build(p: &Plan) -> Result<()> {
             nl.move_to_netns("uplink0", fd).await?;
             attach(&nl, &f, "fabric").await?;
         }
+        for j in 1..=members {
+            let m = format!("e{j}m");
+            nl.add_veth(&m, "mgmt0").await?;
+            nl.move_to_netns("mgmt0", etcd_raw[usize::from(j - 1)]).await?;
+            attach(&nl, &m, "mgmt").await?;
+        }
         nl.add_veth("cl0", "eth0").await?;
         nl.move_to_netns("eth0", client_raw).await?;
         attach(&nl, "cl0", "fabric").await
     })?;
     drop(host_fds);
+    drop(etcd_fds);
     drop(client_fd);
     let (rl, rip) = (p.root_link(), p.root_ip());
     std::thread::spawn(move || {
@@ -128,6 +167,14 @@ pub fn build(p: &Plan) -> Result<()> {
             attach(&nl, "uplink0", GUEST_NET).await?;
             nl.add_address("mgmt0", IpAddr::V4(ip), 28).await?;
             nl.set_up("mgmt0").await
+        })?;
+    }
+    for j in 1..=p.etcd {
+        let ip = p.etcd_ip(j);
+        in_ns(&p.etcd_ns(j), move |nl| async move {
+            nl.add_address("mgmt0", IpAddr::V4(ip), 28).await?;
+            nl.set_up("mgmt0").await?;
+            nl.set_up("lo").await
         })?;
     }
     in_ns(&p.client_ns(), |nl| async move {
@@ -179,16 +226,25 @@ mod tests {
         assert!(!belongs_to("t1", "t1-x-host1"));
         assert!(!belongs_to("t1", "t10-host1"));
         assert!(!belongs_to("t1", "t1-host"));
+        assert!(belongs_to("t1", "t1-etcd3"));
+        assert!(!belongs_to("t1", "t1-etcd"));
     }
 
     #[test]
     fn addresses_per_slot_do_not_overlap() {
-        let a = Plan { name: "a".into(), slot: 0, hosts: 13 };
-        let b = Plan { name: "b".into(), slot: 1, hosts: 13 };
+        let a = Plan { name: "a".into(), slot: 0, hosts: 13, etcd: 0 };
+        let b = Plan { name: "b".into(), slot: 1, hosts: 13, etcd: 0 };
         assert_eq!(a.root_ip(), Ipv4Addr::new(198, 51, 100, 1));
         assert_eq!(a.host_ip(13), Ipv4Addr::new(198, 51, 100, 14));
         assert_eq!(b.root_ip(), Ipv4Addr::new(198, 51, 100, 17));
-        let last = Plan { name: "z".into(), slot: SLOTS - 1, hosts: MAX_HOSTS };
+        let last = Plan { name: "z".into(), slot: SLOTS - 1, hosts: MAX_HOSTS, etcd: 0 };
         assert_eq!(last.host_ip(MAX_HOSTS), Ipv4Addr::new(198, 51, 100, 254));
+        // etcd members from the top: 3 hosts and 3 members of slot 1 use .18-.20 and .28-.30.
+        let e = Plan { name: "e".into(), slot: 1, hosts: 3, etcd: 3 };
+        assert_eq!((e.host_ip(3), e.etcd_ip(3), e.etcd_ip(1)), (Ipv4Addr::new(198, 51, 100, 20), Ipv4Addr::new(198, 51, 100, 28), Ipv4Addr::new(198, 51, 100, 30)));
+        let full = Plan { name: "f".into(), slot: 0, hosts: 10, etcd: 3 };
+        assert!(full.host_ip(10) < full.etcd_ip(3));
+        assert_eq!(e.etcd_client_url(2), "https://198.51.100.29:2379");
+        assert_eq!(e.namespaces().last().map(String::as_str), Some("e-etcd3"));
     }
 }

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, NetworkEntry, PoolEntry};
+use crate::{ModelError, NetworkEntry, PoolEntry, StoreEntry};
 
 /// `vmoved` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +58,18 @@ pub struct AgentConfig {
     /// Networks this host serves (bridges it may create).
     #[serde(default)]
     pub networks: Vec<NetworkEntry>,
+    /// Where the agent keeps its state: files in `state_dir` (the default) or etcd (its
+    /// namespace is the cluster's; this host's certificate is the client certificate).
+    #[serde(default, skip_serializing_if = "StoreEntry::is_file")]
+    pub store: StoreEntry,
+    /// TTL of the agent's etcd lease, seconds (etcd store only; the cluster's
+    /// `policy.lease_ttl_s`).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_s: u64,
+}
+
+fn default_lease_ttl() -> u64 {
+    10
 }
 
 fn default_reserve() -> u64 {
@@ -68,10 +80,34 @@ fn default_console_ports() -> (u16, u16) {
 }
 
 impl AgentConfig {
-    /// Loads the configuration.
+    /// Loads and checks the configuration.
     pub fn load(path: &Path) -> Result<AgentConfig, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ModelError::Parse { path: path.into(), message: e.message().to_string() })
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| ModelError::Parse { path: path.into(), message: e.message().to_string() })?;
+        cfg.validate().map_err(|message| ModelError::Invalid { path: path.into(), message })?;
+        Ok(cfg)
+    }
+
+    /// Checks the store section: an etcd store names its namespace (the agent does not
+    /// know the cluster's name) and a lease TTL in range.
+    pub fn validate(&self) -> Result<(), String> {
+        self.store.validate("store")?;
+        if self.store.kind == crate::StoreKind::Etcd {
+            if self.store.namespace.is_none() {
+                return Err("store.namespace: an agent's etcd store names the cluster's namespace".into());
+            }
+            let range = crate::cluster::LEASE_TTL_RANGE_S;
+            if !range.contains(&self.lease_ttl_s) {
+                return Err(format!(
+                    "lease_ttl_s: {} is not within {}..={} seconds",
+                    self.lease_ttl_s,
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Saves the configuration.

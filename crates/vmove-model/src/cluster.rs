@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::converge::Converge;
 use crate::guest::GuestSpec;
+use crate::store::StoreEntry;
 
 /// Errors from loading or saving a cluster file.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,14 @@ pub struct Policy {
     /// Throughput of the migration link, bytes/s, when known (for the convergence check).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration_link_bytes_per_s: Option<u64>,
+    /// TTL of every agent's etcd lease, seconds (etcd store only): an agent that cannot
+    /// renew it pauses its guests with half of it left, and others may take its guests
+    /// once it has expired.
+    pub lease_ttl_s: u64,
 }
+
+/// The shortest and longest lease TTL, seconds.
+pub const LEASE_TTL_RANGE_S: std::ops::RangeInclusive<u64> = 2..=600;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -100,6 +108,7 @@ impl Default for Policy {
             allow_postcopy: false,
             converge: Converge::Auto,
             migration_link_bytes_per_s: None,
+            lease_ttl_s: 10,
         }
     }
 }
@@ -216,6 +225,9 @@ pub struct Cluster {
     /// Storage pools.
     #[serde(default)]
     pub pools: Vec<PoolEntry>,
+    /// Where the cluster's state lives (the file itself unless it says etcd).
+    #[serde(default, skip_serializing_if = "StoreEntry::is_file")]
+    pub store: StoreEntry,
     /// Guests.
     #[serde(default)]
     pub guests: Vec<GuestSpec>,
@@ -267,6 +279,15 @@ impl Cluster {
 
     /// Checks references and uniqueness.
     pub fn validate(&self) -> Result<(), String> {
+        self.store.validate("store")?;
+        if !LEASE_TTL_RANGE_S.contains(&self.policy.lease_ttl_s) {
+            return Err(format!(
+                "policy.lease_ttl_s: {} is not within {}..={} seconds",
+                self.policy.lease_ttl_s,
+                LEASE_TTL_RANGE_S.start(),
+                LEASE_TTL_RANGE_S.end()
+            ));
+        }
         unique(self.hosts.iter().map(|h| h.name.as_str()), "hosts", "name")?;
         unique(self.networks.iter().map(|n| n.name.as_str()), "networks", "name")?;
         unique(self.pools.iter().map(|p| p.name.as_str()), "pools", "name")?;
@@ -568,6 +589,28 @@ nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }
         let bad = with.replace("group = \"db\"", "groups = \"db\"");
         let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.starts_with("c.toml: line ") && e.contains("unknown field `groups`"), "{e}");
+    }
+
+    #[test]
+    fn the_store_section_roundtrips_and_is_checked() {
+        let plain = Cluster::parse(SAMPLE, Path::new("c.toml")).unwrap();
+        assert!(plain.store.is_file());
+        assert!(!plain.to_toml().contains("[store]"), "a file store says nothing");
+        let with = SAMPLE.replace(
+            "[[hosts]]\nname = \"host2\"",
+            "[store]\nkind = \"etcd\"\nendpoints = [\"https://198.51.100.14:2379\"]\n[[hosts]]\nname = \"host2\"",
+        );
+        let c = Cluster::parse(&with, Path::new("c.toml")).unwrap();
+        assert_eq!(c.store.kind, crate::StoreKind::Etcd);
+        assert_eq!(c.store.namespace_for(&c.cluster.name), "/vmove/lab/");
+        let again = Cluster::parse(&c.to_toml(), Path::new("c.toml")).unwrap();
+        assert_eq!(again.store, c.store);
+        let bad = with.replace("https://198.51.100.14:2379", "198.51.100.14:2379");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("store.endpoints: \"198.51.100.14:2379\" is not https://HOST:PORT"), "{e}");
+        let bad = SAMPLE.replace("[cluster]", "[policy]\nlease_ttl_s = 1\n[cluster]");
+        let e = Cluster::parse(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("policy.lease_ttl_s: 1 is not within 2..=600 seconds"), "{e}");
     }
 
     #[test]

@@ -227,6 +227,7 @@ fn world() -> World {
         pools: (0..POOLS)
             .map(|p| PoolEntry::shared(&format!("pool{p}"), format!("/srv/pool{p}")))
             .collect(),
+        store: Default::default(),
         guests,
         path: PathBuf::from("/bench/cluster.toml"),
     };

@@ -55,6 +55,13 @@ impl Qmp {
         self.run_unit("cont", None).await
     }
 
+    /// `blockdev-set-active` on every block node (QEMU 10): inactive nodes take no writes
+    /// and hold no image locks, so another QEMU may open the images; `true` takes them back.
+    /// The VM must be paused to inactivate.
+    pub async fn blockdev_set_active(&self, active: bool) -> Result<(), QmpError> {
+        self.run_unit("blockdev-set-active", Some(json!({ "active": active }))).await
+    }
+
     /// `migrate` to `uri` (`tcp:HOST:PORT`, `unix:PATH`, `fd:NAME`, ...).
     /// Returns when the migration has started.
     pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {

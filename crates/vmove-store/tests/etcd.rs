@@ -45,6 +45,29 @@ async fn namespaces_are_separate() {
     assert!(matches!(bad, Err(StoreError::InvalidKey { .. })), "{bad:?}");
 }
 
+/// A sub-namespace (a host's own keys below the cluster's) shares the connection and is
+/// apart from its parent: the parent's lists, watches and logs never see its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_namespaces_are_apart_from_their_parent() {
+    let etcd = etcd().await;
+    let cluster = store(&etcd).await;
+    let host = cluster.sub_namespace("hosts/host1/").unwrap();
+    assert_eq!(host.namespace(), format!("{}hosts/host1/", cluster.namespace()));
+    let mut w = cluster.watch("").await.unwrap();
+    host.put("guests/vm1", b"h".to_vec(), Precondition::Absent).await.unwrap();
+    host.append("jobs/host1-1", b"e".to_vec()).await.unwrap();
+    let r = cluster.put("guests/vm1", b"c".to_vec(), Precondition::Absent).await.unwrap();
+    assert_eq!(w.recv().await.map(|e| (e.key().to_string(), e.revision())), Some(("guests/vm1".into(), r)));
+    assert_eq!(cluster.list("").await.unwrap().len(), 1);
+    assert_eq!(host.list("").await.unwrap().len(), 1);
+    assert!(cluster.read_log("jobs/host1-1", 0).await.unwrap().is_empty());
+    assert_eq!(host.read_log("jobs/host1-1", 0).await.unwrap(), vec![(0, b"e".to_vec())]);
+    assert_eq!(host.get("guests/vm1").await.unwrap().unwrap().value, b"h");
+    for bad in ["hosts/host1", "kv/x/", "log/", "/a/", "a//"] {
+        assert!(matches!(cluster.sub_namespace(bad), Err(StoreError::InvalidKey { .. })), "{bad}");
+    }
+}
+
 /// Lists and log reads longer than a page (128 keys) come back whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_lists_are_paged() {

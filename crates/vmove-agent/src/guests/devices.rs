@@ -24,24 +24,49 @@ impl Agent {
         }
     }
 
-    /// Takes the leases of the guest's volumes for this host.
+    /// The records that hold a guest for a host: each volume's lease, and on etcd the
+    /// guest's ownership (`owners/<guest>`), as `(leases, record name, what it is)`.
+    fn holds<'a>(&'a self, spec: &'a GuestSpec) -> Result<Vec<(&'a Leases, &'a str, String)>> {
+        let mut v = Vec::new();
+        if let Some(o) = &self.owners {
+            v.push((o, spec.name.as_str(), format!("guest {}", spec.name)));
+        }
+        for d in &spec.disks {
+            v.push((self.pool_leases(&d.pool)?, d.volume.as_str(), format!("{}/{}", d.pool, d.volume)));
+        }
+        Ok(v)
+    }
+
+    /// Takes the leases of the guest's volumes (and on etcd its ownership) for this host.
     pub async fn attach_volumes(&self, spec: &GuestSpec, how: Take) -> Result<Vec<String>> {
         let mut notes = Vec::new();
-        for d in &spec.disks {
-            let l = self.pool_leases(&d.pool)?.acquire(&d.volume, &self.cfg.name, &spec.name, how, &self.cfg.listen).await?;
-            notes.push(format!("{}/{} (lease epoch {})", d.pool, d.volume, l.epoch));
+        for (leases, name, what) in self.holds(spec)? {
+            let l = leases.acquire(name, &self.cfg.name, &spec.name, how, &self.cfg.listen).await?;
+            notes.push(format!("{what} (lease epoch {})", l.epoch));
         }
         Ok(notes)
     }
 
-    /// Releases this host's leases (or incoming claims) of a spec's volumes, defined or not.
-    /// Returns the volumes released.
+    /// Claims again, on this host's new etcd lease, what it holds of a guest (after its
+    /// lease was lost, or at a restart): `leased` if another host holds any of it now.
+    pub async fn reattach(&self, spec: &GuestSpec) -> Result<()> {
+        for (leases, name, _) in self.holds(spec)? {
+            leases.reattach(name, &self.cfg.name, &spec.name, &self.cfg.listen).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases this host's leases (or incoming claims) of a spec's volumes, defined or not
+    /// (on etcd also its ownership). Returns the volumes released.
     pub async fn release_leases(&self, spec: &GuestSpec) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for d in &spec.disks {
             if self.pool_leases(&d.pool)?.release(&d.volume, &self.cfg.name).await? {
                 out.push(format!("{}/{}", d.pool, d.volume));
             }
+        }
+        if let Some(o) = &self.owners {
+            o.release(&spec.name, &self.cfg.name).await?;
         }
         Ok(out)
     }
@@ -53,10 +78,14 @@ impl Agent {
     }
 
     /// Lets this host open a guest's volumes for an incoming live migration from `source`:
-    /// an `incoming` claim on a shared volume (the source still holds it); a local volume
-    /// is copied, and this host leases its new copy (in its own lease store) outright.
+    /// an `incoming` claim on a shared volume (the source still holds it; on etcd also names
+    /// it the guest's incoming owner); a local volume is copied, and this host leases its new
+    /// copy (in its own lease store) outright.
     pub async fn claim_incoming(&self, spec: &GuestSpec, source: &str) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
+        if let Some(o) = &self.owners {
+            o.add_incoming(&spec.name, source, &self.cfg.name, &spec.name).await?;
+        }
         for d in &spec.disks {
             let leases = self.pool_leases(&d.pool)?;
             out.push(if self.pool_is_local(&d.pool) {
@@ -68,19 +97,24 @@ impl Agent {
         Ok(out)
     }
 
-    /// Takes over the leases this host claimed as incoming (the switchover happened).
+    /// Takes over the leases this host claimed as incoming (the switchover happened), and
+    /// on etcd the guest's ownership.
     pub async fn take_incoming(&self, spec: &GuestSpec) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
+        if let Some(o) = &self.owners {
+            o.switch_to_incoming(&spec.name, &self.cfg.name, &self.cfg.listen).await?;
+        }
         for d in &spec.disks {
             out.push(self.pool_leases(&d.pool)?.switch_to_incoming(&d.volume, &self.cfg.name, &self.cfg.listen).await?);
         }
         Ok(out)
     }
 
-    /// Another host holding the lease of one of the guest's volumes, and its address.
+    /// Another host holding the lease of one of the guest's volumes (or on etcd the guest),
+    /// and its address.
     pub async fn volume_held_elsewhere(&self, spec: &GuestSpec) -> Result<Option<(String, Option<String>)>> {
-        for d in &spec.disks {
-            if let Some(l) = self.pool_leases(&d.pool)?.read(&d.volume).await? {
+        for (leases, name, _) in self.holds(spec)? {
+            if let Some(l) = leases.read(name).await? {
                 if l.holder != self.cfg.name && l.incoming.as_deref() != Some(&self.cfg.name) {
                     return Ok(Some((l.holder, l.holder_address)));
                 }

@@ -12,6 +12,7 @@ use vmove_model::{AgentConfig, GuestSpec};
 use vmove_qmp::Qmp;
 
 use crate::error::{fail, AgentError, Result};
+use crate::fleet::Fleet;
 use crate::host::HostOps;
 use crate::leases::Leases;
 use crate::state::{intent_key, Intent, IntentRec, MaintenanceRec, State, MAINTENANCE_KEY};
@@ -55,6 +56,8 @@ pub struct Parts {
     pub leases: BTreeMap<String, Leases>,
     /// TLS configuration for calls to other agents (this host's certificate).
     pub peer_tls: Arc<rustls::ClientConfig>,
+    /// On etcd: this host's lease and the cluster's shared store (`None`: file store).
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 /// The agent's state.
@@ -66,6 +69,9 @@ pub struct Agent {
     pub(crate) state: State,
     pub(crate) leases: BTreeMap<String, Leases>,
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
+    pub(crate) fleet: Option<Arc<Fleet>>,
+    /// On etcd: who may run each guest (`owners/<guest>`, records like volume leases).
+    pub(crate) owners: Option<Leases>,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     guests: Mutex<BTreeMap<String, Guest>>,
@@ -101,9 +107,11 @@ impl Agent {
             accel: parts.accel,
             qemu: parts.qemu,
             host: parts.host,
-            state: parts.state,
+            state: parts.state.in_fleet(parts.fleet.clone()),
             leases: parts.leases,
             peer_tls: parts.peer_tls,
+            owners: parts.fleet.clone().map(|f| Leases::on_fleet(f, vmove_registry::keys::owners())),
+            fleet: parts.fleet,
             stats: Arc::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(starts)),
             guests: Mutex::new(guests),
@@ -161,6 +169,11 @@ impl Agent {
     /// This host's name.
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// On etcd: this host's lease and the cluster's store.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     pub(crate) fn lock_guests(&self) -> MutexGuard<'_, BTreeMap<String, Guest>> {

@@ -88,7 +88,12 @@ impl JobCell {
         let mut rec = self.snapshot();
         rec.events.clear();
         let key = job_key(&rec.id);
-        state.put(&key, &JobRec(rec)).await
+        let brief = vmove_api::JobBrief::from(&rec);
+        state.put(&key, &JobRec(rec)).await?;
+        match state.fleet() {
+            Some(f) => f.index_job(&brief).await,
+            None => Ok(()),
+        }
     }
 
     /// Records an event durably, then wakes the watchers.

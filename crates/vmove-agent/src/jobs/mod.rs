@@ -50,7 +50,10 @@ impl Jobs {
     /// [`Jobs::open`] with another way to reach peers (unit tests).
     pub async fn open_with(agent: Arc<Agent>, peers: PeerFactory) -> Result<Arc<Jobs>> {
         let mut cells = BTreeMap::new();
-        let mut max = 0u64;
+        let mut max = match agent.fleet() {
+            Some(f) => f.max_job_number().await?,
+            None => 0,
+        };
         for (_, JobRec(mut rec)) in agent.state.list::<JobRec>("jobs/").await? {
             max = max.max(rec.id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0));
             rec.events = agent.state.events(&rec.id, 0).await?;
@@ -125,8 +128,38 @@ impl Jobs {
         self.agent.state.put(&mig_key(&m.guest), &MigRec(m.clone())).await
     }
 
-    async fn new_job(&self, kind: JobKind, spec: JobSpec, steps: &[Step]) -> Result<Arc<JobCell>> {
-        let id = format!("{}-{}", self.agent.cfg.name, self.next.fetch_add(1, Ordering::SeqCst));
+    /// A new job id: `<this host>-<n>`, unique in the cluster (ids are never handed out
+    /// twice: on etcd the index's highest number for this host is the floor).
+    fn next_id(&self) -> String {
+        format!("{}-{}", self.agent.cfg.name, self.next.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// On etcd: claims the guest's migration for job `id` (`busy`, naming the job that
+    /// holds it, if another job does).
+    pub(crate) async fn claim_for(&self, id: &str, spec: &JobSpec, mode: &str) -> Result<()> {
+        let Some(f) = self.agent.fleet() else { return Ok(()) };
+        let claim = vmove_registry::MigrationClaim {
+            guest: spec.guest.name.clone(),
+            job: id.to_string(),
+            mode: mode.to_string(),
+            source: spec.source.name.clone(),
+            target: spec.target.clone(),
+            since_ms: crate::now_ms(),
+        };
+        f.claim_migration(&claim).await
+    }
+
+    /// On etcd: ends job `id`'s claim on its guest (best effort: the claim is attached to
+    /// this host's lease and goes with it anyway).
+    pub(crate) async fn unclaim(&self, id: &str, guest: &str) {
+        if let Some(f) = self.agent.fleet() {
+            if let Err(e) = f.release_migration(guest, id).await {
+                tracing::warn!(job = id, "cannot end the claim on {guest}: {e}");
+            }
+        }
+    }
+
+    async fn new_job(&self, id: String, kind: JobKind, spec: JobSpec, steps: &[Step]) -> Result<Arc<JobCell>> {
         let rec = JobRecord {
             version: VERSION,
             id: id.clone(),
@@ -223,9 +256,21 @@ impl Jobs {
             }
             None => Step::plan(spec.mode).to_vec(),
         };
-        self.save_mig(&mig).await?;
+        let id = self.next_id();
+        let guest = spec.guest.name.clone();
+        self.claim_for(&id, &spec, spec.mode.as_str()).await?;
         let pause = crate::hooks::pause_before(&self.agent, &spec);
-        let cell = self.new_job(JobKind::Migrate, spec, &steps).await?;
+        let started = async {
+            self.save_mig(&mig).await?;
+            self.new_job(id.clone(), JobKind::Migrate, spec, &steps).await
+        };
+        let cell = match started.await {
+            Ok(c) => c,
+            Err(e) => {
+                self.unclaim(&id, &guest).await;
+                return Err(e);
+            }
+        };
         let machine = JobMachine::migrate(&cell.id(), mig, steps, pause);
         let rec = cell.snapshot();
         let me = self.clone();
@@ -258,7 +303,15 @@ impl Jobs {
         let (mig, forward) = recover::decide(self, &old).await?;
         let spec = JobSpec { step: None, inject_fault: None, pause_before: None, pause_at_switchover: false, max_incoming: None, ..old.spec.clone() };
         let machine = JobMachine::recover("", mig, forward);
-        let cell = self.new_job(JobKind::Recover { of: id.to_string() }, spec, machine.steps()).await?;
+        let new_id = self.next_id();
+        self.claim_for(&new_id, &spec, "recovery").await?;
+        let cell = match self.new_job(new_id.clone(), JobKind::Recover { of: id.to_string() }, spec.clone(), machine.steps()).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.unclaim(&new_id, &spec.guest.name).await;
+                return Err(e);
+            }
+        };
         let machine = JobMachine::recover(&cell.id(), machine.record().clone(), forward);
         let rec = cell.snapshot();
         let me = self.clone();

@@ -124,6 +124,11 @@ async fn run_step(jobs: &Arc<Jobs>, cell: &Arc<JobCell>, m: &JobMachine, step: S
             cell.set_step(step, StepStatus::Done, Some(note.clone()));
             if step == Step::MigrateGuest {
                 cell.lock().guest_host = Some(spec.target.clone());
+                // On etcd the cluster's placement follows at once (one truth, also for a
+                // detached job); a write that fails stops the job, recoverable.
+                if let Some(f) = jobs.agent.fleet() {
+                    f.place_guest(&spec.guest, &spec.target).await?;
+                }
             }
             cell.save(&jobs.agent.state).await?;
             let elapsed_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -208,6 +213,14 @@ async fn finish(jobs: &Jobs, cell: &JobCell, m: &JobMachine, mut summary: Summar
         None => {}
     }
     summary.total_ms = crate::now_ms().saturating_sub(cell.lock().created_ms);
+    let guest_host = cell.lock().guest_host.clone();
+    if let (Some(f), Some(host)) = (jobs.agent.fleet(), &guest_host) {
+        if let Err(e) = f.place_guest(&spec.guest, host).await {
+            tracing::error!(job = %cell.id(), "cannot record where {} is ({host}): {e}", spec.guest.name);
+        }
+    }
+    // The guest is free for other migrations once this one has ended.
+    jobs.unclaim(&cell.id(), &spec.guest.name).await;
     // Counted before the record ends, so that whoever sees the job ended sees it counted.
     let mut ended = cell.snapshot();
     ended.status = status;

@@ -23,6 +23,7 @@ use crate::host::{guest_of_args, HostOps};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     Running,
+    Paused,
     InMigrate,
     PostMigrate,
 }
@@ -31,6 +32,7 @@ impl Run {
     fn status(self) -> &'static str {
         match self {
             Run::Running => "running",
+            Run::Paused => "paused",
             Run::InMigrate => "inmigrate",
             Run::PostMigrate => "postmigrate",
         }
@@ -206,6 +208,12 @@ impl World {
             }
             "cont" => {
                 me.set_run(Run::Running);
+                Reply::ok()
+            }
+            "stop" => {
+                if me.get_run() == Run::Running {
+                    me.set_run(Run::Paused);
+                }
                 Reply::ok()
             }
             "query-migrate" => self.query_migrate(me),

@@ -181,6 +181,7 @@ async fn maintenance_survives_an_agent_restart() {
         state: State::new(h.store.clone() as Arc<dyn StateStore>),
         leases: BTreeMap::new(),
         peer_tls: h.agent().peer_tls.clone(),
+        fleet: None,
     };
     let restarted = Agent::new(parts).await.expect("agent");
     assert_eq!(restarted.maintenance(), h.agent().maintenance());

@@ -23,9 +23,11 @@ use crate::state::State;
 pub mod fake;
 mod fake_block;
 mod faults;
+mod etcd_fleet;
+mod fleet;
+pub mod link;
 mod local_volumes;
 mod metrics;
-mod fleet;
 mod migrations;
 
 use fake::{FakeHost, World};
@@ -61,6 +63,8 @@ pub struct Host {
     pub fake: Arc<FakeHost>,
     pub store: Arc<MemStore>,
     pub up: Arc<AtomicBool>,
+    /// On etcd: this host's link to the cluster's store.
+    pub link: Option<Arc<link::Link>>,
     /// Its local pool `local` (a directory of its own) and that pool's lease store.
     pub local_dir: std::path::PathBuf,
     pub local_leases: Arc<MemStore>,
@@ -79,7 +83,10 @@ impl Host {
 pub struct Cluster {
     pub world: Arc<World>,
     pub hosts: Vec<Host>,
+    /// The pool's lease store, or on etcd (`fleet`) the cluster's store.
     pub pool: Arc<MemStore>,
+    /// The hosts' lease policy, when the cluster keeps its state "on etcd" (`pool`).
+    pub fleet: Option<vmove_store::LeasePolicy>,
     registry: Registry,
     _dir: tempfile::TempDir,
 }
@@ -95,6 +102,17 @@ fn peer_tls() -> Arc<rustls::ClientConfig> {
 impl Cluster {
     /// `n` hosts whose migrations complete after `passes` progress queries.
     pub async fn new(n: usize, passes: u32) -> Cluster {
+        Cluster::build(n, passes, None).await
+    }
+
+    /// The same, with the cluster's state "on etcd": `pool` is the cluster's shared store
+    /// (with leases), every agent joins it with a lease of `policy`, keeps its volume
+    /// leases under `leases/shared/` and guest ownership under `owners/`, and fences.
+    pub async fn new_fleet(n: usize, passes: u32, policy: vmove_store::LeasePolicy) -> Cluster {
+        Cluster::build(n, passes, Some(policy)).await
+    }
+
+    async fn build(n: usize, passes: u32, fleet: Option<vmove_store::LeasePolicy>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let world = World::new(passes);
         let pool = Arc::new(MemStore::new());
@@ -105,10 +123,18 @@ impl Cluster {
             let name = format!("host{i}");
             let fake = Arc::new(FakeHost::new(&name, world.clone()));
             let store = Arc::new(MemStore::new());
-            let h = host(&dir, &name, fake.clone(), store.clone(), pool.clone(), tls.clone(), registry.clone()).await;
+            let h = host(&dir, &name, fake.clone(), store.clone(), pool.clone(), fleet, tls.clone(), registry.clone()).await;
             hosts.push(h);
         }
-        Cluster { world, hosts, pool, registry, _dir: dir }
+        Cluster { world, hosts, pool, fleet, registry, _dir: dir }
+    }
+
+    /// The leases of the pool as the agents keep them.
+    pub fn pool_leases(&self) -> Leases {
+        match self.fleet {
+            Some(_) => Leases::new(self.pool.clone(), &vmove_registry::keys::volume_leases("shared")),
+            None => Leases::new(self.pool.clone(), ""),
+        }
     }
 
     /// The jobs of `host` as a restarted agent opens them (jobs that were running are
@@ -201,7 +227,7 @@ impl Cluster {
 
     /// The lease holder of a volume.
     pub async fn holder(&self, volume: &str) -> Option<String> {
-        Leases::new(self.pool.clone(), "").read(volume).await.expect("lease").map(|l| l.holder)
+        self.pool_leases().read(volume).await.expect("lease").map(|l| l.holder)
     }
 }
 
@@ -234,6 +260,7 @@ async fn host(
     fake: Arc<FakeHost>,
     store: Arc<MemStore>,
     pool: Arc<MemStore>,
+    fleet: Option<vmove_store::LeasePolicy>,
     tls: Arc<rustls::ClientConfig>,
     registry: Registry,
 ) -> Host {
@@ -267,6 +294,16 @@ async fn host(
         metrics_listen: None,
         pools: vec![PoolEntry::shared("shared", shared), PoolEntry::local("local", local_dir.clone())],
         networks: vec![NetworkEntry { name: "lab-net".into(), bridge: "lab-net".into(), vlan: None, cidr: None }],
+        store: Default::default(),
+        lease_ttl_s: 10,
+    };
+    let (fleet, leases, link) = match fleet {
+        Some(policy) => {
+            let link = Arc::new(link::Link::new((*pool).clone()));
+            let f = crate::fleet::Fleet::join(link.clone(), name, &cfg.listen, policy).await.expect("join");
+            (Some(f.clone()), Leases::on_fleet(f, &vmove_registry::keys::volume_leases("shared")), Some(link))
+        }
+        None => (None, Leases::new(pool, ""), None),
     };
     let parts = Parts {
         cfg,
@@ -275,17 +312,21 @@ async fn host(
         host: fake.clone(),
         state: State::new(store.clone() as Arc<dyn StateStore>),
         leases: BTreeMap::from([
-            ("shared".to_string(), Leases::new(pool, "")),
+            ("shared".to_string(), leases),
             ("local".to_string(), Leases::new(local_leases.clone(), "")),
         ]),
         peer_tls: tls,
+        fleet,
     };
     let agent = Arc::new(Agent::new(parts).await.expect("agent"));
     let jobs = Jobs::open_with(agent.clone(), peers(registry.clone())).await.expect("jobs");
+    if agent.fleet().is_some() {
+        tokio::spawn(crate::fleet::fence::run(jobs.clone()));
+    }
     let api = Arc::new(Api { agent, jobs });
     let up = Arc::new(AtomicBool::new(true));
     registry.lock().unwrap_or_else(|p| p.into_inner()).insert(name.into(), (api.clone(), up.clone()));
-    Host { name: name.into(), api, fake, store, up, local_dir, local_leases }
+    Host { name: name.into(), api, fake, store, up, link, local_dir, local_leases }
 }
 
 fn peers(reg: Registry) -> PeerFactory {

@@ -74,7 +74,7 @@ fn say(ctx: &Ctx, text: &str, json: serde_json::Value) {
 
 /// `vmove host drain`.
 pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     let host = a.host.as_str();
     known_host(&cluster, host)?;
     let wanted = Mode::parse(&a.mode).map_err(|e| anyhow!("--mode: {e}"))?;
@@ -96,7 +96,7 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
     } else {
         wait_for_moves(ctx, &cluster, host).await?;
         // Guests that arrived meanwhile are in the file now (another drain moved them).
-        ctx.cluster()?
+        ctx.cluster().await?
     };
     let inv = Inventory::gather(ctx, &cluster).await?;
     let Some(info) = inv.info(host) else {
@@ -105,7 +105,7 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             inv.unreachable(host).unwrap_or("no answer")
         );
     };
-    reconcile(ctx, &mut cluster, &inv, host, !a.dry_run)?;
+    reconcile(ctx, &mut cluster, &inv, host, !a.dry_run).await?;
     let was_running: HashSet<String> = info.guests.iter().filter(|g| g.state == GuestState::Running).map(|g| g.spec.name.clone()).collect();
     let mut reqs = gather::drain_requests(&cluster, host, info, wanted);
     gather::measure_dirty_rates(ctx, &cluster, &mut reqs).await;
@@ -164,7 +164,7 @@ async fn wait_for_moves(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> 
 /// other agent does: moved already (by an earlier drain whose CLI died before it updated the
 /// file, by an operator). The file follows the agents (`save`: not on a dry run) and the
 /// drain says which guests they are; they are not moved again.
-fn reconcile(ctx: &Ctx, cluster: &mut Cluster, inv: &Inventory, host: &str, save: bool) -> Result<()> {
+async fn reconcile(ctx: &Ctx, cluster: &mut Cluster, inv: &Inventory, host: &str, save: bool) -> Result<()> {
     let Some(info) = inv.info(host) else { return Ok(()) };
     let mut moved: Vec<(String, String)> = Vec::new();
     for g in cluster.guests.iter().filter(|g| g.host == host) {
@@ -199,7 +199,8 @@ fn reconcile(ctx: &Ctx, cluster: &mut Cluster, inv: &Inventory, host: &str, save
                 }
             }
             changed
-        })?;
+        })
+        .await?;
     }
     let list: Vec<String> = moved.iter().map(|(g, h)| format!("{g} (on {h})")).collect();
     let text = format!("already moved off {host}: {}", list.join(", "));
@@ -217,7 +218,7 @@ fn plan(cluster: &Cluster, inv: &Inventory, host: &str, reqs: &[MoveRequest], li
 
 /// `vmove host undrain`.
 pub async fn undrain(ctx: &Ctx, host: &str) -> Result<()> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     known_host(&cluster, host)?;
     let st: MaintenanceState = ctx.client(&cluster, host)?.call(&Request::HostUndrain).await?;
     let text = if st.changed { format!("{host} is no longer in maintenance") } else { format!("{host} was not in maintenance") };
@@ -227,7 +228,7 @@ pub async fn undrain(ctx: &Ctx, host: &str) -> Result<()> {
 
 /// `vmove host evacuate`.
 pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
-    let cluster = ctx.cluster()?;
+    let cluster = ctx.cluster().await?;
     let host = a.host.as_str();
     known_host(&cluster, host)?;
     let grace_ms = parse_duration_ms(&a.grace).map_err(|e| anyhow!("--grace: {e}"))?;

@@ -151,7 +151,7 @@ impl Book {
 
 /// Runs the plan's moves to their ends; returns the report.
 pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec) -> Report {
-    let shared = Arc::new((Ctx { cluster_path: ctx.cluster_path.clone(), json: ctx.json }, cluster.clone()));
+    let shared = Arc::new((Ctx::new(ctx.cluster_path.clone(), ctx.json), cluster.clone()));
     let mut book = Book::new(plan);
     let mut tasks: JoinSet<(String, Attempt)> = JoinSet::new();
     let mut task_guest: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -242,7 +242,7 @@ async fn ended(ctx: &Ctx, cluster: &Cluster, spec: &RunSpec, book: &mut Book, pr
                 }
                 None => job.as_ref(),
             };
-            if let Err(e) = crate::cmd_job::sync_cluster(ctx, last) {
+            if let Err(e) = crate::cmd_job::sync_cluster(ctx, last).await {
                 eprintln!("vmove: {guest} moved but the cluster file was not updated: {}", crate::out::one_line(e));
             }
             let note = match (&recovery, &p.earlier) {

@@ -230,21 +230,21 @@ fn an_offline_moves_downtime_is_from_the_stop_to_the_start() {
     assert_eq!(offline_downtime_ms(&failed, &failed), None, "never started again");
 }
 
-#[test]
-fn guests_already_moved_off_the_host_follow_the_agents() {
+#[tokio::test]
+async fn guests_already_moved_off_the_host_follow_the_agents() {
     let mut file = crate::testutil::cluster(); // vm1 on host1 in the file
     let on_host1 = info_with(&[("db1", GuestState::Running)]);
     let mut on_host2 = info_with(&[("vm1", GuestState::Running)]);
     on_host2.name = "host2".into();
     let inv = gather::Inventory { hosts: vec![("host1".into(), Ok(on_host1.clone())), ("host2".into(), Ok(on_host2))], running: vec![] };
-    let ctx = Ctx { cluster_path: file.path.clone(), json: true };
-    reconcile(&ctx, &mut file, &inv, "host1", false).expect("reconcile");
+    let ctx = Ctx::new(file.path.clone(), true);
+    reconcile(&ctx, &mut file, &inv, "host1", false).await.expect("reconcile");
     assert_eq!(file.guest("vm1").unwrap().host, "host2", "moved by an earlier drain whose CLI died");
     assert!(drain_requests(&file, "host1", &on_host1, Mode::Live).iter().all(|r| r.guest != "vm1"), "not moved again");
 
     // Reported by no other agent: it stays, and the planner says why it cannot move.
     let mut file = crate::testutil::cluster();
     let inv = gather::Inventory { hosts: vec![("host1".into(), Ok(on_host1))], running: vec![] };
-    reconcile(&ctx, &mut file, &inv, "host1", false).expect("reconcile");
+    reconcile(&ctx, &mut file, &inv, "host1", false).await.expect("reconcile");
     assert_eq!(file.guest("vm1").unwrap().host, "host1");
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use vmove_api::{JobRecord, JobStatus, StepStatus};
-use vmove_model::Cluster;
 use vmove_plan::{Finding, Mode, Step};
 
 use super::merge::print_passed;
@@ -25,7 +24,7 @@ impl Session {
         if todo.is_empty() {
             bail!("DEPLOY ACTIONS: no merged actions: expected MERGE ACTIONS first");
         }
-        let ctx = Ctx { cluster_path: path.clone(), json: self.json };
+        let ctx = Ctx::new(path.clone(), self.json);
         let t0 = Instant::now();
         let mut results = Vec::new();
         let mut failure = None;
@@ -56,8 +55,9 @@ impl Session {
                 }
             }
         }
-        // The jobs updated the loaded file where guests really moved: that is the model now.
-        let reloaded = Cluster::load(&path);
+        // The jobs updated the loaded file (or the store) where guests really moved: that is
+        // the model now.
+        let reloaded = ctx.cluster().await;
         if let (Some(l), Ok(c)) = (self.loaded.as_mut(), &reloaded) {
             l.model = c.clone();
         }
@@ -92,7 +92,7 @@ impl From<anyhow::Error> for Failure {
 /// Runs one action as `vmove migrate` would, against the loaded file as it now is.
 async fn deploy_one(ctx: &Ctx, m: &Migrate) -> Result<Deployed, Failure> {
     let text = !ctx.json;
-    let real = ctx.cluster()?;
+    let real = ctx.cluster().await?;
     let cmd = m.command(&real.policy);
     cmd_migrate::guest_spec(&real, &m.guest)?;
     let mut findings = Vec::new();

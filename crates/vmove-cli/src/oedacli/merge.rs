@@ -18,7 +18,7 @@ impl Session {
         if todo.is_empty() {
             bail!("MERGE ACTIONS: no saved actions: expected MIGRATE GUEST and SAVE ACTION first");
         }
-        let ctx = Ctx { cluster_path: l.path.clone(), json: self.json };
+        let ctx = Ctx::new(l.path.clone(), self.json);
         let mut results = Vec::new();
         let mut failed = Vec::new();
         for i in todo {

@@ -137,7 +137,7 @@ impl Session {
     pub async fn exec(&mut self, cmd: Command) -> Result<Outcome> {
         match cmd {
             Command::Empty => Outcome::ok(json!({})),
-            Command::LoadFile { name } => self.load(&name),
+            Command::LoadFile { name } => self.load(&name).await,
             Command::MigrateGuest(m) => self.migrate(m),
             Command::SaveAction => self.save_action(),
             Command::MergeActions => self.merge().await,
@@ -159,10 +159,11 @@ impl Session {
         self.loaded.as_ref().ok_or_else(|| anyhow!("{command}: no cluster file loaded: expected LOAD FILE NAME=file first"))
     }
 
-    fn load(&mut self, name: &str) -> Result<Outcome> {
+    /// Loads a cluster file (with an etcd store: the cluster the store holds).
+    async fn load(&mut self, name: &str) -> Result<Outcome> {
         let token = format!("NAME={}", quote(name));
         let path = std::path::absolute(name).map_err(|e| anyhow!("LOAD FILE {token}: {e}"))?;
-        let model = Cluster::load(&path).with_context(|| format!("LOAD FILE {token}"))?;
+        let model = crate::ctx::Ctx::new(path.clone(), self.json).cluster().await.with_context(|| format!("LOAD FILE {token}"))?;
         let out = json!({
             "file": path,
             "hosts": model.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),

@@ -18,6 +18,8 @@ async fn typed_wrappers_send_expected_commands() {
         .unwrap();
 
     qmp.stop().await.unwrap();
+    qmp.blockdev_set_active(false).await.unwrap();
+    qmp.blockdev_set_active(true).await.unwrap();
     qmp.cont().await.unwrap();
     qmp.system_powerdown().await.unwrap();
     qmp.migrate("tcp:10.0.0.2:4444").await.unwrap();
@@ -106,6 +108,8 @@ async fn typed_wrappers_send_expected_commands() {
     let expect: Vec<(&str, Option<Value>)> = vec![
         ("qmp_capabilities", None),
         ("stop", None),
+        ("blockdev-set-active", Some(json!({"active": false}))),
+        ("blockdev-set-active", Some(json!({"active": true}))),
         ("cont", None),
         ("system_powerdown", None),
         ("migrate", Some(json!({"uri": "tcp:10.0.0.2:4444"}))),

@@ -96,6 +96,76 @@ pub(crate) fn timed_out(context: impl Into<String>, after: Duration) -> StoreErr
     StoreError::Unreachable { context: context.into(), source: Box::new(source) }
 }
 
+/// Whether the call failed to connect to the endpoint it was sent to (refused, or no route):
+/// the request never left this side, so it is safe to send it again, also a write. With
+/// several endpoints the client balances calls over them, and a dead member's endpoint
+/// fails the calls given to it until it is back; another try goes to another endpoint.
+pub(crate) fn connect_failed(e: &E) -> bool {
+    use std::io::ErrorKind as K;
+    let cause: &(dyn std::error::Error + 'static) = match e {
+        E::TransportError(t) => t,
+        E::GRpcStatus(s) => s,
+        E::IoError(io) => io,
+        _ => return false,
+    };
+    any_cause(cause, &|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.kind(), K::ConnectionRefused | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable)
+        })
+    })
+}
+
+/// Whether etcd itself answered that it cannot serve now (gRPC `Unavailable` from the
+/// server: no leader, or the leader changed): a read may be asked again at once.
+pub(crate) fn no_leader(e: &E) -> bool {
+    matches!(e, E::GRpcStatus(s) if s.code() == Code::Unavailable && std::error::Error::source(s).is_none())
+}
+
+/// [`retry_deadline`] for reads and deletes, which may also be asked again when etcd is
+/// electing a leader ([`no_leader`]).
+pub(crate) async fn retry_read_deadline<T, F>(
+    after: Duration,
+    context: String,
+    mut make: impl FnMut() -> F,
+    map_err: impl FnOnce(String, E) -> StoreError,
+) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let tries = async {
+        loop {
+            match make().await {
+                Err(e) if connect_failed(&e) || no_leader(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
+                r => return r,
+            }
+        }
+    };
+    deadline(after, context, tries, map_err).await
+}
+
+/// [`deadline`] for a call that `make` can start again: a try that could not connect
+/// ([`connect_failed`]) is made again (after 20 ms, at most until the deadline), so that a
+/// dead etcd member costs a retry, not an error, while the others answer.
+pub(crate) async fn retry_deadline<T, F>(
+    after: Duration,
+    context: String,
+    mut make: impl FnMut() -> F,
+    map_err: impl FnOnce(String, E) -> StoreError,
+) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let tries = async {
+        loop {
+            match make().await {
+                Err(e) if connect_failed(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
+                r => return r,
+            }
+        }
+    };
+    deadline(after, context, tries, map_err).await
+}
+
 /// Runs one call with a deadline, mapping its error with `map_err`; a call that does not
 /// finish in time is [`StoreError::Unreachable`] (the future is dropped: a write may still
 /// happen).

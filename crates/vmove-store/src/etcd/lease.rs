@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use super::{deadline, map, map_lease, EtcdStore};
+use super::{deadline, map, map_lease, retry_deadline, EtcdStore};
 use crate::{LeaseId, LeaseStore, Precondition, Result, StoreError};
 
 /// The open keep-alive streams, by lease.
@@ -29,9 +29,18 @@ impl EtcdStore {
         if let Some(k) = open {
             return Ok(k);
         }
-        let mut lc = self.inner.lease.clone();
         let context = format!("renew lease {lease}");
-        match tokio::time::timeout(self.inner.timeout, lc.keep_alive(lease.0)).await {
+        // A stream opened on a dead member's endpoint fails at once: open another.
+        let open = async {
+            loop {
+                let mut lc = self.inner.lease.clone();
+                match lc.keep_alive(lease.0).await {
+                    Err(e) if super::error::connect_failed(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    r => return r,
+                }
+            }
+        };
+        match tokio::time::timeout(self.inner.timeout, open).await {
             Ok(Ok(k)) => Ok(k),
             // The client refuses a stream whose first answer has TTL 0 (the lease is
             // gone); ask the server for the lease itself rather than read the message.
@@ -67,9 +76,12 @@ impl EtcdStore {
 #[async_trait]
 impl LeaseStore for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration)> {
-        let mut lc = self.inner.lease.clone();
         let context = format!("grant a lease of {ttl:?}");
-        let resp = deadline(self.inner.timeout, context, lc.grant(ttl_secs(ttl), None), map).await?;
+        let send = || {
+            let mut lc = self.inner.lease.clone();
+            async move { lc.grant(ttl_secs(ttl), None).await }
+        };
+        let resp = retry_deadline(self.inner.timeout, context, send, map).await?;
         Ok((LeaseId(resp.id()), secs(resp.ttl())))
     }
 
@@ -89,9 +101,12 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn lease_time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>> {
-        let mut lc = self.inner.lease.clone();
         let context = format!("time to live of lease {lease}");
-        match deadline(self.inner.timeout, context, lc.time_to_live(lease.0, None), |c, e| map_lease(c, lease.0, e)).await {
+        let send = || {
+            let mut lc = self.inner.lease.clone();
+            async move { lc.time_to_live(lease.0, None).await }
+        };
+        match retry_deadline(self.inner.timeout, context, send, |c, e| map_lease(c, lease.0, e)).await {
             // TTL -1: the server does not know the lease.
             Ok(r) if r.ttl() < 0 => Ok(None),
             Ok(r) => Ok(Some(secs(r.ttl()))),

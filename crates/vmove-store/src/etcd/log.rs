@@ -7,7 +7,7 @@ use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, KvClient, SortO
 use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{deadline, map};
+use super::{deadline, map, retry_deadline};
 use crate::key::MAX_VALUE_BYTES;
 use crate::{Result, StoreError};
 
@@ -196,7 +196,7 @@ async fn append_chunk(
         let Some(seq) = n else {
             // Unknown end: ask with a transaction that always fails.
             let txn = Txn::new().when([Compare::version(pre.clone(), CompareOp::Less, 0)]).or_else([last()]);
-            let resp = deadline(timeout, format!("append to log {log}"), kv.txn(txn), map).await?;
+            let resp = retry_deadline(timeout, format!("append to log {log}"), || send(kv, &txn), map).await?;
             n = Some(end_of(&pre, log, &resp.op_responses())?);
             continue;
         };
@@ -207,7 +207,7 @@ async fn append_chunk(
         let puts: Vec<TxnOp> =
             chunk.iter().enumerate().map(|(i, (r, _))| TxnOp::put(record_key(ns, log, seq + i as u64), r.clone(), None)).collect();
         let txn = Txn::new().when(when).and_then(puts).or_else([last()]);
-        let resp = deadline(timeout, format!("append to log {log}"), kv.txn(txn), map).await?;
+        let resp = retry_deadline(timeout, format!("append to log {log}"), || send(kv, &txn), map).await?;
         if resp.succeeded() {
             return Ok(seq);
         }
@@ -234,6 +234,12 @@ fn end_of(pre: &str, log: &str, responses: &[TxnOpResponse]) -> Result<u64> {
     }
 }
 
+/// Sends a transaction (again, for [`retry_deadline`]).
+fn send(kv: &KvClient, txn: &Txn) -> impl std::future::Future<Output = Result<etcd_client::TxnResponse, etcd_client::Error>> {
+    let (mut kv, txn) = (kv.clone(), txn.clone());
+    async move { kv.txn(txn).await }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,3 +255,4 @@ mod tests {
         assert!(!record_key("/ns/", "a/b", 0).starts_with(&prefix("/ns/", "a")));
     }
 }
+

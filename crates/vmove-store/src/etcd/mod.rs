@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 use crate::key::{check_size, validate_key, validate_prefix};
 use crate::{Entry, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
 
-pub(crate) use error::{deadline, map, map_lease};
+pub(crate) use error::{deadline, map, map_lease, retry_deadline, retry_read_deadline};
 
 /// Keys read per page of a range.
 const PAGE: i64 = 128;
@@ -197,13 +197,41 @@ impl EtcdStore {
         };
         let probe = GetOptions::new().with_prefix().with_count_only();
         let ns = store.inner.ns.clone();
-        store.call(context, |mut kv| async move { kv.get(ns, Some(probe)).await }).await?;
+        store.call(context, |mut kv| {
+            let (ns, probe) = (ns.clone(), probe.clone());
+            async move { kv.get(ns, Some(probe)).await }
+        })
+        .await?;
         Ok(store)
     }
 
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.ns
+    }
+
+    /// A store on a namespace below this one (`<namespace><sub>`, `sub` being key segments
+    /// ending in `/`, e.g. `hosts/host1/`) over the same connection. Its keys and logs are
+    /// apart from this store's (which live under `<namespace>kv/` and `<namespace>log/`).
+    pub fn sub_namespace(&self, sub: &str) -> Result<EtcdStore> {
+        let ns = format!("{}{sub}", self.inner.ns);
+        validate_namespace(&ns)?;
+        if ["kv/", "log/"].iter().any(|p| sub.starts_with(p)) {
+            return Err(StoreError::InvalidKey { key: sub.into(), reason: "kv/ and log/ hold the store's own keys" });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(log::Appender::new(self.inner.kv.clone(), ns.clone(), self.inner.timeout).run(rx));
+        Ok(EtcdStore {
+            inner: Arc::new(Inner {
+                kv: self.inner.kv.clone(),
+                watch: self.inner.watch.clone(),
+                lease: self.inner.lease.clone(),
+                ns,
+                timeout: self.inner.timeout,
+                log: tx,
+                keepers: Mutex::default(),
+            }),
+        })
     }
 
     /// The etcd key of a store key.
@@ -217,17 +245,21 @@ impl EtcdStore {
     }
 
     /// Runs a KV call with the deadline.
-    async fn call<T, F>(&self, context: String, f: impl FnOnce(KvClient) -> F) -> Result<T>
+    async fn call<T, F>(&self, context: String, f: impl Fn(KvClient) -> F) -> Result<T>
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        deadline(self.inner.timeout, context, f(self.inner.kv.clone()), map).await
+        retry_read_deadline(self.inner.timeout, context, || f(self.inner.kv.clone()), map).await
     }
 
     /// Runs a transaction with the deadline (missing leases are [`StoreError::LeaseLost`]).
     async fn txn(&self, context: String, txn: Txn, lease: Option<i64>) -> Result<TxnResponse> {
-        let mut kv = self.inner.kv.clone();
-        deadline(self.inner.timeout, context, kv.txn(txn), |c, e| match lease {
+        let kv = &self.inner.kv;
+        let send = || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        };
+        retry_deadline(self.inner.timeout, context, send, |c, e| match lease {
             Some(l) => map_lease(c, l, e),
             None => map(c, e),
         })
@@ -262,8 +294,12 @@ impl EtcdStore {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let context = format!("put {key}");
         let Some(cmp) = Self::compare(&full, cond) else {
-            let mut kv = self.inner.kv.clone();
-            let resp = deadline(self.inner.timeout, context, kv.put(full, value, opts), |c, e| match lease {
+            let kv = &self.inner.kv;
+            let send = || {
+                let (mut kv, full, value, opts) = (kv.clone(), full.clone(), value.clone(), opts.clone());
+                async move { kv.put(full, value, opts).await }
+            };
+            let resp = retry_deadline(self.inner.timeout, context, send, |c, e| match lease {
                 Some(l) => map_lease(c, l, e),
                 None => map(c, e),
             })
@@ -316,8 +352,11 @@ pub(crate) async fn read_range(
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let mut client = kv.clone();
-        let mut resp = deadline(timeout, context.to_string(), client.get(from.clone(), Some(opts)), map).await?;
+        let send = || {
+            let (mut client, from, opts) = (kv.clone(), from.clone(), opts.clone());
+            async move { client.get(from, Some(opts)).await }
+        };
+        let mut resp = retry_read_deadline(timeout, context.to_string(), send, map).await?;
         if revision == 0 {
             revision = resp.header().map_or(0, |h| h.revision());
         }
@@ -339,7 +378,12 @@ impl StateStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
         validate_key(key)?;
         let full = self.kv_key(key);
-        let resp = self.call(format!("get {key}"), |mut kv| async move { kv.get(full, None).await }).await?;
+        let resp = self
+            .call(format!("get {key}"), |mut kv| {
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
+            .await?;
         resp.kvs().first().map(|kv| self.entry(kv)).transpose()
     }
 
@@ -353,7 +397,12 @@ impl StateStore for EtcdStore {
         let context = format!("delete {key}");
         let txn = match cond {
             Precondition::Any => {
-                let resp = self.call(context, |mut kv| async move { kv.delete(full, None).await }).await?;
+                let resp = self
+                    .call(context, |mut kv| {
+                        let full = full.clone();
+                        async move { kv.delete(full, None).await }
+                    })
+                    .await?;
                 return Ok(resp.deleted() > 0);
             }
             // Nothing to delete if it holds.
@@ -480,6 +529,11 @@ mod tests {
             assert!(validate_namespace(ns).is_err(), "{ns:?}");
         }
         assert_eq!(prefix_end(b"/ns/kv/"), b"/ns/kv0");
+        // A sub-namespace's keys never fall in the range of its parent's keys or logs.
+        let (keys, logs) = (b"/vmove/c1/kv/".to_vec(), b"/vmove/c1/log/".to_vec());
+        let sub = b"/vmove/c1/hosts/host1/kv/guests/vm1".to_vec();
+        assert!(!(keys.as_slice()..prefix_end(&keys).as_slice()).contains(&sub.as_slice()));
+        assert!(!(logs.as_slice()..prefix_end(&logs).as_slice()).contains(&sub.as_slice()));
         assert_eq!(prefix_end(b"a#"), b"a$");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b""), b"\0");

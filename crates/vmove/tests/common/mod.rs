@@ -32,11 +32,22 @@ pub struct Lab {
 impl Lab {
     /// `vmove lab up` in a fresh directory named after the test and the process.
     pub fn up(tag: &str, hosts: u8) -> Lab {
+        Lab::up_with(tag, hosts, &[])
+    }
+
+    /// The same with the cluster's state in an etcd of `members` inside the lab.
+    pub fn up_etcd(tag: &str, hosts: u8, members: u8) -> Lab {
+        Lab::up_with(tag, hosts, &["--store", "etcd", "--etcd-members", &members.to_string()])
+    }
+
+    fn up_with(tag: &str, hosts: u8, extra: &[&str]) -> Lab {
         let name = format!("vt-{tag}-{}", std::process::id());
         let dir = PathBuf::from("/var/tmp").join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         let out = Command::new(vmove_bin())
-            .args(["lab", "up", "--hosts", &hosts.to_string(), "--dir"])
+            .args(["lab", "up", "--hosts", &hosts.to_string()])
+            .args(extra)
+            .arg("--dir")
             .arg(&dir)
             .output()
             .expect("run vmove");
@@ -208,7 +219,7 @@ pub fn assert_nothing_left(name: &str, dir: &Path) {
         .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|o| o == name))
         .count();
     assert_eq!(slots, 0, "lab slot still claimed");
-    for item in ["lab.json", "cluster.toml", "pki", "shared", "hosts"] {
+    for item in ["lab.json", "cluster.toml", "pki", "shared", "hosts", "etcd"] {
         assert!(!dir.join(item).exists(), "{item} left in {}", dir.display());
     }
 }

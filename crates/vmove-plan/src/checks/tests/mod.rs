@@ -95,6 +95,7 @@ pub(crate) fn two_host_cluster() -> Cluster {
             PoolEntry::shared("shared", "/srv/shared"),
             PoolEntry::local("local", "/var/lib/vmove/local"),
         ],
+        store: Default::default(),
         guests: vec![guest_spec("vm1", "host1", "52:54:00:00:00:0a")],
         path: PathBuf::from("/lab/cluster.toml"),
     }

@@ -141,6 +141,7 @@ impl World {
                 },
             ],
             pools: vec![PoolEntry::shared("shared", "/srv/shared")],
+            store: Default::default(),
             guests: vec![],
             path: PathBuf::from("/lab/cluster.toml"),
         };

@@ -1,0 +1,271 @@
+//! The lab on etcd (`vmove lab up --store etcd --etcd-members 3`): the representative
+//! subset of the lab tests with the cluster's state in an etcd cluster inside the lab's
+//! namespaces — live and offline migrations, one truth for two operators, export and
+//! import, two CLIs racing for one guest, and a host cut off from etcd that pauses its
+//! guest before its lease expires and loses it to a forced evacuation that waits for the
+//! lease.
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{last_disk_ok, wait_for, Lab, BUSY_MB_S};
+use serde_json::Value;
+
+/// Runs `vmove --cluster FILE args`: an operator with another cluster file.
+fn vmove_with(file: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(common::vmove_bin()).arg("--cluster").arg(file).args(args).output().expect("run vmove")
+}
+
+fn ok_with(file: &std::path::Path, args: &[&str]) -> String {
+    let o = vmove_with(file, args);
+    assert!(o.status.success(), "vmove {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A directory of a second operator, removed at the end.
+fn operator_dir(lab: &Lab, tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("{}-{tag}-", lab.name)).tempdir_in("/var/tmp").expect("operator dir")
+}
+
+fn job_ids(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|j| j["id"].as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// Live and offline migrations on etcd; a detached job seen by a second operator (its own
+/// cluster file, exported from the store); the cluster file as export and import.
+#[test]
+fn etcd_migrations_one_truth_for_two_operators_and_export_import() {
+    let lab = Lab::up_etcd("etcdmig", 2, 3);
+    let members = lab.json(&["cluster", "members"]);
+    let hosts: Vec<&str> = members.as_array().unwrap().iter().filter_map(|m| m["host"].as_str()).collect();
+    assert_eq!(hosts, ["host1", "host2"], "every agent holds a lease: {members}");
+
+    lab.boot_guest("vm1", "host1", "192.0.2.61", BUSY_MB_S, true);
+    let out = lab.ok(&["migrate", "vm1", "--to", "host2"]);
+    assert!(out.contains("Done"), "{out}");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()]);
+    lab.wait_log("vm1", "VERIFY OK after the live migration", Duration::from_secs(60), |l| {
+        l.matches("VERIFY OK").count() >= 2 && !l.contains("VERIFY FAIL")
+    });
+
+    // A second operator, with a cluster file exported from the store into its own directory.
+    let op2 = operator_dir(&lab, "op2");
+    let op2_file = op2.path().join("cluster.toml");
+    lab.ok(&["cluster", "export", "--out", op2_file.to_str().unwrap()]);
+    // The first operator detaches; nobody follows the job on this machine.
+    let id = lab.ok(&["migrate", "vm1", "--to", "host1", "--mode", "offline", "--detach"]).trim().to_string();
+    let listed = serde_json::from_str::<Value>(&ok_with(&op2_file, &["--json", "job", "list"])).unwrap();
+    assert!(job_ids(&listed).contains(&id), "the second operator sees job {id}: {listed}");
+    let watched = ok_with(&op2_file, &["job", "watch", &id]);
+    assert!(watched.contains("Done"), "{watched}");
+    // Where the guest is: one truth, whatever either operator's file said.
+    let shown = serde_json::from_str::<Value>(&ok_with(&op2_file, &["--json", "guest", "show", "vm1"])).unwrap();
+    assert_eq!(shown["spec"]["host"], "host1", "{shown}");
+    assert_eq!(lab.json(&["guest", "show", "vm1"])["spec"]["host"], "host1");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
+    let log = lab.wait_log("vm1", "DISK OK after the offline migration", Duration::from_secs(120), |l| last_disk_ok(l).is_some());
+    assert!(!log.contains("DISK FAIL"), "{log}");
+    let file = vmove_model::Cluster::load(&lab.cluster).unwrap();
+    assert!(file.guests.is_empty(), "the cluster file is a bootstrap: the guests are in etcd");
+    assert!(lab.ok(&["cluster", "check"]).contains("the cluster in etcd matches the agents"));
+
+    // Export, then import into a new namespace, then export again: the same file.
+    let a = op2.path().join("a.toml");
+    lab.ok(&["cluster", "export", "--out", a.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&a).unwrap();
+    assert!(text.contains("name = \"vm1\"") && text.contains("host = \"host1\""), "{text}");
+    let b = op2.path().join("b.toml");
+    let mut copy = vmove_model::Cluster::parse(&text, &b).unwrap();
+    copy.store.namespace = Some(format!("/vmove/{}-copy/", lab.name));
+    let b_text = copy.to_toml();
+    std::fs::write(&b, &b_text).unwrap();
+    assert!(ok_with(&b, &["cluster", "import"]).contains("1 guests"));
+    let again = vmove_with(&b, &["cluster", "import"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds cluster"), "{again:?}");
+    let c = op2.path().join("c.toml");
+    ok_with(&b, &["cluster", "export", "--out", c.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), b_text, "export . import is the identity");
+}
+
+/// Two operators start a migration of the same guest at the same moment (to two targets):
+/// exactly one job starts; the other CLI fails naming the job that won. Both skip the
+/// outstanding-work precheck so that the store's claim decides, whoever is faster, and both
+/// hold their job before its first step (`--pause-before STOP_GUEST`) so that the winner
+/// cannot finish, and let the guest's claim go, before the loser asks: the outcome does not
+/// depend on how fast either CLI runs.
+#[test]
+fn etcd_two_clis_racing_for_one_guest() {
+    let lab = Lab::up_etcd("etcdrace", 3, 3);
+    lab.boot_guest("vm1", "host1", "192.0.2.62", 0, false);
+    let spawn = |to: &str| {
+        Command::new(common::vmove_bin())
+            .args(["migrate", "vm1", "--to", to, "--mode", "offline", "--ignore-check", "no-outstanding-work"])
+            .args(["--pause-before", "STOP_GUEST", "--detach"])
+            .env("VMOVE_CLUSTER", &lab.cluster)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run vmove")
+    };
+    let (a, b) = (spawn("host2"), spawn("host3"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (won, lost) = match (a.status.success(), b.status.success()) {
+        (true, false) => (a, b),
+        (false, true) => (b, a),
+        _ => panic!("exactly one must start: {a:?} / {b:?}"),
+    };
+    let id = String::from_utf8_lossy(&won.stdout).trim().to_string();
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert!(err.contains(&format!("already being migrated by job {id}")), "the loser names the winner {id}: {err}");
+    let jobs = lab.json(&["job", "list"]);
+    assert_eq!(job_ids(&jobs), vec![id.clone()], "one job in the whole cluster: {jobs}");
+    // While the winner holds the guest, a third try (to the loser's target) is refused the
+    // same way.
+    let target = id.rsplit_once('-').unwrap().0.to_string();
+    let other = if target == "host2" { "host3" } else { "host2" };
+    let again = lab.vmove(&["migrate", "vm1", "--to", other, "--mode", "offline", "--ignore-check", "no-outstanding-work"]);
+    assert!(!again.status.success(), "a second job started: {again:?}");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&format!("already being migrated by job {id}")), "{err}");
+    lab.ok(&["job", "resume", &id]);
+    assert!(lab.ok(&["job", "watch", &id]).contains("Done"));
+    assert_eq!(job_ids(&lab.json(&["job", "list"])), vec![id.clone()], "still one job");
+    assert_eq!(lab.qemu_hosts("vm1"), vec![target]);
+}
+
+/// The lab's etcd members: (client URL, namespace), as `lab up` recorded them.
+fn etcd_members(lab: &Lab) -> Vec<(String, String)> {
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let strs = |k: &str| -> Vec<String> { info[k].as_array().unwrap().iter().filter_map(|u| u.as_str().map(String::from)).collect() };
+    strs("etcd_endpoints").into_iter().zip(strs("etcd_namespaces")).collect()
+}
+
+/// The client URL of the etcd member that leads, asked with `etcdctl` and the operator's
+/// certificate.
+fn etcd_leader(lab: &Lab) -> String {
+    let urls: Vec<String> = etcd_members(lab).into_iter().map(|(u, _)| u).collect();
+    let pki = lab.dir.join("pki");
+    wait_for("an etcd leader", Duration::from_secs(30), || {
+        let o = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", urls.join(",")))
+            .arg(format!("--cacert={}", pki.join("ca.pem").display()))
+            .arg(format!("--cert={}", pki.join("operator.pem").display()))
+            .arg(format!("--key={}", pki.join("operator.key").display()))
+            .args(["--command-timeout=3s", "endpoint", "status", "-w", "json"])
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.as_array()?.iter().find_map(|m| {
+            let st = &m["Status"];
+            (st["leader"].as_u64()? == st["header"]["member_id"].as_u64()?).then(|| m["Endpoint"].as_str().map(String::from))?
+        })
+    })
+}
+
+/// One etcd member (the leader) killed while a live migration is held at its switchover:
+/// the other two elect a new leader, the agents' clients move to them, and the migration
+/// completes; no agent's lease lapses and no guest is fenced on the way.
+#[test]
+fn etcd_member_killed_mid_migration() {
+    let lab = Lab::up_etcd("etcdkill", 2, 3);
+    lab.boot_guest("vm1", "host1", "192.0.2.64", BUSY_MB_S, false);
+    let id = lab.ok(&["migrate", "vm1", "--to", "host2", "--pause-at-switchover", "--detach"]).trim().to_string();
+    wait_for("the job held at its switchover", Duration::from_secs(120), || {
+        let j = lab.json(&["job", "show", &id]);
+        assert_eq!(j["status"], "running", "the job ended before its switchover: {j}");
+        j["events"].as_array()?.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("paused"))).then_some(())
+    });
+    let leader = etcd_leader(&lab);
+    let (_, ns) = etcd_members(&lab).into_iter().find(|(u, _)| *u == leader).expect("the leader is a lab member");
+    let pids = Command::new("ip").args(["netns", "pids", &ns]).output().expect("ip netns pids");
+    let pids: Vec<u32> = String::from_utf8_lossy(&pids.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert!(!pids.is_empty(), "no etcd in {ns}");
+    pids.into_iter().for_each(vmove_host::proc::kill9);
+    let killed = Instant::now();
+    lab.ok(&["job", "resume", &id]);
+    let out = lab.ok(&["job", "watch", &id]);
+    assert!(out.contains("Done"), "{out}");
+    eprintln!("etcd leader {leader} killed; the migration ended {:?} later", killed.elapsed());
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()]);
+    assert_eq!(lab.json(&["guest", "show", "vm1"])["state"], "running", "not fenced");
+    let members = lab.json(&["cluster", "members"]);
+    let hosts: Vec<&str> = members.as_array().unwrap().iter().filter_map(|m| m["host"].as_str()).collect();
+    assert_eq!(hosts, ["host1", "host2"], "both leases lived through the election: {members}");
+    lab.wait_log("vm1", "VERIFY OK after the live migration", Duration::from_secs(60), |l| {
+        l.matches("VERIFY OK").count() >= 2 && !l.contains("VERIFY FAIL")
+    });
+}
+
+/// The lab host's namespace runs a command.
+fn in_ns(ns: &str, args: &[&str]) {
+    let st = Command::new("ip").args(["netns", "exec", ns]).args(args).status().expect("ip netns exec");
+    assert!(st.success(), "{ns}: {args:?}");
+}
+
+/// A host cut off from etcd pauses its guest before its lease expires (QEMU's run state,
+/// as `query-status` reports it); cut off from everything, its lease expires, `cluster
+/// wait-dead` sees it, and a forced migration starts the guest on host2 with its disk
+/// intact. When host1 comes back it finds the guest taken and kills its paused copy:
+/// exactly one copy runs.
+#[test]
+fn etcd_fenced_host_pauses_then_its_guest_is_evacuated() {
+    let lab = Lab::up_etcd("etcdfence", 2, 3);
+    lab.boot_guest("vm1", "host1", "192.0.2.63", BUSY_MB_S, true);
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let etcd_ips: Vec<String> = info["etcd_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str()?.strip_prefix("https://")?.split(':').next().map(String::from))
+        .collect();
+    assert_eq!(etcd_ips.len(), 3);
+    let ns = lab.host_ns("host1");
+    let before = last_disk_ok(&lab.log("vm1")).unwrap_or(0);
+
+    // Cut host1 off etcd only: its agent still answers the operator.
+    let cut = Instant::now();
+    for ip in &etcd_ips {
+        in_ns(&ns, &["iptables", "-A", "OUTPUT", "-d", ip, "-j", "DROP"]);
+    }
+    wait_for("vm1 paused on host1", Duration::from_secs(15), || {
+        (lab.json(&["guest", "show", "vm1"])["state"] == "paused").then_some(())
+    });
+    let paused_after = cut.elapsed();
+    let members = lab.json(&["cluster", "members"]);
+    assert!(
+        members.as_array().unwrap().iter().any(|m| m["host"] == "host1"),
+        "paused {paused_after:?} after the cut, while host1's lease is still alive: {members}"
+    );
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()], "paused, not killed");
+
+    // Now cut off from everything; its lease expires.
+    in_ns(&ns, &["ip", "link", "set", "mgmt0", "down"]);
+    let dead = lab.json(&["cluster", "wait-dead", "host1"]);
+    let expired_after = cut.elapsed();
+    assert_eq!(dead["dead"], true, "{dead}");
+    assert!(expired_after > paused_after, "paused {paused_after:?}, expired {expired_after:?}");
+
+    // The evacuation of host1 (what `host evacuate` does per guest once the lease is gone).
+    let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline-force"]);
+    assert!(out.contains("source unreachable"), "{out}");
+    assert_eq!(lab.json(&["guest", "show", "vm1"])["spec"]["host"], "host2");
+    lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(120));
+    let log = lab.wait_log("vm1", "DISK OK on host2", Duration::from_secs(120), |l| last_disk_ok(l).is_some());
+    assert!(!log.contains("DISK FAIL"), "{log}");
+    assert!(last_disk_ok(&log).unwrap_or(0) >= before, "disk records lost: {before} before, {log}");
+    let on = lab.qemu_hosts("vm1");
+    assert_eq!(on.len(), 2, "host1's copy is still there, paused and cut off: {on:?}");
+
+    // host1 comes back: a new lease, the guest taken, its copy killed.
+    in_ns(&ns, &["ip", "link", "set", "mgmt0", "up"]);
+    in_ns(&ns, &["iptables", "-F", "OUTPUT"]);
+    wait_for("host1's copy killed", Duration::from_secs(60), || (lab.qemu_hosts("vm1") == ["host2"]).then_some(()));
+    wait_for("host1 a member again", Duration::from_secs(30), || {
+        lab.json(&["cluster", "members"]).as_array().unwrap().iter().any(|m| m["host"] == "host1").then_some(())
+    });
+    assert_eq!(lab.json(&["guest", "show", "vm1"])["state"], "running");
+    lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(30));
+}
