@@ -20,12 +20,14 @@ use vmove_model::Converge;
 
 use crate::params::MigrationParams;
 
+mod action;
 mod ladder;
 mod predict;
 #[cfg(test)]
 mod tests;
 
-pub use ladder::{Action, Figures, Ladder, Phase, Rung, RungInfo, Sample, Why};
+pub use action::Action;
+pub use ladder::{Figures, Ladder, Phase, Rung, RungInfo, Sample, Why};
 pub use predict::{precopy, predict, ConvergePolicy, Needed, Precopy, Prediction, Workload};
 
 /// The lowest downtime limit the ladder starts from, milliseconds.

@@ -12,7 +12,8 @@ use vmove_model::Converge;
 
 use crate::params::MigrationParams;
 
-use super::ladder::{Action, Ladder, Phase, Rung, Sample};
+use super::action::Action;
+use super::ladder::{Ladder, Phase, Rung, Sample};
 use super::{Features, Start, POSTCOPY_SWITCHOVER_MS, THROTTLE_INCREMENT_PCT, THROTTLE_INITIAL_PCT};
 
 /// More passes than this is a model that does not converge.

@@ -126,21 +126,13 @@ pub(crate) fn no_leader(e: &E) -> bool {
 pub(crate) async fn retry_read_deadline<T, F>(
     after: Duration,
     context: String,
-    mut make: impl FnMut() -> F,
+    make: impl FnMut() -> F,
     map_err: impl FnOnce(String, E) -> StoreError,
 ) -> Result<T, StoreError>
 where
     F: Future<Output = Result<T, E>>,
 {
-    let tries = async {
-        loop {
-            match make().await {
-                Err(e) if connect_failed(&e) || no_leader(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
-                r => return r,
-            }
-        }
-    };
-    deadline(after, context, tries, map_err).await
+    retry_while(after, context, make, map_err, |e| connect_failed(e) || no_leader(e)).await
 }
 
 /// [`deadline`] for a call that `make` can start again: a try that could not connect
@@ -149,8 +141,23 @@ where
 pub(crate) async fn retry_deadline<T, F>(
     after: Duration,
     context: String,
+    make: impl FnMut() -> F,
+    map_err: impl FnOnce(String, E) -> StoreError,
+) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    retry_while(after, context, make, map_err, connect_failed).await
+}
+
+/// Makes the call again (after 20 ms) while its error is one `again` accepts, until the
+/// deadline.
+async fn retry_while<T, F>(
+    after: Duration,
+    context: String,
     mut make: impl FnMut() -> F,
     map_err: impl FnOnce(String, E) -> StoreError,
+    again: impl Fn(&E) -> bool,
 ) -> Result<T, StoreError>
 where
     F: Future<Output = Result<T, E>>,
@@ -158,7 +165,7 @@ where
     let tries = async {
         loop {
             match make().await {
-                Err(e) if connect_failed(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) if again(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
                 r => return r,
             }
         }
