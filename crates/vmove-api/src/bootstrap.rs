@@ -304,10 +304,28 @@ pub struct RemovedHost {
 /// Removes a host from the cluster file, and its bundle from the default place. Refuses
 /// while the cluster file has guests on it.
 pub fn remove_host(cluster_path: &Path, name: &str) -> Result<RemovedHost, BootstrapError> {
+    remove_host_from_file(cluster_path, name, GuestsIn::File)
+}
+
+/// Where the guests' placement is kept, for [`remove_host_from_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestsIn {
+    /// The cluster file: refuse while it has guests on the host.
+    File,
+    /// A store that the caller checked already (etcd): the file's guest list is only the
+    /// import seed; its guests on the host are dropped with it.
+    Store,
+}
+
+/// [`remove_host`], with the guest check where the placement is kept.
+pub fn remove_host_from_file(cluster_path: &Path, name: &str, guests_in: GuestsIn) -> Result<RemovedHost, BootstrapError> {
     let mut cluster = Cluster::load(cluster_path)?;
     let Some(entry) = cluster.host(name).cloned() else {
         return refused(format!("{} has no host named {name}", cluster_path.display()));
     };
+    if guests_in == GuestsIn::Store {
+        cluster.guests.retain(|g| g.host != name);
+    }
     let guests: Vec<&str> = cluster.guests.iter().filter(|g| g.host == name).map(|g| g.name.as_str()).collect();
     if !guests.is_empty() {
         return refused(format!("{name} has guests in the cluster file ({}): migrate or destroy them first", guests.join(", ")));

@@ -40,6 +40,28 @@ pub enum Command {
     /// members and their leases.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Print a shell completion script: `vmove completions bash > /etc/bash_completion.d/vmove`.
+    Completions {
+        /// bash, zsh or fish.
+        shell: Shell,
+    },
+    /// Write the manual pages (roff): vmove(1) and one page per command (vmove-migrate(1), ...).
+    Manpage {
+        /// Directory to write them to (made if missing); default: print vmove(1) on standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The shells `vmove completions` writes for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,8 +8,8 @@ use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
     let cmd = match cmd {
-        HostCmd::Add(a) => return crate::cmd_setup::add(ctx, a),
-        HostCmd::Remove { host } => return crate::cmd_setup::remove(ctx, &host),
+        HostCmd::Add(a) => return crate::cmd_setup::add(ctx, a).await,
+        HostCmd::Remove { host } => return crate::cmd_setup::remove(ctx, &host).await,
         HostCmd::Drain(a) => return crate::drain::drain(ctx, a).await,
         HostCmd::Undrain { host } => return crate::drain::undrain(ctx, &host).await,
         HostCmd::Evacuate(a) => return crate::drain::evacuate(ctx, a).await,

@@ -104,8 +104,10 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-/// `vmove host add`.
-pub fn add(ctx: &Ctx, a: HostAddArgs) -> Result<()> {
+/// `vmove host add`: the host's certificate and bundle, its entry in the cluster file and,
+/// when the cluster keeps its state in etcd, in the store's cluster definition too (what
+/// every operator and agent reads).
+pub async fn add(ctx: &Ctx, a: HostAddArgs) -> Result<()> {
     let cluster = ctx.file()?;
     let address = parse_address(&a.address)?;
     let metrics_listen = a.metrics_listen.as_deref().map(|m| parse_metrics(m, address)).transpose()?;
@@ -119,6 +121,12 @@ pub fn add(ctx: &Ctx, a: HostAddArgs) -> Result<()> {
     };
     let dir = a.out.unwrap_or_else(|| bootstrap::default_bundle_dir(&cluster, &a.name));
     let b = bootstrap::add_host(&ctx.cluster_path, &o, &dir, |_| {})?;
+    if !cluster.store.is_file() {
+        let store = ctx.store(&cluster).await?;
+        vmove_registry::put_host(store.as_ref(), &cluster, &b.entry).await.with_context(|| {
+            format!("host {} is in {} and has its bundle, but not in etcd yet: run the command again", b.entry.name, ctx.cluster_path.display())
+        })?;
+    }
     let dir = std::path::absolute(&b.dir)?;
     if ctx.json {
         crate::out::json(&serde_json::json!({
@@ -139,9 +147,22 @@ pub fn add(ctx: &Ctx, a: HostAddArgs) -> Result<()> {
     Ok(())
 }
 
-/// `vmove host remove`.
-pub fn remove(ctx: &Ctx, host: &str) -> Result<()> {
-    let r = bootstrap::remove_host(&ctx.cluster_path, host)?;
+/// `vmove host remove`: from the store's cluster definition first when the cluster is on
+/// etcd (it refuses while the store places guests there), then from the cluster file.
+pub async fn remove(ctx: &Ctx, host: &str) -> Result<()> {
+    let file = ctx.file()?;
+    let guests_in = if file.store.is_file() {
+        bootstrap::GuestsIn::File
+    } else {
+        let store = ctx.store(&file).await?;
+        match vmove_registry::remove_host(store.as_ref(), &file, host).await {
+            // Gone from the store already (an earlier run that stopped half-way): go on.
+            Ok(_) | Err(vmove_registry::RegistryError::NoHost(_)) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("remove {host} from etcd"))),
+        }
+        bootstrap::GuestsIn::Store
+    };
+    let r = bootstrap::remove_host_from_file(&ctx.cluster_path, host, guests_in)?;
     if ctx.json {
         crate::out::json(&serde_json::json!({ "ok": true, "removed": r.entry, "bundle_removed": r.bundle }));
         return Ok(());

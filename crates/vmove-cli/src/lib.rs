@@ -3,6 +3,7 @@
 
 mod args;
 mod cmd_cluster;
+mod cmd_docs;
 mod cmd_guest;
 mod cmd_host;
 mod cmd_job;
@@ -73,5 +74,7 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Job(c) => cmd_job::run(&ctx, c).await,
         args::Command::Cluster(c) => cmd_cluster::run(&ctx, c).await,
         args::Command::Oedacli(a) => oedacli::run(&ctx, a.script).await,
+        args::Command::Completions { shell } => cmd_docs::completions(&ctx, shell),
+        args::Command::Manpage { out } => cmd_docs::manpages(&ctx, out.as_deref()),
     }
 }

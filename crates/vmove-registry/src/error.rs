@@ -65,6 +65,20 @@ pub enum RegistryError {
         /// Its lease's TTL, seconds.
         ttl_s: u64,
     },
+    /// `host remove` of a host the store still places guests on.
+    #[error("{host} has guests in the cluster's store ({}): migrate or destroy them first", guests.join(", "))]
+    HostHasGuests {
+        /// The host.
+        host: String,
+        /// Its guests.
+        guests: Vec<String>,
+    },
+    /// `host remove` of a host the store does not know.
+    #[error("the cluster's store has no host named {0}")]
+    NoHost(String),
+    /// A change to the cluster definition lost the compare-and-swap race this many times.
+    #[error("the cluster definition kept changing under {0} attempts to update it: try again")]
+    Contended(u32),
 }
 
 impl RegistryError {

@@ -34,7 +34,7 @@ mod open;
 mod records;
 
 pub use claims::{claim_migration, list_jobs, release_migration};
-pub use cluster::{export, import, load_cluster, put_guest, remove_guest, Import};
+pub use cluster::{export, import, load_cluster, put_guest, put_host, remove_guest, remove_host, Import};
 pub use error::{RegistryError, Result};
 pub use members::{dead_wait, list_members, wait_host_dead, HostDead};
 pub use open::{open_etcd, read_tls};

@@ -10,7 +10,7 @@ use vmove_model::Cluster;
 use vmove_plan::Mode;
 use vmove_registry::keys;
 use vmove_registry::{
-    claim_migration, dead_wait, export, import, list_jobs, list_members, load_cluster, put_guest, release_migration,
+    claim_migration, dead_wait, export, import, list_jobs, list_members, load_cluster, put_guest, put_host, release_migration, remove_host,
     wait_host_dead, Import, JobIndex, Member, MigrationClaim, RegistryError,
 };
 use vmove_store::testing::TestEtcd;
@@ -77,6 +77,41 @@ async fn import_then_export_round_trips_and_guests_move_in_the_store() {
     fewer.guests.clear();
     import(&store, &fewer, Import::Replace).await.unwrap();
     assert!(export(&store, &c).await.unwrap().guests.is_empty());
+}
+
+#[tokio::test]
+async fn hosts_are_added_and_removed_in_the_store() {
+    let store = MemStore::new();
+    let c = file();
+    let h3 = vmove_model::HostEntry { name: "host3".into(), address: "198.51.100.4:7450".into(), accel: "kvm".into() };
+    let e = put_host(&store, &c, &h3).await.unwrap_err();
+    assert!(matches!(e, RegistryError::Empty { .. }), "{e}");
+    import(&store, &c, Import::New).await.unwrap();
+
+    // Two operators add hosts at the same moment: both land (compare-and-swap, retried).
+    let h4 = vmove_model::HostEntry { name: "host4".into(), address: "198.51.100.5:7450".into(), accel: "tcg".into() };
+    let (a, b) = tokio::join!(put_host(&store, &c, &h3), put_host(&store, &c, &h4));
+    a.unwrap();
+    b.unwrap();
+    let seen = load_cluster(&store, &c).await.unwrap();
+    let names: Vec<&str> = seen.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["host1", "host2", "host3", "host4"]);
+
+    // An address in use by another host: refused; a reissue replaces the entry.
+    let clash = vmove_model::HostEntry { name: "host5".into(), ..h3.clone() };
+    let e = put_host(&store, &c, &clash).await.unwrap_err();
+    assert!(matches!(e, RegistryError::Invalid(ref m) if m.contains("host3")), "{e}");
+    put_host(&store, &c, &vmove_model::HostEntry { accel: "tcg".into(), ..h3.clone() }).await.unwrap();
+    assert_eq!(load_cluster(&store, &c).await.unwrap().host("host3").unwrap().accel, "tcg");
+
+    // A host with guests stays; one without goes; an unknown one is named.
+    let e = remove_host(&store, &c, "host1").await.unwrap_err();
+    assert!(matches!(e, RegistryError::HostHasGuests { ref guests, .. } if guests == &["vm1".to_string()]), "{e}");
+    assert_eq!(remove_host(&store, &c, "host4").await.unwrap().name, "host4");
+    let e = remove_host(&store, &c, "host4").await.unwrap_err();
+    assert!(matches!(e, RegistryError::NoHost(ref h) if h == "host4"), "{e}");
+    let names: Vec<String> = load_cluster(&store, &c).await.unwrap().hosts.into_iter().map(|h| h.name).collect();
+    assert_eq!(names, ["host1", "host2", "host3"]);
 }
 
 #[tokio::test]

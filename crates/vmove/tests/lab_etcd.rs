@@ -1,7 +1,7 @@
 //! The lab on etcd (`vmove lab up --store etcd --etcd-members 3`): the representative
 //! subset of the lab tests with the cluster's state in an etcd cluster inside the lab's
 //! namespaces — live and offline migrations, one truth for two operators, export and
-//! import, two CLIs racing for one guest, and a host cut off from etcd that pauses its
+//! import, two CLIs racing for one guest (then `host remove` and `host add` on etcd), and a host cut off from etcd that pauses its
 //! guest before its lease expires and loses it to a forced evacuation that waits for the
 //! lease.
 mod common;
@@ -132,7 +132,28 @@ fn etcd_two_clis_racing_for_one_guest() {
     lab.ok(&["job", "resume", &id]);
     assert!(lab.ok(&["job", "watch", &id]).contains("Done"));
     assert_eq!(job_ids(&lab.json(&["job", "list"])), vec![id.clone()], "still one job");
-    assert_eq!(lab.qemu_hosts("vm1"), vec![target]);
+    assert_eq!(lab.qemu_hosts("vm1"), vec![target.clone()]);
+
+    // `host remove` and `host add` change the cluster in etcd, which every operator reads.
+    // A second operator's file (exported), so that the lab's own host bundles stay.
+    let op2 = operator_dir(&lab, "hosts");
+    let op2_file = op2.path().join("cluster.toml");
+    lab.ok(&["cluster", "export", "--out", op2_file.to_str().unwrap()]);
+    let address = vmove_model::Cluster::load(&lab.cluster).unwrap().host(other).unwrap().address.clone();
+    let e = vmove_with(&op2_file, &["host", "remove", &target]);
+    assert!(!e.status.success(), "a host with a guest in the store was removed");
+    assert!(String::from_utf8_lossy(&e.stderr).contains("has guests in the cluster's store (vm1)"), "{e:?}");
+    ok_with(&op2_file, &["host", "remove", other]);
+    let hosts = |v: Value| -> Vec<String> { v.as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap().to_string()).collect() };
+    let listed = hosts(lab.json(&["host", "list"]));
+    assert!(!listed.contains(&other.to_string()), "the lab's operator no longer sees {other}: {listed:?}");
+    let bundle = op2.path().join("bundle");
+    ok_with(&op2_file, &["host", "add", other, "--address", &address, "--accel", "tcg", "--out", bundle.to_str().unwrap()]);
+    assert!(bundle.join("agent.toml").exists() && bundle.join("host.pem").exists());
+    let v = lab.json(&["host", "list"]);
+    let back = v.as_array().unwrap().iter().find(|h| h["name"] == other).unwrap_or_else(|| panic!("{other} not back: {v}"));
+    assert_eq!(back["reachable"], true, "its agent answers again: {back}");
+    assert_eq!(lab.json(&["cluster", "members"]).as_array().unwrap().len(), 3);
 }
 
 /// The lab's etcd members: (client URL, namespace), as `lab up` recorded them.

@@ -33,7 +33,10 @@ fn the_package_ships_both_binaries_the_unit_the_config_and_the_guide() {
     assert!(has("debian/agent.toml", "etc/vmove/agent.toml", "644"), "{assets:?}");
     assert!(has("../../docs/install.md", "usr/share/doc/vmove/install.md", "644"), "{assets:?}");
     assert!(!assets.iter().any(|a| a.0.contains("vmove-guest")), "the lab workload is not packaged");
-    for (src, _, _) in assets.iter().filter(|a| !a.0.starts_with("target/")) {
+    assert!(has("debian/generated/man/*.1", "usr/share/man/man1/", "644"), "{assets:?}");
+    assert!(has("debian/generated/vmove.bash", "usr/share/bash-completion/completions/vmove", "644"), "{assets:?}");
+    // Made by scripts/package from the release binary; not in the repository.
+    for (src, _, _) in assets.iter().filter(|a| !a.0.starts_with("target/") && !a.0.starts_with("debian/generated/")) {
         assert!(dir.join(src).exists(), "asset {src} is missing");
     }
     assert_eq!(d["conf-files"].as_array().unwrap()[0].as_str(), Some("/etc/vmove/agent.toml"));
