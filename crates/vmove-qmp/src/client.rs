@@ -26,6 +26,10 @@ use crate::types::{Event, Greeting};
 /// far behind loses the oldest events (`RecvError::Lagged`).
 pub const EVENT_CAPACITY: usize = 1024;
 
+/// The longest pause between two attempts of [`Qmp::connect_retry`] (the pauses start at
+/// 5 ms and double up to this).
+pub const CONNECT_POLL_MAX: Duration = Duration::from_millis(20);
+
 /// Default per-command timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -309,7 +313,10 @@ impl Qmp {
 
     async fn connect_retry_with(path: &Path, total: Duration, oob: bool) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + total;
-        let mut delay = Duration::from_millis(10);
+        // A starting QEMU makes its socket 50-300 ms after exec: poll it often (a refused
+        // connect costs microseconds), so that a migration's target is not left waiting
+        // out a long backoff step after its QEMU is ready.
+        let mut delay = Duration::from_millis(5);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match Self::connect_with(path, remaining, oob).await {
@@ -317,7 +324,7 @@ impl Qmp {
                 Err(e) if is_retryable_connect(&e) && Instant::now() + delay < deadline => {
                     tracing::trace!(error = %e, path = %path.display(), "qmp: not ready, retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(200));
+                    delay = (delay * 2).min(CONNECT_POLL_MAX);
                 }
                 Err(e) => return Err(e),
             }
