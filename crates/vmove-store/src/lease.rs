@@ -26,6 +26,16 @@
 //! server says the lease is gone. The agent pauses its guests on `RenewingLate` (it still
 //! holds them for the margin, long enough to pause) and gives them up on `Lost`.
 //!
+//! # Quorum lost
+//!
+//! When renewals fail, the keeper asks the store whether it can prove that the store has
+//! no quorum anywhere ([`LeaseStore::quorum_lost_everywhere`]: a majority of members answer
+//! and none has a leader). While it can, the lease cannot expire and its keys cannot be
+//! taken, so the hold is extended ([`QUORUM_PROOF_SLACK`] short of a TTL from the moment
+//! before the proof was asked): the health stays `Alive` and the guests run on. The
+//! moment the proof fails (the members stop answering: this holder may be the one cut
+//! off), the hold runs out as usual and the fence comes in time.
+//!
 //! The file store has no leases: its volume leases stay files under `flock`, which are
 //! released when the holder's process dies (not when its host is cut off). The in-memory
 //! store has them ([`crate::MemStore`], with fault hooks), so the agent's use of leases can
@@ -76,7 +86,21 @@ pub trait LeaseStore: StateStore {
     /// Writes a value attached to a lease if `cond` holds; returns the new revision.
     /// [`StoreError::LeaseLost`] if the lease is gone (nothing written).
     async fn put_with_lease(&self, key: &str, value: Vec<u8>, cond: Precondition, lease: LeaseId) -> Result<u64>;
+
+    /// Whether this holder can prove that the store has no quorum anywhere now: a majority
+    /// of its members answered, and none of them has a leader. Then no write can commit,
+    /// so nobody can take a key of this holder's, and no lease can expire (a leader expires
+    /// leases, and a new leader gives every lease its whole TTL again). `false` when it
+    /// cannot tell (members that do not answer may have a quorum among themselves).
+    async fn quorum_lost_everywhere(&self, _timeout: Duration) -> bool {
+        false
+    }
 }
+
+/// How much shorter than a TTL the hold is extended by a proof that the store has no
+/// quorum: a leader elected just before the members were asked, that they had not heard
+/// of yet, gave the lease its TTL from its election.
+pub const QUORUM_PROOF_SLACK: Duration = Duration::from_secs(1);
 
 /// How a [`Lease`] is kept alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +269,8 @@ impl Drop for Lease {
 async fn keep_alive(store: Arc<dyn LeaseStore>, shared: Arc<Shared>, policy: LeasePolicy) {
     let id = shared.id;
     let mut next_attempt = Instant::now() + policy.renew_every;
+    // The last failed renewal was followed by a proof that the store has no quorum.
+    let mut no_quorum = false;
     loop {
         let Some(held) = shared.held_until() else { return };
         let now = Instant::now();
@@ -265,9 +291,12 @@ async fn keep_alive(store: Arc<dyn LeaseStore>, shared: Arc<Shared>, policy: Lea
             tokio::time::sleep_until(next_attempt.min(change_at)).await;
             continue;
         }
-        let deadline = (now + policy.call_timeout).min(change_at);
+        // Without a quorum a renewal only fails: try it briefly, then ask the members again.
+        let give = if no_quorum { policy.retry_every.min(policy.call_timeout) } else { policy.call_timeout };
+        let deadline = (now + give).min(change_at);
         match tokio::time::timeout_at(deadline, store.renew_lease(id)).await {
             Ok(Ok(ttl)) => {
+                no_quorum = false;
                 let held = now + ttl;
                 shared.set_held_until(Some(held));
                 if held.saturating_duration_since(Instant::now()) >= policy.fence_margin {
@@ -283,13 +312,43 @@ async fn keep_alive(store: Arc<dyn LeaseStore>, shared: Arc<Shared>, policy: Lea
             Ok(Err(e)) => {
                 tracing::warn!("lease {id}: renewal failed: {e}");
                 next_attempt = now + policy.retry_every;
+                no_quorum = hold_while_no_quorum(store.as_ref(), &shared, &policy).await;
             }
             Err(_) => {
                 tracing::warn!("lease {id}: renewal did not answer in time");
                 next_attempt = now + policy.retry_every;
+                no_quorum = hold_while_no_quorum(store.as_ref(), &shared, &policy).await;
             }
         }
     }
+}
+
+/// After a failed renewal: if the store proves that it has no quorum anywhere, the lease
+/// is held until `asked + TTL - QUORUM_PROOF_SLACK` at least, `asked` being the moment the
+/// members were asked (see the module's "Quorum lost"). Returns whether it proved it.
+async fn hold_while_no_quorum(store: &dyn LeaseStore, shared: &Shared, policy: &LeasePolicy) -> bool {
+    if shared.held_until().is_none() {
+        return false;
+    }
+    let asked = Instant::now();
+    // Quick: this runs when the fence may be due.
+    let wait = policy.retry_every.min(policy.call_timeout);
+    if !matches!(tokio::time::timeout(wait, store.quorum_lost_everywhere(wait)).await, Ok(true)) {
+        return false;
+    }
+    let Some(held) = shared.held_until() else { return false };
+    let Some(until) = (asked + shared.ttl).checked_sub(QUORUM_PROOF_SLACK) else { return false };
+    if Instant::now() >= held {
+        return false; // too late: the hold ran out while asking
+    }
+    if until > held {
+        tracing::warn!("lease {}: the store has no quorum anywhere: no one can take this lease's keys; held on", shared.id);
+        shared.set_held_until(Some(until));
+        if until.saturating_duration_since(Instant::now()) >= policy.fence_margin {
+            shared.set_health(LeaseHealth::Alive);
+        }
+    }
+    true
 }
 
 /// Waits until `key` does not exist (returns at once if it does not): the way to wait for

@@ -69,12 +69,17 @@ struct State {
     key_lease: HashMap<String, i64>,
     last_lease: i64,
     renewals_fail: bool,
+    no_quorum: bool,
 }
 
 impl State {
     /// Counts a write and applies the fault policy.
     fn attempt(&mut self, target: &str) -> Result<()> {
         self.writes += 1;
+        if self.no_quorum {
+            let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "no quorum");
+            return Err(StoreError::Unreachable { context: format!("write {target}"), source: source.into() });
+        }
         let fail = match &mut self.fail {
             FailPolicy::Never => false,
             FailPolicy::Next(0) => {
@@ -175,6 +180,21 @@ impl MemStore {
         self.state().renewals_fail = fail;
     }
 
+    /// While `lost` holds, the store has no quorum: writes and renewals fail with
+    /// [`StoreError::Unreachable`], no lease expires, and
+    /// [`LeaseStore::quorum_lost_everywhere`] says so. When quorum returns, every lease gets
+    /// its whole TTL again (as etcd's new leader does).
+    pub fn lose_quorum(&self, lost: bool) {
+        let mut s = self.state();
+        s.no_quorum = lost;
+        if !lost {
+            let now = Instant::now();
+            for l in s.leases.values_mut() {
+                l.expires = now + l.ttl;
+            }
+        }
+    }
+
     /// Expires a lease now, as the server does when its TTL runs out: its keys are
     /// deleted. Returns whether it existed.
     pub fn expire_lease(&self, lease: LeaseId) -> bool {
@@ -226,8 +246,12 @@ fn reap(inner: Weak<Inner>, id: i64) {
             let Some(inner) = inner.upgrade() else { return };
             let expires = {
                 let mut s = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                let no_quorum = s.no_quorum;
                 let Some(l) = s.leases.get(&id) else { return };
-                if Instant::now() < l.expires {
+                if no_quorum {
+                    // No leader: nothing expires; look again later.
+                    Instant::now() + l.ttl / 10
+                } else if Instant::now() < l.expires {
                     l.expires
                 } else {
                     tracing::debug!("lease {id:x} expired");
@@ -259,7 +283,7 @@ impl LeaseStore for MemStore {
 
     async fn renew_lease(&self, lease: LeaseId) -> Result<Duration> {
         let mut s = self.state();
-        if s.renewals_fail {
+        if s.renewals_fail || s.no_quorum {
             let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "injected fault");
             return Err(StoreError::Unreachable { context: format!("renew lease {lease}"), source: source.into() });
         }
@@ -279,6 +303,10 @@ impl LeaseStore for MemStore {
 
     async fn put_with_lease(&self, key: &str, value: Vec<u8>, cond: Precondition, lease: LeaseId) -> Result<u64> {
         self.write(key, value, cond, Some(lease.0))
+    }
+
+    async fn quorum_lost_everywhere(&self, _timeout: Duration) -> bool {
+        self.state().no_quorum
     }
 }
 

@@ -64,6 +64,52 @@ async fn mem_store_fencing() {
 }
 
 /// A lease the store expired (or another party revoked) is `Lost` at the next renewal.
+/// A store without quorum anywhere (proved: a majority of members answer, none has a
+/// leader): renewals fail, yet the lease is never late and never lost, so the guests it
+/// guards run on; nobody can take its keys (writes fail too); when quorum returns the
+/// renewals go through again. A holder cut off from the store (no proof) fences as before.
+#[tokio::test(start_paused = true)]
+async fn mem_store_quorum_lost_everywhere_is_no_reason_to_fence() {
+    let m = MemStore::new();
+    let policy = LeasePolicy::default();
+    let ttl = policy.ttl;
+    let lease = Lease::grant(Arc::new(m.clone()), policy).await.unwrap();
+    lease.put("owners/vm1", b"host1".to_vec(), Precondition::Absent).await.unwrap();
+    let h = lease.subscribe();
+
+    m.lose_quorum(true);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = {
+        let (mut h, seen) = (h.clone(), seen.clone());
+        tokio::spawn(async move {
+            while h.changed().await.is_ok() {
+                seen.lock().unwrap().push(*h.borrow());
+            }
+        })
+    };
+    // Ten TTLs without a quorum.
+    tokio::time::sleep(ttl * 10).await;
+    assert_eq!(*seen.lock().unwrap(), Vec::<LeaseHealth>::new(), "the health never left Alive");
+    assert_eq!(lease.health(), LeaseHealth::Alive);
+    assert!(lease.remaining() >= policy.fence_margin, "{:?}", lease.remaining());
+    let taken = m.put("owners/vm1", b"host2".to_vec(), Precondition::Any).await;
+    assert!(taken.is_err(), "a write without quorum went through");
+    assert_eq!(m.get("owners/vm1").await.unwrap().unwrap().value, b"host1");
+
+    // Quorum back: renewals work, the key is still this holder's.
+    m.lose_quorum(false);
+    tokio::time::sleep(ttl).await;
+    assert_eq!(lease.health(), LeaseHealth::Alive);
+    assert!(m.leases().contains(&lease.id()));
+    assert_eq!(m.get("owners/vm1").await.unwrap().unwrap().value, b"host1");
+
+    // Cut off instead (no proof): late, as before.
+    let mut h = h;
+    m.fail_lease_renewals(true);
+    health(&mut h, LeaseHealth::RenewingLate, ttl).await;
+    watcher.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn mem_store_expired_by_the_store() {
     let m = MemStore::new();

@@ -90,4 +90,8 @@ impl LeaseStore for Link {
         self.up(key)?;
         self.store.put_with_lease(key, value, cond, lease).await
     }
+    async fn quorum_lost_everywhere(&self, timeout: Duration) -> bool {
+        // A host cut off reaches no member: it cannot tell.
+        self.up("member status").is_ok() && self.store.quorum_lost_everywhere(timeout).await
+    }
 }

@@ -73,8 +73,35 @@ impl EtcdStore {
     }
 }
 
+/// What one member said of its leader: `Some(true)` it has one, `Some(false)` it has none,
+/// `None` it did not answer in time.
+async fn member_has_leader(endpoint: &str, options: &etcd_client::ConnectOptions, timeout: Duration) -> Option<bool> {
+    let ask = async {
+        let mut c = etcd_client::Client::connect([endpoint], Some(options.clone().with_connect_timeout(timeout))).await.ok()?;
+        c.status().await.ok()
+    };
+    let status = tokio::time::timeout(timeout, ask).await.ok().flatten()?;
+    Some(status.leader() != 0)
+}
+
+/// Whether `answers` (one per member: `None` silent, `Some(has_leader)`) prove that no
+/// quorum exists: a majority of the `members` answered, and none of them has a leader.
+pub(crate) fn no_quorum_proved(members: usize, answers: &[Option<bool>]) -> bool {
+    let answered: Vec<bool> = answers.iter().flatten().copied().collect();
+    members > 0 && answered.len() > members / 2 && answered.iter().all(|has| !has)
+}
+
 #[async_trait]
 impl LeaseStore for EtcdStore {
+    async fn quorum_lost_everywhere(&self, timeout: Duration) -> bool {
+        let m = &self.inner.members;
+        let asks = m.endpoints.iter().map(|e| member_has_leader(e, &m.options, timeout));
+        let answers = futures::future::join_all(asks).await;
+        let proved = no_quorum_proved(m.endpoints.len(), &answers);
+        tracing::info!(?answers, proved, "etcd members asked for their leader");
+        proved
+    }
+
     async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration)> {
         let context = format!("grant a lease of {ttl:?}");
         let send = || {
@@ -130,5 +157,23 @@ mod tests {
         assert_eq!(ttl_secs(Duration::from_millis(2500)), 3);
         assert_eq!(ttl_secs(Duration::ZERO), 1);
         assert_eq!(secs(-1), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_a_leaderless_majority_proves_that_no_quorum_exists() {
+        // 3 members: two leaderless answers prove it; a silent third may not change it.
+        assert!(no_quorum_proved(3, &[Some(false), Some(false), None]));
+        assert!(no_quorum_proved(3, &[Some(false), Some(false), Some(false)]));
+        // One member answering: the two silent ones may have a quorum (this host may be
+        // the one cut off).
+        assert!(!no_quorum_proved(3, &[Some(false), None, None]));
+        // Any member with a leader: a quorum may exist.
+        assert!(!no_quorum_proved(3, &[Some(false), Some(false), Some(true)]));
+        assert!(!no_quorum_proved(1, &[Some(true)]));
+        assert!(no_quorum_proved(1, &[Some(false)]));
+        // 4 members: 2 answers are not a majority.
+        assert!(!no_quorum_proved(4, &[Some(false), Some(false), None, None]));
+        assert!(no_quorum_proved(4, &[Some(false), Some(false), Some(false), None]));
+        assert!(!no_quorum_proved(0, &[]));
     }
 }

@@ -140,6 +140,13 @@ pub(crate) struct Inner {
     timeout: Duration,
     log: mpsc::UnboundedSender<log::Request>,
     keepers: Mutex<lease::Keepers>,
+    members: Arc<Members>,
+}
+
+/// How to ask each member alone (for [`crate::LeaseStore::quorum_lost_everywhere`]).
+pub(crate) struct Members {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
 }
 
 /// The state store on etcd. Clones share one connection.
@@ -179,6 +186,7 @@ impl EtcdStore {
             co = co.with_tls(t);
         }
         let context = format!("connect to etcd at {}", opts.endpoints.join(","));
+        let members = Arc::new(Members { endpoints: opts.endpoints.clone(), options: co.clone() });
         let client =
             deadline(opts.timeout, context.clone(), Client::connect(&opts.endpoints, Some(co)), map).await?;
         let kv = client.kv_client().max_decoding_message_size(MAX_DECODE);
@@ -193,6 +201,7 @@ impl EtcdStore {
                 timeout: opts.timeout,
                 log: tx,
                 keepers: Mutex::default(),
+                members,
             }),
         };
         let probe = GetOptions::new().with_prefix().with_count_only();
@@ -230,6 +239,7 @@ impl EtcdStore {
                 timeout: self.inner.timeout,
                 log: tx,
                 keepers: Mutex::default(),
+                members: self.inner.members.clone(),
             }),
         })
     }
