@@ -40,6 +40,10 @@ struct Load {
     dirty_mb_s: u32,
     /// How long the migrations may take, all of them.
     migrations_within: Duration,
+    /// The clients poll this long before the migrations start...
+    lead: Duration,
+    /// ... and at least this long in all.
+    min_load: Duration,
 }
 
 #[test]
@@ -53,9 +57,12 @@ fn load_small_two_migrations_ten_clients() {
         memory: "128M",
         dirty_mb_s: 2,
         migrations_within: Duration::from_secs(300),
+        lead: Duration::from_secs(5),
+        min_load: Duration::from_secs(20),
     }
     .run();
     assert!(r.requests > 0, "the clients made requests");
+    assert_eq!(r.at_once, 2, "the two migrations ran side by side");
 }
 
 #[test]
@@ -67,13 +74,16 @@ fn load_full_eight_migrations_fifty_clients() {
         guests_per_host: 2,
         clients: 50,
         rate_per_s: 100,
-        memory: "128M",
+        memory: "256M",
         dirty_mb_s: 2,
         migrations_within: Duration::from_secs(1500),
+        lead: Duration::from_secs(20),
+        min_load: Duration::from_secs(120),
     }
     .run();
     // About the rate asked for (the clients keep their own pace; a slow answer delays
     // only that client's next request).
+    assert!(r.at_once >= 4, "the migrations ran side by side: at most {} at once", r.at_once);
     let rate = r.requests as f64 / r.load_secs;
     assert!(rate > 50.0, "{rate:.0} requests/s");
 }
@@ -81,6 +91,8 @@ fn load_full_eight_migrations_fifty_clients() {
 /// What a run measured.
 struct Report {
     requests: usize,
+    /// The most migrations that ran at once (by the agents' job records).
+    at_once: usize,
     load_secs: f64,
 }
 
@@ -149,6 +161,7 @@ impl Load {
             let (n, rate) = (self.clients, self.rate_per_s);
             std::thread::spawn(move || run_clients(api, n, rate, jobs, stop))
         };
+        std::thread::sleep(self.lead);
         let submitted: Vec<(String, &Move)> = std::thread::scope(|s| {
             let handles: Vec<_> = moves
                 .iter()
@@ -195,14 +208,19 @@ impl Load {
             }
         }
         let moves_secs = moves_started.elapsed().as_secs_f64();
+        if let Some(left) = self.min_load.checked_sub(load_started.elapsed()) {
+            std::thread::sleep(left);
+        }
         stop.store(true, Ordering::Relaxed);
         let record = clients.join().expect("clients");
         let load_secs = load_started.elapsed().as_secs_f64();
 
         // Every guest moved, runs once on its target and verifies its memory there.
+        let mut spans = Vec::new();
         for (id, m) in &submitted {
             let j = lab.json(&["job", "show", id]);
             assert_eq!(j["status"], "succeeded", "{j}");
+            spans.push((j["created_ms"].as_u64().expect("created_ms"), j["ended_ms"].as_u64().expect("ended_ms")));
             assert_eq!(lab.qemu_hosts(&m.guest), vec![m.to.clone()], "{} runs on {} only", m.guest, m.to);
             assert_eq!(lab.cluster_host(&m.guest), m.to);
             let log = lab.wait_log(&m.guest, "VERIFY OK after the move", Duration::from_secs(120), |l| l.matches("VERIFY OK").count() >= 2);
@@ -217,7 +235,7 @@ impl Load {
 
         let requests = record.latencies.values().map(Vec::len).sum::<usize>() + record.failures.len();
         eprintln!("LOAD {}: {} hosts, {} live migrations, {} clients at {} requests/s asked", self.tag, self.hosts, moves.len(), self.clients, self.rate_per_s);
-        eprintln!("  migrations: all {} succeeded in {moves_secs:.1} s; each ended at (s): {ended:?}", moves.len());
+        eprintln!("  migrations: all {} succeeded in {moves_secs:.1} s, at most {} at once; each ended at (s): {ended:?}", moves.len(), most_at_once(&spans));
         eprintln!("  requests: {requests} in {load_secs:.1} s ({:.1}/s), {} failed", requests as f64 / load_secs, record.failures.len());
         let all: Vec<Duration> = record.latencies.values().flatten().copied().collect();
         eprintln!("  latency all: {}", summary(&all));
@@ -229,7 +247,7 @@ impl Load {
         }
         eprintln!("  load average: {load_at_start} at start, {load_at_end} at end");
         assert!(record.failures.is_empty(), "{} failed requests, first ones: {:#?}", record.failures.len(), &record.failures[..record.failures.len().min(10)]);
-        Report { requests, load_secs }
+        Report { requests, at_once: most_at_once(&spans), load_secs }
     }
 }
 
@@ -318,6 +336,11 @@ fn run_clients(api: Api, n: usize, rate: u32, jobs: Arc<RwLock<Vec<(String, Stri
         }
     });
     Arc::try_unwrap(record).ok().expect("clients done").into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The most jobs that ran at once, from their (created, ended) times.
+fn most_at_once(spans: &[(u64, u64)]) -> usize {
+    spans.iter().map(|(t, _)| spans.iter().filter(|(a, b)| a <= t && t < b).count()).max().unwrap_or(0)
 }
 
 /// `n=… p50=… p99=… max=…` in milliseconds.
