@@ -149,11 +149,49 @@ impl Ca {
     }
 
     fn leaf(&self, mut p: CertificateParams) -> Result<CertPair, PkiError> {
+        validity(&mut p);
+        self.sign_leaf(p)
+    }
+
+    fn sign_leaf(&self, mut p: CertificateParams) -> Result<CertPair, PkiError> {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut p);
         let key = KeyPair::generate().map_err(rcgen_err("certificate key"))?;
         let cert = p.signed_by(&key, &self.cert, &self.key).map_err(rcgen_err("sign a certificate"))?;
         Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// Certificates no production path issues, for the tests of refusals (feature `test-pki`,
+/// turned on by the end-to-end tests only).
+#[cfg(any(test, feature = "test-pki"))]
+impl Ca {
+    /// An operator certificate signed by this CA but valid only between two dates, given
+    /// as (year, month, day): one that expired, or one not valid yet.
+    pub fn issue_operator_valid_between(&self, name: &str, from: (i32, u8, u8), to: (i32, u8, u8)) -> Result<CertPair, PkiError> {
+        let mut p = CertificateParams::new(vec![OPERATOR_ROLE_NAME.to_string()]).map_err(rcgen_err("operator certificate"))?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        self.sign_leaf(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::pem::PemObject;
+
+    use super::*;
+
+    #[test]
+    fn an_expired_operator_certificate_carries_its_dates() {
+        let ca = Ca::generate("t").unwrap();
+        let old = ca.issue_operator_valid_between("old", (2020, 1, 1), (2021, 1, 1)).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(old.cert_pem.as_bytes()).unwrap();
+        let params = CertificateParams::from_ca_cert_der(&der).unwrap();
+        assert_eq!(params.not_after, rcgen::date_time_ymd(2021, 1, 1));
+        assert_eq!(params.not_before, rcgen::date_time_ymd(2020, 1, 1));
+        // Still an operator certificate of this CA: only its dates make it refused.
+        assert_eq!(crate::tls::role_of(&der), Some(crate::Role::Operator));
     }
 }

@@ -376,3 +376,35 @@ fn a_job_without_max_incoming_reads_as_before() {
     let code: crate::ErrorCode = serde_json::from_str("\"at_limit\"").unwrap();
     assert_eq!((code, code.as_str()), (crate::ErrorCode::AtLimit, "at_limit"));
 }
+
+#[test]
+fn peer_calls_are_for_hosts_only_and_operator_calls_for_operators_only() {
+    use crate::Role;
+    let peer = [
+        r#"{"op":"peer_guest","name":"vm1"}"#,
+        r#"{"op":"peer_release","name":"vm1","claim":"host2"}"#,
+        r#"{"op":"peer_stop_guest","name":"vm1","force":true,"timeout_s":5}"#,
+        r#"{"op":"peer_detach_volumes","name":"vm1"}"#,
+        r#"{"op":"peer_start_guest","name":"vm1"}"#,
+        r#"{"op":"peer_undefine","name":"vm1"}"#,
+        r#"{"op":"peer_migrate_cancel","name":"vm1"}"#,
+        r#"{"op":"peer_migrate_finish","name":"vm1"}"#,
+        r#"{"op":"peer_mirror_abort","name":"vm1"}"#,
+    ];
+    for line in peer {
+        let r = decode_request(line).unwrap();
+        assert!(r.is_peer(), "{line}");
+        assert!(r.allowed_for(&Role::Host), "{line}");
+        assert!(!r.allowed_for(&Role::Operator), "an operator may not make a peer call: {line}");
+    }
+    let operator = [r#"{"op":"guest_list"}"#, r#"{"op":"job_show","id":"j1"}"#, r#"{"op":"guest_start","name":"vm1"}"#];
+    for line in operator {
+        let r = decode_request(line).unwrap();
+        assert!(!r.is_peer() && r.allowed_for(&Role::Operator) && !r.allowed_for(&Role::Host), "{line}");
+    }
+    for r in [Request::Health, Request::HostInfo, Request::JobList] {
+        assert!(!r.is_peer() && r.allowed_for(&Role::Operator) && r.allowed_for(&Role::Host), "{r:?}: both");
+    }
+    assert!(migrate_out(|_| {}).is_peer());
+    assert!(!migrate_out(|_| {}).allowed_for(&Role::Operator));
+}

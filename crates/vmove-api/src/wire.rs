@@ -323,10 +323,12 @@ fn default_log_bytes() -> u64 {
 }
 
 impl Request {
-    /// Whether a caller with `role` may make this call.
+    /// Whether a caller with `role` may make this call. Operators may make every call but
+    /// the agents' calls to each other (`peer_*`): a peer call acts on a migration's behalf
+    /// (stop the source, release its leases, ...) and only an agent may make it.
     pub fn allowed_for(&self, role: &Role) -> bool {
         match role {
-            Role::Operator => true,
+            Role::Operator => !self.is_peer(),
             Role::Host => matches!(
                 self,
                 Request::Health
@@ -358,6 +360,11 @@ impl Request {
                     | Request::PeerDropVolumes { .. }
             ),
         }
+    }
+
+    /// Whether this is one agent's call to another (`peer_*`).
+    pub fn is_peer(&self) -> bool {
+        self.op().starts_with("peer_")
     }
 
     /// The call's name, for logs and errors.

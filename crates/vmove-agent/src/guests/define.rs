@@ -6,6 +6,9 @@ use super::{status, Agent, Guest};
 use crate::error::{fail, Result};
 use crate::state::{guest_key, GuestDef, Intent};
 
+/// The host-wide lock of [`Agent::define`] (a key no guest name can take).
+const DEFINE_LOCK: &str = "/define";
+
 fn valid_mac(m: &str) -> bool {
     let parts: Vec<&str> = m.split(':').collect();
     parts.len() == 6
@@ -40,6 +43,12 @@ impl Agent {
         }
         let lock = self.op_lock(&spec.name);
         let _op = lock.lock().await;
+        // One define at a time on this host, whatever the guest: the checks below (memory,
+        // MACs, the console port chosen) hold only if no other define slips in between
+        // them and the insert (two migrations arriving at once picked the same console
+        // port). Not a guest name, so no guest's lock.
+        let host_lock = self.op_lock(DEFINE_LOCK);
+        let _define = host_lock.lock().await;
         spec.host = self.cfg.name.clone();
         {
             let g = self.lock_guests();

@@ -236,3 +236,25 @@ async fn a_watcher_woken_as_the_job_ends_gets_its_summary() {
     assert_eq!(downtime, Some(42), "{rec:?}");
     assert!(String::from_utf8_lossy(&buf).contains("job_ended"), "streamed too");
 }
+
+#[tokio::test]
+async fn guests_defined_at_once_get_their_own_console_port_and_memory() {
+    let c = Cluster::new(1, 2).await;
+    let a = c.host("host1").agent().clone();
+    // Eight defines at once (migrations arriving together), none naming a console port.
+    let defines = (1..=8u8).map(|n| {
+        let a = a.clone();
+        let mut spec = guest(&format!("vm{n}"), "host1");
+        spec.nics[0].mac = format!("52:54:00:00:02:{n:02x}");
+        spec.memory_mib = 64;
+        async move { a.define(spec).await }
+    });
+    for r in futures::future::join_all(defines).await {
+        r.expect("define");
+    }
+    let ports = a.console_ports();
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!((ports.len(), distinct.len()), (8, 8), "one console port each: {ports:?}");
+}
