@@ -22,6 +22,17 @@ pub struct Ctx {
     store: OnceCell<Arc<EtcdStore>>,
 }
 
+/// An error whose cause is etcd's lost quorum says what it means for the operator first.
+fn no_quorum_says_so(e: anyhow::Error, what: &str) -> anyhow::Error {
+    let lost = e.chain().any(|c| matches!(c.downcast_ref::<vmove_store::StoreError>(), Some(vmove_store::StoreError::NoQuorum { .. })));
+    if !lost {
+        return e;
+    }
+    e.context(format!(
+        "etcd has lost its quorum (a majority of its members answer, none has a leader): {what} cannot change until it is back; running guests keep running"
+    ))
+}
+
 impl Ctx {
     /// A context for the cluster file at `cluster_path`.
     pub fn new(cluster_path: PathBuf, json: bool) -> Ctx {
@@ -46,10 +57,20 @@ impl Ctx {
         if file.store.is_file() {
             return Ok(file);
         }
-        let store = self.store(&file).await?;
-        vmove_registry::load_cluster(store.as_ref(), &file)
-            .await
-            .with_context(|| format!("the cluster in etcd ({})", file.store.namespace_for(&file.cluster.name)))
+        let what = || format!("the cluster in etcd ({})", file.store.namespace_for(&file.cluster.name));
+        let store = self.store(&file).await.map_err(|e| no_quorum_says_so(e, &what()))?;
+        match vmove_registry::load_cluster(store.as_ref(), &file).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.store().is_some_and(|s| s.is_unreachable()) => {
+                use vmove_store::LeaseStore;
+                if store.quorum_lost_everywhere(Duration::from_secs(2)).await {
+                    let no_quorum = vmove_store::StoreError::NoQuorum { context: e.to_string() };
+                    return Err(no_quorum_says_so(anyhow::Error::new(no_quorum), &what()));
+                }
+                Err(anyhow::Error::new(e).context(what()))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(what())),
+        }
     }
 
     /// The etcd store a cluster file names (opened once, over TLS with the operator

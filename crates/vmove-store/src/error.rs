@@ -116,6 +116,14 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// The store's members answer, but a majority of them do and none has a leader: no
+    /// quorum exists anywhere, nothing can be read linearizably or written until it is back
+    /// (no lease can expire meanwhile either). Retry later, as for `Unreachable`.
+    #[error("{context}: etcd has lost its quorum (a majority of its members answer, none has a leader)")]
+    NoQuorum {
+        /// What the store was doing.
+        context: String,
+    },
     /// The lease is gone: it expired or was revoked, and the keys attached to it with it.
     #[error("lease {lease:x} is gone (expired or revoked)")]
     LeaseLost {
@@ -148,7 +156,7 @@ impl StoreError {
     /// Whether the store could not be reached or did not answer in time (retry later;
     /// a write may or may not have happened).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, StoreError::Unreachable { .. })
+        matches!(self, StoreError::Unreachable { .. } | StoreError::NoQuorum { .. })
     }
 
     /// A copy of this error for another waiter of the same failed operation (the source
@@ -168,6 +176,7 @@ impl StoreError {
             StoreError::Unreachable { context, source } => {
                 StoreError::Unreachable { context: context.clone(), source: text(source.as_ref()) }
             }
+            StoreError::NoQuorum { context } => StoreError::NoQuorum { context: context.clone() },
             StoreError::LeaseLost { lease } => StoreError::LeaseLost { lease: *lease },
             StoreError::Backend { context, source } => StoreError::Backend { context: context.clone(), source: text(source.as_ref()) },
             StoreError::Closed => StoreError::Closed,

@@ -206,12 +206,22 @@ impl EtcdStore {
         };
         let probe = GetOptions::new().with_prefix().with_count_only();
         let ns = store.inner.ns.clone();
-        store.call(context, |mut kv| {
-            let (ns, probe) = (ns.clone(), probe.clone());
-            async move { kv.get(ns, Some(probe)).await }
-        })
-        .await?;
-        Ok(store)
+        let probed = store
+            .call(context.clone(), |mut kv| {
+                let (ns, probe) = (ns.clone(), probe.clone());
+                async move { kv.get(ns, Some(probe)).await }
+            })
+            .await;
+        match probed {
+            Ok(_) => Ok(store),
+            // Say why, when the members can tell: they answer, but have no leader.
+            Err(StoreError::Unreachable { .. })
+                if crate::LeaseStore::quorum_lost_everywhere(&store, opts.connect_timeout).await =>
+            {
+                Err(StoreError::NoQuorum { context })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The namespace.
