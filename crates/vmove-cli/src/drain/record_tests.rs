@@ -170,8 +170,8 @@ fn stored_records_are_checked() {
     assert_eq!(back, good);
 
     let bad: Vec<(&str, Box<dyn Fn(&mut DrainRecord)>)> = vec![
-        ("not drain-host1-N", Box::new(|r| r.id = "drain-host2-1".into())),
-        ("not drain-host1-N", Box::new(|r| r.kind = DrainKind::Evacuate)),
+        ("is not drain-host1-N", Box::new(|r| r.id = "drain-host2-1".into())),
+        ("is not evacuate-host1-N", Box::new(|r| r.kind = DrainKind::Evacuate)),
         ("parallel 0", Box::new(|r| r.parallel = 0)),
         ("parallel 65", Box::new(|r| r.parallel = 65)),
         ("does not move guests", Box::new(|r| r.mode = Mode::OfflineForce)),
