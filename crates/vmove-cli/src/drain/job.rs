@@ -101,9 +101,18 @@ async fn cancel_leftovers(ctx: &Ctx, cluster: &Cluster, j: &Journal) -> Result<(
 /// Settles the rows not ended from the inventories: a guest found on exactly one other
 /// host has moved (its last job gives the downtime); a running move whose guest is
 /// nowhere is unknown; a guest still on the host is planned again.
+///
+/// A move's job that the dead runner started but had not recorded yet is found in the
+/// cluster's job list (a migration of the guest out of the host, created after the drain).
 async fn settle_rows(ctx: &Ctx, cluster: &Cluster, j: &Journal, inv: &Inventory, host: &str) -> Result<()> {
     let rec = j.read().await?;
+    let listed = crate::cmd_job::list_jobs(ctx, cluster).await.unwrap_or_default();
     for row in rec.rows.iter().filter(|r| r.state != RowState::Moved) {
+        let jobs: Vec<String> = listed
+            .iter()
+            .filter(|b| b.guest == row.guest && b.source == host && b.created_ms >= rec.created_ms)
+            .map(|b| b.id.clone())
+            .collect();
         let on: Vec<&str> = inv
             .hosts
             .iter()
@@ -112,12 +121,14 @@ async fn settle_rows(ctx: &Ctx, cluster: &Cluster, j: &Journal, inv: &Inventory,
         match on[..] {
             [h] if h == host => {}
             [h] => {
-                let (downtime, job) = match row.jobs.last() {
+                // The newest job of the guest is the one that moved it.
+                let last = jobs.last().or(row.jobs.last());
+                let (downtime, job) = match last {
                     Some(job) => (job_downtime(ctx, cluster, job, row.mode).await, format!(" by job {job}")),
                     None => (None, String::new()),
                 };
                 let note = format!("moved{job} while no runner watched");
-                write(j, |r| r.found_moved(&row.guest, h, downtime, &note)).await?;
+                write(j, |r| r.found_moved(&row.guest, h, &jobs, downtime, &note)).await?;
             }
             [] if row.state == RowState::Running => {
                 let note = format!("its job {} ended with {} on no host that answered: see `vmove job list`", row.jobs.join(" "), row.guest);

@@ -438,11 +438,17 @@ impl DrainRecord {
 
     /// `guest` was found on `to` alone: it moved (while no runner recorded it);
     /// `downtime_ms` from its job, if known.
-    pub fn found_moved(&mut self, guest: &str, to: &str, downtime_ms: Option<u64>, note: &str) -> Result<()> {
+    /// `jobs`: its jobs the runner had not recorded (found in the cluster's job list).
+    pub fn found_moved(&mut self, guest: &str, to: &str, jobs: &[String], downtime_ms: Option<u64>, note: &str) -> Result<()> {
         let all = [RowState::Pending, RowState::Running, RowState::Failed, RowState::Unknown, RowState::Stayed, RowState::NotPlaced];
         let row = self.to_state(guest, RowState::Moved, &all)?;
         row.to = Some(to.to_string());
         row.downtime_ms = downtime_ms.filter(|d| *d <= MAX_DOWNTIME_MS).or(row.downtime_ms);
+        for j in jobs {
+            if !row.jobs.contains(j) && row.jobs.len() < MAX_JOBS_PER_ROW {
+                row.jobs.push(j.clone());
+            }
+        }
         row.note = note.to_string();
         Ok(())
     }

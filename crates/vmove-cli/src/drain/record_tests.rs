@@ -92,7 +92,7 @@ fn finish_needs_every_move_ended_and_an_ended_drain_never_changes() {
     r.validate().unwrap();
     assert!(matches!(r.request_cancel(), Err(DrainError::Ended { state: DrainState::Incomplete, .. })));
     assert!(matches!(r.finish(), Err(DrainError::Ended { .. })));
-    assert!(matches!(r.found_moved("k3", "host2", None, ""), Err(DrainError::Ended { .. })));
+    assert!(matches!(r.found_moved("k3", "host2", &[], None, ""), Err(DrainError::Ended { .. })));
 
     let mut all = DrainRecord::new("drain-host1-2".into(), DrainKind::Drain, "host1", Mode::Live, 5);
     all.set_plan(vec![planned_row("k1", "host1", Some("host2"), Mode::Live, None, "")], 5).unwrap();
@@ -135,7 +135,8 @@ fn a_takeover_settles_moves_and_plans_again_what_is_left() {
     r.move_started("k2", "host3").unwrap();
     r.job_seen("k2", "host3-1").unwrap();
     // The runner died. k1 is found on host2 alone; k2's job rolled back: planned again.
-    r.found_moved("k1", "host2", Some(55), "moved by job host2-1 while no runner watched").unwrap();
+    r.found_moved("k1", "host2", &["host2-1".to_string()], Some(55), "moved by job host2-1 while no runner watched").unwrap();
+    assert_eq!(r.rows[0].jobs, vec!["host2-1"], "a job seen before is not added twice");
     r.set_plan(vec![planned_row("k2", "host1", Some("host2"), Mode::Live, Some(9), "")], 9).unwrap();
     assert_eq!((state(&r, "k1"), r.rows[0].downtime_ms), (RowState::Moved, Some(55)));
     assert_eq!((state(&r, "k2"), r.rows[1].to.as_deref()), (RowState::Pending, Some("host2")));
@@ -294,4 +295,28 @@ async fn a_runner_flock_is_exclusive_and_freed_with_its_holder() {
     // A second drain of the host gets the next number while the first is claimed.
     let (b, _) = store.create(DrainKind::Drain, "host1", true, |id| DrainRecord::new(id, DrainKind::Drain, "host1", Mode::Live, 5)).await.unwrap();
     assert_eq!(b.id, "drain-host1-2");
+}
+
+/// On a real etcd: records under `drains/`, the runner's key attached to its lease, freed
+/// at once when the runner ends (revoked) and refused to a second claimant meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_the_runner_key_follows_its_lease() {
+    use vmove_store::testing::TestEtcd;
+    let etcd = TestEtcd::start().await.unwrap();
+    let s = Arc::new(etcd.store(&TestEtcd::unique_namespace()).await.unwrap());
+    let store = DrainStore::with_leases(s.clone(), s.clone());
+    let (a, g) = store.create(DrainKind::Drain, "host1", true, |id| DrainRecord::new(id, DrainKind::Drain, "host1", Mode::Live, 5)).await.unwrap();
+    assert_eq!(a.id, "drain-host1-1");
+    assert!(store.claim_runner(&a.id).await.unwrap().is_none(), "held by the first runner");
+    assert!(store.runner_alive(&a.id).await.unwrap());
+    store.update(&a.id, |r| r.request_cancel()).await.unwrap();
+    g.unwrap().release().await;
+    assert!(!store.runner_alive(&a.id).await.unwrap(), "revoked with its lease");
+    let taken = store.claim_runner(&a.id).await.unwrap();
+    assert!(taken.is_some(), "taken over");
+    let all = store.list().await.unwrap();
+    assert_eq!((all.len(), all[0].cancel_requested), (1, true));
+    if let Some(g) = taken {
+        g.release().await;
+    }
 }

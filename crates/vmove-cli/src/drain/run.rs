@@ -249,7 +249,7 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec, 
         look = false;
         tokio::select! {
             Some(e) = rx.recv() => {
-                progress.event(&e);
+                // The job goes to the record before anything is said of it.
                 if let Some(j) = journal {
                     let seen = cancel.seen.entry(e.guest.clone()).or_default();
                     if !seen.contains(&e.job) {
@@ -260,6 +260,7 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec, 
                         cancel.jobs.entry(e.guest.clone()).or_insert_with(|| (e.job.clone(), false));
                     }
                 }
+                progress.event(&e);
             }
             Some(done) = tasks.join_next_with_id() => {
                 look = true;
