@@ -351,7 +351,9 @@ fn a_drain_whose_cli_dies_is_run_again_to_the_end() {
 
 /// Starts `vmove --json host drain host1 ARGS`, reads its lines until its first move's job
 /// has started, and returns the child (still running), the drain's id and that job's
-/// guest and id.
+/// guest and id. (The caller waits for the child; a failed assertion here leaves it to
+/// the lab's teardown.)
+#[allow(clippy::zombie_processes)]
 fn drain_until_first_move(lab: &Lab, args: &[&str]) -> (std::process::Child, String, String, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(vmove_bin())

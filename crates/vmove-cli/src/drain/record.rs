@@ -348,7 +348,7 @@ impl DrainRecord {
         self.rows.iter_mut().find(|r| r.guest == guest).ok_or(DrainError::NoRow { id, guest: guest.to_string() })
     }
 
-    fn to_state(&mut self, guest: &str, to: RowState, allowed: &[RowState]) -> Result<&mut DrainRow> {
+    fn transition(&mut self, guest: &str, to: RowState, allowed: &[RowState]) -> Result<&mut DrainRow> {
         self.live()?;
         let id = self.id.clone();
         let row = self.row_mut(guest)?;
@@ -380,7 +380,7 @@ impl DrainRecord {
 
     /// A move of `guest` to `to` starts.
     pub fn move_started(&mut self, guest: &str, to: &str) -> Result<()> {
-        let row = self.to_state(guest, RowState::Running, &[RowState::Pending])?;
+        let row = self.transition(guest, RowState::Running, &[RowState::Pending])?;
         row.to = Some(to.to_string());
         Ok(())
     }
@@ -406,7 +406,7 @@ impl DrainRecord {
     /// `guest`'s move goes back to waiting (a retry on another target, a target at its
     /// limit).
     pub fn move_back(&mut self, guest: &str, to: &str, note: &str) -> Result<()> {
-        let row = self.to_state(guest, RowState::Pending, &[RowState::Running])?;
+        let row = self.transition(guest, RowState::Pending, &[RowState::Running])?;
         row.to = Some(to.to_string());
         row.note = note.to_string();
         Ok(())
@@ -419,7 +419,7 @@ impl DrainRecord {
             RowState::Stayed => &[RowState::Running, RowState::Pending],
             _ => &[RowState::Running],
         };
-        let row = self.to_state(&r.guest, to, from)?;
+        let row = self.transition(&r.guest, to, from)?;
         for j in &r.jobs {
             if !row.jobs.contains(j) && row.jobs.len() < MAX_JOBS_PER_ROW {
                 row.jobs.push(j.clone());
@@ -441,7 +441,7 @@ impl DrainRecord {
     /// `jobs`: its jobs the runner had not recorded (found in the cluster's job list).
     pub fn found_moved(&mut self, guest: &str, to: &str, jobs: &[String], downtime_ms: Option<u64>, note: &str) -> Result<()> {
         let all = [RowState::Pending, RowState::Running, RowState::Failed, RowState::Unknown, RowState::Stayed, RowState::NotPlaced];
-        let row = self.to_state(guest, RowState::Moved, &all)?;
+        let row = self.transition(guest, RowState::Moved, &all)?;
         row.to = Some(to.to_string());
         row.downtime_ms = downtime_ms.filter(|d| *d <= MAX_DOWNTIME_MS).or(row.downtime_ms);
         for j in jobs {
@@ -455,7 +455,7 @@ impl DrainRecord {
 
     /// A running move whose end is not known (no host has the guest alone).
     pub fn lost(&mut self, guest: &str, note: &str) -> Result<()> {
-        let row = self.to_state(guest, RowState::Unknown, &[RowState::Running])?;
+        let row = self.transition(guest, RowState::Unknown, &[RowState::Running])?;
         row.note = note.to_string();
         Ok(())
     }

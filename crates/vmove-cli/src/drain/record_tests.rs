@@ -170,7 +170,8 @@ fn stored_records_are_checked() {
     let back: DrainRecord = vmove_store::decode_record("drains/drain-host1-1", &bytes).unwrap();
     assert_eq!(back, good);
 
-    let bad: Vec<(&str, Box<dyn Fn(&mut DrainRecord)>)> = vec![
+    type Spoil = Box<dyn Fn(&mut DrainRecord)>;
+    let bad: Vec<(&str, Spoil)> = vec![
         ("is not drain-host1-N", Box::new(|r| r.id = "drain-host2-1".into())),
         ("is not evacuate-host1-N", Box::new(|r| r.kind = DrainKind::Evacuate)),
         ("parallel 0", Box::new(|r| r.parallel = 0)),
