@@ -481,3 +481,38 @@ fn a_cancelled_drain_leaves_every_guest_running_once() {
     let e = lab.fails(&["job", "cancel", &id]);
     assert!(e.contains("has ended (cancelled)"), "{e}");
 }
+
+/// `host drain --detach` prints the drain's id and returns at once; the detached runner
+/// runs the drain, and `job watch DRAIN-ID` (the runner alive: no takeover) streams the
+/// table, with the running moves' figures, to the end.
+#[test]
+fn a_detached_drain_is_watched_to_its_end() {
+    let lab = Lab::up("draindetach", 3);
+    let guests = [("d1", "192.0.2.97"), ("d2", "192.0.2.98")];
+    for (g, ip) in guests {
+        create(&lab, g, "host1", ip, false, &["--start"]);
+    }
+    for (g, ip) in guests {
+        lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(180));
+        lab.wait_log(g, "VERIFY OK", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    let started = lab.json(&["host", "drain", "host1", "--detach"]);
+    let id = started["drain"].as_str().expect("the drain's id").to_string();
+    assert_eq!(started["detached"], true, "{started}");
+    let o = lab.vmove(&["--json", "job", "watch", &id]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    let run = lines(&text);
+    assert!(run.iter().all(|l| l.get("takeover").is_none()), "the detached runner runs it: {text}");
+    assert!(run.iter().any(|l| l["state"] == "running" && l["rows"].is_array()), "live table lines: {text}");
+    let fin = find(&run, "final").clone();
+    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(0)), "{fin}");
+    for (g, ip) in guests {
+        let h = lab.cluster_host(g);
+        assert_ne!(h, "host1", "{g}");
+        assert_eq!(lab.qemu_hosts(g), vec![h.clone()], "{g} runs exactly once");
+        lab.tcp_echo(&format!("{ip}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
+    }
+    let e = lab.fails(&["job", "cancel", &id]);
+    assert!(e.contains("has ended (done)"), "{e}");
+}

@@ -170,13 +170,20 @@ pub async fn watch(ctx: &Ctx, cluster: &Cluster, id: &str) -> Result<()> {
             return final_(ctx, &rec);
         }
         if let Some(guard) = store.claim_runner(id).await? {
-            let who = rec.runner.as_ref().map_or("none yet".to_string(), |r| format!("process {} on {}", r.pid, r.machine));
-            if ctx.json {
-                crate::out::json(&serde_json::json!({ "takeover": { "drain": id, "runner": rec.runner, "moved": rec.moved() } }));
-            } else {
-                println!("{id}: its runner ({who}) is gone: this process takes the drain over (moved so far: {})", rec.moved().join(", "));
+            // No runner ever: a detached drain's own process starts it.
+            let takeover = rec.runner.is_some();
+            match (&rec.runner, ctx.json) {
+                (Some(_), true) => crate::out::json(&serde_json::json!({ "takeover": { "drain": id, "runner": rec.runner, "moved": rec.moved() } })),
+                (Some(r), false) => println!(
+                    "{id}: its runner (process {} on {}) is gone: this process takes the drain over (moved so far: {})",
+                    r.pid,
+                    r.machine,
+                    rec.moved().join(", ")
+                ),
+                (None, true) => crate::out::json(&serde_json::json!({ "runs": id })),
+                (None, false) => println!("{id}: this process runs the drain"),
             }
-            let (rec, _) = job::run_claimed(ctx, store.clone(), id, guard, true).await?;
+            let (rec, _) = job::run_claimed(ctx, store.clone(), id, guard, takeover).await?;
             return final_(ctx, &rec);
         }
         let live = live(ctx, cluster, &rec).await;
