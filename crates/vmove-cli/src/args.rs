@@ -185,11 +185,11 @@ pub struct MigrateArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
-    /// Every job on every host.
+    /// Every job on every host, and every drain and evacuation.
     List,
-    /// One job and its steps.
+    /// One job and its steps; a drain's record.
     Show {
-        /// Job id (HOST-N).
+        /// Job id (HOST-N), or a drain's (drain-HOST-N, evacuate-HOST-N).
         id: String,
     },
     /// Draw a live migration's memory transfer as an SVG picture: remaining bytes,
@@ -201,14 +201,16 @@ pub enum JobCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Follow a job's events until it ends.
+    /// Follow a job's events until it ends; a drain's (DRAIN-ID): its table, live, and if
+    /// its runner died, take the drain over and run it to its end.
     Watch {
-        /// Job id.
+        /// Job id, or a drain's (drain-HOST-N, evacuate-HOST-N).
         id: String,
     },
-    /// Cancel a job before its point of no return.
+    /// Cancel a job before its point of no return; a drain: no new move starts, the moves
+    /// not switched over yet are cancelled.
     Cancel {
-        /// Job id.
+        /// Job id, or a drain's.
         id: String,
     },
     /// Bring a failed job's guest back to running in exactly one place.
@@ -347,6 +349,10 @@ pub struct DrainArgs {
     /// live or offline, for running guests (stopped guests always move offline).
     #[arg(long, default_value = "live")]
     pub mode: String,
+    /// Print the drain's id and return; a background process runs the drain
+    /// (`vmove job watch ID` follows it).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub detach: bool,
     /// Test hook: the first attempt of GUEST's move fails STEP on purpose (lab agents
     /// only); repeatable, GUEST=STEP.
     #[arg(long, hide = true, value_name = "GUEST=STEP")]

@@ -1,4 +1,6 @@
 //! `vmove job list|show|plot|watch|cancel|recover`, and following a job as it runs.
+//! Drains and evacuations are jobs too (ids `drain-HOST-N`, `evacuate-HOST-N`): `list`,
+//! `show`, `watch` and `cancel` take them ([`crate::drain::watch`]).
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,8 +21,11 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
         JobCmd::List => {
             let cluster = ctx.cluster().await?;
             let all = list_jobs(ctx, &cluster).await?;
+            let drains = crate::drain::watch::list(ctx, &cluster).await?;
             if ctx.json {
-                crate::out::json(&all);
+                let mut v: Vec<serde_json::Value> = all.iter().map(|j| serde_json::to_value(j).unwrap_or_default()).collect();
+                v.extend(crate::drain::watch::list_json(&drains));
+                crate::out::json(&v);
             } else {
                 let rows: Vec<Vec<String>> = all
                     .iter()
@@ -40,11 +45,19 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
                     })
                     .collect();
                 crate::out::table(&["JOB", "GUEST", "MODE", "HOSTS", "STATUS", "STEP", "KIND"], &rows);
+                if !drains.is_empty() {
+                    println!();
+                    let head = ["DRAIN", "HOST", "STATE", "GUESTS", "MOVED", "RUNNING", "RUNNER"];
+                    crate::out::table(&head, &crate::drain::watch::list_rows(&drains));
+                }
             }
             Ok(())
         }
         JobCmd::Show { id } => {
             let cluster = ctx.cluster().await?;
+            if crate::drain::watch::is_drain_id(&cluster, &id) {
+                return crate::drain::watch::show(ctx, &cluster, &id).await;
+            }
             let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobShow { id }).await?;
             sync_cluster(ctx, &rec).await?;
             if ctx.json {
@@ -89,11 +102,20 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<()> {
             Ok(())
         }
         JobCmd::Watch { id } => {
+            if crate::drain::record::parse_id(&id).is_some() {
+                let cluster = ctx.cluster().await?;
+                if crate::drain::watch::is_drain_id(&cluster, &id) {
+                    return crate::drain::watch::watch(ctx, &cluster, &id).await;
+                }
+            }
             let host = host_of(&id)?.to_string();
             follow(ctx, &host, &id).await
         }
         JobCmd::Cancel { id } => {
             let cluster = ctx.cluster().await?;
+            if crate::drain::watch::is_drain_id(&cluster, &id) {
+                return crate::drain::watch::cancel(ctx, &cluster, &id).await;
+            }
             let rec: JobRecord = ctx.client(&cluster, host_of(&id)?)?.call(&Request::JobCancel { id: id.clone() }).await?;
             if ctx.json {
                 crate::out::json(&serde_json::json!({ "ok": true, "job": rec.id, "cancel_requested": true }));

@@ -13,6 +13,10 @@ pub const OWNERS: &str = "owners/";
 pub const MIGRATIONS: &str = "migrations/";
 /// The prefix of the job index.
 pub const JOBS: &str = "jobs/";
+/// The prefix of drain and evacuation records (`vmove host drain|evacuate`).
+pub const DRAINS: &str = "drains/";
+/// The prefix of the keys naming the process that runs a drain (attached to its lease).
+pub const DRAIN_RUNNERS: &str = "drain-runners/";
 
 /// A guest's definition and placement.
 pub fn guest(name: &str) -> String {
@@ -44,6 +48,16 @@ pub fn job(id: &str) -> String {
     format!("{JOBS}{id}")
 }
 
+/// A drain's record.
+pub fn drain(id: &str) -> String {
+    format!("{DRAINS}{id}")
+}
+
+/// The key of the process that runs a drain.
+pub fn drain_runner(id: &str) -> String {
+    format!("{DRAIN_RUNNERS}{id}")
+}
+
 /// The sub-namespace of a host's own state, relative to the cluster's namespace.
 pub fn host_namespace(host: &str) -> String {
     format!("hosts/{host}/")
@@ -55,10 +69,10 @@ mod tests {
 
     #[test]
     fn keys_follow_the_store_rules() {
-        for k in [guest("vm1"), member("host1"), migration("vm1"), job("host2-3"), CLUSTER_META.to_string()] {
+        for k in [guest("vm1"), member("host1"), migration("vm1"), job("host2-3"), drain("drain-host1-2"), drain_runner("evacuate-host3-1"), CLUSTER_META.to_string()] {
             assert!(vmove_store::key::validate_key(&k).is_ok(), "{k}");
         }
-        for p in [GUESTS, MEMBERS, OWNERS, MIGRATIONS, JOBS, &volume_leases("shared")] {
+        for p in [GUESTS, MEMBERS, OWNERS, MIGRATIONS, JOBS, DRAINS, DRAIN_RUNNERS, &volume_leases("shared")] {
             assert!(vmove_store::key::validate_prefix(p).is_ok(), "{p}");
         }
         assert_eq!(host_namespace("host1"), "hosts/host1/");

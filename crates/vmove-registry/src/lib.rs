@@ -13,6 +13,8 @@
 //! | `leases/<pool>/<volume>` | the same record per volume | the agent | the holder's lease |
 //! | `migrations/<guest>` | [`MigrationClaim`]: the one job migrating the guest | the target agent, when it accepts the job | the target's lease |
 //! | `jobs/<id>` | [`JobIndex`]: every job of the cluster, its status | the target agent, on every change | — |
+//! | `drains/<id>` | a drain or evacuation record (`vmove-cli`'s `drain::record`): plan rows, child jobs, state, cancel flag, runner | the `vmove` process running the drain, `job cancel` | — |
+//! | `drain-runners/<id>` | the process running a drain (pid, machine) | that process; whoever takes the drain over once it is gone | the runner's lease |
 //!
 //! Each agent's own state (guest definitions, runs, jobs and their event logs, migration
 //! records, source claims, journal) lives in a sub-namespace of its own,

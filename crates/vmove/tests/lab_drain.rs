@@ -1,7 +1,8 @@
 //! Issue "Fleet operations": drain a busy host (planned targets, anti-affinity, limits,
 //! a failed move retried elsewhere, a stopped guest moved offline), maintenance refusing
 //! guests and migrations, undrain, and the evacuation of a host whose agent and guests
-//! were killed.
+//! were killed; the drain as a job of its own: taken over by `job watch` after its CLI was
+//! killed, and cancelled with `job cancel`.
 mod common;
 
 use std::collections::BTreeMap;
@@ -264,13 +265,11 @@ fn two_drains_at_once_share_the_targets_within_the_limits() {
         lab.tcp_echo(&format!("192.0.2.{n}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
     }
     // Every job in the cluster, by the agents' own timestamps: never more than 2 into a host.
-    let jobs: Vec<Value> = lab
-        .json(&["job", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| lab.json(&["job", "show", j["id"].as_str().unwrap()]))
-        .collect();
+    let listed = lab.json(&["job", "list"]);
+    let (drains, migrations): (Vec<&Value>, Vec<&Value>) = listed.as_array().unwrap().iter().partition(|j| j.get("drain").is_some());
+    let states: Vec<&Value> = drains.iter().map(|d| &d["drain"]["state"]).collect();
+    assert_eq!(states, vec!["done", "done"], "the two drains are listed: {drains:?}");
+    let jobs: Vec<Value> = migrations.iter().map(|j| lab.json(&["job", "show", j["id"].as_str().unwrap()])).collect();
     assert!(jobs.len() >= 6, "{jobs:?}");
     let (all, out_most, in_most) = overlap(&jobs);
     eprintln!(
@@ -348,4 +347,172 @@ fn a_drain_whose_cli_dies_is_run_again_to_the_end() {
         lab.wait_log(g, "VERIFY OK after the move", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
     }
     assert!(lab.ok(&["host", "drain", "host1", "--dry-run"]).contains("0 to move"), "empty now");
+}
+
+/// Starts `vmove --json host drain host1 ARGS`, reads its lines until its first move's job
+/// has started, and returns the child (still running), the drain's id and that job's
+/// guest and id. (The caller waits for the child; a failed assertion here leaves it to
+/// the lab's teardown.)
+#[allow(clippy::zombie_processes)]
+fn drain_until_first_move(lab: &Lab, args: &[&str]) -> (std::process::Child, String, String, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(vmove_bin())
+        .args(["--json", "host", "drain", "host1"])
+        .args(args)
+        .env("VMOVE_CLUSTER", &lab.cluster)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vmove");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).expect("read") > 0, "the drain ended before a move started: {seen:?}");
+        let v: Value = serde_json::from_str(l.trim()).expect("JSON line");
+        if v.get("job").is_some() && v.get("event").is_some() {
+            let id = seen.iter().find_map(|x: &Value| x.get("maintenance").and(x["drain"].as_str())).expect("the drain's id").to_string();
+            let (guest, job) = (v["guest"].as_str().unwrap().to_string(), v["job"].as_str().unwrap().to_string());
+            // Keep reading so that the drain never blocks on a full pipe.
+            std::thread::spawn(move || for _ in out.lines() {});
+            return (child, id, guest, job);
+        }
+        seen.push(v);
+    }
+}
+
+/// Three busy guests of 256 MiB on host1 of a 3-host lab.
+fn three_busy(lab: &Lab, guests: &[(&str, &str); 3]) {
+    let busy = BUSY_MB_S.to_string();
+    for (g, ip) in guests {
+        create(lab, g, "host1", ip, false, &["--dirty-rate", &busy, "--start"]);
+    }
+    for (g, ip) in guests {
+        lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(180));
+        lab.wait_log(g, "VERIFY OK", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+}
+
+/// The drain is a job of its own: its CLI is killed (SIGKILL) once its first move has
+/// started; `job show` says its runner is gone; `job watch DRAIN-ID` takes it over and runs
+/// it to the end: every guest runs exactly once off host1, VERIFY OK, and the record says
+/// which job moved each guest (the first move's job once: never moved twice).
+#[test]
+fn a_drain_whose_cli_is_killed_is_taken_over_by_job_watch() {
+    let lab = Lab::up("drainwatch", 3);
+    let guests = [("w1", "192.0.2.91"), ("w2", "192.0.2.92"), ("w3", "192.0.2.93")];
+    three_busy(&lab, &guests);
+    let (mut child, id, first, first_job) = drain_until_first_move(&lab, &[]);
+    child.kill().expect("SIGKILL the drain's CLI");
+    child.wait().expect("reap");
+
+    let shown = lab.json(&["job", "show", &id]);
+    assert_eq!((shown["state"].as_str(), shown["runner_alive"].as_bool()), (Some("running"), Some(false)), "{shown}");
+    let o = lab.vmove(&["--json", "job", "watch", &id]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    let run = lines(&text);
+    assert_eq!(find(&run, "takeover")["drain"], id.as_str(), "{text}");
+    let fin = find(&run, "final").clone();
+    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(1)), "{fin}");
+    let rows = fin["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{fin}");
+    for r in rows {
+        assert_eq!(r["state"], "moved", "{fin}");
+    }
+    let row = rows.iter().find(|r| r["guest"] == first.as_str()).unwrap();
+    assert_eq!(row["jobs"][0], first_job.as_str(), "the killed runner's job is the first move's: {row}");
+    eprintln!(
+        "drain killed during {first}'s move ({first_job}); `job watch` took {id} over: {}",
+        rows.iter().map(|r| format!("{} -> {} {}", r["guest"], r["to"], r["jobs"])).collect::<Vec<_>>().join(", ")
+    );
+    for (g, ip) in guests {
+        let h = lab.cluster_host(g);
+        assert_ne!(h, "host1", "{g}");
+        let row = rows.iter().find(|r| r["guest"] == g).unwrap();
+        assert_eq!(row["to"], h.as_str(), "{g}: the record says where it is");
+        assert_eq!(lab.qemu_hosts(g), vec![h.clone()], "{g} runs exactly once, where the file says");
+        lab.tcp_echo(&format!("{ip}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
+        lab.wait_log(g, "VERIFY OK after the move", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    let listed = lab.json(&["job", "list"]);
+    let d = listed.as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).expect("job list lists the drain");
+    assert_eq!(d["drain"]["state"], "done");
+}
+
+/// `job cancel DRAIN-ID` during a drain (one move at a time): no move starts after it, the
+/// move running is cancelled (or finishes if past its switchover); the drain ends
+/// `cancelled`, its rows say who moved and who stayed, and every guest runs exactly once,
+/// where its row says.
+#[test]
+fn a_cancelled_drain_leaves_every_guest_running_once() {
+    let lab = Lab::up("draincancel", 3);
+    let guests = [("c1", "192.0.2.94"), ("c2", "192.0.2.95"), ("c3", "192.0.2.96")];
+    three_busy(&lab, &guests);
+    let (child, id, first, _) = drain_until_first_move(&lab, &["--parallel", "1"]);
+    let c = lab.json(&["job", "cancel", &id]);
+    assert_eq!((c["cancel_requested"].as_bool(), c["runner_alive"].as_bool()), (Some(true), Some(true)), "{c}");
+    let o = child.wait_with_output().expect("wait for the drain");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("cancelled"), "the drain's CLI says it was cancelled: {err}");
+
+    let rec = lab.json(&["job", "show", &id]);
+    assert_eq!(rec["state"], "cancelled", "{rec}");
+    let rows = rec["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{rec}");
+    let mut stayed = 0;
+    for (g, ip) in guests {
+        let row = rows.iter().find(|r| r["guest"] == g).unwrap();
+        let where_ = match row["state"].as_str().unwrap() {
+            "moved" => row["to"].as_str().unwrap().to_string(),
+            "stayed" => {
+                stayed += 1;
+                "host1".to_string()
+            }
+            s => panic!("{g}: {s}: {rec}"),
+        };
+        assert_eq!(lab.cluster_host(g), where_, "{g}: the file agrees with the record");
+        assert_eq!(lab.qemu_hosts(g), vec![where_.clone()], "{g} runs exactly once");
+        lab.tcp_echo(&format!("{ip}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
+        lab.wait_log(g, "VERIFY OK", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    assert!(stayed >= 1, "one move at a time: the guests after {first} never started: {rec}");
+    eprintln!("cancelled during {first}'s move: {}", rows.iter().map(|r| format!("{} {}", r["guest"], r["state"])).collect::<Vec<_>>().join(", "));
+    let e = lab.fails(&["job", "cancel", &id]);
+    assert!(e.contains("has ended (cancelled)"), "{e}");
+}
+
+/// `host drain --detach` prints the drain's id and returns at once; the detached runner
+/// runs the drain, and `job watch DRAIN-ID` (the runner alive: no takeover) streams the
+/// table, with the running moves' figures, to the end.
+#[test]
+fn a_detached_drain_is_watched_to_its_end() {
+    let lab = Lab::up("draindetach", 3);
+    let guests = [("d1", "192.0.2.97"), ("d2", "192.0.2.98")];
+    for (g, ip) in guests {
+        create(&lab, g, "host1", ip, false, &["--start"]);
+    }
+    for (g, ip) in guests {
+        lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(180));
+        lab.wait_log(g, "VERIFY OK", Duration::from_secs(90), |l| l.contains("VERIFY OK"));
+    }
+    let started = lab.json(&["host", "drain", "host1", "--detach"]);
+    let id = started["drain"].as_str().expect("the drain's id").to_string();
+    assert_eq!(started["detached"], true, "{started}");
+    let o = lab.vmove(&["--json", "job", "watch", &id]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    let run = lines(&text);
+    assert!(run.iter().all(|l| l.get("takeover").is_none()), "the detached runner runs it: {text}");
+    assert!(run.iter().any(|l| l["state"] == "running" && l["rows"].is_array()), "live table lines: {text}");
+    let fin = find(&run, "final").clone();
+    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(0)), "{fin}");
+    for (g, ip) in guests {
+        let h = lab.cluster_host(g);
+        assert_ne!(h, "host1", "{g}");
+        assert_eq!(lab.qemu_hosts(g), vec![h.clone()], "{g} runs exactly once");
+        lab.tcp_echo(&format!("{ip}:7")).unwrap_or_else(|e| panic!("{g} answers: {e}"));
+    }
+    let e = lab.fails(&["job", "cancel", &id]);
+    assert!(e.contains("has ended (done)"), "{e}");
 }

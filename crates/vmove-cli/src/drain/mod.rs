@@ -7,10 +7,15 @@
 //!   followed side by side, one retry on another target); [`one_move`]: one attempt.
 //! - [`report`]: the plan, progress lines and the final table; [`dead`]: whether a host
 //!   is dead ([`dead::host_is_dead`]).
+//! - The drain as a job of its own: [`record`] (the drain record and its state machine),
+//!   [`store`] (where records are kept, the runner's claim), [`journal`] (the runner's
+//!   writes), [`job`] (running a record, first or after a takeover), [`watch`] (`job
+//!   watch|show|cancel|list` of drains).
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use vmove_api::{GuestState, MaintenanceState, Request};
 use vmove_model::{parse_duration_ms, Cluster};
 use vmove_plan::{DrainPlan, Limits, Mode, MoveRequest, Step};
@@ -20,11 +25,22 @@ use crate::ctx::Ctx;
 
 pub mod dead;
 pub mod gather;
+pub mod job;
+pub mod journal;
 pub mod one_move;
+pub mod record;
+mod record_check;
+#[cfg(test)]
+mod record_tests;
 pub mod report;
 pub mod run;
+pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod watch;
+
+use record::{DrainKind, DrainRecord};
+use store::DrainStore;
 
 use gather::Inventory;
 
@@ -72,7 +88,9 @@ fn say(ctx: &Ctx, text: &str, json: serde_json::Value) {
     }
 }
 
-/// `vmove host drain`.
+/// `vmove host drain`: a drain record (docs/drain.md "The drain as a job"), run by this
+/// process (or a detached one with `--detach`); a running drain of the host whose runner
+/// died is taken over instead.
 pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
     let cluster = ctx.cluster().await?;
     let host = a.host.as_str();
@@ -82,22 +100,49 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
         bail!("--mode: a drain moves guests live or offline; offline-force is `vmove host evacuate`");
     }
     let limits = limits(a.parallel)?;
-    let inject_fault = faults(&a.inject_fault)?;
-    if !a.dry_run {
-        let st: MaintenanceState = ctx
-            .client(&cluster, host)?
-            .call(&Request::HostDrain)
-            .await
-            .with_context(|| format!("cannot put {host} in maintenance (a dead host is evacuated: `vmove host evacuate {host}`)"))?;
-        say(ctx, &format!("{host} is in maintenance: no new guests, no migrations in"), serde_json::json!({ "maintenance": st }));
+    faults(&a.inject_fault)?;
+    if a.dry_run {
+        return dry_run(ctx, cluster, host, wanted, limits).await;
     }
-    let mut cluster = if a.dry_run {
-        cluster
-    } else {
-        wait_for_moves(ctx, &cluster, host).await?;
-        // Guests that arrived meanwhile are in the file now (another drain moved them).
-        ctx.cluster().await?
+    let store = Arc::new(DrainStore::open(ctx, &cluster).await?);
+    if let Some(r) = take_over_running(ctx, &store, DrainKind::Drain, host).await? {
+        return r;
+    }
+    let parallel = u32::try_from(a.parallel)?;
+    let (rec, guard) = store
+        .create(DrainKind::Drain, host, !a.detach, |id| {
+            let mut r = DrainRecord::new(id, DrainKind::Drain, host, wanted, parallel);
+            r.inject_fault = a.inject_fault.clone();
+            r
+        })
+        .await?;
+    let Some(guard) = guard else { return job::detach(ctx, &store, &rec) };
+    let (rec, rep) = job::run_claimed(ctx, store, &rec.id, guard, false).await?;
+    job::finish_cli(ctx, &rec, rep.as_ref())
+}
+
+/// One drain (evacuation) of a host at a time: a running one whose runner lives is
+/// refused (watch it); one whose runner died is taken over by this process.
+async fn take_over_running(ctx: &Ctx, store: &Arc<DrainStore>, kind: DrainKind, host: &str) -> Result<Option<Result<()>>> {
+    let Some(old) = store.list().await?.into_iter().find(|r| r.kind == kind && r.host == host && !r.state.ended()) else {
+        return Ok(None);
     };
+    let Some(guard) = store.claim_runner(&old.id).await? else {
+        let who = old.runner.as_ref().map_or("another process".to_string(), |r| format!("process {} on {}", r.pid, r.machine));
+        bail!("{} of {host} is running ({who}): `vmove job watch {}`, or `vmove job cancel {}`", old.id, old.id, old.id);
+    };
+    say(
+        ctx,
+        &format!("{} of {host} was left by its runner: this process takes it over", old.id),
+        serde_json::json!({ "takeover": { "drain": old.id, "runner": old.runner } }),
+    );
+    let (rec, rep) = job::run_claimed(ctx, store.clone(), &old.id, guard, true).await?;
+    Ok(Some(job::finish_cli(ctx, &rec, rep.as_ref())))
+}
+
+/// `host drain --dry-run`: the plan and its prediction; nothing changes.
+async fn dry_run(ctx: &Ctx, cluster: Cluster, host: &str, wanted: Mode, limits: Limits) -> Result<()> {
+    let mut cluster = cluster;
     let inv = Inventory::gather(ctx, &cluster).await?;
     let Some(info) = inv.info(host) else {
         bail!(
@@ -105,28 +150,13 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             inv.unreachable(host).unwrap_or("no answer")
         );
     };
-    reconcile(ctx, &mut cluster, &inv, host, !a.dry_run).await?;
+    reconcile(ctx, &mut cluster, &inv, host, false).await?;
     let was_running: HashSet<String> = info.guests.iter().filter(|g| g.state == GuestState::Running).map(|g| g.spec.name.clone()).collect();
     let mut reqs = gather::drain_requests(&cluster, host, info, wanted);
     gather::measure_dirty_rates(ctx, &cluster, &mut reqs).await;
     gather::predict(&cluster, &mut reqs, &was_running);
     let plan = plan(&cluster, &inv, host, &reqs, limits)?;
     report::plan(ctx.json, "drain", host, &plan);
-    if a.dry_run {
-        return Ok(());
-    }
-    let spec = run::RunSpec { kind: "drain", host: host.to_string(), dirty: dirty_rates(&reqs), was_running, inject_fault };
-    let rep = run::run(ctx, &cluster, &plan, spec).await;
-    report::table(ctx.json, &rep);
-    let not = rep.not_moved();
-    if !not.is_empty() {
-        bail!(
-            "drain of {host} incomplete: {} of {} guests not moved ({}); {host} stays in maintenance",
-            not.len(),
-            rep.rows.len(),
-            not.join(", ")
-        );
-    }
     Ok(())
 }
 
@@ -164,11 +194,13 @@ async fn wait_for_moves(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> 
 /// other agent does: moved already (by an earlier drain whose CLI died before it updated the
 /// file, by an operator). The file follows the agents (`save`: not on a dry run) and the
 /// drain says which guests they are; they are not moved again.
+///
+/// A host that does not answer (an evacuation's) reports no guest.
 async fn reconcile(ctx: &Ctx, cluster: &mut Cluster, inv: &Inventory, host: &str, save: bool) -> Result<()> {
-    let Some(info) = inv.info(host) else { return Ok(()) };
+    let on_host: Vec<&str> = inv.info(host).map(|i| i.guests.iter().map(|g| g.spec.name.as_str()).collect()).unwrap_or_default();
     let mut moved: Vec<(String, String)> = Vec::new();
     for g in cluster.guests.iter().filter(|g| g.host == host) {
-        if info.guests.iter().any(|x| x.spec.name == g.name) {
+        if on_host.contains(&g.name.as_str()) {
             continue;
         }
         let now: Vec<&str> = inv
@@ -226,7 +258,8 @@ pub async fn undrain(ctx: &Ctx, host: &str) -> Result<()> {
     Ok(())
 }
 
-/// `vmove host evacuate`.
+/// `vmove host evacuate`: once the host is known dead, an evacuation record run by this
+/// process; a running evacuation of the host whose runner died is taken over instead.
 pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
     let cluster = ctx.cluster().await?;
     let host = a.host.as_str();
@@ -235,39 +268,39 @@ pub async fn evacuate(ctx: &Ctx, a: EvacuateArgs) -> Result<()> {
     if grace_ms > MAX_GRACE_MS {
         bail!("--grace {} is longer than an hour", a.grace);
     }
-    let base = limits(a.parallel)?;
-    // A dead source does no work: only the cluster's and the targets' limits count.
-    let limits = Limits { max_out_per_host: base.max_concurrent, ..base };
-    if !a.dry_run {
-        let grace = if a.force { Duration::ZERO } else { Duration::from_millis(grace_ms) };
-        if !a.force && !ctx.json {
-            println!("making sure {host} is dead (up to {}s)...", grace.as_secs());
-        }
-        match dead::host_is_dead(&cluster, host, grace).await {
-            dead::Verdict::Alive(why) => bail!("{host} is not dead: {why}"),
-            dead::Verdict::Unsure(why) if !a.force => {
-                bail!("not sure {host} is dead: {why}; make sure its guests are down (power it off), then use --force")
-            }
-            dead::Verdict::Unsure(why) => {
-                say(ctx, &format!("{host} taken for dead on the operator's word (--force); seen: {why}"), serde_json::json!({ "forced": why }))
-            }
-            dead::Verdict::Dead(why) => say(ctx, &format!("{host} is dead: {why}"), serde_json::json!({ "dead": why })),
-        }
-    }
-    let inv = Inventory::gather(ctx, &cluster).await?;
-    let mut reqs = MoveRequest::for_host(&cluster, host, Mode::OfflineForce);
-    gather::predict(&cluster, &mut reqs, &HashSet::new());
-    let plan = plan(&cluster, &inv, host, &reqs, limits)?;
-    report::plan(ctx.json, "evacuate", host, &plan);
+    let limits = job::evacuation_limits(a.parallel)?;
     if a.dry_run {
+        let inv = Inventory::gather(ctx, &cluster).await?;
+        let mut reqs = MoveRequest::for_host(&cluster, host, Mode::OfflineForce);
+        gather::predict(&cluster, &mut reqs, &HashSet::new());
+        let plan = plan(&cluster, &inv, host, &reqs, limits)?;
+        report::plan(ctx.json, "evacuate", host, &plan);
         return Ok(());
     }
-    let spec = run::RunSpec { kind: "evacuate", host: host.to_string(), dirty: HashMap::new(), was_running: HashSet::new(), inject_fault: vec![] };
-    let rep = run::run(ctx, &cluster, &plan, spec).await;
-    report::table(ctx.json, &rep);
-    let not = rep.not_moved();
-    if !not.is_empty() {
-        bail!("evacuation of {host} incomplete: {} of {} guests not moved ({})", not.len(), rep.rows.len(), not.join(", "));
+    let store = Arc::new(DrainStore::open(ctx, &cluster).await?);
+    if let Some(r) = take_over_running(ctx, &store, DrainKind::Evacuate, host).await? {
+        return r;
     }
-    Ok(())
+    let grace = if a.force { Duration::ZERO } else { Duration::from_millis(grace_ms) };
+    if !a.force && !ctx.json {
+        println!("making sure {host} is dead (up to {}s)...", grace.as_secs());
+    }
+    match dead::host_is_dead(&cluster, host, grace).await {
+        dead::Verdict::Alive(why) => bail!("{host} is not dead: {why}"),
+        dead::Verdict::Unsure(why) if !a.force => {
+            bail!("not sure {host} is dead: {why}; make sure its guests are down (power it off), then use --force")
+        }
+        dead::Verdict::Unsure(why) => {
+            say(ctx, &format!("{host} taken for dead on the operator's word (--force); seen: {why}"), serde_json::json!({ "forced": why }))
+        }
+        dead::Verdict::Dead(why) => say(ctx, &format!("{host} is dead: {why}"), serde_json::json!({ "dead": why })),
+    }
+    let parallel = u32::try_from(a.parallel)?;
+    let (rec, guard) = store
+        .create(DrainKind::Evacuate, host, true, |id| DrainRecord::new(id, DrainKind::Evacuate, host, Mode::OfflineForce, parallel))
+        .await?;
+    let guard = guard.ok_or_else(|| anyhow!("evacuation {}: no runner claim", rec.id))?;
+    say(ctx, &format!("evacuation {}", rec.id), serde_json::json!({ "drain": rec.id }));
+    let (rec, rep) = job::run_claimed(ctx, store, &rec.id, guard, false).await?;
+    job::finish_cli(ctx, &rec, rep.as_ref())
 }

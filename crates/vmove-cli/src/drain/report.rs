@@ -22,6 +22,8 @@ pub enum Outcome {
     NotPlaced,
     /// Where the guest is is not known for sure: see the note.
     Unknown,
+    /// The drain was cancelled before this guest moved: it stays where it was.
+    Cancelled,
 }
 
 impl Outcome {
@@ -32,6 +34,7 @@ impl Outcome {
             Outcome::Failed => "FAILED",
             Outcome::NotPlaced => "NOT PLACED",
             Outcome::Unknown => "UNKNOWN",
+            Outcome::Cancelled => "stayed (cancelled)",
         }
     }
 }

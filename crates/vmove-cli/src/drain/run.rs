@@ -2,16 +2,24 @@
 //! [`vmove_plan::startable`] under the limits (counting every migration running in the
 //! cluster, other drains' included), follows them side by side, retries a move that failed
 //! once on another target ([`vmove_plan::replan_one`]), and makes the final table.
+//!
+//! With a [`Journal`] (a drain record), every start, child job, retry and end is written
+//! to the record before the runner goes on (a failed write stops the runner), and the
+//! record's cancel flag is read every tick: once it is set no move starts, the moves
+//! waiting stay where they are, and the running ones' jobs are cancelled (those past their
+//! switchover finish).
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use vmove_model::Cluster;
 use vmove_plan::{startable, DrainPlan, Limits, Mode, MoveRequest, PlannedMove, Step};
 
 use super::gather::{as_planned, Inventory};
+use super::journal::{cancel_jobs, Journal};
 use super::one_move::{attempt, Attempt, AttemptSpec, MoveEvent};
 use super::report::{offline_downtime_ms, summary, Outcome, Progress, Report, Row};
 use crate::ctx::Ctx;
@@ -149,10 +157,53 @@ impl Book {
     }
 }
 
-/// Runs the plan's moves to their ends; returns the report.
-pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec) -> Report {
+/// What the record is told after a move's attempt ended.
+enum Note {
+    /// The move ended: its row.
+    Ended(Row),
+    /// The move waits again (retry, target at its limit): guest, target, why.
+    Back(String, String, String),
+}
+
+/// Writes a note to the record.
+async fn note(journal: Option<&Journal>, n: Note) -> Result<()> {
+    let Some(j) = journal else { return Ok(()) };
+    match n {
+        Note::Ended(row) => j.write(|r| r.move_ended(&row)).await,
+        Note::Back(g, to, why) => j.write(|r| r.move_back(&g, &to, &why)).await,
+    }
+}
+
+/// Cancel state of a run with a journal.
+#[derive(Default)]
+struct Cancel {
+    asked: bool,
+    /// The current attempt's move job of each running move, and whether it was asked to
+    /// cancel.
+    jobs: HashMap<String, (String, bool)>,
+    /// The jobs of each running attempt seen so far (written to the record).
+    seen: HashMap<String, Vec<String>>,
+}
+
+impl Cancel {
+    /// The jobs to cancel now (marked as asked).
+    fn due(&mut self) -> Vec<String> {
+        if !self.asked {
+            return vec![];
+        }
+        self.jobs.values_mut().filter(|(_, asked)| !*asked).map(|(j, asked)| {
+            *asked = true;
+            j.clone()
+        }).collect()
+    }
+}
+
+/// Runs the plan's moves to their ends; returns the report. Fails only when the journal
+/// cannot be written (the moves that run go on on their agents).
+pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec, journal: Option<&Journal>) -> Result<Report> {
     let shared = Arc::new((Ctx::new(ctx.cluster_path.clone(), ctx.json), cluster.clone()));
     let mut book = Book::new(plan);
+    let mut cancel = Cancel::default();
     let mut tasks: JoinSet<(String, Attempt)> = JoinSet::new();
     let mut task_guest: HashMap<tokio::task::Id, String> = HashMap::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<MoveEvent>();
@@ -160,11 +211,26 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec) 
     let mut tick = tokio::time::interval(TICK);
     let mut look = true;
     while !book.done() {
+        if look && !cancel.asked {
+            if let Some(j) = journal {
+                if j.read().await?.cancel_requested {
+                    cancel.asked = true;
+                    progress.say("-", "cancel asked: no new move starts; running moves are cancelled", serde_json::json!({ "cancelling": j.id }));
+                    for p in std::mem::take(&mut book.pending) {
+                        let mut row = book.finish(p, Outcome::Cancelled, "cancelled before it started".into()).clone();
+                        row.attempts = 0;
+                        note(journal, Note::Ended(row)).await?;
+                    }
+                }
+            }
+        }
         if look && !book.pending.is_empty() {
-            look = false;
             let others: Vec<PlannedMove> = Inventory::running_jobs(ctx, cluster).await.iter().map(as_planned).collect();
             for p in book.start(&others) {
                 let m = &p.planned;
+                if let Some(j) = journal {
+                    j.write(|r| r.move_started(&m.guest, &m.to)).await?;
+                }
                 let fault = spec.inject_fault.iter().find(|(g, _)| p.attempt == 0 && *g == m.guest).map(|(_, s)| *s);
                 let what = format!("{} -> {} ({}){}", m.from, m.to, m.mode.as_str().to_lowercase(), if p.attempt > 0 { ", retry" } else { "" });
                 progress.say(&m.guest, &format!("start {what}"), serde_json::json!({ "start": m, "attempt": p.attempt }));
@@ -180,25 +246,54 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec) 
                 task_guest.insert(h.id(), m.guest.clone());
             }
         }
+        look = false;
         tokio::select! {
-            Some(e) = rx.recv() => progress.event(&e),
+            Some(e) = rx.recv() => {
+                // The job goes to the record before anything is said of it.
+                if let Some(j) = journal {
+                    let seen = cancel.seen.entry(e.guest.clone()).or_default();
+                    if !seen.contains(&e.job) {
+                        j.write(|r| r.job_seen(&e.guest, &e.job)).await?;
+                        seen.push(e.job.clone());
+                        // The attempt's first job is the move; a later one is its recovery,
+                        // which is never cancelled.
+                        cancel.jobs.entry(e.guest.clone()).or_insert_with(|| (e.job.clone(), false));
+                    }
+                }
+                progress.event(&e);
+            }
             Some(done) = tasks.join_next_with_id() => {
                 look = true;
                 book.held.clear();
-                match done {
+                let n = match done {
                     Ok((id, (guest, a))) => {
                         task_guest.remove(&id);
-                        ended(ctx, cluster, &spec, &mut book, &progress, &guest, a).await;
+                        cancel.jobs.remove(&guest);
+                        cancel.seen.remove(&guest);
+                        ended(ctx, cluster, &spec, &mut book, &progress, &guest, a, cancel.asked).await
                     }
                     Err(e) => {
                         let guest = task_guest.remove(&e.id()).unwrap_or_default();
-                        lost(&mut book, &guest, &e.to_string());
+                        lost(&mut book, &guest, &e.to_string())
                     }
+                };
+                if let Some(n) = n {
+                    note(journal, n).await?;
                 }
             }
             _ = tick.tick() => {
                 look = true;
                 book.held.clear();
+            }
+        }
+        let due = cancel.due();
+        if !due.is_empty() {
+            for (job, r) in cancel_jobs(ctx, cluster, &due).await {
+                let what = match r {
+                    Ok(()) => format!("cancel of {job} asked"),
+                    Err(e) => format!("cancel of {job}: {e}"),
+                };
+                progress.say("-", &what, serde_json::json!({ "cancel": job, "answer": what }));
             }
         }
     }
@@ -207,31 +302,42 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, plan: &DrainPlan, spec: RunSpec) 
     }
     let order: Vec<&str> = plan.moves.iter().map(|m| m.planned.guest.as_str()).chain(plan.unplaced.iter().map(|u| u.guest.as_str())).collect();
     book.rows.sort_by_key(|r| order.iter().position(|g| *g == r.guest));
-    Report {
+    Ok(Report {
         kind: spec.kind,
         host: spec.host.clone(),
         rows: book.rows,
         predicted_total_s: plan.predicted_total_s,
         actual_total_ms: u64::try_from(progress.elapsed().as_millis()).unwrap_or(u64::MAX),
         max_running: book.max_running,
-    }
+    })
 }
 
 /// A move's task panicked (a bug): its move is reported unknown.
-fn lost(book: &mut Book, guest: &str, why: &str) {
-    if let Some(p) = book.running.remove(guest) {
-        book.finish(p, Outcome::Unknown, format!("the runner lost this move ({why}): see `vmove job list`"));
-    }
+fn lost(book: &mut Book, guest: &str, why: &str) -> Option<Note> {
+    let p = book.running.remove(guest)?;
+    Some(Note::Ended(book.finish(p, Outcome::Unknown, format!("the runner lost this move ({why}): see `vmove job list`")).clone()))
 }
 
-/// One attempt ended: a row, a retry, or back to pending.
-async fn ended(ctx: &Ctx, cluster: &Cluster, spec: &RunSpec, book: &mut Book, progress: &Progress, guest: &str, a: Attempt) {
-    let Some(mut p) = book.running.remove(guest) else { return };
+/// One attempt ended: a row, a retry, or back to pending (what the record is told).
+/// After a cancel, a move that did not happen ends `cancelled` (no retry).
+#[allow(clippy::too_many_arguments)]
+async fn ended(ctx: &Ctx, cluster: &Cluster, spec: &RunSpec, book: &mut Book, progress: &Progress, guest: &str, a: Attempt, cancelled: bool) -> Option<Note> {
+    let mut p = book.running.remove(guest)?;
     match a {
+        Attempt::Deferred | Attempt::NotMoved { .. } if cancelled => {
+            if let Attempt::NotMoved { job, why } = a {
+                p.jobs.extend(job);
+                progress.say(guest, &format!("stays on {}: {why}", p.planned.from), serde_json::json!({ "stayed": guest, "why": why }));
+                return Some(Note::Ended(book.finish(p, Outcome::Cancelled, format!("cancelled: {why}")).clone()));
+            }
+            Some(Note::Ended(book.finish(p, Outcome::Cancelled, "cancelled before it started".into()).clone()))
+        }
         Attempt::Deferred => {
             progress.say(guest, &format!("{} is at its limit of moves in: later", p.planned.to), serde_json::json!({ "deferred": guest }));
             book.held.insert(guest.to_string());
+            let n = Note::Back(guest.to_string(), p.planned.to.clone(), String::new());
             book.pending.insert(0, p);
+            Some(n)
         }
         Attempt::Moved { job, recovery } => {
             p.jobs.push(job.id.clone());
@@ -260,7 +366,9 @@ async fn ended(ctx: &Ctx, cluster: &Cluster, spec: &RunSpec, book: &mut Book, pr
             row.ended_ms = last.ended_ms;
             row.downtime_ms = downtime_ms;
             let to = row.to.clone().unwrap_or_default();
+            let n = Note::Ended(row.clone());
             progress.say(guest, &format!("moved to {to}"), serde_json::json!({ "moved": guest, "to": to }));
+            Some(n)
         }
         Attempt::NotMoved { job, why } => {
             p.jobs.extend(job);
@@ -268,27 +376,26 @@ async fn ended(ctx: &Ctx, cluster: &Cluster, spec: &RunSpec, book: &mut Book, pr
             progress.say(guest, &format!("move to {failed_on} failed: {why}"), serde_json::json!({ "failed": guest, "to": failed_on, "why": why }));
             if p.attempt > 0 {
                 let note = format!("{}; retry on {failed_on}: {why}", p.earlier.clone().unwrap_or_default());
-                book.finish(p, Outcome::Failed, note);
-                return;
+                return Some(Note::Ended(book.finish(p, Outcome::Failed, note).clone()));
             }
             let earlier = format!("{failed_on}: {why}");
             match replan(ctx, cluster, spec, book, &p.planned, &failed_on).await {
                 Ok(next) => {
                     progress.say(guest, &format!("retry on {}", next.to), serde_json::json!({ "retry": guest, "to": next.to }));
+                    let n = Note::Back(guest.to_string(), next.to.clone(), format!("retry: {earlier}"));
                     p.planned = next;
                     p.attempt = 1;
                     p.earlier = Some(earlier);
                     book.pending.insert(0, p);
+                    Some(n)
                 }
-                Err(no) => {
-                    book.finish(p, Outcome::Failed, format!("{earlier}; no other target: {no}"));
-                }
+                Err(no) => Some(Note::Ended(book.finish(p, Outcome::Failed, format!("{earlier}; no other target: {no}")).clone())),
             }
         }
         Attempt::Unknown { job, why } => {
             p.jobs.extend(job);
             progress.say(guest, &format!("UNKNOWN: {why}"), serde_json::json!({ "unknown": guest, "why": why }));
-            book.finish(p, Outcome::Unknown, why);
+            Some(Note::Ended(book.finish(p, Outcome::Unknown, why).clone()))
         }
     }
 }
