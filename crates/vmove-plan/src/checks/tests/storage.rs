@@ -18,6 +18,7 @@ fn with_local_disk(mode: Mode) -> Fx {
         size_bytes: 256 * MIB,
         allocated_bytes: 3 * MIB,
     });
+    fx.src.qemu.qmp_commands = Some(vec!["block-job-change".into()]);
     fx
 }
 
@@ -204,5 +205,45 @@ mod qemu_capabilities_with_disks {
         let mut fx = Fx::new(Mode::Live);
         fx.tgt.qemu.migration_capabilities.retain(|c| c != "pause-before-switchover");
         assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_source_qemu_switches_mirrors_to_write_blocking_or_starts_them_so() {
+        let mut fx = with_local_disk(Mode::Live);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(
+            r.reason.ends_with("; block-job-change on host1 (mirrors switch to write-blocking when the guest writes faster than the copy)"),
+            "{}",
+            r.reason
+        );
+        // A source QEMU before 8.2: the documented fallback, a warning.
+        fx.src.qemu.qmp_commands = Some(vec![]);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Warn);
+        assert!(
+            r.reason.ends_with(
+                "; host1's QEMU 8.2.2 lacks block-job-change (QEMU 8.2+): the mirrors of the local volumes run \
+                 write-blocking from the start, so every guest write waits for the target until the switchover"
+            ),
+            "{}",
+            r.reason
+        );
+        // An agent that did not say: a warning naming what may fail.
+        fx.src.qemu.qmp_commands = None;
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Warn);
+        assert!(r.reason.contains("not evaluated: host1 did not report its QEMU's commands"), "{}", r.reason);
+        // Only the source's QEMU mirrors; the target's commands do not matter, and a missing
+        // required capability still fails.
+        fx.src.qemu.qmp_commands = Some(vec![]);
+        fx.tgt.qemu.migration_capabilities.retain(|c| c != "events");
+        assert_eq!(fx.check(ID).verdict, Verdict::Fail);
+        // Without local volumes nothing is said about mirrors.
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.qemu.qmp_commands = Some(vec![]);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(!r.reason.contains("block-job-change"), "{}", r.reason);
     }
 }
