@@ -181,6 +181,11 @@ fn a_disk_written_faster_than_the_copy_gets_write_blocking_mirrors_and_the_sourc
     boot_local_with(&lab, "vm1", "192.0.2.64", "64M", &["--memory", "256M"]);
     lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
     let before = last_disk_ok(&lab.log("vm1")).unwrap();
+    // The agent learned its QEMU's block-job-change at start: the precheck says so.
+    let f = lab.json(&["migrate", "vm1", "--to", "host2", "--ignore-check", "predicted-convergence", "--precheck"]);
+    let caps = f["findings"].as_array().unwrap().iter().find(|x| x["id"] == "qemu-capabilities").unwrap().clone();
+    assert_eq!(caps["verdict"], "pass", "{caps}");
+    assert!(caps["reason"].as_str().unwrap().contains("; block-job-change on host1 (mirrors switch to write-blocking"), "{caps}");
     // Held before the copy, so that the prechecks measure the link uncapped.
     let id = lab
         .ok(&[
