@@ -202,8 +202,8 @@ impl Api {
             Request::PeerLocalVolumes { name } => ok(src::local_volumes(agent, &name)?),
             Request::PeerMirrorStart { name, disks, nbd, tls_hostname, live, bandwidth_bytes_per_s, job } => {
                 claim(jobs, &name, &job.unwrap_or_else(|| format!("a copy to {nbd}"))).await?;
-                src::mirror_start(agent, &name, &disks, &nbd, tls_hostname, live, bandwidth_bytes_per_s).await?;
-                ok(json!({ "mirroring": name }))
+                let write_blocking = src::mirror_start(agent, &name, &disks, &nbd, tls_hostname, live, bandwidth_bytes_per_s).await?;
+                ok(vmove_api::MirrorStarted { mirroring: name, write_blocking })
             }
             Request::PeerMirrorQuery { name } => ok(src::mirror_query(agent, &name).await?),
             Request::PeerMirrorWriteBlocking { name } => {

@@ -36,7 +36,7 @@ pub use client::{one_line, AgentClient, ClientError};
 pub use operator::{operator_clients, OperatorError};
 pub use outage::Outage;
 pub use job::*;
-pub use storage::{LocalVolume, MirrorJob, MirrorReport, VolumeRef};
+pub use storage::{LocalVolume, MirrorJob, MirrorReport, MirrorStarted, VolumeRef};
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
 pub use wire::*;
 

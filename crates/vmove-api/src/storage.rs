@@ -47,6 +47,17 @@ pub struct MirrorJob {
     pub error: Option<String>,
 }
 
+/// The source's answer to `peer_mirror_start`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorStarted {
+    /// The guest.
+    pub mirroring: String,
+    /// The mirrors run write-blocking from the start: the source's QEMU cannot switch them
+    /// later (no `block-job-change`, QEMU before 8.2). Absent from older agents: `false`.
+    #[serde(default)]
+    pub write_blocking: bool,
+}
+
 /// Every mirror job of a guest's copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorReport {

@@ -2,14 +2,15 @@
 //!
 //! The agent runs its QEMU binary with `-machine none` (no guest, no accelerator work) and
 //! asks it over QMP: `query-version`, `query-migrate-capabilities`,
-//! `query-migrate-parameters`. Migrations then decide by these features (a capability that
+//! `query-migrate-parameters`, `query-commands` (only those of `QMP_COMMANDS` are kept).
+//! Migrations then decide by these features (a capability that
 //! the chosen migration needs and one side lacks fails a precheck), never by the version
 //! number, except for the floor below which vmove does not run at all.
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use vmove_model::inventory::QemuFeatures;
+use vmove_model::inventory::{QemuFeatures, QMP_COMMANDS};
 use vmove_qmp::{MigrationCapability, MigrationCapabilityStatus, Qmp, QmpError, VersionInfo};
 
 /// Why the host's QEMU could not be probed, or is not good enough.
@@ -89,6 +90,8 @@ pub async fn probe(bin: &str, scratch: &Path) -> Result<QemuFeatures, ProbeError
         let caps = q.query_migrate_capabilities().await.map_err(qmp("query-migrate-capabilities"))?;
         let params = q.execute("query-migrate-parameters", None).await.map_err(qmp("query-migrate-parameters"))?;
         let mut f = features_from(&version, &caps, &params);
+        let cmds = q.execute("query-commands", None).await.map_err(qmp("query-commands"))?;
+        f.qmp_commands = Some(commands_from(&cmds));
         if f.has_capability("postcopy-ram") && f.has_capability("multifd") {
             let both = [(MigrationCapability::PostcopyRam, true), (MigrationCapability::Multifd, true)];
             f.postcopy_with_multifd = q.refused_capabilities(&both).await.map_err(qmp("migrate-set-capabilities"))?.is_none();
@@ -135,7 +138,23 @@ pub fn features_from(version: &VersionInfo, caps: &[MigrationCapabilityStatus], 
         migration_capabilities,
         migration_parameters,
         postcopy_with_multifd: false,
+        qmp_commands: None,
     }
+}
+
+/// The commands of [`QMP_COMMANDS`] in a `query-commands` reply, sorted (pure).
+pub fn commands_from(reply: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = reply
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|n| QMP_COMMANDS.contains(n))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Refuses a QEMU older than [`MIN_QEMU`], with the reason in one line.

@@ -86,3 +86,15 @@ async fn probe_of_a_missing_binary_fails_clearly() {
     let e = probe("/nonexistent/qemu", dir.path()).await.expect_err("no binary");
     assert!(format!("{e:#}").contains("start /nonexistent/qemu"), "{e:#}");
 }
+
+#[test]
+fn commands_kept_are_those_vmove_may_do_without() {
+    // QEMU 10.0 has block-job-change (since 8.2); 7.2 does not.
+    let q10 = serde_json::json!([{"name": "blockdev-mirror"}, {"name": "block-job-change"}, {"name": "query-commands"}]);
+    assert_eq!(commands_from(&q10), vec!["block-job-change".to_string()]);
+    let q72 = serde_json::json!([{"name": "blockdev-mirror"}, {"name": "query-commands"}]);
+    let f = QemuFeatures { qmp_commands: Some(commands_from(&q72)), ..qemu72() };
+    assert_eq!(f.has_command("block-job-change"), Some(false));
+    assert_eq!(qemu72().has_command("block-job-change"), None, "not asked: unknown");
+    assert!(commands_from(&serde_json::json!({"unexpected": 1})).is_empty());
+}

@@ -104,7 +104,15 @@ pub struct QemuFeatures {
     /// "Postcopy is not yet compatible with multifd").
     #[serde(default)]
     pub postcopy_with_multifd: bool,
+    /// The QMP commands of [`QMP_COMMANDS`] this QEMU has (`query-commands`), sorted;
+    /// `None` from an agent that did not ask.
+    #[serde(default)]
+    pub qmp_commands: Option<Vec<String>>,
 }
+
+/// The QMP commands a host's QEMU is asked about: those a migration may do without.
+/// `block-job-change` (QEMU 8.2+) switches a running mirror to write-blocking.
+pub const QMP_COMMANDS: &[&str] = &["block-job-change"];
 
 impl QemuFeatures {
     /// Whether this QEMU knows the migration capability `name` (e.g. `switchover-ack`).
@@ -115,6 +123,12 @@ impl QemuFeatures {
     /// Whether this QEMU knows the migration parameter `name` (e.g. `tls-creds`).
     pub fn has_parameter(&self, name: &str) -> bool {
         self.migration_parameters.iter().any(|(n, _)| n == name)
+    }
+
+    /// Whether this QEMU has the QMP command `name` (one of [`QMP_COMMANDS`]); `None`
+    /// when the agent did not say.
+    pub fn has_command(&self, name: &str) -> Option<bool> {
+        self.qmp_commands.as_ref().map(|c| c.iter().any(|x| x == name))
     }
 
     /// Whether the features were learned at all (an agent older than this field reports none).

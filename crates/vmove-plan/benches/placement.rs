@@ -69,6 +69,7 @@ fn host_info(i: usize, rng: &mut Rng) -> HostInfo {
             migration_capabilities: ["events", "multifd", "return-path"].map(String::from).to_vec(),
             migration_parameters: vec![("tls-creds".into(), String::new())],
             postcopy_with_multifd: false,
+            qmp_commands: None,
         },
         hardware_model: "Server X".into(),
         hardware_generation: 1,

@@ -93,7 +93,7 @@ lenient_enum! {
         Background => "background",
         /// Guest writes also go to the target synchronously, so the copy converges
         /// whatever the guest's write rate (QEMU 3.0+; switchable at runtime from
-        /// background with `block-job-change` since 9.1, never back).
+        /// background with `block-job-change` since 8.2, never back).
         WriteBlocking => "write-blocking",
     }
 }
@@ -334,7 +334,7 @@ pub struct BlockJobInfo {
     /// Why the job failed, once concluded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Mirror (QEMU 9.1+): write-blocking mode is on and the target is in sync, so
+    /// Mirror (QEMU 8.2+): write-blocking mode is on and the target is in sync, so
     /// every guest write now reaches both.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actively_synced: Option<bool>,

@@ -131,7 +131,7 @@ impl Qmp {
         .await
     }
 
-    /// `block-job-change` of a mirror's copy mode (QEMU 9.1+; only background to
+    /// `block-job-change` of a mirror's copy mode (QEMU 8.2+; only background to
     /// write-blocking). Older QEMUs answer `CommandNotFound`.
     pub async fn block_job_change_copy_mode(
         &self,

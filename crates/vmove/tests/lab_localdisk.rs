@@ -1,10 +1,13 @@
 //! Issue "Move guests whose disks are local to their host": a guest with a 256 MiB data
 //! disk in the local pool moves live while its disk log is written (copied by NBD over TLS
 //! and blockdev-mirror), cancel during the copy leaves nothing on the target, a target
-//! pool without room fails the precheck, and an offline move copies the disk too.
+//! pool without room fails the precheck, and an offline move copies the disk too. A guest
+//! whose disk log is written faster than the (capped) link copies gets its mirrors switched
+//! to write-blocking, and `--keep-source-volumes` keeps the source's copy.
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -31,10 +34,17 @@ fn local_files(lab: &Lab, host: &str) -> Vec<String> {
 /// Creates and starts a lab guest with a data disk in the local pool and waits until it
 /// answers TCP echo and its memory and disk log verify.
 fn boot_local(lab: &Lab, name: &str, ip: &str, size: &str) {
+    boot_local_with(lab, name, ip, size, &[]);
+}
+
+/// [`boot_local`] with more `guest create` arguments.
+fn boot_local_with(lab: &Lab, name: &str, ip: &str, size: &str, more: &[&str]) {
     let nic = format!("lab-net,ip={ip}/24");
     let vol = format!("local/{name}-data.img:{size}");
     let dirty = BUSY_MB_S.to_string();
-    lab.ok(&["guest", "create", name, "--host", "host1", "--nic", &nic, "--dirty-rate", &dirty, "--disk", &vol, "--start"]);
+    let mut args = vec!["guest", "create", name, "--host", "host1", "--nic", &nic, "--dirty-rate", &dirty, "--disk", &vol, "--start"];
+    args.extend(more);
+    lab.ok(&args);
     lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(120));
     lab.wait_log(name, "VERIFY OK and DISK OK", Duration::from_secs(90), |l| l.contains("VERIFY OK") && l.contains("DISK OK"));
 }
@@ -153,4 +163,74 @@ fn a_target_pool_without_room_fails_the_precheck_and_an_offline_move_copies() {
     lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(120));
     let log = lab.wait_log("vm1", "DISK OK on host2", Duration::from_secs(90), |l| last_disk_ok(l).is_some());
     assert!(!log.contains("DISK FAIL"), "{log}");
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> bool {
+    Command::new("ip").args(["netns", "exec", ns]).args(args).status().is_ok_and(|s| s.success())
+}
+
+/// The job's info messages.
+fn infos(lab: &Lab, id: &str) -> Vec<String> {
+    let j = lab.json(&["job", "show", id]);
+    j["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn a_disk_written_faster_than_the_copy_gets_write_blocking_mirrors_and_the_source_copy_is_kept() {
+    let lab = Lab::up("ldwblock", 2);
+    boot_local_with(&lab, "vm1", "192.0.2.64", "64M", &["--memory", "256M"]);
+    lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
+    let before = last_disk_ok(&lab.log("vm1")).unwrap();
+    // The agent learned its QEMU's block-job-change at start: the precheck says so.
+    let f = lab.json(&["migrate", "vm1", "--to", "host2", "--ignore-check", "predicted-convergence", "--precheck"]);
+    let caps = f["findings"].as_array().unwrap().iter().find(|x| x["id"] == "qemu-capabilities").unwrap().clone();
+    assert_eq!(caps["verdict"], "pass", "{caps}");
+    assert!(caps["reason"].as_str().unwrap().contains("; block-job-change on host1 (mirrors switch to write-blocking"), "{caps}");
+    // Held before the copy, so that the prechecks measure the link uncapped.
+    let id = lab
+        .ok(&[
+            "migrate", "vm1", "--to", "host2", "--keep-source-volumes", "--ignore-check", "predicted-convergence",
+            "--pause-before", "COPY_VOLUMES", "--detach",
+        ])
+        .trim()
+        .to_string();
+    wait_for("the pause before COPY_VOLUMES", Duration::from_secs(90), || {
+        infos(&lab, &id).iter().any(|m| m.starts_with("paused before COPY_VOLUMES")).then_some(())
+    });
+    // The link from host1 capped at 64 kbit/s (8 KB/s): the disk log dirties a 64 KiB
+    // block of the mirror every 0.5 s, which the background copy can never catch up with.
+    let ns = lab.host_ns("host1");
+    let cap = ["tc", "qdisc", "replace", "dev", "mgmt0", "root", "tbf", "rate", "64kbit", "burst", "3kb", "latency", "1s"];
+    assert!(in_ns(&ns, &cap), "tc on host1");
+    lab.ok(&["job", "resume", &id]);
+    let switched = wait_for("the switch to write-blocking", Duration::from_secs(90), || {
+        infos(&lab, &id).into_iter().find(|m| m.ends_with("mirrors switched to write-blocking"))
+    });
+    assert!(switched.starts_with("the guest writes faster than the copy moves ("), "{switched}");
+    // The link back to full speed: the write-blocking mirrors get in sync, the memory moves.
+    assert!(in_ns(&ns, &["tc", "qdisc", "del", "dev", "mgmt0", "root"]), "tc del on host1");
+    let o = lab.vmove(&["job", "watch", &id]);
+    let j = lab.json(&["job", "show", &id]);
+    assert!(o.status.success(), "{}: {}", j["status"], j["error"]);
+    assert_eq!(j["status"], "succeeded", "{}", j["error"]);
+    let msgs = infos(&lab, &id);
+    let at = |p: &str| msgs.iter().position(|m| m.contains(p)).unwrap_or_else(|| panic!("{p} missing in {msgs:?}"));
+    assert!(at("mirrors of the running guest") < at("mirrors switched to write-blocking"), "started in background, then switched: {msgs:?}");
+    assert_eq!(msgs.iter().filter(|m| m.ends_with("mirrors switched to write-blocking")).count(), 1, "switched once: {msgs:?}");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()], "runs on host2 only");
+    assert_eq!(lab.cluster_host("vm1"), "host2");
+    // The disk log and the memory verify on host2, and the log goes on.
+    let log = lab.wait_log("vm1", "VERIFY OK and more DISK OK after the move", Duration::from_secs(90), |l| {
+        l.matches("VERIFY OK").count() >= 2 && last_disk_ok(l).is_some_and(|n| n > before + 2)
+    });
+    assert!(!log.contains("VERIFY FAIL") && !log.contains("DISK FAIL"), "{log}");
+    // --keep-source-volumes: host1 keeps its copy, whole as it was at the switchover (its
+    // log verifies), and no QEMU holds it any more.
+    assert_eq!(local_files(&lab, "host1"), vec!["vm1-data.img".to_string()], "the source's copy is kept");
+    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()]);
+    let kept = local_dir(&lab, "host1").join("vm1-data.img");
+    assert!(processes_mentioning(&kept.display().to_string()).is_empty(), "no process holds the kept copy");
+    let scan = scan_log(&kept);
+    assert_eq!(scan.fail, None, "the kept copy's disk log verifies");
+    assert!(scan.records >= before, "{} records on the kept copy, {before} before the move", scan.records);
 }

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use vmove_api::{ErrorCode, EventKind, LocalVolume, MirrorReport, Progress, Request};
+use vmove_api::{ErrorCode, EventKind, LocalVolume, MirrorReport, MirrorStarted, Progress, Request};
 use vmove_plan::Mode;
 
 use super::{StepCx, StepWork};
@@ -76,15 +76,19 @@ impl StepWork for CopyVolumes {
             job: Some(cx.claim()),
         };
         let t0 = Instant::now();
-        cx.peer.call(&start, PEER_TIMEOUT).await.map_err(|e| e.context(format!("start the mirrors on {src}")))?;
+        let started: MirrorStarted = call(cx.peer, &start, PEER_TIMEOUT).await.map_err(|e| e.context(format!("start the mirrors on {src}")))?;
         let message = format!(
             "copying {} of local volumes from {src} to {nbd} ({}, {})",
             mib(vols.iter().filter_map(|v| v.size_bytes).sum()),
             if tls { "NBD over TLS" } else { "NBD in clear text" },
-            if live { "mirrors of the running guest" } else { "the guest is stopped" }
+            match (live, started.write_blocking) {
+                (false, _) => "the guest is stopped",
+                (true, false) => "mirrors of the running guest",
+                (true, true) => "write-blocking mirrors of the running guest: its QEMU has no block-job-change to switch them later",
+            }
         );
         cx.cell.emit(&agent.state, EventKind::Info { message }).await?;
-        let r = match follow(cx, live, t0).await {
+        let r = match follow(cx, live && !started.write_blocking, t0).await {
             Ok(r) => r,
             Err(e) => {
                 // Nothing keeps copying once the step has failed (the copies stay for undo).
@@ -133,15 +137,44 @@ impl StepWork for CopyVolumes {
     }
 }
 
+/// When the mirrors switch to write-blocking: once the bytes still to copy have made no
+/// new low for [`STALL`] (the guest dirties the disks as fast as the copy moves, or
+/// faster), and only once.
+#[derive(Debug)]
+pub(crate) struct Stall {
+    best: u64,
+    best_at: Instant,
+    switched: bool,
+}
+
+impl Stall {
+    /// A watch that may switch (`may_switch`: LIVE, on mirrors not already write-blocking).
+    pub(crate) fn new(now: Instant, may_switch: bool) -> Stall {
+        Stall { best: u64::MAX, best_at: now, switched: !may_switch }
+    }
+
+    /// Takes the bytes still to copy at `now`; true when the mirrors should switch now.
+    pub(crate) fn observe(&mut self, remaining: u64, now: Instant) -> bool {
+        if remaining < self.best {
+            (self.best, self.best_at) = (remaining, now);
+            return false;
+        }
+        if self.switched || now.saturating_duration_since(self.best_at) <= STALL {
+            return false;
+        }
+        self.switched = true;
+        true
+    }
+}
+
 /// Follows the mirrors until every one is in sync: progress events, the switch to
-/// write-blocking when the copy does not gain on the guest's writes (LIVE), cancel and
-/// timeout.
-async fn follow(cx: &StepCx<'_>, live: bool, t0: Instant) -> Result<MirrorReport> {
+/// write-blocking when the copy does not gain on the guest's writes (`may_switch`: LIVE
+/// with mirrors started in background mode), cancel and timeout.
+async fn follow(cx: &StepCx<'_>, may_switch: bool, t0: Instant) -> Result<MirrorReport> {
     let agent = cx.agent();
     let src = &cx.spec.source.name;
     let timeout = Duration::from_secs(cx.spec.params.timeout_s);
-    let (mut best, mut best_at) = (u64::MAX, Instant::now());
-    let mut write_blocking = false;
+    let mut stall = Stall::new(Instant::now(), may_switch);
     let mut last: Option<(Instant, u64)> = None;
     let mut answered = Instant::now();
     loop {
@@ -178,13 +211,10 @@ async fn follow(cx: &StepCx<'_>, live: bool, t0: Instant) -> Result<MirrorReport
         if r.all_ready() {
             return Ok(r);
         }
-        if remaining < best {
-            (best, best_at) = (remaining, now);
-        } else if live && !write_blocking && now.duration_since(best_at) > STALL {
+        if stall.observe(remaining, now) {
             cx.peer.call(&Request::PeerMirrorWriteBlocking { name: cx.guest().into() }, PEER_TIMEOUT).await?;
-            write_blocking = true;
             let message = format!(
-                "the guest writes faster than the copy moves ({} still to copy after {} s): mirrors switched to write-blocking",
+                "the guest writes faster than the copy moves ({} still to copy, no less for {} s): mirrors switched to write-blocking",
                 mib(remaining),
                 STALL.as_secs()
             );
@@ -210,5 +240,58 @@ fn progress(r: &MirrorReport, rate: u64, t0: Instant) -> Progress {
         elapsed_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
         rung: None,
         throttle_pct: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(500);
+
+    /// Feeds `remaining` one per [`TICK`]; the ticks at which the watch says switch.
+    fn switches(may_switch: bool, remaining: &[u64]) -> Vec<usize> {
+        let t0 = Instant::now();
+        let mut w = Stall::new(t0, may_switch);
+        let at = |i: usize| t0 + TICK * u32::try_from(i).expect("tick");
+        remaining.iter().enumerate().filter(|(i, r)| w.observe(**r, at(*i))).map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn a_copy_that_keeps_shrinking_never_switches() {
+        let shrinking: Vec<u64> = (0..40).rev().map(|i| i * 4096 + 1).collect();
+        assert_eq!(switches(true, &shrinking), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn remaining_bytes_that_stop_shrinking_switch_once_after_the_stall_window() {
+        // 8 MiB left, then the guest dirties as fast as the copy goes: it hovers above.
+        let mut r = vec![64 << 20, 32 << 20, 8 << 20];
+        r.extend([9 << 20, 8 << 20, 10 << 20, 9 << 20, 8 << 20, 11 << 20, 9 << 20, 12 << 20, 10 << 20, 9 << 20, 8 << 20]);
+        // The low was at tick 2; STALL (3 s) is 6 ticks: the switch comes at tick 9 (> 3 s), once.
+        assert_eq!(switches(true, &r), vec![9]);
+    }
+
+    #[test]
+    fn a_new_low_restarts_the_window() {
+        // Lows at ticks 0, 5 and 10 (each under 3 s after the last): no switch; then flat.
+        let mut r = vec![100; 16];
+        r[5] = 90;
+        for x in r.iter_mut().skip(6) {
+            *x = 95;
+        }
+        r[10] = 80;
+        for x in r.iter_mut().skip(11) {
+            *x = 85;
+        }
+        assert_eq!(switches(true, &r), Vec::<usize>::new(), "within 3 s of each low");
+        r.extend([85; 4]);
+        assert_eq!(switches(true, &r), vec![17]);
+    }
+
+    #[test]
+    fn mirrors_that_cannot_or_need_not_switch_never_do() {
+        // OFFLINE, or LIVE mirrors started write-blocking.
+        assert_eq!(switches(false, &[10; 30]), Vec::<usize>::new());
     }
 }

@@ -13,8 +13,10 @@
 //!                                                       NBD client nodes vmove-nbd-disk{i} (TLS,
 //!                                                       tls-hostname = target), blockdev-mirror
 //!                                                       vmove-mirror-disk{i}: sync full, background
+//!                                                       (LIVE on a QEMU without block-job-change:
+//!                                                       write-blocking, said in the answer)
 //!  loop PeerMirrorQuery ───────────────────────────▶   query-block-jobs → progress events
-//!   no progress for STALL (LIVE) → PeerMirrorWriteBlocking: block-job-change write-blocking
+//!   no new low for STALL (LIVE, background) → PeerMirrorWriteBlocking: block-job-change
 //!  every mirror ready:
 //!   OFFLINE: PeerMirrorFinish ─────────────────────▶   cancel (ready: final sync, no pivot), quit
 //!            helper down: the copies are complete      the helper

@@ -88,6 +88,10 @@ fn report(jobs: &[BlockJobInfo]) -> MirrorReport {
 /// Starts a mirror of each of `disks` into the target's exports at `nbd`. LIVE: from the
 /// running guest's QEMU; OFFLINE: from a helper on the stopped guest's volumes. Mirrors
 /// left from an earlier attempt are abandoned first. On failure nothing is left running.
+///
+/// The mirrors start in background mode; LIVE on a QEMU without `block-job-change` (before
+/// 8.2, asked of the guest's own QEMU, which may be older than the host's binary) they
+/// start write-blocking, since they could not be switched later. Returns whether they did.
 pub async fn mirror_start(
     agent: &Agent,
     name: &str,
@@ -96,7 +100,7 @@ pub async fn mirror_start(
     tls_hostname: Option<String>,
     live: bool,
     speed: Option<u64>,
-) -> Result<()> {
+) -> Result<bool> {
     let spec = agent.spec(name).ok_or_else(|| agent.no_such(name))?;
     let local = agent.local_disks(&spec);
     for d in disks {
@@ -122,6 +126,8 @@ pub async fn mirror_start(
         }
         agent.start_helper(&helper_name(name), &files).await?.qmp.clone()
     };
+    let write_blocking = live && lacks_block_job_change(&q).await;
+    let copy_mode = if write_blocking { MirrorCopyMode::WriteBlocking } else { MirrorCopyMode::Background };
     let run = agent.run_dir(&if live { name.to_string() } else { helper_name(name) });
     let started = async {
         let _ = q.object_del(NBD_TLS).await;
@@ -145,7 +151,7 @@ pub async fn mirror_start(
                 device: n.node.clone(),
                 target: n.nbd_client.clone(),
                 sync: MirrorSyncMode::Full,
-                copy_mode: Some(MirrorCopyMode::Background),
+                copy_mode: Some(copy_mode.clone()),
                 speed,
                 auto_dismiss: Some(false),
                 ..Default::default()
@@ -159,8 +165,17 @@ pub async fn mirror_start(
         let _ = mirror_abort(agent, name).await;
         return Err(e);
     }
-    tracing::info!(guest = %name, ?disks, nbd, live, "mirrors started");
-    Ok(())
+    tracing::info!(guest = %name, ?disks, nbd, live, write_blocking, "mirrors started");
+    Ok(write_blocking)
+}
+
+/// Whether `q` says it has no `block-job-change`. A QEMU that does not answer
+/// `query-commands` as expected is taken to have it (a switch then fails with the reason).
+async fn lacks_block_job_change(q: &Qmp) -> bool {
+    match q.execute("query-commands", None).await {
+        Ok(v) => v.as_array().is_some_and(|cmds| !cmds.iter().any(|c| c["name"] == "block-job-change")),
+        Err(_) => false,
+    }
 }
 
 /// The guest's mirror jobs.
@@ -180,7 +195,7 @@ pub async fn mirror_write_blocking(agent: &Agent, name: &str) -> Result<()> {
             match q.block_job_change_copy_mode(&j.device, &MirrorCopyMode::WriteBlocking).await {
                 Err(e) if e.is_qemu_class("CommandNotFound") => fail!(
                     Qemu,
-                    "the guest writes faster than the copy moves, and the QEMU of {name} on {} cannot switch its mirrors to write-blocking (block-job-change needs QEMU 9.1 or later)",
+                    "the guest writes faster than the copy moves, and the QEMU of {name} on {} cannot switch its mirrors to write-blocking (block-job-change needs QEMU 8.2 or later)",
                     agent.name()
                 ),
                 r => r.with_ctx(|| format!("block-job-change {}", j.device))?,

@@ -115,8 +115,10 @@ pub struct World {
     pub stall_mirrors: AtomicBool,
     /// Mirrors fail with this error at the next query.
     pub mirror_error: Mutex<Option<String>>,
-    /// QEMU before 9.1: no `block-job-change`.
+    /// QEMU before 8.2: no `block-job-change`.
     pub no_block_job_change: AtomicBool,
+    /// `query-commands` unknown (the agent cannot tell what its QEMU has).
+    pub no_query_commands: AtomicBool,
 }
 
 impl World {

@@ -131,7 +131,8 @@ impl World {
                     return Some(Reply::error("GenericError", &format!("Cannot find device='' nor node-name='{target}'")));
                 }
                 let len = node_file(&me.args, &node).and_then(|f| std::fs::metadata(f).ok()).map_or(1 << 20, |m| m.len().max(1));
-                let job = Job { node, target, len, offset: 0, ready: false, concluded: false, write_blocking: false, error: None };
+                let write_blocking = arg("copy-mode") == "write-blocking";
+                let job = Job { node, target, len, offset: 0, ready: false, concluded: false, write_blocking, error: None };
                 me.block().jobs.insert(id, job);
                 Reply::ok()
             }
@@ -143,6 +144,16 @@ impl World {
                     j.write_blocking = true;
                 }
                 Reply::ok()
+            }
+            "query-commands" => {
+                if self.no_query_commands.load(Ordering::SeqCst) {
+                    return Some(Reply::error("CommandNotFound", "The command query-commands has not been found"));
+                }
+                let mut v = vec![json!({"name": "blockdev-mirror"}), json!({"name": "query-commands"})];
+                if !self.no_block_job_change.load(Ordering::SeqCst) {
+                    v.push(json!({"name": "block-job-change"}));
+                }
+                Reply::Return(Value::Array(v))
             }
             "query-block-jobs" => self.query_block_jobs(me),
             "block-job-cancel" => self.cancel(me, &arg("device"), c.arguments.as_ref().is_some_and(|a| a["force"] == true)),

@@ -215,19 +215,67 @@ async fn a_guest_writing_faster_than_the_copy_gets_write_blocking_mirrors() {
     assert!(t.elapsed() >= crate::steps::copy_volumes::STALL, "switched only after the stall window");
     assert!(infos(&r).iter().any(|m| m.ends_with("mirrors switched to write-blocking")), "{:?}", infos(&r));
     assert!(commands_on(&c, "vm1", "host2").iter().all(|c| c.name != "block-job-change"), "asked of the source only");
+    let cmds = c.world.commands(src_pid(&c));
+    assert_eq!(cmds.iter().find(|c| c.name == "blockdev-mirror").and_then(|c| c.arg_str("copy-mode")), Some("background"));
+    assert_eq!(cmds.iter().filter(|c| c.name == "block-job-change").count(), 1, "switched once (one disk)");
     assert_eq!(std::fs::read(local_file(&c, "host2")).expect("copy"), pattern());
 }
 
 #[tokio::test]
-async fn a_qemu_without_block_job_change_fails_the_copy_clearly_and_rolls_back() {
+async fn a_guest_whose_copy_keeps_gaining_is_never_switched_to_write_blocking() {
+    let c = Cluster::new(2, 1).await;
+    let g = boot_local(&c, "vm1", "host1").await;
+    // Twelve queries to get ready (about 6 s, twice the stall window), each a new low.
+    c.world.mirror_steps.store(12, Ordering::SeqCst);
+    let t = Instant::now();
+    let r = c.run(c.spec(&g, "host1", "host2", Mode::Live)).await;
+    assert_status(&r, JobStatus::Succeeded);
+    assert!(t.elapsed() > crate::steps::copy_volumes::STALL, "the copy outlasted the stall window");
+    assert!(!infos(&r).iter().any(|m| m.contains("write-blocking")), "{:?}", infos(&r));
+    assert!(commands_on(&c, "vm1", "host2").iter().chain(&c.world.commands(src_pid(&c))).all(|c| c.name != "block-job-change"));
+    assert_eq!(std::fs::read(local_file(&c, "host2")).expect("copy"), pattern());
+}
+
+/// The pid of the source's QEMU of the job's guest (it has exited after the move).
+fn src_pid(c: &Cluster) -> u32 {
+    let procs = c.world.procs.lock().unwrap_or_else(|p| p.into_inner());
+    procs.values().find(|p| p.guest == "vm1" && p.host == "host1").map(|p| p.pid).expect("source QEMU")
+}
+
+#[tokio::test]
+async fn a_source_qemu_without_block_job_change_mirrors_write_blocking_from_the_start() {
+    let c = Cluster::new(2, 1).await;
+    let g = boot_local(&c, "vm1", "host1").await;
+    // The guest writes faster than the copy, and its QEMU could not switch the mirrors.
+    c.world.stall_mirrors.store(true, Ordering::SeqCst);
+    c.world.no_block_job_change.store(true, Ordering::SeqCst);
+    let r = c.run(c.spec(&g, "host1", "host2", Mode::Live)).await;
+    assert_status(&r, JobStatus::Succeeded);
+    assert!(
+        infos(&r).iter().any(|m| m.ends_with("(NBD over TLS, write-blocking mirrors of the running guest: its QEMU has no block-job-change to switch them later)")),
+        "{:?}",
+        infos(&r)
+    );
+    assert!(!infos(&r).iter().any(|m| m.ends_with("mirrors switched to write-blocking")), "nothing to switch: {:?}", infos(&r));
+    let cmds = c.world.commands(src_pid(&c));
+    let mirror = cmds.iter().find(|c| c.name == "blockdev-mirror").expect("blockdev-mirror");
+    assert_eq!(mirror.arg_str("copy-mode"), Some("write-blocking"));
+    assert!(cmds.iter().all(|c| c.name != "block-job-change"), "never asked");
+    assert_eq!(std::fs::read(local_file(&c, "host2")).expect("copy"), pattern());
+    assert!(!local_file(&c, "host1").exists());
+}
+
+#[tokio::test]
+async fn a_qemu_that_cannot_say_and_cannot_switch_fails_the_copy_clearly_and_rolls_back() {
     let c = Cluster::new(2, 1).await;
     let g = boot_local(&c, "vm1", "host1").await;
     c.world.stall_mirrors.store(true, Ordering::SeqCst);
     c.world.no_block_job_change.store(true, Ordering::SeqCst);
+    c.world.no_query_commands.store(true, Ordering::SeqCst);
     let r = c.run(c.spec(&g, "host1", "host2", Mode::Live)).await;
     assert_status(&r, JobStatus::Failed);
     let e = r.error.as_deref().unwrap_or("");
-    assert!(e.starts_with("COPY_VOLUMES: ") && e.contains("block-job-change needs QEMU 9.1 or later"), "{e}");
+    assert!(e.starts_with("COPY_VOLUMES: ") && e.contains("block-job-change needs QEMU 8.2 or later"), "{e}");
     c.world.stall_mirrors.store(false, Ordering::SeqCst);
     left_on_the_source(&c).await;
 }

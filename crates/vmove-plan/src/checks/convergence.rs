@@ -124,5 +124,17 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
             ),
         ),
     };
-    Ok((verdict, format!("{reason}{first}")))
+    // The whole move counts the disk bytes and the memory bytes (each phase has its own
+    // timeout in the agent, as here).
+    let all = if disk > 0 {
+        format!(
+            "; in all about {} for {} of disk and {} MiB of memory",
+            fmt_secs(disk_secs.saturating_add(p.total_ms.div_ceil(1000))),
+            super::storage::mib(disk),
+            g.memory_mib
+        )
+    } else {
+        String::new()
+    };
+    Ok((verdict, format!("{reason}{first}{all}")))
 }

@@ -82,6 +82,7 @@ pub(crate) fn qemu_capabilities(c: &Ctx) -> Outcome {
     if !missing.is_empty() {
         return Err(missing.join("; "));
     }
+    let mirrors = copies.then(|| write_blocking(&c.req.source, s));
     let required: Vec<&str> = needs.iter().filter(|n| n.required).map(|n| n.name).collect();
     let optional: Vec<String> = needs
         .iter()
@@ -95,14 +96,35 @@ pub(crate) fn qemu_capabilities(c: &Ctx) -> Outcome {
             }
         })
         .collect();
-    Ok((
-        Verdict::Pass,
-        format!(
-            "QEMU {} and {} have {}; {}",
-            s.qemu.version,
-            t.qemu.version,
-            required.join(", "),
-            optional.join(", ")
+    let mut verdict = Verdict::Pass;
+    let mut reason = format!("QEMU {} and {} have {}; {}", s.qemu.version, t.qemu.version, required.join(", "), optional.join(", "));
+    if let Some((v, why)) = mirrors {
+        verdict = v;
+        reason = format!("{reason}; {why}");
+    }
+    Ok((verdict, reason))
+}
+
+/// The mirrors of local volumes switch to write-blocking with `block-job-change` (QEMU
+/// 8.2+) when the guest writes faster than the copy moves. A source QEMU without it starts
+/// them write-blocking instead (every guest write waits for the target during the copy):
+/// a warning, not a failure. An agent that did not report its QEMU's commands: a warning,
+/// for its QEMU may lack the command and then fail the copy of a guest that writes fast.
+fn write_blocking(source: &str, s: &HostInfo) -> (Verdict, String) {
+    match s.qemu.has_command("block-job-change") {
+        Some(true) => (Verdict::Pass, format!("block-job-change on {source} (mirrors switch to write-blocking when the guest writes faster than the copy)")),
+        Some(false) => (
+            Verdict::Warn,
+            format!(
+                "{source}'s QEMU {} lacks block-job-change (QEMU 8.2+): the mirrors of the local volumes run write-blocking from the start, so every guest write waits for the target until the switchover",
+                s.qemu.version
+            ),
         ),
-    ))
+        None => (
+            Verdict::Warn,
+            format!(
+                "not evaluated: {source} did not report its QEMU's commands; without block-job-change (QEMU before 8.2) a guest that writes faster than the copy fails COPY_VOLUMES"
+            ),
+        ),
+    }
 }

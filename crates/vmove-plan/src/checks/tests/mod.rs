@@ -109,6 +109,7 @@ pub(crate) fn qemu_features(version: &str, caps: &[&str]) -> QemuFeatures {
         migration_capabilities: caps.iter().map(|c| c.to_string()).collect(),
         migration_parameters: vec![("tls-creds".into(), String::new())],
             postcopy_with_multifd: false,
+            qmp_commands: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn with_local_disk(mode: Mode) -> Fx {
         size_bytes: 256 * MIB,
         allocated_bytes: 3 * MIB,
     });
+    fx.src.qemu.qmp_commands = Some(vec!["block-job-change".into()]);
     fx
 }
 
@@ -160,9 +161,36 @@ mod predicted_convergence_with_disks {
                 Verdict::Pass,
                 "about 6s in 3 passes to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime \
                  about 26 ms (limit 50 ms), within the timeout of 10m; converge=auto; before the \
-                 memory, 256 MiB of local volumes at 100 MB/s (about 3s)"
+                 memory, 256 MiB of local volumes at 100 MB/s (about 3s); in all about 9s for \
+                 256 MiB of disk and 512 MiB of memory"
             )
         );
+    }
+
+    #[test]
+    fn the_whole_move_counts_disk_bytes_and_memory_bytes() {
+        // Twice the disk at half the link: the copy takes four times as long, the memory
+        // twice, and the total is their sum.
+        let mut fx = with_local_disk(Mode::Live);
+        fx.src.pools[1].volumes[0].size_bytes = 512 * MIB;
+        fx.link = Some(50 * MIB);
+        fx.dirty = Some(0);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Pass, "{}", r.reason);
+        let secs = |after: &str| -> u64 {
+            let rest = &r.reason[r.reason.find(after).unwrap_or_else(|| panic!("{after} in {}", r.reason)) + after.len()..];
+            rest[..rest.find('s').expect("s")].parse().expect("seconds")
+        };
+        let (memory, disk, all) = (secs("about "), secs("(about "), secs("in all about "));
+        assert!(r.reason.contains("before the memory, 512 MiB of local volumes at 50 MB/s"), "{}", r.reason);
+        assert_eq!(disk, 11, "512 MiB at 50 MB/s: {}", r.reason);
+        assert_eq!(all, disk + memory, "{}", r.reason);
+        assert!(r.reason.ends_with(" for 512 MiB of disk and 512 MiB of memory"), "{}", r.reason);
+        // No local volume: nothing but the memory.
+        let mut fx = Fx::new(Mode::Live);
+        fx.link = Some(50 * MIB);
+        fx.dirty = Some(0);
+        assert!(!fx.check(ID).reason.contains("in all"), "{}", fx.check(ID).reason);
     }
 
     #[test]
@@ -204,5 +232,45 @@ mod qemu_capabilities_with_disks {
         let mut fx = Fx::new(Mode::Live);
         fx.tgt.qemu.migration_capabilities.retain(|c| c != "pause-before-switchover");
         assert_eq!(fx.check(ID).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_source_qemu_switches_mirrors_to_write_blocking_or_starts_them_so() {
+        let mut fx = with_local_disk(Mode::Live);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(
+            r.reason.ends_with("; block-job-change on host1 (mirrors switch to write-blocking when the guest writes faster than the copy)"),
+            "{}",
+            r.reason
+        );
+        // A source QEMU before 8.2: the documented fallback, a warning.
+        fx.src.qemu.qmp_commands = Some(vec![]);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Warn);
+        assert!(
+            r.reason.ends_with(
+                "; host1's QEMU 8.2.2 lacks block-job-change (QEMU 8.2+): the mirrors of the local volumes run \
+                 write-blocking from the start, so every guest write waits for the target until the switchover"
+            ),
+            "{}",
+            r.reason
+        );
+        // An agent that did not say: a warning naming what may fail.
+        fx.src.qemu.qmp_commands = None;
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Warn);
+        assert!(r.reason.contains("not evaluated: host1 did not report its QEMU's commands"), "{}", r.reason);
+        // Only the source's QEMU mirrors; the target's commands do not matter, and a missing
+        // required capability still fails.
+        fx.src.qemu.qmp_commands = Some(vec![]);
+        fx.tgt.qemu.migration_capabilities.retain(|c| c != "events");
+        assert_eq!(fx.check(ID).verdict, Verdict::Fail);
+        // Without local volumes nothing is said about mirrors.
+        let mut fx = Fx::new(Mode::Live);
+        fx.src.qemu.qmp_commands = Some(vec![]);
+        let r = fx.check(ID);
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(!r.reason.contains("block-job-change"), "{}", r.reason);
     }
 }

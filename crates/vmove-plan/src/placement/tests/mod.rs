@@ -38,6 +38,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
                 .to_vec(),
             migration_parameters: vec![("tls-creds".into(), String::new())],
             postcopy_with_multifd: false,
+            qmp_commands: None,
         },
         hardware_model: "Lab KVM".into(),
         hardware_generation: 1,
