@@ -26,7 +26,9 @@
 //!   jobs claim their migrations again; a job whose claim another job has taken is
 //!   cancelled.
 //!
-//! So a whole etcd outage pauses every guest of the cluster and resumes them all when etcd
+//! A lost quorum that the members prove (a majority answers, none has a leader) never
+//! makes the lease late (`vmove_store::lease`, "Quorum lost"): the guests run on. Any
+//! other etcd outage (members dead or unreachable) pauses every guest of the cluster and resumes them all when etcd
 //! is back, without a restart, and a partitioned host never runs a guest that another host
 //! may have started.
 //!
