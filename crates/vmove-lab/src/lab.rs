@@ -19,7 +19,9 @@ const SLOT_DIR: &str = "/run/vmove/lab-slots";
 /// What `lab up` makes inside the lab directory (cluster file, PKI, the shared pool with its
 /// volumes and leases, each host's agent configuration, state and run directories).
 /// `lab down` removes all of it; `lab up` on a directory holding an old lab starts clean.
-const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts", crate::etcd::DIR];
+/// `vmove-drains` is the drain records of a file-store cluster (made by `vmove host drain`
+/// beside the cluster file).
+const LAB_ITEMS: &[&str] = &["lab.json", "cluster.toml", "pki", "shared", "hosts", "vmove-drains", crate::etcd::DIR];
 
 /// Removes what an earlier lab left in `dir`, and `dir` itself when nothing else is in it.
 fn remove_lab_files(dir: &Path) -> Result<()> {
