@@ -116,9 +116,13 @@ fn console_follows_a_live_migration_and_ctrl_bracket_leaves() {
         let t = screen.text();
         t[t.find(notice)?..].contains("typed-on-host2").then_some(())
     });
+    // The guest prints one line per sweep: across the switchover none is lost and none
+    // shown twice (the source's log to its end, then the target's from its start).
     let t = screen.text();
+    let seen = sweeps(&t);
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "consecutive sweeps across the move: {seen:?}\n{t}");
     let n_before_notice = sweeps(&t[..t.find(notice).unwrap()]).into_iter().max().unwrap_or(0);
-    eprintln!("console: sweeps up to {n_before_notice} before the move, {after} after it on host2");
+    eprintln!("console: sweeps {seen:?}: up to {n_before_notice} before the move, {after} after it on host2");
 
     // Ctrl-] ends the session; the terminal is back as it was.
     keyboard.write_all(&[0x1d]).unwrap();
