@@ -4,12 +4,12 @@
 //! Output comes from the guest's `serial.log` in its run directory, which QEMU's console
 //! chardev writes whether or not anyone is attached: the session follows the file from an
 //! offset (every byte has one, so a client can ask for exactly what it has not seen) and
-//! sends each new chunk with its offset. Input goes to QEMU's console chardev: the unix
-//! socket `console.sock` in the run directory (only the agent's user can reach it), or for
-//! a guest with a TCP console port that port on 127.0.0.1. QEMU serves one chardev client
-//! at a time, so one session per guest holds the input (the writer); later sessions get
-//! output only (`writable: false`). A guest whose QEMU has neither (started by an older
-//! agent with a null chardev) gets output only.
+//! sends each new chunk with its offset. Input goes to QEMU's console chardev: the guest's
+//! console port on 127.0.0.1 (every guest gets one at define), or for a guest without a
+//! port the unix socket `console.sock` in its run directory. QEMU serves one chardev
+//! client at a time, so one session per guest holds the input (the writer); later
+//! sessions get output only (`writable: false`), as do sessions whose chardev cannot be
+//! reached.
 //!
 //! When the guest's QEMU here ends (a completed live migration out, a stop, a crash) the
 //! session sends what is left of the log and an `end` line with the reason: the file stays
@@ -78,9 +78,20 @@ enum Input {
 
 async fn open_input(run: &Path, port: Option<u16>) -> Option<Input> {
     let t = Duration::from_secs(2);
-    match port {
-        Some(p) => tokio::time::timeout(t, tokio::net::TcpStream::connect(("127.0.0.1", p))).await.ok()?.ok().map(Input::Tcp),
-        None => tokio::time::timeout(t, tokio::net::UnixStream::connect(RunFiles::console(run))).await.ok()?.ok().map(Input::Unix),
+    let r = match port {
+        Some(p) => tokio::time::timeout(t, tokio::net::TcpStream::connect(("127.0.0.1", p))).await.map(|r| r.map(Input::Tcp)),
+        None => tokio::time::timeout(t, tokio::net::UnixStream::connect(RunFiles::console(run))).await.map(|r| r.map(Input::Unix)),
+    };
+    match r {
+        Ok(Ok(i)) => Some(i),
+        Ok(Err(e)) => {
+            tracing::info!(run = %run.display(), "console input unavailable (output only): {e}");
+            None
+        }
+        Err(_) => {
+            tracing::info!(run = %run.display(), "console input unavailable (output only): connect timed out");
+            None
+        }
     }
 }
 

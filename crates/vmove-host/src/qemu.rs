@@ -303,8 +303,15 @@ mod tests {
         assert!(a.contains("-device virtio-blk-pci,drive=disk0,id=vblk0,write-cache=on -netdev"));
         assert!(a.contains("tap,id=net0,ifname=vt1n0,script=no"));
         assert!(a.contains("mac=52:54:00:00:00:01"));
-        assert!(a.contains("port=5901"));
+        assert!(a.contains("-chardev socket,id=con0,host=0.0.0.0,port=5901,server=on,wait=off,telnet=off,logfile=/run/x/serial.log"));
         assert!(a.ends_with("-incoming defer"));
+        // Without a console port: a unix socket in the run directory (console sessions'
+        // keystrokes), and the same log.
+        let a = args(&spec(), &Launch { console_port: None, ..l }).join(" ");
+        assert!(
+            a.contains("-chardev socket,id=con0,path=/run/x/console.sock,server=on,wait=off,logfile=/run/x/serial.log,logappend=on -serial chardev:con0"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Console sessions over in-memory connections: the reply, the log followed with offsets,
-//! keystrokes to the chardev socket (a listener plays QEMU's), one writer, refusals, and
+//! keystrokes to the chardev's port (a listener plays QEMU's), one writer, refusals, and
 //! the `end` line when the guest moves away or stops.
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use vmove_api::{ConsoleAttached, ConsoleEnd, ConsoleLine, ConsoleReplay, Reply};
@@ -66,9 +66,9 @@ async fn a_session_follows_the_log_sends_keys_and_ends_when_the_guest_moves() {
     let g = c.boot("vm1", "host1").await;
     let a1 = c.host("host1").agent().clone();
     append(&a1, "VMOVE READY vm1\nVERIFY OK 1\n");
-    // QEMU's chardev socket, played by a listener.
-    let listener = tokio::net::UnixListener::bind(RunFiles::console(&a1.run_dir("vm1"))).unwrap();
-
+    // QEMU's console chardev (on the guest's console port), played by a listener.
+    let port = a1.spec("vm1").and_then(|s| s.console_port).expect("define gives every guest a console port");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let mut s = open(&a1, ConsoleReplay::Tail(12));
     let at = s.attached().await;
     assert_eq!(at, ConsoleAttached { host: "host1".into(), guest: "vm1".into(), offset: 16, writable: true });
@@ -122,7 +122,7 @@ async fn a_client_that_leaves_ends_the_session() {
     let a = c.host("host1").agent().clone();
     append(&a, "x\n");
     let mut s = open(&a, ConsoleReplay::Live);
-    assert!(!s.attached().await.writable, "no chardev socket: output only");
+    assert!(!s.attached().await.writable, "nothing listens on the console port: output only");
     s.keys.shutdown().await.unwrap();
     drop(s.keys);
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), s.served).await.expect("ends").unwrap(), Ok(()));
