@@ -1,5 +1,6 @@
 //! Issue 18, item 5: `vmove guest console` through a pseudo-terminal follows the guest
-//! across a live migration without reconnecting by hand, and Ctrl-] ends it.
+//! across a live migration (and its new host's agent restarting) without reconnecting by
+//! hand, and Ctrl-] ends it.
 mod common;
 
 use std::io::{Read, Write};
@@ -116,8 +117,21 @@ fn console_follows_a_live_migration_and_ctrl_bracket_leaves() {
         let t = screen.text();
         t[t.find(notice)?..].contains("typed-on-host2").then_some(())
     });
-    // The guest prints one line per sweep: across the switchover none is lost and none
-    // shown twice (the source's log to its end, then the target's from its start).
+    // An agent restart drops the connection: the session reattaches to the same host by
+    // itself (the guest was re-adopted) and goes on from what it had seen.
+    let dir = lab.dir.to_str().unwrap();
+    lab.ok(&["lab", "agent", "--dir", dir, "host2", "kill"]);
+    lab.ok(&["lab", "agent", "--dir", dir, "host2", "start"]);
+    let again = "[vmove: console of vm1 on host2 reattached]";
+    wait_for("the reattach after the agent restart", Duration::from_secs(120), || screen.text().contains(again).then_some(()));
+    wait_for("a status line after the restart", Duration::from_secs(90), || {
+        let t = screen.text();
+        sweeps(&t[t.find(again)?..]).into_iter().find(|&n| n > after)
+    });
+
+    // The guest prints one line per sweep: across the switchover and the restart none is
+    // lost and none shown twice (the source's log to its end, then the target's from its
+    // start; after the restart, from the offset seen).
     let t = screen.text();
     let seen = sweeps(&t);
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "consecutive sweeps across the move: {seen:?}\n{t}");
