@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vmove_api::server::Duplex;
-use vmove_api::{ConsoleAttached, ConsoleEnd, ConsoleLine, ConsoleReplay, GuestState, Reply, CONSOLE_CHUNK};
+use vmove_api::{ConsoleAttached, ConsoleEnd, ConsoleLine, ConsoleReplay, GuestState, Reply, CONSOLE_BEAT, CONSOLE_CHUNK};
 use vmove_host::qemu::RunFiles;
 
 use crate::error::{fail, AgentError, Result, ResultExt};
@@ -111,14 +111,17 @@ impl Input {
 }
 
 /// Reads what the log holds past `*offset` and sends it.
-async fn pump(log: &mut std::fs::File, offset: &mut u64, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+/// Returns whether it sent anything.
+async fn pump(log: &mut std::fs::File, offset: &mut u64, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<bool> {
     let mut buf = vec![0u8; CONSOLE_CHUNK];
+    let mut sent = false;
     loop {
         log.seek(SeekFrom::Start(*offset))?;
         let n = log.read(&mut buf)?;
         if n == 0 {
-            return Ok(());
+            return Ok(sent);
         }
+        sent = true;
         send(out, &ConsoleLine::data(*offset, &buf[..n])).await?;
         *offset = offset.saturating_add(n as u64);
     }
@@ -179,6 +182,7 @@ pub async fn serve(agent: &Arc<Agent>, name: &str, replay: ConsoleReplay, conn: 
     let mut echo = vec![0u8; 4096];
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet_since = std::time::Instant::now();
     let ended = loop {
         tokio::select! {
             n = from_client.read(&mut keys) => match n {
@@ -197,13 +201,23 @@ pub async fn serve(agent: &Arc<Agent>, name: &str, replay: ConsoleReplay, conn: 
                 if !matches!(n, Ok(n) if n > 0) {
                     qemu_out = None;
                 }
-                if pump(&mut log, &mut offset, &mut to_client).await.is_err() {
-                    break None;
+                match pump(&mut log, &mut offset, &mut to_client).await {
+                    Err(_) => break None,
+                    Ok(true) => quiet_since = std::time::Instant::now(),
+                    Ok(false) => {}
                 }
             }
             _ = tick.tick() => {
-                if pump(&mut log, &mut offset, &mut to_client).await.is_err() {
-                    break None;
+                match pump(&mut log, &mut offset, &mut to_client).await {
+                    Err(_) => break None,
+                    Ok(true) => quiet_since = std::time::Instant::now(),
+                    Ok(false) if quiet_since.elapsed() >= CONSOLE_BEAT => {
+                        if send(&mut to_client, &ConsoleLine::Beat).await.is_err() {
+                            break None;
+                        }
+                        quiet_since = std::time::Instant::now();
+                    }
+                    Ok(false) => {}
                 }
                 let now = agent.lock_guests().get(name).map(|g| (g.pid, g.state));
                 if now.is_none_or(|(p, _)| p != Some(pid)) {

@@ -20,6 +20,13 @@ const MAX_LINE: u64 = 64 << 10;
 /// Most console bytes in one [`ConsoleLine::Data`].
 pub const CONSOLE_CHUNK: usize = 8 << 10;
 
+/// The agent sends a [`ConsoleLine::Beat`] after this long without output.
+pub const CONSOLE_BEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A client that hears nothing (not even a beat) for this long takes the connection as
+/// lost (a host that died without closing it).
+pub const CONSOLE_SILENCE: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// What of the console log the agent sends before live output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +82,8 @@ pub enum ConsoleLine {
         /// The bytes, base64 (standard alphabet, padded).
         data: String,
     },
+    /// Nothing to send for a while: the session is alive.
+    Beat,
     /// The last line: the session is over.
     End {
         /// Offset just past the last byte sent (every byte QEMU wrote here was sent).
@@ -94,7 +103,7 @@ impl ConsoleLine {
     pub fn bytes(&self) -> Option<Vec<u8>> {
         match self {
             ConsoleLine::Data { data, .. } => base64::engine::general_purpose::STANDARD.decode(data).ok(),
-            ConsoleLine::End { .. } => None,
+            ConsoleLine::End { .. } | ConsoleLine::Beat => None,
         }
     }
 }
@@ -133,27 +142,31 @@ pub enum ConsoleRead {
 }
 
 impl ConsoleReader {
-    /// The next thing the agent says.
+    /// The next thing the agent says (beats are taken in silently; [`CONSOLE_SILENCE`]
+    /// without a line is a lost connection).
     pub async fn next(&mut self) -> Result<ConsoleRead, ClientError> {
-        let mut buf = String::new();
-        let n = match (&mut self.lines).take(MAX_LINE).read_line(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return Ok(ConsoleRead::Lost),
-        };
-        if n == 0 || !buf.ends_with('\n') {
-            return Ok(ConsoleRead::Lost);
-        }
-        let line: ConsoleLine =
-            serde_json::from_str(buf.trim_end()).map_err(|source| ClientError::Malformed { host: self.host.clone(), source })?;
-        match line {
-            ConsoleLine::End { offset, reason } => Ok(ConsoleRead::End { offset, reason }),
-            ConsoleLine::Data { offset, .. } => {
-                let bytes = line.bytes().ok_or_else(|| ClientError::Remote {
-                    host: self.host.clone(),
-                    code: crate::ErrorCode::Internal,
-                    message: "console data is not base64".into(),
-                })?;
-                Ok(ConsoleRead::Data { offset, bytes })
+        loop {
+            let mut buf = String::new();
+            let n = match tokio::time::timeout(CONSOLE_SILENCE, (&mut self.lines).take(MAX_LINE).read_line(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) | Err(_) => return Ok(ConsoleRead::Lost),
+            };
+            if n == 0 || !buf.ends_with('\n') {
+                return Ok(ConsoleRead::Lost);
+            }
+            let line: ConsoleLine =
+                serde_json::from_str(buf.trim_end()).map_err(|source| ClientError::Malformed { host: self.host.clone(), source })?;
+            match line {
+                ConsoleLine::Beat => continue,
+                ConsoleLine::End { offset, reason } => return Ok(ConsoleRead::End { offset, reason }),
+                ConsoleLine::Data { offset, .. } => {
+                    let bytes = line.bytes().ok_or_else(|| ClientError::Remote {
+                        host: self.host.clone(),
+                        code: crate::ErrorCode::Internal,
+                        message: "console data is not base64".into(),
+                    })?;
+                    return Ok(ConsoleRead::Data { offset, bytes });
+                }
             }
         }
     }
@@ -220,6 +233,8 @@ mod tests {
         let e: ConsoleLine = serde_json::from_str(r#"{"t":"end","offset":9,"reason":"moved"}"#).unwrap();
         assert_eq!(e, ConsoleLine::End { offset: 9, reason: ConsoleEnd::Moved });
         assert!(serde_json::from_str::<ConsoleLine>(r#"{"t":"end","offset":9,"reason":"elsewhere"}"#).is_err());
+        assert_eq!(serde_json::to_string(&ConsoleLine::Beat).unwrap(), r#"{"t":"beat"}"#);
+        assert_eq!(ConsoleLine::Beat.bytes(), None);
         assert!(serde_json::from_str::<ConsoleLine>(r#"{"t":"data","offset":-1,"data":""}"#).is_err());
         let bad = ConsoleLine::Data { offset: 0, data: "not base64!".into() };
         assert_eq!(bad.bytes(), None);
