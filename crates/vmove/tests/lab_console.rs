@@ -145,4 +145,31 @@ fn console_follows_a_live_migration_and_ctrl_bracket_leaves() {
     let restored = termios::tcgetattr(slave.as_fd()).expect("tcgetattr");
     assert!(restored.local_flags.contains(LocalFlags::ICANON | LocalFlags::ECHO), "terminal settings restored");
     wait_for("the closing notice", Duration::from_secs(5), || screen.text().contains("[vmove: console closed (Ctrl-])]").then_some(()));
+
+    // A script's session (no terminal, --json) ends by itself when the guest stops.
+    let mut script = Command::new(vmove_bin())
+        .args(["--json", "guest", "console", "vm1"])
+        .env("VMOVE_CLUSTER", &lab.cluster)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script console");
+    let events = Arc::new(Mutex::new(String::new()));
+    let (e, mut err) = (events.clone(), script.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        while let Ok(n) = err.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            e.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
+        }
+    });
+    wait_for("the script's attach event", Duration::from_secs(30), || events.lock().unwrap().contains(r#""event":"attached""#).then_some(()));
+    lab.ok(&["guest", "stop", "vm1", "--force"]);
+    let status = wait_for("the script's session to end", Duration::from_secs(30), || script.try_wait().expect("wait"));
+    assert!(status.success(), "{status}");
+    let ended = events.lock().unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).last().expect("events");
+    assert_eq!((ended["event"].as_str(), ended["reason"].as_str()), (Some("ended"), Some("guest vm1 stopped")), "{ended}");
 }
