@@ -170,6 +170,6 @@ fn console_follows_a_live_migration_and_ctrl_bracket_leaves() {
     lab.ok(&["guest", "stop", "vm1", "--force"]);
     let status = wait_for("the script's session to end", Duration::from_secs(30), || script.try_wait().expect("wait"));
     assert!(status.success(), "{status}");
-    let ended = events.lock().unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).last().expect("events");
+    let ended = events.lock().unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).next_back().expect("events");
     assert_eq!((ended["event"].as_str(), ended["reason"].as_str()), (Some("ended"), Some("guest vm1 stopped")), "{ended}");
 }
