@@ -97,8 +97,11 @@ fn console_follows_a_live_migration_and_ctrl_bracket_leaves() {
     });
     let ev: serde_json::Value = serde_json::from_str(notice.lines().next().unwrap()).expect("a JSON line");
     assert_eq!((ev["event"].as_str(), ev["host"].as_str(), ev["writable"].as_bool()), (Some("attached"), Some("host1"), Some(false)), "{ev}");
-    let _ = second.kill();
-    let _ = second.wait();
+    // SIGTERM ends a session the way Ctrl-] does.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_for("the second session to end", Duration::from_secs(20), || second.try_wait().expect("wait"));
+    err.read_to_string(&mut notice).unwrap();
+    assert!(status.success() && notice.contains(r#""event":"detached""#) && notice.contains(r#""reason":"sigterm""#), "{status}: {notice}");
 
     let out = lab.ok(&["migrate", "vm1", "--to", "host2"]);
     assert!(out.contains("Step MIGRATE_GUEST completed successfully"), "{out}");

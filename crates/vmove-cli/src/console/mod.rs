@@ -109,6 +109,8 @@ pub async fn run(ctx: &Ctx, name: &str, replay_bytes: u64) -> Result<()> {
         json!({ "event": "attached", "guest": name, "host": host, "offset": a.offset, "writable": a.writable }),
     );
     let mut keys = Some(keystrokes());
+    // `kill` (SIGTERM) ends the session the way Ctrl-] does: the terminal is restored.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let (a, mut reader, mut writer) = session;
         let mut seen = a.offset;
@@ -130,11 +132,19 @@ pub async fn run(ctx: &Ctx, name: &str, replay_bytes: u64) -> Result<()> {
                     None if tty => return Ok(()),
                     None => keys = None,
                 },
+                _ = term.recv() => {
+                    writer.close().await;
+                    say.say("console closed (SIGTERM)", json!({ "event": "detached", "guest": name, "host": host, "reason": "sigterm" }));
+                    return Ok(());
+                }
                 r = reader.next() => match r? {
                     ConsoleRead::Data { offset, bytes } => {
                         let mut out = std::io::stdout().lock();
-                        out.write_all(&bytes)?;
-                        out.flush()?;
+                        match out.write_all(&bytes).and_then(|()| out.flush()) {
+                            // Whoever read stdout is gone (`| grep -m1 ...`): the session is over.
+                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                            r => r?,
+                        }
                         seen = offset.saturating_add(bytes.len() as u64);
                     }
                     ConsoleRead::End { offset, reason } => {
