@@ -44,6 +44,10 @@ impl Service for Api {
             }
         }
     }
+
+    async fn console(&self, name: String, replay: vmove_api::ConsoleReplay, conn: &mut dyn vmove_api::server::Duplex) -> Option<Reply> {
+        crate::console::serve(&self.agent, &name, replay, conn).await.err().map(reply_err)
+    }
 }
 
 fn reply_err(e: crate::error::AgentError) -> Reply {
@@ -104,6 +108,7 @@ impl Api {
             Request::JobShow { id } => ok(jobs.get(&id)?.snapshot()),
             Request::JobList => ok(jobs.list()),
             Request::JobWatch { .. } => fail!(InvalidRequest, "job_watch is a streaming call"),
+            Request::GuestConsole { .. } => fail!(InvalidRequest, "guest_console is a streaming call"),
             Request::JobCancel { id } => ok(jobs.cancel(&id).await?),
             Request::JobRecover { id } => ok(jobs.recover(&id).await?),
             Request::JobResume { id } => {

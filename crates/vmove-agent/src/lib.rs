@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod claims;
+pub mod console;
 pub mod dispatch;
 pub mod error;
 pub mod fleet;

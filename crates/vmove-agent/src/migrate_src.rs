@@ -291,6 +291,7 @@ pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<SourceSide
         if info.status.as_ref() != Some(&MigrationStatus::Completed) {
             fail!(WrongState, "the migration of {name} has not completed on {}; refusing to end the source", agent.cfg.name);
         }
+        agent.mark_moved_out(name);
     }
     let outgoing = agent.take_outgoing(name);
     // End the QEMU first: frames for the guest keep arriving (and are kept) until then.

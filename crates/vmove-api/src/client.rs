@@ -156,7 +156,7 @@ pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     s.replace('\n', " ")
 }
 
-type Conn = BufReader<TlsStream<TcpStream>>;
+pub(crate) type Conn = BufReader<TlsStream<TcpStream>>;
 
 /// A client of one agent. Clones share their idle connections.
 #[derive(Clone)]
@@ -184,6 +184,11 @@ impl AgentClient {
     pub fn with_timeout(mut self, t: Duration) -> AgentClient {
         self.timeout = t;
         self
+    }
+
+    /// The per-call timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The agent's address.
@@ -225,7 +230,7 @@ impl AgentClient {
         .map_err(|_| self.timed_out())?
     }
 
-    fn result(&self, reply: Reply) -> Result<serde_json::Value, ClientError> {
+    pub(crate) fn result(&self, reply: Reply) -> Result<serde_json::Value, ClientError> {
         if reply.ok {
             return Ok(reply.result.unwrap_or(serde_json::Value::Null));
         }
@@ -236,11 +241,11 @@ impl AgentClient {
         Err(ClientError::Remote { host: self.server_name.clone(), code, message })
     }
 
-    fn timed_out(&self) -> ClientError {
+    pub(crate) fn timed_out(&self) -> ClientError {
         ClientError::Timeout { host: self.server_name.clone(), addr: self.addr, after: self.timeout }
     }
 
-    fn io(&self, source: std::io::Error) -> ClientError {
+    pub(crate) fn io(&self, source: std::io::Error) -> ClientError {
         ClientError::Io { host: self.server_name.clone(), addr: self.addr, source }
     }
 
@@ -295,7 +300,7 @@ impl AgentClient {
         serde_json::from_str(buf.trim_end()).map_err(|source| ClientError::Malformed { host: self.server_name.clone(), source })
     }
 
-    async fn connect(&self) -> Result<Conn, ClientError> {
+    pub(crate) async fn connect(&self) -> Result<Conn, ClientError> {
         let (host, addr) = (self.server_name.clone(), self.addr);
         let tcp = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { host: host.clone(), addr, source })?;
         let _ = tcp.set_nodelay(true);

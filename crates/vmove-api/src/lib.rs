@@ -15,6 +15,11 @@
 //! which checks every number against its range in [`limits`] and every guest and volume
 //! name (they become file names) with [`valid_name`].
 //!
+//! `guest_console` is the one call after which the connection changes shape: its reply
+//! ([`ConsoleAttached`]) is followed by [`ConsoleLine`]s (console output with its offset in
+//! the host's `serial.log`, then one final `end` saying why) from the agent, and by raw
+//! keystrokes from the client, until either side closes.
+//!
 //! Who may call what: the operator certificate (SAN `operator.vmove`) may make every call;
 //! host certificates (SAN `host.vmove`) only the peer calls that a migration needs
 //! ([`Request::allowed_for`]).
@@ -22,6 +27,7 @@
 
 pub mod bootstrap;
 pub mod client;
+mod console;
 pub mod server;
 mod job;
 pub mod operator;
@@ -32,6 +38,7 @@ pub mod tls;
 mod validate;
 mod wire;
 
+pub use console::*;
 pub use client::{one_line, AgentClient, ClientError};
 pub use operator::{operator_clients, OperatorError};
 pub use outage::Outage;

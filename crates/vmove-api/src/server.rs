@@ -1,7 +1,8 @@
 //! The agent side of the protocol: accept, TLS with a client certificate, then request
 //! lines answered in order on the same connection until the client closes it (or leaves
 //! it idle for [`IDLE_CLOSE`]). A streaming call (`job_watch`) sends event lines before its
-//! final reply and ends the connection.
+//! final reply and ends the connection; `guest_console` hands the connection over to the
+//! service ([`Service::console`]) and ends it when the session ends.
 //!
 //! Each request line is decoded and range-checked ([`crate::decode_request`]) and checked
 //! against the caller's role ([`Request::allowed_for`]) here, so a [`Service`] only ever sees
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -43,12 +44,24 @@ impl<'a> EventSink<'a> {
     }
 }
 
+/// A connection that a console session takes over (read and write).
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
 /// What the agent does with a request.
 #[async_trait]
 pub trait Service: Send + Sync + 'static {
     /// Handles one decoded, range-checked and allowed request. A streaming call writes its
     /// events to `events` first.
     async fn call(&self, req: Request, role: Role, events: &mut EventSink<'_>) -> Reply;
+
+    /// Serves `guest_console` on the connection: writes its own reply line and then the
+    /// session ([`crate::ConsoleLine`]s out, raw keystrokes in). Returns the error reply to
+    /// send instead when the session could not start; the connection ends either way.
+    async fn console(&self, name: String, replay: crate::ConsoleReplay, conn: &mut dyn Duplex) -> Option<Reply> {
+        let _ = (name, replay, conn);
+        Some(Reply::err(ErrorCode::InvalidRequest, "this server has no consoles"))
+    }
 }
 
 /// Counters of a server (shown by `health`).
@@ -118,6 +131,13 @@ async fn connection(acceptor: TlsAcceptor, tcp: TcpStream, service: Arc<dyn Serv
                 (Some(role), Ok(req)) if !req.allowed_for(&role) => {
                     (Reply::err(ErrorCode::Forbidden, format!("{} is not allowed for a {role:?} certificate", req.op())), false)
                 }
+                (Some(_), Ok(Request::GuestConsole { name, replay })) => match service.console(name, replay, &mut conn).await {
+                        Some(refused) => (refused, true),
+                        None => {
+                            stats.requests.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    },
                 (Some(role), Ok(req)) => {
                     let streaming = matches!(req, Request::JobWatch { .. });
                     let mut sink = EventSink { w: conn.get_mut() };

@@ -40,6 +40,8 @@ pub mod limits {
     pub const CALC_MS: RangeInclusive<u64> = 100..=60_000;
     /// Console log tail, bytes: up to 16 MiB (it travels in one reply line).
     pub const LOG_MAX_BYTES: RangeInclusive<u64> = 1..=16 << 20;
+    /// Console log replayed before live output (`guest_console` `tail`), bytes.
+    pub const CONSOLE_REPLAY_BYTES: RangeInclusive<u64> = 0..=1 << 20;
     /// First job event to stream: far above any job's event count (a day of 1 s progress
     /// events is 86,400), below the heartbeat's sequence number.
     pub const FROM_SEQ: RangeInclusive<u64> = 0..=100_000_000;
@@ -311,6 +313,13 @@ impl Request {
             Request::GuestLog { name, max_bytes } => {
                 c.name("name", name)?;
                 c.range("max_bytes", *max_bytes, limits::LOG_MAX_BYTES)
+            }
+            Request::GuestConsole { name, replay } => {
+                c.name("name", name)?;
+                match replay {
+                    crate::ConsoleReplay::Tail(n) => c.range("replay.tail", *n, limits::CONSOLE_REPLAY_BYTES),
+                    crate::ConsoleReplay::Live | crate::ConsoleReplay::From(_) => Ok(()),
+                }
             }
             Request::JobWatch { from_seq, .. } => c.range("from_seq", *from_seq, limits::FROM_SEQ),
             Request::JobShow { .. } | Request::JobCancel { .. } | Request::JobResume { .. } | Request::JobRecover { .. } => {

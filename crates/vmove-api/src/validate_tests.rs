@@ -120,6 +120,24 @@ fn log_bytes() {
 }
 
 #[test]
+fn console_requests() {
+    check("guest_console", "replay.tail", limits::CONSOLE_REPLAY_BYTES, u64::MAX, |v| Request::GuestConsole {
+        name: "vm1".into(),
+        replay: crate::ConsoleReplay::Tail(v),
+    });
+    // An offset is the client's own position in a log it has seen: any value, clamped by the agent.
+    assert_eq!(Request::GuestConsole { name: "vm1".into(), replay: crate::ConsoleReplay::From(u64::MAX) }.validate(), Ok(()));
+    let r = decode_request(r#"{"op":"guest_console","name":"vm1"}"#).unwrap();
+    assert_eq!(r, Request::GuestConsole { name: "vm1".into(), replay: crate::ConsoleReplay::Live });
+    assert!(decode_request(r#"{"op":"guest_console","name":"vm1","replay":{"from":-1}}"#).is_err());
+    assert!(decode_request(r#"{"op":"guest_console","name":"vm1","replay":"all"}"#).is_err());
+    let bad = Request::GuestConsole { name: "../x".into(), replay: crate::ConsoleReplay::Live };
+    assert!(matches!(bad.validate(), Err(InvalidRequest::BadName { .. })));
+    assert!(!bad.allowed_for(&crate::Role::Host), "a host certificate may not open a console");
+    assert!(bad.allowed_for(&crate::Role::Operator));
+}
+
+#[test]
 fn watch_from_seq() {
     check("job_watch", "from_seq", limits::FROM_SEQ, u64::MAX, |v| Request::JobWatch { id: "host2-1".into(), from_seq: v });
 }

@@ -310,6 +310,16 @@ pub enum Request {
         #[serde(default = "default_log_bytes")]
         max_bytes: u64,
     },
+    /// Attach to a guest's serial console (a streaming call, operator only): the reply
+    /// ([`crate::ConsoleAttached`]) comes first, then the connection carries
+    /// [`crate::ConsoleLine`]s from the agent and raw keystrokes from the client.
+    GuestConsole {
+        /// Guest name.
+        name: String,
+        /// What of the console log to send before live output.
+        #[serde(default)]
+        replay: crate::ConsoleReplay,
+    },
 }
 
 fn default_stop_timeout() -> u64 {
@@ -381,6 +391,7 @@ impl Request {
             Request::GuestList => "guest_list",
             Request::GuestShow { .. } => "guest_show",
             Request::GuestLog { .. } => "guest_log",
+            Request::GuestConsole { .. } => "guest_console",
             Request::GuestDirtyRate { .. } => "guest_dirty_rate",
             Request::JobSubmit { .. } => "job_submit",
             Request::JobShow { .. } => "job_show",

@@ -460,4 +460,13 @@ pub enum GuestCmd {
         #[arg(long, default_value_t = 65536)]
         bytes: u64,
     },
+    /// Attach to the guest's serial console through its agent; follows the guest across
+    /// live migrations. Ctrl-] leaves (docs/console.md).
+    Console {
+        /// Guest name.
+        name: String,
+        /// First show the last N bytes of the console log (at most 1 MiB).
+        #[arg(long, default_value_t = 0)]
+        replay: u64,
+    },
 }

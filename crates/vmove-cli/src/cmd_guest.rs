@@ -1,4 +1,4 @@
-//! `vmove guest create|list|show|start|stop|destroy|log`.
+//! `vmove guest create|list|show|start|stop|destroy|log|console` (console: [`crate::console`]).
 use anyhow::{anyhow, bail, Result};
 use futures::future::join_all;
 use vmove_api::{GuestLog, GuestState, GuestStatus, Request};
@@ -57,6 +57,7 @@ pub async fn run(ctx: &Ctx, cmd: GuestCmd) -> Result<()> {
             }
             Ok(())
         }
+        GuestCmd::Console { name, replay } => crate::console::run(ctx, &name, replay).await,
         GuestCmd::Log { name, bytes } => {
             let (cluster, host) = locate(ctx, &name).await?;
             let log: GuestLog = ctx.client(&cluster, &host)?.call(&Request::GuestLog { name, max_bytes: bytes }).await?;

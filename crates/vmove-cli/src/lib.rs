@@ -10,6 +10,7 @@ mod cmd_job;
 mod cmd_lab;
 mod cmd_migrate;
 mod cmd_setup;
+mod console;
 mod ctx;
 mod drain;
 mod fleet_store;

@@ -43,7 +43,8 @@ pub struct Launch {
     pub nics: Vec<(String, String)>,
     /// `-incoming` argument (e.g. `defer`), for a migration target.
     pub incoming: Option<String>,
-    /// Serial console TCP port.
+    /// Serial console TCP port (`None`: a unix socket in the run directory). Either way
+    /// QEMU also writes all console output to `serial.log`.
     pub console_port: Option<u16>,
 }
 
@@ -53,6 +54,11 @@ impl RunFiles {
     /// QMP socket.
     pub fn qmp(run: &Path) -> PathBuf {
         run.join("qmp.sock")
+    }
+    /// The serial console's unix socket (QEMU listens; the agent's console sessions write
+    /// keystrokes there), for guests without a TCP console port.
+    pub fn console(run: &Path) -> PathBuf {
+        run.join("console.sock")
     }
     /// Serial console log.
     pub fn serial_log(run: &Path) -> PathBuf {
@@ -96,7 +102,10 @@ pub fn args(spec: &GuestSpec, l: &Launch) -> Vec<String> {
     let log = RunFiles::serial_log(run).display().to_string();
     let chardev = match l.console_port {
         Some(p) => format!("socket,id=con0,host=0.0.0.0,port={p},server=on,wait=off,telnet=off,logfile={log},logappend=on"),
-        None => format!("null,id=con0,logfile={log},logappend=on"),
+        None => format!(
+            "socket,id=con0,path={},server=on,wait=off,logfile={log},logappend=on",
+            RunFiles::console(run).display()
+        ),
     };
     a.extend(["-chardev".into(), chardev, "-serial".into(), "chardev:con0".into()]);
     if let Some((k, i, c)) = &l.direct_boot {
@@ -294,8 +303,15 @@ mod tests {
         assert!(a.contains("-device virtio-blk-pci,drive=disk0,id=vblk0,write-cache=on -netdev"));
         assert!(a.contains("tap,id=net0,ifname=vt1n0,script=no"));
         assert!(a.contains("mac=52:54:00:00:00:01"));
-        assert!(a.contains("port=5901"));
+        assert!(a.contains("-chardev socket,id=con0,host=0.0.0.0,port=5901,server=on,wait=off,telnet=off,logfile=/run/x/serial.log"));
         assert!(a.ends_with("-incoming defer"));
+        // Without a console port: a unix socket in the run directory (console sessions'
+        // keystrokes), and the same log.
+        let a = args(&spec(), &Launch { console_port: None, ..l }).join(" ");
+        assert!(
+            a.contains("-chardev socket,id=con0,path=/run/x/console.sock,server=on,wait=off,logfile=/run/x/serial.log,logappend=on -serial chardev:con0"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct Agent {
     pub(crate) helpers: crate::storage::helper::Helpers,
     maintenance: Mutex<Option<Maintenance>>,
     pub(crate) outgoing_watch: Mutex<HashMap<String, crate::frames::Outgoing>>,
+    /// Guests whose console input a session holds (one writer per guest).
+    pub(crate) console_writers: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Guests whose live migration out completed here (for console sessions).
+    moved_out: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Agent {
@@ -122,6 +126,8 @@ impl Agent {
             helpers: Default::default(),
             maintenance: Mutex::new(maintenance),
             outgoing_watch: Mutex::default(),
+            console_writers: Arc::default(),
+            moved_out: Mutex::default(),
         })
     }
 
@@ -193,6 +199,23 @@ impl Agent {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let key = format!("{name}@{address}");
         Ok(peers.entry(key).or_insert_with(|| AgentClient::new(addr, name, self.peer_tls.clone())).clone())
+    }
+
+    /// Marks `guest` as moved away (its outgoing live migration completed; the source
+    /// QEMU is about to end): its console sessions end with `moved`.
+    pub(crate) fn mark_moved_out(&self, guest: &str) {
+        self.moved_out.lock().unwrap_or_else(|p| p.into_inner()).insert(guest.to_string());
+    }
+
+    /// Whether `guest` was marked moved away; `clear`: forget the mark (a guest that runs
+    /// here again).
+    pub(crate) fn moved_out(&self, guest: &str, clear: bool) -> bool {
+        let mut m = self.moved_out.lock().unwrap_or_else(|p| p.into_inner());
+        if clear {
+            m.remove(guest)
+        } else {
+            m.contains(guest)
+        }
     }
 
     /// The event record of a guest's outgoing migration.

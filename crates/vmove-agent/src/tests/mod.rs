@@ -20,6 +20,7 @@ use crate::leases::Leases;
 use crate::peer::Peer;
 use crate::state::State;
 
+mod console;
 pub mod fake;
 mod fake_block;
 mod faults;
