@@ -101,7 +101,7 @@ pub fn args(spec: &GuestSpec, l: &Launch) -> Vec<String> {
     ];
     let log = RunFiles::serial_log(run).display().to_string();
     let chardev = match l.console_port {
-        Some(p) => format!("socket,id=con0,host=0.0.0.0,port={p},server=on,wait=off,telnet=off,logfile={log},logappend=on"),
+        Some(p) => format!("socket,id=con0,host=127.0.0.1,port={p},server=on,wait=off,telnet=off,logfile={log},logappend=on"),
         None => format!(
             "socket,id=con0,path={},server=on,wait=off,logfile={log},logappend=on",
             RunFiles::console(run).display()
@@ -303,7 +303,7 @@ mod tests {
         assert!(a.contains("-device virtio-blk-pci,drive=disk0,id=vblk0,write-cache=on -netdev"));
         assert!(a.contains("tap,id=net0,ifname=vt1n0,script=no"));
         assert!(a.contains("mac=52:54:00:00:00:01"));
-        assert!(a.contains("-chardev socket,id=con0,host=0.0.0.0,port=5901,server=on,wait=off,telnet=off,logfile=/run/x/serial.log"));
+        assert!(a.contains("-chardev socket,id=con0,host=127.0.0.1,port=5901,server=on,wait=off,telnet=off,logfile=/run/x/serial.log"));
         assert!(a.ends_with("-incoming defer"));
         // Without a console port: a unix socket in the run directory (console sessions'
         // keystrokes), and the same log.

@@ -92,6 +92,10 @@ pub async fn run(ctx: &Ctx, name: &str, replay_bytes: u64) -> Result<()> {
     if !max.contains(&replay_bytes) {
         bail!("--replay {replay_bytes}: at most {} bytes", max.end());
     }
+    // `kill` (SIGTERM) ends the session the way Ctrl-] does: the terminal is restored.
+    // Caught from the start, before anything is announced: a SIGTERM sent as soon as the
+    // attach notice is seen must find the handler in place.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let cluster = ctx.cluster().await?;
     let mut host =
         cluster.guest(name).map(|g| g.host.clone()).ok_or_else(|| anyhow!("no guest named {name} in {}", ctx.truth(&cluster)))?;
@@ -109,8 +113,6 @@ pub async fn run(ctx: &Ctx, name: &str, replay_bytes: u64) -> Result<()> {
         json!({ "event": "attached", "guest": name, "host": host, "offset": a.offset, "writable": a.writable }),
     );
     let mut keys = Some(keystrokes());
-    // `kill` (SIGTERM) ends the session the way Ctrl-] does: the terminal is restored.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let (a, mut reader, mut writer) = session;
         let mut seen = a.offset;
