@@ -321,3 +321,68 @@ fn examples_4_30_and_4_31_live_precheck_and_live_migration() {
     let log = lab.wait_log("vm1", "VERIFY OK after the move", Duration::from_secs(60), |l| l.matches("VERIFY OK").count() >= 2);
     assert!(!log.contains("VERIFY FAIL") && !log.contains("DISK FAIL"), "{log}");
 }
+
+/// The vmove extension: a whole migration without TGTHOST; MERGE lets the drain's planner
+/// choose the target, prints it and fixes it in the action; DEPLOY moves the guest there.
+#[test]
+fn migrate_guest_without_tgthost_lets_the_planner_choose() {
+    let lab = Lab::up("oedaplan", 3);
+    lab.boot_guest("vm1", "host1", "192.0.2.67", BUSY_MB_S, true);
+
+    let o = run_script(
+        &lab,
+        "planner.oeda",
+        "LOAD FILE NAME=cluster.toml\n\
+         MIGRATE GUEST HOSTNAME=vm1 MODE=LIVE SRCHOST=host1\n\
+         SAVE ACTION\n\
+         MERGE ACTIONS\n\
+         LIST ACTIONS\n\
+         DEPLOY ACTIONS\n",
+        false,
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    eprintln!("{out}");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let chosen = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TGTHOST not given: the planner chose "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no choice printed:\n{out}"))
+        .to_string();
+    assert!(chosen == "host2" || chosen == "host3", "chose {chosen}");
+    let fixed = format!("MIGRATE GUEST HOSTNAME=vm1 MODE=live SRCHOST=host1 TGTHOST={chosen}");
+    in_order(
+        &out,
+        &[
+            "oedacli> MIGRATE GUEST HOSTNAME=vm1 MODE=LIVE SRCHOST=host1",
+            "oedacli> MERGE ACTIONS",
+            "Validating Action ID : 1 MIGRATE GUEST HOSTNAME=vm1 MODE=live SRCHOST=host1",
+            &format!("TGTHOST not given: the planner chose {chosen} (the least loaded host"),
+            &format!("Action ID : 1 is now {fixed}"),
+            "Action Validated and Merged OK",
+            "oedacli> LIST ACTIONS",
+            &fixed,
+            "oedacli> DEPLOY ACTIONS",
+            &format!("Deploying Action ID : 1 {fixed}"),
+            &format!("Deploying MIGRATE GUEST (job {chosen}-"),
+            "Step MIGRATE_GUEST completed successfully",
+            "Done [Elapsed = ",
+        ],
+    );
+    assert_eq!(lab.qemu_hosts("vm1"), vec![chosen.clone()], "exactly one QEMU, on the chosen host");
+    assert_eq!(lab.cluster_host("vm1"), chosen, "the job updated the loaded file");
+    lab.tcp_echo("192.0.2.67:7").expect("the guest answers on the chosen host");
+
+    // A single step still needs TGTHOST: one line, naming the step.
+    let o = run_script(
+        &lab,
+        "step.oeda",
+        "LOAD FILE NAME=cluster.toml\nMIGRATE GUEST HOSTNAME=vm1 MODE=offline SRCHOST=host1 WHERE STEPNAME=STOP_GUEST\n",
+        false,
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        "vmove: line 2: STEPNAME=STOP_GUEST: a single step needs TGTHOST= (the planner chooses the target only for a whole migration)"
+    );
+}

@@ -93,7 +93,8 @@ impl From<anyhow::Error> for Failure {
 async fn deploy_one(ctx: &Ctx, m: &Migrate) -> Result<Deployed, Failure> {
     let text = !ctx.json;
     let real = ctx.cluster().await?;
-    let cmd = m.command(&real.policy);
+    let cmd = m.command(&real.policy).map_err(anyhow::Error::from)?;
+    let target = m.target_host().map_err(anyhow::Error::from)?;
     cmd_migrate::guest_spec(&real, &m.guest)?;
     let mut findings = Vec::new();
     if cmd.runs_prechecks() {
@@ -121,11 +122,11 @@ async fn deploy_one(ctx: &Ctx, m: &Migrate) -> Result<Deployed, Failure> {
     }
     let rec = cmd_migrate::submit(ctx, &real, &cmd).await?;
     let opts = FollowOpts {
-        started_line: Some(format!("Deploying MIGRATE GUEST (job {} on {})", rec.id, m.target)),
+        started_line: Some(format!("Deploying MIGRATE GUEST (job {} on {target})", rec.id)),
         done_lines: false,
         quiet: ctx.json,
     };
-    let rec = follow_with(ctx, &m.target, &rec.id, &opts).await.map_err(|e| Failure {
+    let rec = follow_with(ctx, target, &rec.id, &opts).await.map_err(|e| Failure {
         job: Some(rec.id.clone()),
         message: format!("(job {}) failed: {}; see `vmove job show {}`", rec.id, crate::out::one_line(e), rec.id),
     })?;

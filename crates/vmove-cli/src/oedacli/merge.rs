@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 use vmove_model::Cluster;
-use vmove_plan::{Finding, Step, Verdict};
+use vmove_plan::{Finding, PlannedMove, Step, Verdict};
 
 use super::parse::{quote, Migrate};
 use super::session::{ActionState, Outcome, Session};
@@ -21,10 +21,40 @@ impl Session {
         let ctx = Ctx::new(l.path.clone(), self.json);
         let mut results = Vec::new();
         let mut failed = Vec::new();
+        let mut chosen = Vec::new();
+        // Merged but not deployed: the planner counts their targets as taken.
+        let mut reserved: Vec<PlannedMove> =
+            self.actions.iter().filter(|a| a.state == ActionState::Merged).filter_map(|a| super::choose::reserved(&a.m)).collect();
         for i in todo {
             let a = &mut self.actions[i];
             if text {
                 println!("Validating Action ID : {} {}", a.id, a.command);
+            }
+            if a.m.target.is_none() {
+                match super::choose::choose(&ctx, &l.model, &a.m, &reserved).await {
+                    Ok(c) => {
+                        if text {
+                            println!("{}", c.line);
+                        }
+                        a.m.target = Some(c.planned.to.clone());
+                        a.command = a.m.to_string();
+                        if text {
+                            println!("Action ID : {} is now {}", a.id, a.command);
+                        }
+                        chosen.push(json!({ "id": a.id, "target": c.planned.to, "planned": c.planned }));
+                    }
+                    Err(why) => {
+                        let why = format!("failed: {}", crate::out::one_line(why));
+                        if text {
+                            println!("Action ID : {} not merged: {why}", a.id);
+                        }
+                        a.state = ActionState::Failed;
+                        a.error = Some(why.clone());
+                        failed.push(format!("action {} {why}", a.id));
+                        results.push(json!({ "id": a.id, "command": a.command, "state": a.state, "error": why }));
+                        continue;
+                    }
+                }
             }
             let findings = match validate(&ctx, &l.model, &l.shown, &a.m).await {
                 Ok(f) => f,
@@ -42,6 +72,7 @@ impl Session {
                     }
                     apply(&mut l.model, &a.m);
                     a.state = ActionState::Merged;
+                    reserved.extend(super::choose::reserved(&a.m));
                     if text {
                         println!("Action Validated and Merged OK");
                     }
@@ -61,7 +92,7 @@ impl Session {
         if !failed.is_empty() {
             bail!("MERGE ACTIONS: {}", failed.join("; "));
         }
-        Outcome::ok(json!({ "actions": results }))
+        Outcome::ok(json!({ "actions": results, "chosen": chosen }))
     }
 }
 
@@ -71,7 +102,8 @@ pub(super) fn check_names(model: &Cluster, file: &str, m: &Migrate) -> Result<()
     let guest = model
         .guest(&m.guest)
         .ok_or_else(|| anyhow!("HOSTNAME={}: no guest named {} in {file}", quote(&m.guest), m.guest))?;
-    for (key, host) in [("SRCHOST", &m.source), ("TGTHOST", &m.target)] {
+    for (key, host) in [("SRCHOST", Some(&m.source)), ("TGTHOST", m.target.as_ref())] {
+        let Some(host) = host else { continue };
         if model.host(host).is_none() {
             bail!("{key}={}: no host named {host} in {file}", quote(host));
         }
@@ -87,7 +119,7 @@ pub(super) fn check_names(model: &Cluster, file: &str, m: &Migrate) -> Result<()
 /// `Ok(Err)`: it failed, with the failing checks on one line.
 async fn validate(ctx: &Ctx, model: &Cluster, file: &str, m: &Migrate) -> Result<Result<Vec<Finding>, String>> {
     check_names(model, file, m)?;
-    let cmd = m.command(&model.policy);
+    let cmd = m.command(&model.policy)?;
     if !cmd.runs_prechecks() {
         return Ok(Ok(Vec::new()));
     }
@@ -116,8 +148,8 @@ pub(super) fn print_passed(findings: &[Finding]) {
 /// action moves it.
 pub fn apply(model: &mut Cluster, m: &Migrate) {
     if m.moves_guest() {
-        if let Some(g) = model.guest_mut(&m.guest) {
-            g.host = m.target.clone();
+        if let (Some(g), Some(t)) = (model.guest_mut(&m.guest), &m.target) {
+            g.host = t.clone();
         }
     }
 }
@@ -151,8 +183,10 @@ mod tests {
         let e = |m: Migrate| check_names(&c, "c.toml", &m).unwrap_err().to_string();
         assert_eq!(e(Migrate { guest: "vm9".into(), ..mig(Mode::Offline, None) }), "HOSTNAME=vm9: no guest named vm9 in c.toml");
         assert_eq!(e(Migrate { source: "host7".into(), ..mig(Mode::Offline, None) }), "SRCHOST=host7: no host named host7 in c.toml");
-        assert_eq!(e(Migrate { target: "host8".into(), ..mig(Mode::Live, None) }), "TGTHOST=host8: no host named host8 in c.toml");
-        let back = Migrate { source: "host2".into(), target: "host1".into(), ..mig(Mode::Offline, None) };
+        assert_eq!(e(Migrate { target: Some("host8".into()), ..mig(Mode::Live, None) }), "TGTHOST=host8: no host named host8 in c.toml");
+        // No TGTHOST=: the planner chooses it at MERGE.
+        assert!(check_names(&c, "c.toml", &Migrate { target: None, ..mig(Mode::Live, None) }).is_ok());
+        let back = Migrate { source: "host2".into(), target: Some("host1".into()), ..mig(Mode::Offline, None) };
         assert_eq!(e(back.clone()), "SRCHOST=host2: c.toml puts vm1 on host1");
         // A single step may resume after the guest's definition moved.
         assert!(check_names(&c, "c.toml", &Migrate { step: Some(Step::StartupGuest), ..back }).is_ok());

@@ -22,7 +22,7 @@ pub enum Command {
         /// The file, as given (relative to the current directory).
         name: String,
     },
-    /// `MIGRATE GUEST HOSTNAME=g MODE=m SRCHOST=s TGTHOST=t [WHERE STEPNAME=x]`.
+    /// `MIGRATE GUEST HOSTNAME=g MODE=m SRCHOST=s [TGTHOST=t] [WHERE STEPNAME=x]`.
     MigrateGuest(Migrate),
     /// `SAVE ACTION`.
     SaveAction,
@@ -52,8 +52,9 @@ pub struct Migrate {
     pub mode: Mode,
     /// `SRCHOST=`.
     pub source: String,
-    /// `TGTHOST=`.
-    pub target: String,
+    /// `TGTHOST=`. `None` (a vmove extension to Oracle Exadata's oedacli, whole migrations
+    /// only): the planner chooses it at MERGE ACTIONS, which then fixes it here.
+    pub target: Option<String>,
     /// `WHERE STEPNAME=`: one step only.
     pub step: Option<Step>,
 }
@@ -64,11 +65,24 @@ impl Migrate {
         matches!(self.step, None | Some(Step::MigrateGuest))
     }
 
+    /// The target host: `TGTHOST=`, or the one MERGE ACTIONS chose.
+    pub fn target_host(&self) -> Result<&str, TargetNotChosen> {
+        self.target.as_deref().ok_or(TargetNotChosen)
+    }
+
     /// The migration it asks for, with the policy's parameters: the same command as
     /// `vmove migrate GUEST --from SRCHOST --to TGTHOST --mode MODE [--step STEPNAME]`.
-    pub fn command(&self, policy: &Policy) -> MigrateCommand {
-        MigrateCommand::new(policy, &self.guest, &self.source, &self.target, self.mode, self.step)
+    pub fn command(&self, policy: &Policy) -> Result<MigrateCommand, TargetNotChosen> {
+        Ok(MigrateCommand::new(policy, &self.guest, &self.source, self.target_host()?, self.mode, self.step))
     }
+}
+
+/// An action without TGTHOST= asked for its target before MERGE ACTIONS chose one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("TGTHOST not given and not chosen yet: expected MERGE ACTIONS first")]
+pub struct TargetNotChosen;
+
+impl Migrate {
 }
 
 impl fmt::Display for Migrate {
@@ -76,12 +90,14 @@ impl fmt::Display for Migrate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "MIGRATE GUEST HOSTNAME={} MODE={} SRCHOST={} TGTHOST={}",
+            "MIGRATE GUEST HOSTNAME={} MODE={} SRCHOST={}",
             quote(&self.guest),
             self.mode.wire_name(),
-            quote(&self.source),
-            quote(&self.target)
+            quote(&self.source)
         )?;
+        if let Some(t) = &self.target {
+            write!(f, " TGTHOST={}", quote(t))?;
+        }
         if let Some(s) = self.step {
             write!(f, " WHERE STEPNAME={}", s.name())?;
         }
@@ -161,6 +177,13 @@ pub enum ParseError {
         /// The argument's name.
         key: &'static str,
         /// The second occurrence as given.
+        token: String,
+    },
+    /// A single step without `TGTHOST=`: the planner chooses a target only for a whole
+    /// migration.
+    #[error("{token}: a single step needs TGTHOST= (the planner chooses the target only for a whole migration)")]
+    StepNeedsTarget {
+        /// The step as given (`STEPNAME=STOP_GUEST`).
         token: String,
     },
     /// A quote that does not end.
@@ -381,16 +404,21 @@ fn migrate(rest: &[Word]) -> Result<Migrate, ParseError> {
     let (guest, _) = guest.ok_or(missing("HOSTNAME"))?;
     let mode = mode.ok_or(missing("MODE"))?;
     let (source, _) = source.ok_or(missing("SRCHOST"))?;
-    let (target, target_token) = target.ok_or(missing("TGTHOST"))?;
     if let Some((s, token)) = &step {
         if !s.valid_for(mode) {
             let expected = if mode.is_live() { LIVE_STEPS } else { OFFLINE_STEPS };
             return Err(ParseError::BadValue { token: token.clone(), expected });
         }
+        if target.is_none() {
+            return Err(ParseError::StepNeedsTarget { token: token.clone() });
+        }
     }
-    if source == target {
-        return Err(ParseError::BadValue { token: target_token, expected: "a host other than SRCHOST" });
+    if let Some((t, token)) = &target {
+        if *t == source {
+            return Err(ParseError::BadValue { token: token.clone(), expected: "a host other than SRCHOST" });
+        }
     }
+    let target = target.map(|(t, _)| t);
     Ok(Migrate { guest, mode, source, target, step: step.map(|(s, _)| s) })
 }
 

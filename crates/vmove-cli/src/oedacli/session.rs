@@ -101,8 +101,9 @@ pub struct Session {
 pub const HELP: &[(&str, &str)] = &[
     ("LOAD FILE NAME=file", "load a cluster file (relative to the current directory); later commands use it"),
     (
-        "MIGRATE GUEST HOSTNAME=guest MODE=OFFLINE|OFFLINEFORCE|LIVE SRCHOST=host TGTHOST=host [WHERE STEPNAME=step]",
-        "record a migration as the pending action",
+        "MIGRATE GUEST HOSTNAME=guest MODE=OFFLINE|OFFLINEFORCE|LIVE SRCHOST=host [TGTHOST=host] [WHERE STEPNAME=step]",
+        "record a migration as the pending action; without TGTHOST (a vmove extension, whole migrations only) \
+         MERGE ACTIONS lets the planner of `vmove host drain` choose the target and fixes it in the action",
     ),
     ("SAVE ACTION", "add the pending action to the action list"),
     ("MERGE ACTIONS", "validate the saved actions (prechecks, against the agents) and apply them to the model"),
@@ -263,7 +264,7 @@ pub(super) mod tests {
     }
 
     pub(in crate::oedacli) fn mig(mode: Mode, step: Option<Step>) -> Migrate {
-        Migrate { guest: "vm1".into(), mode, source: "host1".into(), target: "host2".into(), step }
+        Migrate { guest: "vm1".into(), mode, source: "host1".into(), target: Some("host2".into()), step }
     }
 
     #[test]

@@ -152,7 +152,7 @@ mod tests {
 
     fn from_oedacli(line: &str) -> MigrateCommand {
         let Ok(Oeda::MigrateGuest(m)) = parse(line) else { panic!("not MIGRATE GUEST: {line}") };
-        m.command(&cluster().policy)
+        m.command(&cluster().policy).unwrap_or_else(|e| panic!("{line}: {e}"))
     }
 
     #[test]

@@ -2,7 +2,7 @@
 use super::*;
 
 fn mig(guest: &str, mode: Mode, source: &str, target: &str, step: Option<Step>) -> Command {
-    Command::MigrateGuest(Migrate { guest: guest.into(), mode, source: source.into(), target: target.into(), step })
+    Command::MigrateGuest(Migrate { guest: guest.into(), mode, source: source.into(), target: Some(target.into()), step })
 }
 
 fn err(line: &str) -> ParseError {
@@ -103,14 +103,14 @@ fn display_writes_the_command_back() {
     };
     assert_eq!(m.to_string(), "MIGRATE GUEST HOSTNAME=vm1 MODE=offlineforce SRCHOST=host1 TGTHOST=host2 WHERE STEPNAME=STOP_GUEST");
     assert_eq!(parse(&m.to_string()), Ok(Command::MigrateGuest(m)));
-    let quoted = Migrate { guest: "vm 1".into(), mode: Mode::Live, source: "a".into(), target: "b\"c".into(), step: None };
+    let quoted = Migrate { guest: "vm 1".into(), mode: Mode::Live, source: "a".into(), target: Some("b\"c".into()), step: None };
     assert_eq!(quoted.to_string(), r#"MIGRATE GUEST HOSTNAME="vm 1" MODE=live SRCHOST=a TGTHOST='b"c'"#);
     assert_eq!(parse(&quoted.to_string()), Ok(Command::MigrateGuest(quoted)));
 }
 
 #[test]
 fn whole_migrations_and_migrate_guest_move_the_guest() {
-    let m = |step| Migrate { guest: "g".into(), mode: Mode::Offline, source: "a".into(), target: "b".into(), step };
+    let m = |step| Migrate { guest: "g".into(), mode: Mode::Offline, source: "a".into(), target: Some("b".into()), step };
     assert!(m(None).moves_guest());
     assert!(m(Some(Step::MigrateGuest)).moves_guest());
     assert!(!m(Some(Step::StopGuest)).moves_guest());
@@ -167,16 +167,50 @@ fn file_commands_need_one_name() {
 }
 
 #[test]
-fn migrate_guest_needs_every_argument() {
+fn migrate_guest_needs_every_argument_but_tgthost() {
     let full = ["HOSTNAME=vm1", "MODE=offline", "SRCHOST=host1", "TGTHOST=host2"];
-    for (i, key) in ["HOSTNAME", "MODE", "SRCHOST", "TGTHOST"].into_iter().enumerate() {
+    for (i, key) in ["HOSTNAME", "MODE", "SRCHOST"].into_iter().enumerate() {
         let mut args = full.to_vec();
         args.remove(i);
         let line = format!("MIGRATE GUEST {}", args.join(" "));
         assert_eq!(err(&line), ParseError::Missing { command: "MIGRATE GUEST", key }, "{line}");
     }
     assert_eq!(err("MIGRATE GUEST"), ParseError::Missing { command: "MIGRATE GUEST", key: "HOSTNAME" });
-    assert_eq!(err("MIGRATE GUEST HOSTNAME=vm1 MODE=live SRCHOST=host1").to_string(), "MIGRATE GUEST needs TGTHOST=");
+    assert_eq!(err("MIGRATE GUEST HOSTNAME=vm1 MODE=live TGTHOST=host2").to_string(), "MIGRATE GUEST needs SRCHOST=");
+}
+
+#[test]
+fn a_whole_migration_may_leave_tgthost_to_the_planner() {
+    for (line, mode) in [
+        ("MIGRATE GUEST HOSTNAME=vm1 MODE=LIVE SRCHOST=host1", Mode::Live),
+        ("migrate guest srchost=host1 mode=offline hostname=vm1", Mode::Offline),
+        ("oedacli> MIGRATE GUEST HOSTNAME=vm1 MODE=OFFLINEFORCE SRCHOST=host1", Mode::OfflineForce),
+    ] {
+        let want = Migrate { guest: "vm1".into(), mode, source: "host1".into(), target: None, step: None };
+        assert_eq!(parse(line), Ok(Command::MigrateGuest(want.clone())), "{line}");
+        // Written back without TGTHOST=, and that parses to the same action.
+        assert_eq!(want.to_string(), format!("MIGRATE GUEST HOSTNAME=vm1 MODE={} SRCHOST=host1", mode.wire_name()));
+        assert_eq!(parse(&want.to_string()), Ok(Command::MigrateGuest(want.clone())));
+        assert_eq!(want.target_host(), Err(TargetNotChosen));
+        assert!(want.command(&vmove_model::Policy::default()).is_err());
+    }
+}
+
+#[test]
+fn a_single_step_needs_tgthost() {
+    assert_eq!(
+        err("MIGRATE GUEST HOSTNAME=vm1 MODE=offline SRCHOST=host1 WHERE STEPNAME=STOP_GUEST"),
+        ParseError::StepNeedsTarget { token: "STEPNAME=STOP_GUEST".into() }
+    );
+    assert_eq!(
+        err("MIGRATE GUEST HOSTNAME=vm1 MODE=live SRCHOST=host1 WHERE STEPNAME=PRECHECK_LIVEMIGRATION").to_string(),
+        "STEPNAME=PRECHECK_LIVEMIGRATION: a single step needs TGTHOST= (the planner chooses the target only for a whole migration)"
+    );
+    // A step the mode does not take is reported as such first.
+    assert!(matches!(
+        err("MIGRATE GUEST HOSTNAME=vm1 MODE=live SRCHOST=host1 WHERE STEPNAME=STOP_GUEST"),
+        ParseError::BadValue { .. }
+    ));
 }
 
 #[test]
