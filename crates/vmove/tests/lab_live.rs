@@ -1,5 +1,6 @@
 //! Issue "Live migration": a dirtying guest moves while a client keeps one TCP connection;
 //! timeout and cancel leave it on the source; the stream is encrypted unless told not to be.
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -9,9 +10,8 @@ use std::time::Duration;
 use common::*;
 use vmove_lab::probe::TcpSession;
 
-#[test]
-fn live_migration_keeps_the_client_connection_and_memory() {
-    let lab = Lab::up("live", 2);
+fn live_migration_keeps_the_client_connection_and_memory(store: Store) {
+    let lab = Lab::up_on(store, "live", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.41", BUSY_MB_S, true);
     let session = TcpSession::start(&lab.client_ns, "192.0.2.41:7".parse().unwrap(), Duration::from_millis(10)).unwrap();
     wait_for("the session to run", Duration::from_secs(10), || (session.echoed() > 10).then_some(()));
@@ -55,9 +55,8 @@ fn live_migration_keeps_the_client_connection_and_memory() {
     assert_eq!(show["spec"]["host"], "host2");
 }
 
-#[test]
-fn live_migration_times_out_and_leaves_the_guest_on_the_source() {
-    let lab = Lab::up("tmo", 2);
+fn live_migration_times_out_and_leaves_the_guest_on_the_source(store: Store) {
+    let lab = Lab::up_on(store, "tmo", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.42", 50, false);
     let pid = lab.qemu_pids("vm1");
     let o = lab.vmove(&["migrate", "vm1", "--to", "host2", "--bandwidth", "2M", "--timeout", "6s", "--ignore-check", "predicted-convergence"]);
@@ -75,9 +74,8 @@ fn live_migration_times_out_and_leaves_the_guest_on_the_source() {
     lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
 }
 
-#[test]
-fn cancel_during_the_memory_phase() {
-    let lab = Lab::up("cancel", 2);
+fn cancel_during_the_memory_phase(store: Store) {
+    let lab = Lab::up_on(store, "cancel", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.43", BUSY_MB_S, false);
     let id = lab.ok(&["migrate", "vm1", "--to", "host2", "--bandwidth", "4M", "--ignore-check", "predicted-convergence", "--detach"]).trim().to_string();
     wait_for("the memory phase", Duration::from_secs(60), || {
@@ -130,9 +128,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-#[test]
-fn the_migration_stream_is_encrypted_unless_insecure_transport() {
-    let lab = Lab::up("tls", 2);
+fn the_migration_stream_is_encrypted_unless_insecure_transport(store: Store) {
+    let lab = Lab::up_on(store, "tls", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.44", 0, false);
     let marker = b"VMOVE-PLAINTEXT-MARKER";
     let switch = format!("{}-switch", lab.name);
@@ -149,9 +146,21 @@ fn the_migration_stream_is_encrypted_unless_insecure_transport() {
     // Clear text needs a policy that allows it (the precheck refuses it otherwise).
     let e = lab.fails(&["migrate", "vm1", "--to", "host1", "--insecure-transport"]);
     assert!(e.contains("encrypted-channel"), "{e}");
-    let mut c = vmove_model::Cluster::load(&lab.cluster).unwrap();
+    // The policy is the cluster file's, or on etcd the store's (exported, changed, imported).
+    let file = match store {
+        Store::File => lab.cluster.clone(),
+        Store::Etcd => {
+            let f = lab.dir.join("policy.toml");
+            lab.ok(&["cluster", "export", "--out", f.to_str().unwrap()]);
+            f
+        }
+    };
+    let mut c = vmove_model::Cluster::load(&file).unwrap();
     c.policy.require_encrypted_migration = false;
-    c.save(&lab.cluster).unwrap();
+    c.save(&file).unwrap();
+    if store == Store::Etcd {
+        lab.ok(&["--cluster", file.to_str().unwrap(), "cluster", "import", "--replace"]);
+    }
     let clear = lab.dir.join("clear.pcap");
     let cap = Capture::start(&switch, "h2m", &clear);
     lab.ok(&["migrate", "vm1", "--to", "host1", "--insecure-transport"]);
@@ -165,3 +174,6 @@ fn the_migration_stream_is_encrypted_unless_insecure_transport() {
     std::fs::remove_file(&clear).unwrap();
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
 }
+
+// Every test here runs on the file store and on etcd (`file::NAME`, `etcd::NAME`).
+on_both_stores!(live_migration_keeps_the_client_connection_and_memory, live_migration_times_out_and_leaves_the_guest_on_the_source, cancel_during_the_memory_phase, the_migration_stream_is_encrypted_unless_insecure_transport);

@@ -1,5 +1,6 @@
 //! Issue "Offline and forced-offline migration": whole runs, step by step, OFFLINEFORCE
 //! from a dead host, and recovery after an injected failure.
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -10,9 +11,8 @@ fn disk_records(lab: &Lab, guest: &str) -> u64 {
     last_disk_ok(&lab.log(guest)).unwrap_or(0)
 }
 
-#[test]
-fn offline_migration_of_a_running_guest_with_a_data_disk() {
-    let lab = Lab::up("off", 2);
+fn offline_migration_of_a_running_guest_with_a_data_disk(store: Store) {
+    let lab = Lab::up_on(store, "off", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.31", BUSY_MB_S, true);
     lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
     let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
@@ -39,9 +39,8 @@ fn offline_migration_of_a_running_guest_with_a_data_disk() {
     assert_eq!(places, vec!["host2"]);
 }
 
-#[test]
-fn offline_migration_as_nine_steps_and_a_stopped_guest_stays_stopped() {
-    let lab = Lab::up("step", 2);
+fn offline_migration_as_nine_steps_and_a_stopped_guest_stays_stopped(store: Store) {
+    let lab = Lab::up_on(store, "step", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.32", 0, true);
     // Out of order: refused with the missing step named.
     let e = lab.fails(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--step", "MIGRATE_GUEST"]);
@@ -69,9 +68,8 @@ fn offline_migration_as_nine_steps_and_a_stopped_guest_stays_stopped() {
     assert_eq!(lab.json(&["guest", "show", "cold"])["state"], "stopped");
 }
 
-#[test]
-fn offlineforce_resurrects_a_guest_from_a_dead_host() {
-    let lab = Lab::up("force", 2);
+fn offlineforce_resurrects_a_guest_from_a_dead_host(store: Store) {
+    let lab = Lab::up_on(store, "force", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.33", 0, true);
     let dir = lab.dir.to_str().unwrap().to_string();
     let qemu = lab.qemu_pids("vm1");
@@ -82,6 +80,11 @@ fn offlineforce_resurrects_a_guest_from_a_dead_host() {
     // Plain OFFLINE refuses without the source.
     let e = lab.fails(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
     assert!(e.contains("source-reachable"), "{e}");
+    if store == Store::Etcd {
+        // On etcd nobody takes a guest on an operator's word: the dead host's lease (and
+        // with it the guest's ownership) goes when etcd expires it.
+        assert_eq!(lab.json(&["cluster", "wait-dead", "host1"])["dead"], true);
+    }
     let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offlineforce"]);
     assert!(out.contains("source unreachable"), "{out}");
     assert_eq!(lab.cluster_host("vm1"), "host2");
@@ -95,9 +98,8 @@ fn offlineforce_resurrects_a_guest_from_a_dead_host() {
     assert!(on_host1.as_array().unwrap().iter().all(|g| g["guest"]["spec"]["name"] != "vm1"), "{on_host1}");
 }
 
-#[test]
-fn a_failure_in_attach_volumes_then_job_recover() {
-    let lab = Lab::up("recov", 2);
+fn a_failure_in_attach_volumes_then_job_recover(store: Store) {
+    let lab = Lab::up_on(store, "recov", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.34", 0, true);
     let o = lab.vmove(&["migrate", "vm1", "--to", "host2", "--mode", "offline", "--inject-fault", "ATTACH_VOLUMES"]);
     assert!(!o.status.success());
@@ -121,3 +123,6 @@ fn a_failure_in_attach_volumes_then_job_recover() {
     lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()]);
 }
+
+// Every test here runs on the file store and on etcd (`file::NAME`, `etcd::NAME`).
+on_both_stores!(offline_migration_of_a_running_guest_with_a_data_disk, offline_migration_as_nine_steps_and_a_stopped_guest_stays_stopped, offlineforce_resurrects_a_guest_from_a_dead_host, a_failure_in_attach_volumes_then_job_recover);

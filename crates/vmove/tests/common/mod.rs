@@ -20,6 +20,29 @@ pub fn vmove_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vmove")
 }
 
+/// Where a lab keeps the cluster's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// The cluster file and each agent's state directory.
+    File,
+    /// An etcd of 3 members inside the lab.
+    Etcd,
+}
+
+/// Makes each named test function (`fn name(store: Store)`) a test on both stores:
+/// `file::name` and `etcd::name`.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod file {
+            $( #[test] fn $name() { super::$name(super::common::Store::File) } )*
+        }
+        mod etcd {
+            $( #[test] fn $name() { super::$name(super::common::Store::Etcd) } )*
+        }
+    };
+}
+
 /// A lab brought up for one test.
 pub struct Lab {
     pub dir: PathBuf,
@@ -33,6 +56,15 @@ impl Lab {
     /// `vmove lab up` in a fresh directory named after the test and the process.
     pub fn up(tag: &str, hosts: u8) -> Lab {
         Lab::up_with(tag, hosts, &[])
+    }
+
+    /// A lab on `store`: the file store, or an etcd of 3 members inside the lab (its tag
+    /// gets an `e`, so that the two runs of a test are told apart in logs).
+    pub fn up_on(store: Store, tag: &str, hosts: u8) -> Lab {
+        match store {
+            Store::File => Lab::up(tag, hosts),
+            Store::Etcd => Lab::up_etcd(&format!("{tag}e"), hosts, 3),
+        }
     }
 
     /// The same with the cluster's state in an etcd of `members` inside the lab.
@@ -236,8 +268,13 @@ impl Lab {
 
     /// Where the cluster file puts a guest.
     pub fn cluster_host(&self, guest: &str) -> String {
-        let c = vmove_model::Cluster::load(&self.cluster).expect("cluster file");
-        c.guest(guest).map(|g| g.host.clone()).unwrap_or_default()
+        // Through the CLI: the cluster file, or the store the file names.
+        let o = self.vmove(&["--json", "guest", "show", guest]);
+        if !o.status.success() {
+            return String::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("guest show --json");
+        v["spec"]["host"].as_str().unwrap_or_default().to_string()
     }
 
     /// Creates and starts a lab-image guest with a NIC (and a data disk) and waits until it
