@@ -20,7 +20,7 @@
 //! # Self-fencing
 //!
 //! [`Lease::health`] goes [`LeaseHealth::RenewingLate`] when the lease is held for less
-//! than [`LeasePolicy::fence_margin`] more (TTL/2 by default: renewals, every TTL/3, have
+//! than [`LeasePolicy::fence_margin`] more (TTL/2 by default: renewals, every TTL/5, have
 //! failed for TTL/2), and back to [`Alive`](LeaseHealth::Alive) when a renewal succeeds
 //! again; it goes [`Lost`](LeaseHealth::Lost) for good when `held_until` passes or the
 //! server says the lease is gone. The agent pauses its guests on `RenewingLate` (it still
@@ -107,7 +107,9 @@ pub const QUORUM_PROOF_SLACK: Duration = Duration::from_secs(1);
 pub struct LeasePolicy {
     /// The lease's TTL (default 10 s).
     pub ttl: Duration,
-    /// How often it is renewed (default TTL/3).
+    /// How often it is renewed (default TTL/5: a failed renewal leaves 3/10 of the TTL,
+    /// 3 s of 10, before the fence, enough for etcd to elect a new leader when its leader
+    /// dies).
     pub renew_every: Duration,
     /// How soon a failed renewal is tried again (default TTL/10).
     pub retry_every: Duration,
@@ -119,10 +121,10 @@ pub struct LeasePolicy {
 }
 
 impl LeasePolicy {
-    /// The default policy for a TTL: renew every TTL/3, retry every TTL/10, late (fence)
+    /// The default policy for a TTL: renew every TTL/5, retry every TTL/10, late (fence)
     /// once held for less than TTL/2, each renewal given TTL/5.
     pub fn with_ttl(ttl: Duration) -> LeasePolicy {
-        LeasePolicy { ttl, renew_every: ttl / 3, retry_every: ttl / 10, fence_margin: ttl / 2, call_timeout: ttl / 5 }
+        LeasePolicy { ttl, renew_every: ttl / 5, retry_every: ttl / 10, fence_margin: ttl / 2, call_timeout: ttl / 5 }
     }
 }
 

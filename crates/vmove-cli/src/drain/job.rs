@@ -250,9 +250,14 @@ async fn evacuate_body(ctx: &Ctx, j: &Journal, rec: &DrainRecord) -> Result<Opti
     Ok(rep)
 }
 
+/// How long `host drain --detach` waits for its detached runner to take the drain.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Starts drain `rec` in a detached process (`vmove job watch ID`, which finds no runner
-/// and takes it over), its output in a log file; prints the drain's id.
-pub fn detach(ctx: &Ctx, store: &DrainStore, rec: &DrainRecord) -> Result<()> {
+/// and takes it over), its output in a log file; returns once that process runs it (the
+/// record names it), so that a `job watch` started next follows it rather than finding
+/// no runner; prints the drain's id.
+pub async fn detach(ctx: &Ctx, store: &DrainStore, rec: &DrainRecord) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("find the vmove binary")?;
     let log = match store.runner_dir() {
@@ -265,7 +270,7 @@ pub fn detach(ctx: &Ctx, store: &DrainStore, rec: &DrainRecord) -> Result<()> {
     let out = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
     let err = out.try_clone().context("log file")?;
     let cluster = std::path::absolute(&ctx.cluster_path).context("the cluster file's path")?;
-    let child = std::process::Command::new(exe)
+    let mut child = std::process::Command::new(exe)
         .arg("--cluster")
         .arg(&cluster)
         .args(["job", "watch", &rec.id])
@@ -275,6 +280,20 @@ pub fn detach(ctx: &Ctx, store: &DrainStore, rec: &DrainRecord) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("start the drain's runner")?;
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    loop {
+        let now = store.must_get(&rec.id).await?;
+        if now.runner.is_some() || now.state.ended() {
+            break;
+        }
+        if let Some(st) = child.try_wait().context("the drain's runner")? {
+            bail!("the drain's runner (process {}) ended ({st}) before it took drain {}: see {}", child.id(), rec.id, log.display());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the drain's runner (process {}) did not take drain {} within {} s: see {}", child.id(), rec.id, DETACH_WAIT.as_secs(), log.display());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     if ctx.json {
         crate::out::json(&serde_json::json!({ "drain": rec.id, "detached": true, "pid": child.id(), "log": log }));
     } else {

@@ -116,7 +116,7 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
             r
         })
         .await?;
-    let Some(guard) = guard else { return job::detach(ctx, &store, &rec) };
+    let Some(guard) = guard else { return job::detach(ctx, &store, &rec).await };
     let (rec, rep) = job::run_claimed(ctx, store, &rec.id, guard, false).await?;
     job::finish_cli(ctx, &rec, rep.as_ref())
 }
