@@ -36,6 +36,7 @@ pub mod pki;
 mod storage;
 pub mod tls;
 mod validate;
+mod replies;
 mod wire;
 
 pub use console::*;
@@ -45,6 +46,7 @@ pub use outage::Outage;
 pub use job::*;
 pub use storage::{LocalVolume, MirrorJob, MirrorReport, MirrorStarted, VolumeRef};
 pub use validate::{decode_request, limits, valid_name, DecodeError, InvalidRequest, NAME_RULE};
+pub use replies::*;
 pub use wire::*;
 
 /// The agent's default TCP port.

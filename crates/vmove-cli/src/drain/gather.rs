@@ -162,16 +162,5 @@ pub fn predict(cluster: &Cluster, requests: &mut [MoveRequest], running: &std::c
 
 /// A running job of someone else (another drain, an operator) as the limits count it.
 pub fn as_planned(j: &JobBrief) -> PlannedMove {
-    PlannedMove {
-        guest: j.guest.clone(),
-        from: j.source.clone(),
-        to: j.target.clone(),
-        mode: j.mode,
-        memory_mib: 0,
-        vcpus: 0,
-        group: None,
-        console_port: None,
-        predicted_s: 0,
-        notes: vec![],
-    }
+    PlannedMove::counted(&j.guest, &j.source, &j.target, j.mode)
 }

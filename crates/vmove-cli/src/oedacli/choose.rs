@@ -89,19 +89,8 @@ pub(super) fn refusals(u: &Unplaced) -> Vec<String> {
 
 /// A merged action as the planner must count it: its target taken by its guest.
 pub(super) fn reserved(m: &Migrate) -> Option<PlannedMove> {
-    let to = m.target.clone().filter(|_| m.moves_guest())?;
-    Some(PlannedMove {
-        guest: m.guest.clone(),
-        from: m.source.clone(),
-        to,
-        mode: m.mode,
-        memory_mib: 0,
-        vcpus: 0,
-        group: None,
-        console_port: None,
-        predicted_s: 0,
-        notes: vec![],
-    })
+    let to = m.target.as_deref().filter(|_| m.moves_guest())?;
+    Some(PlannedMove::counted(&m.guest, &m.source, to, m.mode))
 }
 
 #[cfg(test)]

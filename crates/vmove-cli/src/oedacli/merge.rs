@@ -45,13 +45,7 @@ impl Session {
                     }
                     Err(why) => {
                         let why = format!("failed: {}", crate::out::one_line(why));
-                        if text {
-                            println!("Action ID : {} not merged: {why}", a.id);
-                        }
-                        a.state = ActionState::Failed;
-                        a.error = Some(why.clone());
-                        failed.push(format!("action {} {why}", a.id));
-                        results.push(json!({ "id": a.id, "command": a.command, "state": a.state, "error": why }));
+                        results.push(not_merged(a, why, text, &mut failed));
                         continue;
                     }
                 }
@@ -78,15 +72,7 @@ impl Session {
                     }
                     results.push(json!({ "id": a.id, "command": a.command, "state": a.state, "findings": findings }));
                 }
-                Err(why) => {
-                    if text {
-                        println!("Action ID : {} not merged: {why}", a.id);
-                    }
-                    a.state = ActionState::Failed;
-                    a.error = Some(why.clone());
-                    failed.push(format!("action {} {why}", a.id));
-                    results.push(json!({ "id": a.id, "command": a.command, "state": a.state, "error": why }));
-                }
+                Err(why) => results.push(not_merged(a, why, text, &mut failed)),
             }
         }
         if !failed.is_empty() {
@@ -117,6 +103,18 @@ pub(super) fn check_names(model: &Cluster, file: &str, m: &Migrate) -> Result<()
 /// Validates an action against the model: the prechecks for a whole migration or
 /// PRECHECK_LIVEMIGRATION (empty for a single step). `Err(Err)`: it could not be checked;
 /// `Ok(Err)`: it failed, with the failing checks on one line.
+/// An action that MERGE could not merge: marked failed, said (in text mode), counted in
+/// `failed`; returns its JSON result.
+fn not_merged(a: &mut super::session::Action, why: String, text: bool, failed: &mut Vec<String>) -> serde_json::Value {
+    if text {
+        println!("Action ID : {} not merged: {why}", a.id);
+    }
+    a.state = ActionState::Failed;
+    a.error = Some(why.clone());
+    failed.push(format!("action {} {why}", a.id));
+    json!({ "id": a.id, "command": a.command, "state": a.state, "error": why })
+}
+
 async fn validate(ctx: &Ctx, model: &Cluster, file: &str, m: &Migrate) -> Result<Result<Vec<Finding>, String>> {
     check_names(model, file, m)?;
     let cmd = m.command(&model.policy)?;

@@ -196,6 +196,26 @@ pub struct PlannedMove {
     pub notes: Vec<String>,
 }
 
+impl PlannedMove {
+    /// A move that is already decided elsewhere (a running job, an action merged but not
+    /// deployed), as the planner's limits and projections count it: its hosts and its
+    /// guest, nothing of its size.
+    pub fn counted(guest: &str, from: &str, to: &str, mode: Mode) -> PlannedMove {
+        PlannedMove {
+            guest: guest.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            mode,
+            memory_mib: 0,
+            vcpus: 0,
+            group: None,
+            console_port: None,
+            predicted_s: 0,
+            notes: vec![],
+        }
+    }
+}
+
 /// Rules the planner adds to the prechecks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
