@@ -246,7 +246,16 @@ pub async fn migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> 
     agent.take_outgoing(name);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let info = q.query_migrate().await?;
+        let info = match q.query_migrate().await {
+            Ok(info) => info,
+            Err(vmove_qmp::QmpError::Closed) => {
+                // QEMU itself went away: say so with its last words, not as a lost link.
+                let log = vmove_host::qemu::tail(&vmove_host::qemu::RunFiles::qemu_log(&agent.run_dir(name)), 400);
+                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();
+                fail!(Qemu, "the QEMU of {name} on {} exited while its migration was being cancelled: {last}", agent.cfg.name);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let s = info.status.as_ref().map(|s| s.as_str().to_string()).unwrap_or_default();
         if matches!(s.as_str(), "cancelled" | "failed" | "none" | "") {
             if !q.query_status().await?.running {

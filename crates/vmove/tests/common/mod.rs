@@ -154,6 +154,7 @@ impl Lab {
                 let _ = std::fs::create_dir_all(&keep);
                 let _ = Command::new("cp").arg("-a").arg(self.dir.join("hosts")).arg(&keep).status();
                 eprintln!("lab {}: logs kept in {}", self.name, keep.display());
+                print_log_tails(&self.dir.join("hosts"));
             }
             let o = Command::new(vmove_bin()).args(["lab", "down", "--dir"]).arg(&self.dir).output();
             if let Ok(o) = o {
@@ -331,4 +332,26 @@ pub fn verdict(findings: &Value, id: &str) -> String {
         .and_then(|f| f["verdict"].as_str())
         .unwrap_or("missing")
         .to_string()
+}
+
+/// On a failing test, the ends of every agent's log and every QEMU's log go to stderr too:
+/// CI keeps only the test's output, not the lab's directory.
+fn print_log_tails(hosts: &Path) {
+    let Ok(dirs) = std::fs::read_dir(hosts) else { return };
+    let mut hosts: Vec<PathBuf> = dirs.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    hosts.sort();
+    for h in hosts {
+        let mut logs = vec![(h.join("vmoved.log"), 30)];
+        if let Ok(guests) = std::fs::read_dir(h.join("run")) {
+            logs.extend(guests.filter_map(|e| e.ok()).map(|e| (e.path().join("qemu.log"), 10)));
+        }
+        for (log, n) in logs {
+            let Ok(text) = std::fs::read_to_string(&log) else { continue };
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- last {} lines of {}", n.min(lines.len()), log.display());
+            for l in &lines[lines.len().saturating_sub(n)..] {
+                eprintln!("    {l}");
+            }
+        }
+    }
 }
