@@ -99,10 +99,28 @@ fn parameters(p: &MigrationParams, s: &SideSetup, tls_hostname: Option<String>) 
     }
 }
 
-/// Writes QEMU's credential directory (`ca-cert.pem`, `<role>-cert.pem`, `<role>-key.pem`).
+/// The Diffie-Hellman group QEMU's TLS server offers: RFC 7919's ffdhe2048, public and
+/// standard. Without a `dh-params.pem` in its credential directory QEMU generates a fresh
+/// 2048-bit group at every `tls-creds-x509` object-add: 0.3 to 1.2 s of prime search on the
+/// lab's hosts, before every live move and every local-disk copy.
+const FFDHE2048_PEM: &str = "-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+";
+
+/// Writes QEMU's credential directory (`ca-cert.pem`, `<role>-cert.pem`, `<role>-key.pem`,
+/// and for a server `dh-params.pem`).
 pub(crate) fn tls_dir(agent: &Agent, run: &Path, role: &str) -> Result<PathBuf> {
     let dir = run.join(format!("tls-{role}"));
     std::fs::create_dir_all(&dir)?;
+    if role == "server" {
+        std::fs::write(dir.join("dh-params.pem"), FFDHE2048_PEM).ctx("write the DH parameters")?;
+    }
     std::fs::copy(&agent.cfg.ca, dir.join("ca-cert.pem")).ctx("copy the CA certificate")?;
     std::fs::copy(&agent.cfg.cert, dir.join(format!("{role}-cert.pem"))).ctx("copy the host certificate")?;
     std::fs::copy(&agent.cfg.key, dir.join(format!("{role}-key.pem"))).ctx("copy the host key")?;

@@ -64,6 +64,33 @@ pub struct JobSpec {
     /// What the prechecks measured: the migration link, bytes/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_bytes_per_s: Option<u64>,
+    /// LIVE: who decides the `predicted-convergence` precheck.
+    #[serde(default, skip_serializing_if = "ConvergenceCheck::is_decided")]
+    pub convergence_check: ConvergenceCheck,
+}
+
+/// Who decides a live move's `predicted-convergence` precheck. `vmove migrate` leaves it to
+/// the job: the source samples the guest's dirty rate while the target's QEMU starts, so
+/// the 300 ms sample costs the move nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvergenceCheck {
+    /// The operator's prechecks decided it (or nobody asked).
+    #[default]
+    Decided,
+    /// The job measures and decides: a failure fails the move before the memory
+    /// migration starts, and the guest stays on the source.
+    InJob,
+    /// The job measures and decides, and the operator ignores a failure
+    /// (`--ignore-check predicted-convergence`): it is reported as a warning.
+    InJobIgnored,
+}
+
+impl ConvergenceCheck {
+    /// Decided before the job.
+    pub fn is_decided(&self) -> bool {
+        *self == ConvergenceCheck::Decided
+    }
 }
 
 /// What kind of job.

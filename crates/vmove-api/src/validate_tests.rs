@@ -36,6 +36,7 @@ fn job() -> JobSpec {
         max_incoming: None,
         dirty_rate_bytes_per_s: None,
         link_bytes_per_s: None,
+        convergence_check: Default::default(),
     }
 }
 

@@ -344,6 +344,9 @@ impl Request {
                 Request::Health
                     | Request::HostInfo
                     | Request::JobList
+                    // A live move's job samples the guest's dirty rate on the source while
+                    // its own QEMU starts (read-only, like the inventory).
+                    | Request::GuestDirtyRate { .. }
                     | Request::PeerGuest { .. }
                     | Request::PeerRelease { .. }
                     | Request::PeerLinkSend { .. }
@@ -470,6 +473,9 @@ pub enum ErrorCode {
     /// The operation failed past its point of no return (a post-copy migration): it can
     /// be neither rolled back nor retried as it was.
     PastNoReturn,
+    /// A precheck that the job decides itself failed (`predicted-convergence` when
+    /// `vmove migrate` leaves the dirty-rate sample to the job): nothing was moved.
+    PrecheckFailed,
     /// Anything else (a bug, an unexpected answer).
     Internal,
     /// A code from a newer agent.
@@ -498,6 +504,7 @@ impl ErrorCode {
             ErrorCode::Disabled => "disabled",
             ErrorCode::AtLimit => "at_limit",
             ErrorCode::PastNoReturn => "past_no_return",
+            ErrorCode::PrecheckFailed => "precheck_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

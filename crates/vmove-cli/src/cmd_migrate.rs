@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use futures::future::join_all;
-use vmove_api::{JobBrief, JobSpec, JobStatus, PeerHost, Request};
+use vmove_api::{ConvergenceCheck, JobBrief, JobSpec, JobStatus, PeerHost, Request};
 use vmove_model::{Cluster, GuestSpec};
 use vmove_plan::{Busy, CheckId, CheckInput, Finding, MigrationRequest, Mode, Reach, Verdict};
 
@@ -41,6 +41,8 @@ pub struct Measured {
     pub dirty_rate_bytes_per_s: Option<u64>,
     /// The migration link, bytes/s.
     pub link_bytes_per_s: Option<u64>,
+    /// Who decides `predicted-convergence`: the job, when the dirty rate was left to it.
+    pub convergence_check: vmove_api::ConvergenceCheck,
 }
 
 /// Submits the job to the target agent, with the command's test hooks.
@@ -74,6 +76,7 @@ pub fn job_spec(cluster: &Cluster, cmd: &MigrateCommand, m: &Measured) -> Result
         max_incoming: None,
         dirty_rate_bytes_per_s: m.dirty_rate_bytes_per_s,
         link_bytes_per_s: m.link_bytes_per_s,
+        convergence_check: m.convergence_check,
     })
 }
 
@@ -84,7 +87,13 @@ pub async fn run(ctx: &Ctx, cluster: &Cluster, cmd: MigrateCommand) -> Result<()
     guest_spec(cluster, &req.guest)?;
     let mut measured = Measured::default();
     if cmd.runs_prechecks() {
-        let (mut findings, m) = prechecks_measured(ctx, cluster, req).await?;
+        // A live move leaves the dirty-rate sample to the job, which takes it while the
+        // target's QEMU starts (not for local volumes: their copy time counts too).
+        let opts = PrecheckOpts { dirty_rate_in_job: !cmd.precheck_only && !has_local_volumes(cluster, &req.guest), ..Default::default() };
+        let (mut findings, mut m) = prechecks_with(ctx, cluster, req, &opts).await?;
+        if m.convergence_check == ConvergenceCheck::InJob && cmd.ignore_checks.contains(&CheckId::PredictedConvergence) {
+            m.convergence_check = ConvergenceCheck::InJobIgnored;
+        }
         ignore_checks(&mut findings, &cmd.ignore_checks);
         let failed = vmove_plan::any_failed(&findings);
         if let (Some(l), false) = (&m.link_line, ctx.json) {
@@ -142,6 +151,15 @@ pub struct PrecheckOpts {
     pub guest_work_only: bool,
     /// The guest's dirty rate, bytes/s, measured already (LIVE): not measured again.
     pub dirty_rate_bytes_per_s: Option<u64>,
+    /// LIVE: leave the dirty-rate sample and `predicted-convergence` to the job.
+    pub dirty_rate_in_job: bool,
+}
+
+/// Whether any of the guest's disks sits in a local pool (copied by a live move).
+fn has_local_volumes(cluster: &Cluster, guest: &str) -> bool {
+    cluster.guest(guest).is_some_and(|g| {
+        g.disks.iter().any(|d| cluster.pool(&d.pool).is_some_and(|p| p.kind == vmove_model::PoolKind::Local))
+    })
 }
 
 /// [`prechecks_measured`] as `opts` says.
@@ -160,12 +178,40 @@ pub async fn prechecks_with(
             None => Err(anyhow!("not in the cluster file")),
         }
     }
-    let (si, di) = tokio::join!(info(&src_c), info(&dst_c));
-    let mut busy = Vec::new();
     // Every host's jobs: a guest may be on its way elsewhere, driven by a third host.
     let all: Vec<vmove_api::AgentClient> =
         ctx.clients(cluster).map(|v| v.into_iter().map(|(_, c)| c.with_timeout(short)).collect()).unwrap_or_default();
-    let lists = join_all(all.iter().map(|c| c.call::<Vec<JobBrief>>(&Request::JobList))).await;
+    let lists = join_all(all.iter().map(|c| c.call::<Vec<JobBrief>>(&Request::JobList)));
+    // LIVE: the guest's dirty rate (QEMU, 300 ms; left to the job when it asks) and the
+    // migration link (the target times a stream from the source over mutual TLS; a
+    // measurement up to 10 minutes old is reused). Everything is asked at once.
+    let live = req.mode == Mode::Live;
+    let known = opts.dirty_rate_bytes_per_s;
+    let src_side = async {
+        let si = info(&src_c).await;
+        if !live || known.is_some() || opts.dirty_rate_in_job || si.is_err() {
+            return (si, known);
+        }
+        let c = src_c.clone().map(|c| c.with_timeout(Duration::from_secs(15)));
+        let ask = Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1, calc_ms: Some(300) };
+        let dirty = match c {
+            Some(c) => c.call::<u64>(&ask).await.ok(),
+            None => None,
+        };
+        (si, dirty)
+    };
+    let dst_side = async {
+        let di = info(&dst_c).await;
+        let (Some(c), Some(h), true, true) = (dst_c.clone(), cluster.host(&req.source), live, di.is_ok()) else { return (di, None) };
+        let source = vmove_api::PeerHost { name: h.name.clone(), address: h.address.clone() };
+        let link = c.with_timeout(Duration::from_secs(30)).call::<vmove_api::LinkInfo>(&Request::LinkMeasure { source, max_age_s: 600 }).await;
+        (di, Some(link))
+    };
+    let ((si, dirty), (di, link), lists) = tokio::join!(src_side, dst_side, lists);
+    // The link is timed from the source: not when the source did not answer.
+    let link = if si.is_ok() { link } else { None };
+    let mut link_err = None;
+    let mut busy = Vec::new();
     for l in lists.into_iter().flatten() {
         for j in l.into_iter().filter(|j| j.status == JobStatus::Running) {
             busy.push(Busy {
@@ -182,29 +228,6 @@ pub async fn prechecks_with(
             b.host = None;
         }
     }
-    // LIVE: the guest's dirty rate (QEMU, 300 ms) and the migration link (the target times
-    // a stream from the source over mutual TLS; a measurement up to 10 minutes old is
-    // reused), both at once.
-    let mut link_err = None;
-    let (dirty, link) = if req.mode == Mode::Live && si.is_ok() && di.is_ok() {
-        let known = opts.dirty_rate_bytes_per_s;
-        let dirty = async {
-            if known.is_some() {
-                return known;
-            }
-            let c = src_c.clone()?.with_timeout(Duration::from_secs(15));
-            c.call::<u64>(&Request::GuestDirtyRate { name: req.guest.clone(), calc_s: 1, calc_ms: Some(300) }).await.ok()
-        };
-        let link = async {
-            let c = dst_c.clone()?.with_timeout(Duration::from_secs(30));
-            let h = cluster.host(&req.source)?;
-            let source = vmove_api::PeerHost { name: h.name.clone(), address: h.address.clone() };
-            Some(c.call::<vmove_api::LinkInfo>(&Request::LinkMeasure { source, max_age_s: 600 }).await)
-        };
-        tokio::join!(dirty, link)
-    } else {
-        (None, None)
-    };
     let link = match link {
         Some(Ok(l)) => Some(l),
         Some(Err(e)) => {
@@ -237,8 +260,21 @@ pub async fn prechecks_with(
         dirty_rate_bytes_per_s: dirty,
         link_bytes_per_s: link.as_ref().map(|l| l.bytes_per_s).or(cluster.policy.migration_link_bytes_per_s),
     };
-    let measured = Measured { link_line, dirty_rate_bytes_per_s: dirty, link_bytes_per_s: input.link_bytes_per_s };
-    Ok((vmove_plan::run(&input), measured))
+    let in_job = live && opts.dirty_rate_in_job && dirty.is_none() && si.is_ok() && di.is_ok();
+    let measured = Measured {
+        link_line,
+        dirty_rate_bytes_per_s: dirty,
+        link_bytes_per_s: input.link_bytes_per_s,
+        convergence_check: if in_job { ConvergenceCheck::InJob } else { ConvergenceCheck::Decided },
+    };
+    let mut findings = vmove_plan::run(&input);
+    if in_job {
+        if let Some(f) = findings.iter_mut().find(|f| f.id == CheckId::PredictedConvergence) {
+            f.verdict = Verdict::Pass;
+            f.reason = format!("decided by the job: it samples the dirty rate on {} while the target's QEMU starts", req.source);
+        }
+    }
+    Ok((findings, measured))
 }
 
 pub fn print_findings(ctx: &Ctx, req: &MigrationRequest, f: &[Finding]) {

@@ -212,6 +212,7 @@ mod tests {
                 pause_at_switchover: false,
                 dirty_rate_bytes_per_s: None,
                 link_bytes_per_s: None,
+                convergence_check: Default::default(),
                 max_incoming: None,
             },
             status: JobStatus::Succeeded,

@@ -59,6 +59,14 @@ fn live_migration_times_out_and_leaves_the_guest_on_the_source(store: Store) {
     let lab = Lab::up_on(store, "tmo", 2);
     lab.boot_guest("vm1", "host1", "192.0.2.42", 50, false);
     let pid = lab.qemu_pids("vm1");
+    // The job decides predicted-convergence itself, from the dirty rate sampled while the
+    // target's QEMU starts: refused before the source is asked to migrate.
+    let o = lab.vmove(&["migrate", "vm1", "--to", "host2", "--bandwidth", "2M", "--converge", "none"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("precheck failed: predicted-convergence: will not converge under converge=none"), "{err}");
+    assert_eq!(lab.qemu_pids("vm1"), pid, "the same QEMU still runs on host1");
+    assert!(lab.json(&["guest", "list", "--host", "host2"]).as_array().unwrap().is_empty(), "nothing left on host2");
     let o = lab.vmove(&["migrate", "vm1", "--to", "host2", "--bandwidth", "2M", "--timeout", "6s", "--ignore-check", "predicted-convergence"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -18,6 +18,9 @@ pub struct JobCell {
     pub(crate) events: watch::Sender<u64>,
     pub(crate) cancel: watch::Sender<bool>,
     pub(crate) resume: watch::Sender<bool>,
+    /// LIVE: the guest's dirty rate, sampled on the source from the job's start when the
+    /// job decides `predicted-convergence` (taken by the memory migration).
+    pub(crate) dirty_sample: Mutex<Option<tokio::task::JoinHandle<Result<u64>>>>,
 }
 
 impl JobCell {
@@ -30,6 +33,7 @@ impl JobCell {
             events: watch::channel(n).0,
             cancel: watch::channel(false).0,
             resume: watch::channel(false).0,
+            dirty_sample: Mutex::new(None),
         }
     }
 

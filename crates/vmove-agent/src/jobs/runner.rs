@@ -22,6 +22,9 @@ pub async fn run(jobs: Arc<Jobs>, cell: Arc<JobCell>, mut m: JobMachine) {
             if d == Direction::RecoverForward { "going forward on the target" } else { "rolling back to the source" }
         ),
     };
+    if m.direction() == Direction::Migrate {
+        crate::migrate_dst::sample_dirty_rate_early(&jobs, &cell);
+    }
     let mut failed_write = cell.emit(&jobs.agent.state, EventKind::JobStarted { action }).await.err();
     if failed_write.is_none() {
         let notes = m.take_start_notes();

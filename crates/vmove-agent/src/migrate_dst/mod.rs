@@ -17,6 +17,8 @@ use crate::steps::{take_definition, StepCx, StepWork};
 mod follow;
 mod pause;
 mod setup;
+
+pub(crate) use setup::sample_dirty_rate_early;
 mod switchover;
 
 /// LIVE MIGRATE_GUEST.

@@ -176,3 +176,30 @@ async fn a_live_migration_that_times_out_leaves_the_guest_on_the_source() {
     assert!(c.host("host2").fake.tap_names().is_empty());
     assert_eq!(c.host("host1").agent().claimed_by("vm1").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn the_job_decides_predicted_convergence_from_the_dirty_rate_it_samples() {
+    let c = Cluster::new(2, 2).await;
+    let g = c.boot("vm1", "host1").await;
+    let mut spec = c.spec(&g, "host1", "host2", Mode::Live);
+    spec.params.converge = vmove_plan::Converge::None;
+    spec.link_bytes_per_s = Some(1 << 20);
+    spec.convergence_check = vmove_api::ConvergenceCheck::InJob;
+    // The fake source's QEMU dirties 3 MB/s: more than the 1 MiB/s link.
+    let r = c.run(spec.clone()).await;
+    assert_status(&r, JobStatus::Failed);
+    let e = r.error.clone().unwrap_or_default();
+    assert!(e.contains("precheck failed: predicted-convergence: will not converge under converge=none"), "{e}");
+    assert_eq!(c.placement("vm1"), (vec!["host1".to_string()], vec!["host1".to_string()]));
+    assert!(c.host("host2").fake.tap_names().is_empty(), "target cleaned up");
+    assert_eq!(c.host("host1").agent().claimed_by("vm1").await.unwrap(), None);
+    // Ignored by the operator: a note in the job, and the move goes on.
+    spec.convergence_check = vmove_api::ConvergenceCheck::InJobIgnored;
+    let r = c.run(spec).await;
+    assert_status(&r, JobStatus::Succeeded);
+    let noted = r.events.iter().any(|e| {
+        matches!(&e.kind, EventKind::Info { message } if message.starts_with("precheck predicted-convergence: ignored by the operator: will not converge"))
+    });
+    assert!(noted, "{:?}", r.events);
+    assert_eq!(c.placement("vm1"), (vec!["host2".to_string()], vec!["host2".to_string()]));
+}

@@ -172,6 +172,7 @@ impl Cluster {
             max_incoming: None,
             dirty_rate_bytes_per_s: None,
             link_bytes_per_s: None,
+            convergence_check: Default::default(),
         }
     }
 

@@ -78,7 +78,7 @@ pub async fn attempt(ctx: &Ctx, cluster: &Cluster, spec: AttemptSpec, events: mp
     let m = &spec.planned;
     let mut cmd = MigrateCommand::new(&cluster.policy, &m.guest, &m.from, &m.to, m.mode, None);
     cmd.hooks.inject_fault = spec.inject_fault;
-    let opts = PrecheckOpts { guest_work_only: true, dirty_rate_bytes_per_s: spec.dirty_rate_bytes_per_s };
+    let opts = PrecheckOpts { guest_work_only: true, dirty_rate_bytes_per_s: spec.dirty_rate_bytes_per_s, ..Default::default() };
     let measured = match cmd_migrate::prechecks_with(ctx, cluster, &cmd.request, &opts).await {
         Ok((f, _)) if vmove_plan::any_failed(&f) => {
             let first = f.iter().find(|x| x.verdict == vmove_plan::Verdict::Fail).map(|x| x.reason.clone()).unwrap_or_default();

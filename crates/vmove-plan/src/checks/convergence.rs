@@ -1,11 +1,12 @@
 //! LIVE: whether the migration converges under its convergence policy, predicted from the
 //! measured dirty rate and link throughput ([`crate::converge::predict`]).
 use vmove_model::inventory::HostInfo;
-use vmove_model::Converge;
+use vmove_model::{Converge, GuestSpec};
 
 use crate::converge::{predict, ConvergePolicy, Features, Prediction, Rung, Workload};
 
 use super::{fmt_rate, fmt_secs, Ctx, Outcome, Verdict};
+use crate::MigrationParams;
 
 /// What the two QEMUs can, from the inventories; what every QEMU from 7.2 on has when an
 /// agent did not report its QEMU (auto-converge, post-copy). Dirty-limit is only known
@@ -35,12 +36,28 @@ fn took(p: &Prediction) -> String {
 
 pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let g = c.guest()?;
-    let params = &c.req.params;
-    let link = match (params.bandwidth_bytes_per_s, c.input.link_bytes_per_s) {
+    let disk = super::storage::copy_bytes(c);
+    convergence_outcome(g, &c.req.params, features(c), c.input.dirty_rate_bytes_per_s, c.input.link_bytes_per_s, disk)
+}
+
+/// The `predicted-convergence` check from its figures: the guest, the move's parameters,
+/// what both QEMUs can, the measured dirty rate and link (bytes/s), and the bytes of local
+/// volumes to copy first. The agent that runs a live move decides the check with it when
+/// the operator's command left the dirty rate to the job (measured while the target's
+/// QEMU starts). `Err`: the check fails, with the reason.
+pub fn convergence_outcome(
+    g: &GuestSpec,
+    params: &MigrationParams,
+    features: Features,
+    dirty: Option<u64>,
+    link: Option<u64>,
+    disk: u64,
+) -> Result<(Verdict, String), String> {
+    let link = match (params.bandwidth_bytes_per_s, link) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let (d, b) = match (c.input.dirty_rate_bytes_per_s, link) {
+    let (d, b) = match (dirty, link) {
         (Some(d), Some(b)) => (d, b),
         (None, None) => return Ok((Verdict::Warn, "not measured: dirty rate and link throughput unknown".into())),
         (None, _) => return Ok((Verdict::Warn, format!("not measured: dirty rate of {} unknown", g.name))),
@@ -55,7 +72,6 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes };
     // Local volumes are copied before the memory phase (COPY_VOLUMES), over the same link;
     // the mirrors keep up with the guest's disk writes (write-blocking when they do not).
-    let disk = super::storage::copy_bytes(c);
     let disk_secs = u64::try_from(u128::from(disk).div_ceil(u128::from(b.max(1)))).unwrap_or(u64::MAX);
     let first = if disk > 0 {
         let copy = format!("{} of local volumes at {}", super::storage::mib(disk), fmt_rate(b));
@@ -70,7 +86,7 @@ pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     } else {
         String::new()
     };
-    let policy = ConvergePolicy::from_params(params, features(c), g.vcpus);
+    let policy = ConvergePolicy::from_params(params, features, g.vcpus);
     let p = predict(&w, b, &policy);
     let what = format!("{} MiB at {} with {} dirtied", g.memory_mib, fmt_rate(b), fmt_rate(d));
     let timeout = fmt_secs(params.timeout_s);

@@ -15,6 +15,7 @@ use crate::mode::Mode;
 use crate::params::MigrationParams;
 
 mod convergence;
+pub use convergence::convergence_outcome;
 mod live;
 mod placement;
 pub mod qemu;
