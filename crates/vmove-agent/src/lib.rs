@@ -120,7 +120,7 @@ async fn run(args: Args) -> Result<()> {
         accel,
         qemu,
         host: Arc::new(host::RealHost::default()),
-        state: state::State::new(opened.state),
+        state: state::State::counted(opened.state),
         leases: opened.leases,
         peer_tls,
         fleet: opened.fleet,

@@ -137,6 +137,7 @@ impl Record for IntentRec {
 pub struct State {
     store: Arc<dyn StateStore>,
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    stats: Option<Arc<vmove_store::StoreStats>>,
 }
 
 /// The log holding a job's events.
@@ -147,7 +148,19 @@ fn job_log(id: &str) -> String {
 impl State {
     /// A view of `store`.
     pub fn new(store: Arc<dyn StateStore>) -> State {
-        State { store, fleet: None }
+        State { store, fleet: None, stats: None }
+    }
+
+    /// A view of `store` that counts every operation and the time spent in it (the
+    /// agent's metrics report them).
+    pub fn counted(store: Arc<dyn StateStore>) -> State {
+        let stats = Arc::new(vmove_store::StoreStats::default());
+        State { store: Arc::new(vmove_store::CountedStore::new(store, stats.clone())), fleet: None, stats: Some(stats) }
+    }
+
+    /// What went through the store, when it is counted.
+    pub fn stats(&self) -> Option<&Arc<vmove_store::StoreStats>> {
+        self.stats.as_ref()
     }
 
     /// The same view, also keeping the cluster's shared records (the job index) in

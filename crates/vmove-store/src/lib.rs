@@ -19,6 +19,7 @@
 //! may not have happened: callers stop (fail-stop) rather than go on as if it had.
 #![warn(missing_docs)]
 
+pub mod counted;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -35,6 +36,7 @@ pub mod conformance;
 #[cfg(feature = "etcd-test")]
 pub mod testing;
 
+pub use counted::{CountedStore, OpStats, StoreStats};
 pub use error::{Result, StoreError};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};

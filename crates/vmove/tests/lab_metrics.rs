@@ -43,6 +43,10 @@ fn a_live_migration_in_metrics_and_in_a_picture() {
     assert_eq!(value(&h2, "vmove_qemu_processes"), 1.0);
     assert_eq!(value(&h2, "vmove_guests{state=\"running\"}"), 1.0);
     assert_eq!(value(&h2, "vmove_jobs_in_flight"), 0.0);
+    // The job's records and events went through the counted state store.
+    assert!(value(&h2, "vmove_store_operations_total{store=\"file\",op=\"append\"}") >= 10.0, "{h2}");
+    assert!(value(&h2, "vmove_store_operations_total{store=\"file\",op=\"put\"}") >= 5.0, "{h2}");
+    assert!(value(&h2, "vmove_store_operation_seconds_total{store=\"file\",op=\"put\"}") > 0.0, "{h2}");
     assert_eq!(value(&metrics(&lab, "host1"), "vmove_qemu_processes"), 0.0);
 
     let jobs = lab.json(&["job", "list"]);

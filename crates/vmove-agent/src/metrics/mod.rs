@@ -89,6 +89,8 @@ pub struct Live {
     pub qemu_processes: u64,
     /// Jobs running.
     pub jobs_in_flight: u64,
+    /// The state store's kind (`file`, `etcd`) and what went through it.
+    pub store: (String, Vec<vmove_store::OpStats>),
 }
 
 fn outcome(s: JobStatus) -> &'static str {
@@ -184,6 +186,15 @@ impl Metrics {
         t.sample("vmove_qemu_processes", &[], live.qemu_processes as f64);
         t.family("vmove_jobs_in_flight", "gauge", "Jobs running on this host (the target of their migrations).");
         t.sample("vmove_jobs_in_flight", &[], live.jobs_in_flight as f64);
+        let (kind, ops) = &live.store;
+        t.family("vmove_store_operations_total", "counter", "Operations on this agent's state store (jobs, events, migration records, claims), by operation.");
+        for o in ops {
+            t.sample("vmove_store_operations_total", &[("store", kind), ("op", o.op)], o.calls as f64);
+        }
+        t.family("vmove_store_operation_seconds_total", "counter", "Time spent in operations on this agent's state store, by operation.");
+        for o in ops {
+            t.sample("vmove_store_operation_seconds_total", &[("store", kind), ("op", o.op)], o.nanos as f64 / 1e9);
+        }
         t.family("vmove_migrations_total", "counter", "Migrations (whole plans) this host ran as target, by mode and outcome.");
         for ((mode, out), n) in &m.migrations {
             t.sample("vmove_migrations_total", &[("mode", mode), ("outcome", out)], *n as f64);

@@ -36,6 +36,7 @@ pub fn live(api: &Api) -> Live {
         guests,
         qemu_processes,
         jobs_in_flight,
+        store: (if agent.cfg.store.kind == vmove_model::StoreKind::Etcd { "etcd" } else { "file" }.to_string(), agent.state.stats().map(|s| s.snapshot()).unwrap_or_default()),
     }
 }
 
