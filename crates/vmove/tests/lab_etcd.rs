@@ -250,11 +250,77 @@ fn in_ns(ns: &str, args: &[&str]) {
     assert!(st.success(), "{ns}: {args:?}");
 }
 
+/// The CPU time (clock ticks) of a QEMU's vCPU threads (`CPU n/TCG` or `CPU n/KVM`): it
+/// grows while the guest runs and stands still while QEMU is paused.
+fn vcpu_ticks(pid: u32) -> Option<u64> {
+    let mut total = None;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("CPU ") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let (utime, stime) = (f.get(11)?.parse::<u64>().ok()?, f.get(12)?.parse::<u64>().ok()?);
+        total = Some(total.unwrap_or(0) + utime + stime);
+    }
+    total
+}
+
+/// Samples every QEMU of `guest` in the lab every 200 ms until stopped: the intervals in
+/// which more than one of them ran guest code, and how many intervals saw two QEMUs.
+struct RunSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(Vec<String>, u32, u32)>,
+}
+
+impl RunSampler {
+    fn start(lab: &Lab, guest: &'static str) -> RunSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), lab.dir.display().to_string());
+        let handle = std::thread::spawn(move || {
+            let (mut both_ran, mut two_seen, mut samples) = (Vec::new(), 0u32, 0u32);
+            let mut last: std::collections::BTreeMap<u32, u64> = Default::default();
+            while !flag.load(Ordering::SeqCst) {
+                let pids: Vec<u32> = common::qemu_pids(guest)
+                    .into_iter()
+                    .filter(|p| vmove_host::proc::cmdline(*p).iter().any(|a| a.contains(&dir)))
+                    .collect();
+                let now: std::collections::BTreeMap<u32, u64> = pids.iter().filter_map(|p| Some((*p, vcpu_ticks(*p)?))).collect();
+                let ran: Vec<u32> = now.iter().filter(|(p, t)| last.get(p).is_some_and(|l| *t > l)).map(|(p, _)| *p).collect();
+                // Counted when two QEMUs exist and one of them is seen running: the
+                // sampler can tell a running copy from a paused one.
+                if now.len() > 1 && ran.len() == 1 {
+                    two_seen += 1;
+                }
+                if ran.len() > 1 {
+                    both_ran.push(format!("sample {samples}: QEMUs {ran:?} both ran guest code"));
+                }
+                samples += 1;
+                last = now;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (both_ran, two_seen, samples)
+        });
+        RunSampler { stop, handle }
+    }
+
+    /// Stops sampling: (intervals where two QEMUs ran, samples that saw two QEMUs with one of
+    /// them running, samples).
+    fn finish(self) -> (Vec<String>, u32, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().expect("the sampler")
+    }
+}
+
 /// A host cut off from etcd pauses its guest before its lease expires (QEMU's run state,
 /// as `query-status` reports it); cut off from everything, its lease expires, `cluster
 /// wait-dead` sees it, and a forced migration starts the guest on host2 with its disk
 /// intact. When host1 comes back it finds the guest taken and kills its paused copy:
-/// exactly one copy runs.
+/// exactly one copy runs. From the cut to the end, both hosts' QEMUs of the guest are
+/// sampled every 200 ms (their vCPU threads' CPU time): never do two of them run guest
+/// code in the same interval.
 #[test]
 fn etcd_fenced_host_pauses_then_its_guest_is_evacuated() {
     let lab = Lab::up_etcd("etcdfence", 2, 3);
@@ -271,6 +337,7 @@ fn etcd_fenced_host_pauses_then_its_guest_is_evacuated() {
     let before = last_disk_ok(&lab.log("vm1")).unwrap_or(0);
 
     // Cut host1 off etcd only: its agent still answers the operator.
+    let sampler = RunSampler::start(&lab, "vm1");
     let cut = Instant::now();
     for ip in &etcd_ips {
         in_ns(&ns, &["iptables", "-A", "OUTPUT", "-d", ip, "-j", "DROP"]);
@@ -313,6 +380,10 @@ fn etcd_fenced_host_pauses_then_its_guest_is_evacuated() {
     });
     assert_eq!(lab.json(&["guest", "show", "vm1"])["state"], "running");
     lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(30));
+    let (both_ran, two_seen, samples) = sampler.finish();
+    assert!(both_ran.is_empty(), "two copies ran at once: {both_ran:?}");
+    assert!(two_seen >= 5, "the sampler saw one copy run beside the other ({two_seen} of {samples} samples)");
+    eprintln!("sampled {samples} times, {two_seen} with two QEMUs of vm1 and one running: never both running");
 }
 
 /// The lab's etcd members' namespaces drop each other's peer traffic (port 2380): every
