@@ -129,7 +129,7 @@ pub(super) async fn prepare(cx: &StepCx<'_>) -> Result<Prepared> {
         }
     };
     if !cx.spec.convergence_check.is_decided() {
-        convergence_check(cx, features.clone(), dirty).await?;
+        convergence_check(cx, features, dirty).await?;
     }
     let (q, _) = agent.qmp_of(&name)?;
     // Time the switchover on this side: the target's events and the guest's first frames.
