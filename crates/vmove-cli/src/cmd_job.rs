@@ -324,6 +324,10 @@ fn event_line(id: &str, e: &EventKind, opts: &FollowOpts) -> Option<String> {
                     summary.passes.unwrap_or(0)
                 ));
             }
+            if let Some(b) = summary.disk_bytes.filter(|b| *b > 0) {
+                let took = summary.disk_copy_ms.map_or(String::new(), |ms| format!(" in {ms} ms"));
+                s.push_str(&format!("Local volumes: {:.1} MiB copied{took}\n", mib(b)));
+            }
             match status {
                 JobStatus::Succeeded if !opts.done_lines => {
                     if s.is_empty() {
@@ -347,4 +351,33 @@ fn event_line(id: &str, e: &EventKind, opts: &FollowOpts) -> Option<String> {
             s
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmove_api::Summary;
+
+    #[test]
+    fn the_end_of_a_job_shows_memory_and_local_volume_figures() {
+        let summary = Summary {
+            total_ms: 5200,
+            migration_ms: Some(900),
+            downtime_ms: Some(40),
+            transferred_bytes: Some(150 << 20),
+            passes: Some(3),
+            disk_bytes: Some(256 << 20),
+            disk_copy_ms: Some(2100),
+        };
+        let end = EventKind::JobEnded { status: JobStatus::Succeeded, error: None, summary };
+        let opts = FollowOpts { done_lines: false, ..FollowOpts::default() };
+        let line = event_line("host2-1", &end, &opts).expect("a summary");
+        assert_eq!(
+            line,
+            "Summary: total 5200 ms, memory migration 900 ms, downtime 40 ms (QEMU), 150.0 MiB sent in 3 passes\nLocal volumes: 256.0 MiB copied in 2100 ms"
+        );
+        // An offline move of a guest without local volumes says nothing more.
+        let end = EventKind::JobEnded { status: JobStatus::Succeeded, error: None, summary: Summary { total_ms: 800, ..Summary::default() } };
+        assert_eq!(event_line("host2-2", &end, &opts), None);
+    }
 }
