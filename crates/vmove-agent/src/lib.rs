@@ -67,7 +67,9 @@ struct Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // netlink-packet-route warns at every link dump that newer kernels send attributes
+        // longer than it knows (IFLA_INET6_CONF): several lines per netlink call, no news.
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,netlink_packet_route=error".into()))
         .with_target(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
