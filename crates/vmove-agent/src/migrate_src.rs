@@ -268,8 +268,7 @@ pub async fn migrate_cancel(agent: &Agent, name: &str) -> Result<MigrationInfo> 
             Ok(info) => info,
             Err(vmove_qmp::QmpError::Closed) => {
                 // QEMU itself went away: say so with its last words, not as a lost link.
-                let log = vmove_host::qemu::tail(&vmove_host::qemu::RunFiles::qemu_log(&agent.run_dir(name)), 400);
-                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();
+                let last = vmove_host::qemu::last_words(&agent.run_dir(name));
                 fail!(Qemu, "the QEMU of {name} on {} exited while its migration was being cancelled: {last}", agent.cfg.name);
             }
             Err(e) => return Err(e.into()),

@@ -158,7 +158,7 @@ pub struct PrecheckOpts {
 /// Whether any of the guest's disks sits in a local pool (copied by a live move).
 fn has_local_volumes(cluster: &Cluster, guest: &str) -> bool {
     cluster.guest(guest).is_some_and(|g| {
-        g.disks.iter().any(|d| cluster.pool(&d.pool).is_some_and(|p| p.kind == vmove_model::PoolKind::Local))
+        g.disks.iter().any(|d| cluster.pool(&d.pool).is_some_and(|p| p.is_local()))
     })
 }
 

@@ -20,6 +20,21 @@ pub fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The CPU time, in clock ticks, of a QEMU's vCPU threads (`CPU n/TCG`, `CPU n/KVM`: QEMU
+/// names them so with `debug-threads=on`): it grows while the guest runs and stands still
+/// while QEMU is paused. `None` when the process is gone or has no vCPU thread.
+pub fn vcpu_ticks(pid: u32) -> Option<u64> {
+    let p = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let mut total = None;
+    for t in p.tasks().ok()?.flatten() {
+        let Ok(stat) = t.stat() else { continue };
+        if stat.comm.starts_with("CPU ") {
+            total = Some(total.unwrap_or(0u64).saturating_add(stat.utime).saturating_add(stat.stime));
+        }
+    }
+    total
+}
+
 /// Sends SIGKILL; ignores a process that is already gone.
 pub fn kill9(pid: u32) {
     if let Ok(p) = i32::try_from(pid) {

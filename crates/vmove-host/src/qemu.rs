@@ -253,6 +253,13 @@ pub fn spawn(bin: &str, args: &[String], run_dir: &Path) -> Result<Child, SpawnE
     cmd.spawn().map_err(io(format!("start {bin}")))
 }
 
+/// The last line a QEMU wrote to its log (`qemu.log` in its run directory), or
+/// `no output`: what a failure says about why QEMU went away.
+pub fn last_words(run: &Path) -> String {
+    let log = tail(&RunFiles::qemu_log(run), 400);
+    log.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no output").to_string()
+}
+
 /// The last `max` bytes of a file, as text.
 pub fn tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};

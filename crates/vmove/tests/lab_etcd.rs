@@ -250,23 +250,6 @@ fn in_ns(ns: &str, args: &[&str]) {
     assert!(st.success(), "{ns}: {args:?}");
 }
 
-/// The CPU time (clock ticks) of a QEMU's vCPU threads (`CPU n/TCG` or `CPU n/KVM`): it
-/// grows while the guest runs and stands still while QEMU is paused.
-fn vcpu_ticks(pid: u32) -> Option<u64> {
-    let mut total = None;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("CPU ") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        let f: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        let (utime, stime) = (f.get(11)?.parse::<u64>().ok()?, f.get(12)?.parse::<u64>().ok()?);
-        total = Some(total.unwrap_or(0) + utime + stime);
-    }
-    total
-}
-
 /// Samples every QEMU of `guest` in the lab every 200 ms until stopped: the intervals in
 /// which more than one of them ran guest code, and how many intervals saw two QEMUs.
 struct RunSampler {
@@ -283,11 +266,9 @@ impl RunSampler {
             let (mut both_ran, mut two_seen, mut samples) = (Vec::new(), 0u32, 0u32);
             let mut last: std::collections::BTreeMap<u32, u64> = Default::default();
             while !flag.load(Ordering::SeqCst) {
-                let pids: Vec<u32> = common::qemu_pids(guest)
-                    .into_iter()
-                    .filter(|p| vmove_host::proc::cmdline(*p).iter().any(|a| a.contains(&dir)))
-                    .collect();
-                let now: std::collections::BTreeMap<u32, u64> = pids.iter().filter_map(|p| Some((*p, vcpu_ticks(*p)?))).collect();
+                let pids = common::qemu_pids_in(&dir, guest);
+                let now: std::collections::BTreeMap<u32, u64> =
+                    pids.iter().filter_map(|p| Some((*p, vmove_host::proc::vcpu_ticks(*p)?))).collect();
                 let ran: Vec<u32> = now.iter().filter(|(p, t)| last.get(p).is_some_and(|l| *t > l)).map(|(p, _)| *p).collect();
                 // Counted when two QEMUs exist and one of them is seen running: the
                 // sampler can tell a running copy from a paused one.

@@ -118,9 +118,7 @@ impl Agent {
                 exit.await;
                 let _ = self.state.delete(&run_key(&spec.name)).await;
                 self.unplug_taps(spec).await;
-                let log = qemu::tail(&RunFiles::qemu_log(&run_dir), 400);
-                let last = log.lines().last().unwrap_or("").trim().to_string();
-                fail!(Qemu, "QEMU for {} did not start: {} ({})", spec.name, if last.is_empty() { "no output" } else { &last }, e.message);
+                fail!(Qemu, "QEMU for {} did not start: {} ({})", spec.name, qemu::last_words(&run_dir), e.message);
             }
         };
         {

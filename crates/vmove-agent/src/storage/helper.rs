@@ -87,9 +87,7 @@ impl Agent {
             Ok(q) => q,
             Err(e) => {
                 self.host.kill(pid);
-                let log = qemu::tail(&RunFiles::qemu_log(&run_dir), 400);
-                let last = log.lines().last().unwrap_or("").trim().to_string();
-                fail!(Qemu, "storage helper {name} did not start: {} ({})", if last.is_empty() { "no output" } else { &last }, e.message);
+                fail!(Qemu, "storage helper {name} did not start: {} ({})", qemu::last_words(&run_dir), e.message);
             }
         };
         let h = Arc::new(Helper { pid, qmp, run_dir, exited });

@@ -227,6 +227,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 }
 
 /// QEMU processes of a guest.
+/// QEMU processes of a guest in the lab whose directory is `dir`.
+pub fn qemu_pids_in(dir: &str, guest: &str) -> Vec<u32> {
+    qemu_pids(guest).into_iter().filter(|p| vmove_host::proc::cmdline(*p).iter().any(|a| a.contains(dir))).collect()
+}
+
 pub fn qemu_pids(guest: &str) -> Vec<u32> {
     processes_mentioning(&format!("guest={guest},"))
         .into_iter()
@@ -304,8 +309,7 @@ impl Lab {
 
     /// QEMU processes of a guest in this lab.
     pub fn qemu_pids(&self, guest: &str) -> Vec<u32> {
-        let dir = self.dir.display().to_string();
-        qemu_pids(guest).into_iter().filter(|p| vmove_host::proc::cmdline(*p).iter().any(|a| a.contains(&dir))).collect()
+        qemu_pids_in(&self.dir.display().to_string(), guest)
     }
 
     /// Hosts where a QEMU of the guest runs.
