@@ -203,3 +203,15 @@ async fn the_job_decides_predicted_convergence_from_the_dirty_rate_it_samples() 
     assert!(noted, "{:?}", r.events);
     assert_eq!(c.placement("vm1"), (vec!["host2".to_string()], vec!["host2".to_string()]));
 }
+
+#[tokio::test]
+async fn the_tls_server_gets_a_fixed_dh_group_so_qemu_does_not_generate_one() {
+    let c = Cluster::new(2, 2).await;
+    let g = c.boot("vm1", "host1").await;
+    let r = c.run(c.spec(&g, "host1", "host2", Mode::Live)).await;
+    assert_status(&r, JobStatus::Succeeded);
+    let server = c.host("host2").agent().run_dir("vm1").join("tls-server");
+    let dh = std::fs::read_to_string(server.join("dh-params.pem")).expect("dh-params.pem next to the server's certificate");
+    assert!(dh.starts_with("-----BEGIN DH PARAMETERS-----\nMIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n"), "{dh}");
+    assert!(server.join("server-cert.pem").exists() && server.join("ca-cert.pem").exists());
+}
