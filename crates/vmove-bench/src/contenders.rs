@@ -32,6 +32,8 @@ pub struct GuestPlan {
     pub dirty_mb_s: u32,
     /// Working set, MiB.
     pub wss_mib: u32,
+    /// A data disk in the hosts' local pools, MiB.
+    pub disk_mib: Option<u64>,
 }
 
 impl GuestPlan {
@@ -60,6 +62,10 @@ pub struct Outcome {
     pub downtime_ms: Option<u64>,
     /// Bytes sent.
     pub transferred_bytes: Option<u64>,
+    /// Bytes of the local disk copied, as the tool reports them.
+    pub disk_bytes: Option<u64>,
+    /// How long the disk copy took, ms (vmove).
+    pub disk_copy_ms: Option<u64>,
     /// Non-zero guest memory, bytes.
     pub touched_bytes: Option<u64>,
     /// Passes.
@@ -153,18 +159,28 @@ pub async fn boot(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Running>
             let nic = format!("lab-net,ip={}/24,mac={}", g.ip, g.mac);
             let mem = format!("{}M", g.memory_mib);
             let (dirty, wss) = (g.dirty_mb_s.to_string(), g.wss_mib.to_string());
-            vmove(
-                ctx,
-                &["guest", "create", &g.name, "--host", "host1", "--memory", &mem, "--nic", &nic, "--dirty-rate", &dirty, "--wss", &wss, "--start"],
-            )
-            .await?;
+            let mut args = vec!["guest", "create", &g.name, "--host", "host1", "--memory", &mem, "--nic", &nic, "--dirty-rate", &dirty, "--wss", &wss];
+            let disk = g.disk_mib.map(|mib| crate::disks::vmove_disk_arg(g, mib));
+            if let Some(d) = &disk {
+                args.extend(["--disk", d]);
+            }
+            args.push("--start");
+            vmove(ctx, &args).await?;
             Ok(Running::Vmove)
         }
         Contender::Qemu | Contender::Control => {
-            let src = spawn_qemu(ctx.env, 0, g, false).await?;
+            let disk = match g.disk_mib {
+                Some(mib) => {
+                    let f = crate::disks::control_file(ctx.env, g);
+                    crate::disks::create_raw(&f, mib)?;
+                    Some(f)
+                }
+                None => None,
+            };
+            let src = spawn_qemu(ctx.env, 0, g, false, disk).await?;
             Ok(Running::Qemu { src: Some(src), dst: None })
         }
-        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest => {
+        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest | Contender::VirshCopyStorage => {
             crate::libvirt::boot(ctx, g).await?;
             Ok(Running::Libvirt)
         }
@@ -172,8 +188,8 @@ pub async fn boot(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Running>
 }
 
 /// Starts QEMU by hand in host `idx`'s namespace with the agent's command line, a tap on
-/// that host's lab-net, and (for the target) `-incoming defer`.
-async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool) -> Result<QemuProc> {
+/// that host's lab-net, the data disk if any, and (for the target) `-incoming defer`.
+async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool, disk: Option<std::path::PathBuf>) -> Result<QemuProc> {
     let ns = env.host_ns[idx].clone();
     let role = if incoming { "dst" } else { "src" };
     let tap = qemu_tap(g, role);
@@ -208,7 +224,12 @@ async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool) -> Res
         accel: "tcg".into(),
         run_dir: run_dir.clone(),
         direct_boot: Some((env.image.kernel.clone(), env.image.initrd.clone(), vmove_lab::image::cmdline(&g.boot_opts()))),
-        disks: vec![],
+        disks: disk.map(|d| {
+            let direct = qemu::supports_o_direct(&d);
+            (d, direct)
+        })
+        .into_iter()
+        .collect(),
         nics: vec![(tap.clone(), g.mac.clone())],
         incoming: incoming.then(|| "defer".to_string()),
         console_port: None,
@@ -266,7 +287,9 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan, running: &mut R
     let r = match (c, running) {
         (Contender::Vmove, _) => migrate_vmove(ctx, g).await,
         (Contender::Qemu, Running::Qemu { src, dst }) => migrate_qemu(ctx, g, src, dst).await,
-        (Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest, _) => crate::libvirt::migrate(ctx, c, g).await,
+        (Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest | Contender::VirshCopyStorage, _) => {
+            crate::libvirt::migrate(ctx, c, g).await
+        }
         (Contender::Control, _) => {
             tokio::time::sleep(CONTROL_WAIT).await;
             Ok(Outcome {
@@ -329,7 +352,9 @@ async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
     let err = err_task.await.unwrap_or_default();
     out.total_ms = Some(total);
     match ended {
-        Some(VmoveLine::Ended { succeeded, error, total_ms, migration_ms, downtime_ms, transferred_bytes, passes }) => {
+        Some(VmoveLine::Ended { succeeded, error, total_ms, migration_ms, downtime_ms, transferred_bytes, passes, disk_bytes, disk_copy_ms }) => {
+            out.disk_bytes = disk_bytes;
+            out.disk_copy_ms = disk_copy_ms;
             out.converged = succeeded && status.success();
             out.error = error.or_else(|| (!status.success()).then(|| err.trim().to_string()));
             out.qemu_total_ms = migration_ms;
@@ -356,7 +381,7 @@ async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
 async fn migrate_qemu(ctx: &Ctx<'_>, g: &GuestPlan, src: &mut Option<QemuProc>, dst: &mut Option<QemuProc>) -> Result<Outcome> {
     let t0 = Instant::now();
     let mut out = Outcome::default();
-    let d = spawn_qemu(ctx.env, 1, g, true).await?;
+    let d = spawn_qemu(ctx.env, 1, g, true, None).await?;
     let port = 20000 + g.n;
     let uri = format!("tcp:{}:{port}", ctx.env.host_ip[1]);
     d.qmp.migrate_incoming(&uri).await.context("migrate-incoming")?;
@@ -498,7 +523,7 @@ pub fn taps(c: Contender, g: &GuestPlan) -> Option<(String, String)> {
             Some((t.clone(), t))
         }
         Contender::Qemu => Some((qemu_tap(g, "src"), qemu_tap(g, "dst"))),
-        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest => {
+        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest | Contender::VirshCopyStorage => {
             let t = crate::libvirt::tap(g);
             Some((t.clone(), t))
         }
@@ -524,7 +549,7 @@ pub async fn console(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> String {
             })
             .collect::<Vec<_>>()
             .join(""),
-        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest => {
+        Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest | Contender::VirshCopyStorage => {
             std::fs::read_to_string(ctx.env.dir().join("libvirt").join(format!("{}.serial.log", g.name))).unwrap_or_default()
         }
     }
@@ -532,8 +557,15 @@ pub async fn console(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> String {
 
 // ------------------------------------------------------------------------- cleanup
 
-/// Removes the guest wherever it is.
+/// Removes the guest wherever it is, and its data disk's files.
 pub async fn cleanup(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan, running: Running) {
+    stop(ctx, c, g, running).await;
+    if g.disk_mib.is_some() {
+        crate::disks::remove(&crate::disks::leftovers(ctx.env, g));
+    }
+}
+
+async fn stop(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan, running: Running) {
     match (c, running) {
         (_, Running::Qemu { src, dst }) => {
             for p in [src, dst].into_iter().flatten() {

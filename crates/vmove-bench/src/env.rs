@@ -163,6 +163,19 @@ impl Env {
         Ok(n as f64 / d.as_secs_f64())
     }
 
+    /// Bytes sent so far out of host `idx`'s management link (mgmt0, the migration link),
+    /// as the kernel counts them in that namespace.
+    pub fn link_tx_bytes(&self, idx: usize) -> Result<u64> {
+        let ns = self.host_ns.get(idx).ok_or_else(|| anyhow!("the lab has no host {}", idx + 1))?;
+        let text = Env::ns_cmd(ns, &["cat", "/sys/class/net/mgmt0/statistics/tx_bytes"])?;
+        crate::parse::link_counter(&text).ok_or_else(|| anyhow!("mgmt0's tx_bytes in {ns}: not a number: {:?}", text.trim()))
+    }
+
+    /// The directory of host `idx`'s local pool (`hosts/hostN/local` in the lab).
+    pub fn local_pool(&self, idx: usize) -> PathBuf {
+        self.dir().join("hosts").join(format!("host{}", idx + 1)).join("local")
+    }
+
     /// Flushes the client's neighbour table (a new guest may reuse an address).
     pub fn flush_client_neighbours(&self) {
         let _ = Env::ns_cmd(&self.client_ns, &["ip", "neigh", "flush", "all"]);

@@ -1,7 +1,8 @@
 //! The libvirt contenders: a transient domain like the other contenders' guests, moved with
 //! `virsh migrate` (native, tunnelled, or with libvirt's best convergence: auto-converge and
-//! post-copy after the first pass), and the target's `RESUME` as QEMU timed it, read with
-//! `virsh qemu-monitor-event` on the target's libvirtd.
+//! post-copy after the first pass, or with a copy of the guest's local disk), and the
+//! target's `RESUME` as QEMU timed it, read with `virsh qemu-monitor-event` on the target's
+//! libvirtd.
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,16 +26,28 @@ pub fn tap(g: &GuestPlan) -> String {
     format!("bl{}", g.n)
 }
 
+/// The data disk's `<disk>` element: a raw file, virtio (the guest's `/dev/vda`), with
+/// vmove's cache mode (O_DIRECT where the file system has it, else the host's page cache;
+/// the guest sees a write cache either way).
+pub fn disk_xml(path: &std::path::Path, direct: bool) -> String {
+    format!(
+        "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw' cache='{}'/>\n      \
+         <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n",
+        if direct { "none" } else { "writeback" },
+        path.display()
+    )
+}
+
 /// The libvirt domain: the same QEMU binary, machine, CPU model, memory, kernel, initrd,
-/// command line and NIC model as the others (libvirt adds its own defaults besides).
-pub fn domain_xml(ctx: &Ctx<'_>, g: &GuestPlan, serial: &std::path::Path) -> String {
+/// command line, NIC model and data disk as the others (libvirt adds its own defaults besides).
+pub fn domain_xml(ctx: &Ctx<'_>, g: &GuestPlan, serial: &std::path::Path, disk: &str) -> String {
     let img = &ctx.env.image;
     format!(
         "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>1</vcpu>\n  <os>\n    \
          <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>{k}</kernel>\n    <initrd>{i}</initrd>\n    \
          <cmdline>{cmd}</cmdline>\n  </os>\n  <cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model></cpu>\n  \
          <devices>\n    <emulator>/usr/bin/{bin}</emulator>\n    <controller type='usb' model='none'/>\n    \
-         <memballoon model='none'/>\n    <interface type='bridge'>\n      <source bridge='lab-net'/>\n      \
+         <memballoon model='none'/>\n{disk}    <interface type='bridge'>\n      <source bridge='lab-net'/>\n      \
          <target dev='{tap}'/>\n      <mac address='{mac}'/>\n      <model type='virtio'/>\n    </interface>\n    \
          <serial type='file'><source path='{serial}' append='on'/></serial>\n  </devices>\n</domain>\n",
         name = g.name,
@@ -49,11 +62,22 @@ pub fn domain_xml(ctx: &Ctx<'_>, g: &GuestPlan, serial: &std::path::Path) -> Str
     )
 }
 
-/// Boots the transient domain on host1.
+/// Boots the transient domain on host1. With a data disk: a raw image in host1's images
+/// directory, and one of the same size and format pre-created on host2 (libvirt's storage
+/// copy needs it there; not timed).
 pub async fn boot(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<()> {
     let lv = libvirt(ctx)?;
     let dir = ctx.env.dir().join("libvirt");
-    let xml = domain_xml(ctx, g, &dir.join(format!("{}.serial.log", g.name)));
+    let disk = match g.disk_mib {
+        Some(mib) => {
+            for i in 0..2 {
+                crate::disks::create_raw(&crate::disks::libvirt_file(ctx.env, i, g), mib)?;
+            }
+            disk_xml(&crate::disks::libvirt_path(g), qemu::supports_o_direct(&crate::disks::libvirt_file(ctx.env, 0, g)))
+        }
+        None => String::new(),
+    };
+    let xml = domain_xml(ctx, g, &dir.join(format!("{}.serial.log", g.name)), &disk);
     let file = dir.join(format!("{}.xml", g.name));
     std::fs::write(&file, xml)?;
     virsh(&lv.uri[0], &["create", &file.display().to_string()]).await?;
@@ -68,6 +92,7 @@ pub fn migrate_args(c: Contender, guest: &str, dst_uri: &str, dst_ip: std::net::
         Contender::VirshBest => {
             args.extend(["--auto-converge".into(), "--postcopy".into(), "--postcopy-after-precopy".into()])
         }
+        Contender::VirshCopyStorage => args.push("--copy-storage-all".into()),
         _ => {}
     }
     args.extend([guest.to_string(), dst_uri.to_string()]);
@@ -150,6 +175,8 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Outco
         s
     });
     let mut aborted = false;
+    // The storage copy's bytes, the most libvirt reported while the job ran.
+    let mut disk_seen: Option<u64> = None;
     let hard = ctx.budget + Duration::from_secs(120);
     let status = loop {
         tokio::select! {
@@ -157,9 +184,11 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Outco
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 let now = t0.elapsed().as_millis() as u64;
                 if let Ok(text) = virsh(&lv.uri[0], &["domjobinfo", &g.name, "--rawstats"]).await {
-                    if let Some(s) = parse::virsh_sample(&parse::virsh_rawstats(&text), now) {
+                    let st = parse::virsh_rawstats(&text);
+                    if let Some(s) = parse::virsh_sample(&st, now) {
                         out.samples.push(s);
                     }
+                    disk_seen = disk_seen.max(parse::virsh_disk_bytes(&st));
                 }
                 if !aborted && t0.elapsed() > ctx.budget {
                     // In post-copy an abort is refused (the guest runs on the target): it goes on.
@@ -193,6 +222,15 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Outco
         out.downtime_ms = st.get("downtime").copied();
         out.qemu_total_ms = st.get("time_elapsed").copied();
         out.transferred_bytes = st.get("memory_processed").or_else(|| st.get("data_processed")).copied();
+        out.disk_bytes = parse::virsh_disk_bytes(&st).max(disk_seen);
+        let disk_keys: Vec<String> = st.iter().filter(|(k, _)| k.starts_with("disk_")).map(|(k, v)| format!("{k} {v}")).collect();
+        if !disk_keys.is_empty() || disk_seen.is_some() {
+            out.notes.push(format!(
+                "libvirt's completed job: {}; the most seen while it ran: {}",
+                disk_keys.join(", "),
+                disk_seen.map(|b| b.to_string()).unwrap_or_else(|| "none".into())
+            ));
+        }
         out.passes = st.get("memory_iteration").copied();
         out.touched_bytes = parse::virsh_touched(&st);
         if let Some(p) = st.get("memory_postcopy_requests") {
@@ -220,5 +258,19 @@ mod tests {
             "migrate --live --auto-converge --postcopy --postcopy-after-precopy g qemu+tcp://x/system --migrateuri tcp://198.51.100.12"
         );
         assert_eq!(j(Contender::VirshTunnelled), "migrate --live --p2p --tunnelled g qemu+tcp://x/system");
+        assert_eq!(
+            j(Contender::VirshCopyStorage),
+            "migrate --live --copy-storage-all g qemu+tcp://x/system --migrateuri tcp://198.51.100.12",
+            "the storage copy with the same transport as plain virsh"
+        );
+    }
+
+    #[test]
+    fn the_data_disk_in_the_domain() {
+        let d = disk_xml(std::path::Path::new("/var/lib/libvirt/images/bs-1-data.img"), true);
+        assert!(d.contains("<driver name='qemu' type='raw' cache='none'/>"), "{d}");
+        assert!(d.contains("<source file='/var/lib/libvirt/images/bs-1-data.img'/>"), "{d}");
+        assert!(d.contains("<target dev='vda' bus='virtio'/>"), "{d}");
+        assert!(disk_xml(std::path::Path::new("/x.img"), false).contains("cache='writeback'"));
     }
 }

@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 mod contenders;
+mod disk_report;
+mod disks;
 mod env;
 mod goals;
 mod libvirt;
@@ -59,15 +61,30 @@ It prints the goals (vmove's figures as ratios against the other contenders of t
 writes report.md, report.json, section.md and plots into --out, and puts the dated section
 (\"## Migration benchmark (issue 14): DATE (QEMU x.y.z)\") into docs/benchmarks.md.
 
-Defaults: contenders vmove, qemu, virsh, virsh-best, control (virsh-tunnelled on request);
-512 and 2048 MiB guests; idle, http-20 and 2x-link; 5 runs per cell; 150 s budget.
-The libvirt contenders (virsh, virsh-best, virsh-tunnelled) are opt-in: without
-VMOVE_BENCH_LIBVIRT=1 they are left out, with a note in the report. libvirt 11.3 comes from
+Defaults: contenders vmove, qemu, virsh, virsh-best, control (virsh-tunnelled and
+virsh-copy-storage on request); 512 and 2048 MiB guests; idle, http-20 and 2x-link (local-disk
+on request); 5 runs per cell; 150 s budget. The libvirt contenders (virsh, virsh-best,
+virsh-tunnelled, virsh-copy-storage) are opt-in: without VMOVE_BENCH_LIBVIRT=1 they are left
+out, with a note in the report. libvirt 11.3 comes from
 bookworm-backports: VMOVE_BENCH_LIBVIRT=1 bash scripts/install-deps.
 
 A short check: --quick (1 run, 512 MiB, idle and http-20), or e.g.
   --runs 1 --memory 512 --workloads idle --contenders vmove,qemu,control
-  --runs 1 --memory 512 --workloads 2x-link --contenders vmove,virsh-best";
+  --runs 1 --memory 512 --workloads 2x-link --contenders vmove,virsh-best
+
+Issue 17's local-disk benchmark: a 512 MiB guest with a 2 GiB data disk in the hosts' local
+pools (not shared), vmove against virsh migrate --live --copy-storage-all (3 runs; the dated
+section is \"## Migration benchmark (issue 17, local disk): DATE (QEMU x.y.z)\"):
+
+  VMOVE_BENCH_LIBVIRT=1 nice -n 10 /var/tmp/bench-bin/vmove-bench --runs 3 --memory 512 \\
+      --workloads local-disk --local-disk-mib 2048 --local-disk-dirty 5 \\
+      --contenders vmove,virsh-copy-storage --out /var/tmp/bench-report-localdisk \\
+      --lab-dir /var/tmp/bench-lab-localdisk --docs docs/benchmarks.md
+
+In a local-disk cell the guest writes its disk log (one 512-byte synced record every 500 ms:
+the lab image has no data-disk writer at a chosen rate) and dirties --local-disk-dirty MB/s of
+memory. qemu (QEMU by hand) and the plain libvirt contenders cannot move a local disk: they
+are reported as not applicable there (control runs, with the disk).";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -102,10 +119,12 @@ struct RunArgs {
     /// Guest sizes, MiB.
     #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [512u64, 2048])]
     memory: Vec<u64>,
-    /// Workloads: idle, http-20, 2x-link (dirtying twice the capped link), near-link (dirtying --near-fraction of it).
+    /// Workloads: idle, http-20, 2x-link (dirtying twice the capped link), near-link (dirtying --near-fraction of it),
+    /// local-disk (a --local-disk-mib data disk in the hosts' local pools, not shared).
     #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = Workload::DEFAULT.map(|w| w.id().to_string()))]
     workloads: Vec<String>,
-    /// Contenders: vmove, qemu, virsh, virsh-best, virsh-tunnelled, control (no migration).
+    /// Contenders: vmove, qemu, virsh, virsh-best, virsh-tunnelled, virsh-copy-storage
+    /// (`--copy-storage-all`, local-disk cells), control (no migration).
     #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = Contender::DEFAULT.map(|c| c.id().to_string()))]
     contenders: Vec<String>,
     /// Time budget of one migration, seconds; beyond it the migration is cancelled and counts as not converged.
@@ -126,6 +145,13 @@ struct RunArgs {
     /// Dirty rate of the HTTP workload, MB/s.
     #[arg(long, default_value_t = 20)]
     http_dirty: u32,
+    /// Size of the local-disk workload's data disk (a raw file in each host's local pool), MiB.
+    #[arg(long, default_value_t = 2048)]
+    local_disk_mib: u64,
+    /// What the local-disk workload's guest dirties, MB/s of memory (it also writes its disk
+    /// log: one 512-byte synced record every 500 ms).
+    #[arg(long, default_value_t = 5)]
+    local_disk_dirty: u32,
     /// Seconds of each plain TCP copy that measures a link (3 copies per link).
     #[arg(long, default_value_t = 3)]
     copy_secs: u64,
@@ -161,6 +187,11 @@ struct Plan {
     contenders: Vec<Contender>,
 }
 
+/// The local-disk workload's smallest data disk, MiB (the disk log needs a few records).
+const MIN_DISK_MIB: u64 = 1;
+/// ... and its largest, MiB (1 TiB: a sparse file, but the copy walks all of it).
+const MAX_DISK_MIB: u64 = 1 << 20;
+
 fn plan(a: &RunArgs) -> Result<Plan> {
     let mut p = Plan {
         runs: a.runs,
@@ -192,6 +223,9 @@ fn plan(a: &RunArgs) -> Result<Plan> {
     }
     if !(0.1..=10.0).contains(&a.link_factor) {
         bail!("--link-factor must be between 0.1 and 10");
+    }
+    if p.workloads.contains(&Workload::LocalDisk) && !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&a.local_disk_mib) {
+        bail!("--local-disk-mib must be between {MIN_DISK_MIB} and {MAX_DISK_MIB}");
     }
     Ok(p)
 }
@@ -236,5 +270,27 @@ mod tests {
         assert_eq!(plan(&t.run).unwrap().contenders, vec![Contender::VirshTunnelled]);
         assert!(Cli::try_parse_from(["vmove-bench", "--contenders", "vmove,nope"]).map(|c| plan(&c.run)).unwrap().is_err());
         assert!(matches!(Cli::try_parse_from(["vmove-bench", "render", "x"]).unwrap().cmd, Some(Cmd::Render { .. })));
+    }
+
+    #[test]
+    fn local_disk_options() {
+        let cli = Cli::try_parse_from([
+            "vmove-bench", "--runs", "3", "--memory", "512", "--workloads", "local-disk", "--local-disk-mib", "2048",
+            "--local-disk-dirty", "5", "--contenders", "vmove,virsh-copy-storage",
+        ])
+        .unwrap();
+        let p = plan(&cli.run).unwrap();
+        assert_eq!(p.workloads, vec![Workload::LocalDisk]);
+        assert_eq!(p.contenders, vec![Contender::Vmove, Contender::VirshCopyStorage]);
+        assert_eq!((cli.run.local_disk_mib, cli.run.local_disk_dirty), (2048, 5));
+        let d = Cli::try_parse_from(["vmove-bench", "--workloads", "local-disk"]).unwrap();
+        assert_eq!((d.run.local_disk_mib, d.run.local_disk_dirty), (2048, 5), "the issue's disk and rate by default");
+        assert!(!Contender::DEFAULT.contains(&Contender::VirshCopyStorage) && !Workload::DEFAULT.contains(&Workload::LocalDisk));
+        let zero = Cli::try_parse_from(["vmove-bench", "--workloads", "local-disk", "--local-disk-mib", "0"]).unwrap();
+        let e = plan(&zero.run).map(|_| ()).unwrap_err().to_string();
+        assert!(e.starts_with("--local-disk-mib must be between 1 and"), "{e}");
+        let other = Cli::try_parse_from(["vmove-bench", "--workloads", "idle", "--local-disk-mib", "0"]).unwrap();
+        assert!(plan(&other.run).is_ok(), "the disk size only matters with the local-disk workload");
+        assert!(Cli::try_parse_from(["vmove-bench", "--local-disk-mib", "lots"]).is_err(), "clap refuses a non-number");
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::contenders::Ctx;
 use crate::env::{self, Env, Libvirt};
-use crate::model::{CellSpec, Contender, Report, RunResult, Settings, Workload};
+use crate::model::{CellSpec, Contender, NotApplicable, Report, RunResult, Settings, Workload};
 use crate::outputs::{write_json, write_outputs};
 use crate::{stats, Plan, RunArgs};
 
@@ -61,7 +61,15 @@ pub(crate) async fn run(a: RunArgs) -> Result<()> {
     let mut report = Report {
         started: now_rfc3339(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        settings: Settings { runs: p.runs, budget_s: a.budget, near_fraction: a.near_fraction, near_wss_mib: a.near_wss, link_factor: a.link_factor, quick: a.quick },
+        settings: Settings {
+            runs: p.runs,
+            budget_s: a.budget,
+            near_fraction: a.near_fraction,
+            near_wss_mib: a.near_wss,
+            link_factor: a.link_factor,
+            quick: a.quick,
+            local_disk_mib: a.local_disk_mib,
+        },
         contenders: p.contenders.clone(),
         ..Default::default()
     };
@@ -151,17 +159,14 @@ async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result
     write_json(&a.out, report)?;
     let ctx = Ctx { env, libvirt: libvirt.as_ref(), budget: Duration::from_secs(a.budget), consoles: a.out.join("consoles") };
 
-    let raw_cells: Vec<CellSpec> = p
-        .workloads
-        .iter()
-        .filter(|w| !w.on_capped_link())
-        .flat_map(|&w| {
-            p.memory.iter().map(move |&m| CellSpec::raw(m, w, if w == Workload::Http20 { a.http_dirty } else { 0 }, raw))
-        })
-        .collect();
+    let raw_cells: Vec<CellSpec> =
+        p.workloads.iter().filter(|w| !w.on_capped_link()).flat_map(|&w| p.memory.iter().map(move |&m| raw_cell(a, m, w, raw))).collect();
     let capped: Vec<Workload> = p.workloads.iter().copied().filter(|w| w.on_capped_link()).collect();
-    let per_cell = p.runs as usize * contenders.len();
-    let total = (raw_cells.len() + capped.len() * p.memory.len()) * per_cell;
+    let turns = |local: bool| p.runs as usize * contenders.iter().filter(|c| c.not_applicable(local).is_none()).count();
+    let total = raw_cells.iter().map(|c| turns(c.disk_mib.is_some())).sum::<usize>() + capped.len() * p.memory.len() * turns(false);
+    if raw_cells.iter().any(|c| c.disk_mib.is_some()) {
+        report.remarks.push(local_disk_remark(a));
+    }
     let mut done = 0usize;
     let mut n = 0u32;
     for cell in raw_cells {
@@ -191,6 +196,7 @@ async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result
                         http_load: false,
                         link_cap_mbit: Some(a.link_cap_mbit),
                         link_bytes_per_s: bw,
+                        disk_mib: None,
                     };
                     report.cells.push(cell.clone());
                     run_cell(&ctx, &cell, p.runs, &contenders, report, &a.out, &mut n, &mut done, total).await?;
@@ -248,6 +254,35 @@ async fn relink(env: &Env, report: &mut Report) {
     }
 }
 
+/// A cell on the raw link: the HTTP workload dirties `--http-dirty`, the local-disk one
+/// `--local-disk-dirty` with its `--local-disk-mib` data disk, the others nothing.
+fn raw_cell(a: &RunArgs, memory_mib: u64, w: Workload, raw: f64) -> CellSpec {
+    match w {
+        Workload::Http20 => CellSpec::raw(memory_mib, w, a.http_dirty, raw),
+        Workload::LocalDisk => CellSpec::raw(memory_mib, w, a.local_disk_dirty, raw).with_disk(a.local_disk_mib),
+        _ => CellSpec::raw(memory_mib, w, 0, raw),
+    }
+}
+
+fn local_disk_remark(a: &RunArgs) -> String {
+    format!(
+        "Local-disk cells: the guest's data disk is a sparse raw file of {} on host1's own directory, not shared. \
+         vmove: in its `local` pool (`guest create --disk local/NAME-data.img:{}M`), copied by its COPY_VOLUMES \
+         step (an NBD export over TLS on the target, blockdev-mirror on the source) before the memory. \
+         virsh-copy-storage: a file in the source libvirtd's /var/lib/libvirt/images (each host's own directory), \
+         with one of the same size and format pre-created on the target by `qemu-img create -f raw` before the \
+         run (not timed); libvirt copies it over NBD (no TLS) with QEMU's block mirror. The control's guest has \
+         the same disk on host1. The guest writes its disk log there (one 512-byte synced record every 500 ms, \
+         about 1 KB/s: the lab image has no data-disk writer at a chosen rate) and dirties {} MB/s of memory; \
+         the copy is mostly the disk's unwritten extent. *On the link*: the bytes out of host1's management \
+         link (the migration link) while the contender's command ran, as the kernel counts them — memory, disk, \
+         TLS and control traffic alike.",
+        crate::model::size_mib(a.local_disk_mib),
+        a.local_disk_mib,
+        a.local_disk_dirty
+    )
+}
+
 fn capped_remark(a: &RunArgs, raw: f64, bw: f64) -> String {
     format!(
         "Capped-link workloads: the raw lab link moves {:.0} MB/s on a plain TCP copy — more than the guest's \
@@ -277,10 +312,21 @@ async fn run_cell(
     done: &mut usize,
     total: usize,
 ) -> Result<()> {
+    let mut playing = Vec::new();
+    for &c in contenders {
+        match c.not_applicable(cell.disk_mib.is_some()) {
+            Some(why) => {
+                eprintln!("bench: {} not applicable in {}: {why}", c.id(), cell.id());
+                report.not_applicable.push(NotApplicable { cell: cell.id(), contender: c, why: why.to_string() });
+            }
+            None => playing.push(c),
+        }
+    }
+    write_json(out, report)?;
     for run in 1..=runs {
-        let k = contenders.len();
+        let k = playing.len();
         for i in 0..k {
-            let c = contenders[(i + run as usize - 1) % k];
+            let c = playing[(i + run as usize - 1) % k];
             let foreign = ctx.env.foreign_qemus();
             report.conditions.other_qemu_max = report.conditions.other_qemu_max.max(foreign.len());
             if !foreign.is_empty() {
@@ -300,7 +346,7 @@ async fn run_cell(
 fn line(r: &RunResult) -> String {
     let o = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "–".into());
     format!(
-        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost {}, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}",
+        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost {}, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}{}",
         r.cell,
         r.run,
         r.contender.id(),
@@ -316,6 +362,15 @@ fn line(r: &RunResult) -> String {
         o(r.outage.udp_longest_gap_ms),
         o(r.outage.tcp_longest_stall_ms),
         o(r.transferred_bytes.map(|b| b >> 20)),
+        match (r.disk_bytes, r.link_bytes, r.disk_records) {
+            (None, None, None) => String::new(),
+            (d, l, rec) => format!(
+                ", disk {} MiB, on the link {} MiB, disk log carried {}",
+                o(d.map(|b| b >> 20)),
+                o(l.map(|b| b >> 20)),
+                rec.map(|(before, on)| format!("{on}/{before}")).unwrap_or_else(|| "–".into())
+            ),
+        },
         r.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default(),
         r.damage.as_ref().map(|d| format!(" — GUEST DAMAGED: {d}")).unwrap_or_default()
     )

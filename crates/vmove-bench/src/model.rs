@@ -19,20 +19,25 @@ pub enum Contender {
     /// No migration: the hand-started guest stays where it is for as long as a migration
     /// takes (the probes' floor, and how often the guest breaks without a migration).
     Control,
+    /// `virsh migrate --live --copy-storage-all`: libvirt copies the guest's local disk to a
+    /// pre-created image on the target (NBD and QEMU's block mirror) and moves the memory.
+    VirshCopyStorage,
 }
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Vmove,
         Contender::Qemu,
         Contender::Virsh,
         Contender::VirshBest,
         Contender::VirshTunnelled,
+        Contender::VirshCopyStorage,
         Contender::Control,
     ];
 
-    /// The contenders of a run without `--contenders` (tunnelled virsh is left out: pass it by name).
+    /// The contenders of a run without `--contenders` (tunnelled virsh and virsh with a
+    /// storage copy are left out: pass them by name).
     pub const DEFAULT: [Contender; 5] =
         [Contender::Vmove, Contender::Qemu, Contender::Virsh, Contender::VirshBest, Contender::Control];
 
@@ -45,6 +50,7 @@ impl Contender {
             Contender::VirshTunnelled => "virsh-tunnelled",
             Contender::VirshBest => "virsh-best",
             Contender::Control => "control",
+            Contender::VirshCopyStorage => "virsh-copy-storage",
         }
     }
 
@@ -57,6 +63,7 @@ impl Contender {
             Contender::VirshTunnelled => "virsh migrate --live --tunnelled",
             Contender::VirshBest => "virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy",
             Contender::Control => "no migration (control)",
+            Contender::VirshCopyStorage => "virsh migrate --live --copy-storage-all",
         }
     }
 
@@ -72,7 +79,24 @@ impl Contender {
 
     /// Whether it needs libvirt.
     pub fn is_libvirt(self) -> bool {
-        matches!(self, Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest)
+        matches!(self, Contender::Virsh | Contender::VirshTunnelled | Contender::VirshBest | Contender::VirshCopyStorage)
+    }
+
+    /// Why it cannot take its turn in a cell whose guest has (or has not) a data disk in the
+    /// hosts' local pools; None: it can.
+    pub fn not_applicable(self, local_disk: bool) -> Option<&'static str> {
+        match (self, local_disk) {
+            (Contender::Qemu, true) => Some(
+                "QEMU by hand moves memory only in this benchmark: a local disk would need an NBD export on the \
+                 target and a drive-mirror on the source driven by hand, which it does not do",
+            ),
+            (Contender::Virsh | Contender::VirshBest | Contender::VirshTunnelled, true) => Some(
+                "libvirt refuses to move a guest whose disk is not shared without a storage copy: that is \
+                 virsh-copy-storage (`--copy-storage-all`)",
+            ),
+            (Contender::VirshCopyStorage, false) => Some("no local disk to copy: in this cell it would be plain virsh"),
+            _ => None,
+        }
     }
 }
 
@@ -90,11 +114,15 @@ pub enum Workload {
     /// Dirtying at twice the capped migration link's measured throughput (`--link-factor`):
     /// plain pre-copy cannot converge.
     TwoXLink,
+    /// A data disk in the hosts' local pools (not shared; `--local-disk-mib`) with the lab
+    /// guest's disk log written on it, while the guest dirties `--local-disk-dirty` MB/s.
+    LocalDisk,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 4] = [Workload::Idle, Workload::Http20, Workload::NearLink, Workload::TwoXLink];
+    pub const ALL: [Workload; 5] =
+        [Workload::Idle, Workload::Http20, Workload::NearLink, Workload::TwoXLink, Workload::LocalDisk];
 
     /// The workloads of a run without `--workloads`.
     pub const DEFAULT: [Workload; 3] = [Workload::Idle, Workload::Http20, Workload::TwoXLink];
@@ -106,6 +134,7 @@ impl Workload {
             Workload::Http20 => "http-20",
             Workload::NearLink => "near-link",
             Workload::TwoXLink => "2x-link",
+            Workload::LocalDisk => "local-disk",
         }
     }
 
@@ -137,6 +166,9 @@ pub struct CellSpec {
     pub link_cap_mbit: Option<u32>,
     /// That link's throughput, measured by a plain TCP copy between the host namespaces, bytes/s.
     pub link_bytes_per_s: f64,
+    /// The guest's data disk in the hosts' local pools (not shared), MiB; None: no data disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
 }
 
 impl CellSpec {
@@ -151,7 +183,13 @@ impl CellSpec {
             http_load: workload == Workload::Http20,
             link_cap_mbit: None,
             link_bytes_per_s,
+            disk_mib: None,
         }
+    }
+
+    /// The same cell with a data disk of `mib` MiB in the hosts' local pools.
+    pub fn with_disk(self, mib: u64) -> CellSpec {
+        CellSpec { disk_mib: Some(mib), ..self }
     }
 
     /// `512M-idle`, `2048M-near-link`, ...
@@ -161,11 +199,7 @@ impl CellSpec {
 
     /// One line describing the cell.
     pub fn describe(&self) -> String {
-        let guest = if self.memory_mib % 1024 == 0 {
-            format!("{} GiB", self.memory_mib / 1024)
-        } else {
-            format!("{} MiB", self.memory_mib)
-        };
+        let guest = size_mib(self.memory_mib);
         let work = match self.workload {
             Workload::Idle => format!("idle (working set {} MiB, not rewritten)", self.wss_mib),
             Workload::Http20 => {
@@ -174,12 +208,28 @@ impl CellSpec {
             Workload::NearLink | Workload::TwoXLink => {
                 format!("dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib)
             }
+            Workload::LocalDisk => format!(
+                "a {} data disk in each host's local pool (not shared) with the disk log written on it (a 512-byte \
+                 synced record every 500 ms), dirtying {} MB/s of a {} MiB working set",
+                size_mib(self.disk_mib.unwrap_or(0)),
+                self.dirty_mb_s,
+                self.wss_mib
+            ),
         };
         let link = match self.link_cap_mbit {
             Some(c) => format!("link capped at {c} Mbit/s"),
             None => "raw lab link".to_string(),
         };
         format!("{guest} guest, {work}, {link}")
+    }
+}
+
+/// `512 MiB`, `2 GiB`.
+pub fn size_mib(mib: u64) -> String {
+    if mib >= 1024 && mib % 1024 == 0 {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{mib} MiB")
     }
 }
 
@@ -338,6 +388,21 @@ pub struct RunResult {
     pub downtime_ms: Option<u64>,
     /// Bytes sent.
     pub transferred_bytes: Option<u64>,
+    /// Bytes of the local disk copied, as the tool reports them (vmove's job summary,
+    /// libvirt's `disk_processed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// How long the disk copy took until the mirrors were in sync (vmove's job summary), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_copy_ms: Option<u64>,
+    /// Bytes out of host1's management link (migration link) while the contender's command
+    /// ran: memory, disk, TLS and control traffic alike, counted by the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bytes: Option<u64>,
+    /// Disk-log records the guest had written on host1 before the probes started, and how
+    /// many of them hold data on host2's copy of the disk after the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_records: Option<(u64, u64)>,
     /// Guest memory, bytes.
     pub memory_bytes: u64,
     /// Guest memory that is not zero pages (total − zero pages), bytes, where the tool reports it.
@@ -383,6 +448,10 @@ impl RunResult {
             qemu_total_ms: None,
             downtime_ms: None,
             transferred_bytes: None,
+            disk_bytes: None,
+            disk_copy_ms: None,
+            link_bytes: None,
+            disk_records: None,
             memory_bytes,
             touched_bytes: None,
             passes: None,
@@ -469,6 +538,20 @@ pub struct Settings {
     pub link_factor: f64,
     /// Quick mode.
     pub quick: bool,
+    /// Size of the local-disk cells' data disk, MiB.
+    #[serde(default)]
+    pub local_disk_mib: u64,
+}
+
+/// A contender that could not take its turn in a cell, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotApplicable {
+    /// [`CellSpec::id`].
+    pub cell: String,
+    /// Who.
+    pub contender: Contender,
+    /// Why.
+    pub why: String,
 }
 
 /// Everything `report.json` holds.
@@ -492,6 +575,9 @@ pub struct Report {
     pub contenders: Vec<Contender>,
     /// Contenders left out, and why.
     pub left_out: Vec<(Contender, String)>,
+    /// Contenders that could not take their turn in a cell, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applicable: Vec<NotApplicable>,
     /// The matrix.
     pub cells: Vec<CellSpec>,
     /// Every run.

@@ -27,6 +27,7 @@ fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
         Contender::VirshTunnelled => "bt",
         Contender::VirshBest => "bb",
         Contender::Control => "bc",
+        Contender::VirshCopyStorage => "bs",
     };
     GuestPlan {
         name: format!("{short}-{n}"),
@@ -36,7 +37,14 @@ fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
         memory_mib: cell.memory_mib,
         dirty_mb_s: cell.dirty_mb_s,
         wss_mib: cell.wss_mib,
+        disk_mib: cell.disk_mib,
     }
+}
+
+/// Whether the guest's status page says it is ready: it has verified its working set once
+/// and, with a data disk, written a record of its disk log.
+fn ready(page: &str, disk: bool) -> bool {
+    parse::status_field(page, "verify_sweeps").unwrap_or(0) >= 1 && (!disk || parse::status_field(page, "disk_records").unwrap_or(0) >= 1)
 }
 
 async fn http_page(ns: &str, addr: SocketAddr) -> Result<String> {
@@ -72,16 +80,19 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     let client = ctx.env.client_ns.clone();
     let http = SocketAddr::from((g.ip, 80));
     let echo = SocketAddr::from((g.ip, 7));
-    // Ready: it serves HTTP and has verified its working set once.
+    // Ready: it serves HTTP and has verified its working set once (and written its disk log).
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_page = String::new();
     loop {
         if let Ok(page) = http_page(&client, http).await {
-            if parse::status_field(&page, "verify_sweeps").unwrap_or(0) >= 1 {
+            if ready(&page, g.disk_mib.is_some()) {
                 break;
             }
+            last_page = page;
         }
         if Instant::now() > deadline {
-            bail!("the guest did not become ready within 120 s");
+            let disk = parse::status_text(&last_page, "disk_records").unwrap_or_else(|| "unknown".into());
+            bail!("the guest did not become ready within 120 s (disk records: {disk})");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -101,6 +112,11 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
             Err(e) => r.notes.push(format!("no prediction: {e:#}")),
         }
     }
+    // The disk-log records written so far: on host2's copy after the move.
+    let records_before = match g.disk_mib {
+        Some(_) => http_page(&client, http).await.ok().and_then(|p| parse::status_field(&p, "disk_records")),
+        None => None,
+    };
     // Probes.
     let udp = probes::UdpStream::start(&client, echo)?;
     let tcp = match probes::TcpEcho::start(&client, echo) {
@@ -125,8 +141,12 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     if udp.received() == 0 {
         r.notes.push("no UDP echo before the migration".into());
     }
+    let tx_before = link_tx(ctx, c, r);
     let t_mig = Instant::now();
     let out = contenders::migrate(ctx, c, g, running).await;
+    if let (Some(a), Some(b)) = (tx_before, link_tx(ctx, c, r)) {
+        r.link_bytes = Some(b.saturating_sub(a));
+    }
     tokio::time::sleep(AFTER).await;
     let t_end = Instant::now();
     let u = tokio::task::spawn_blocking(move || udp.stop()).await?;
@@ -198,6 +218,8 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     r.qemu_total_ms = out.qemu_total_ms;
     r.downtime_ms = out.downtime_ms;
     r.transferred_bytes = out.transferred_bytes;
+    r.disk_bytes = out.disk_bytes;
+    r.disk_copy_ms = out.disk_copy_ms;
     r.touched_bytes = out.touched_bytes;
     r.passes = out.passes;
     r.samples = out.samples;
@@ -216,11 +238,37 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     let log = contenders::console(ctx, c, g).await;
     r.verify_ok = log.lines().filter(|l| l.starts_with("VERIFY OK")).count() as u64;
     r.damage = parse::damage(&log);
+    if let (true, Some(before), Some(copy)) = (r.converged, records_before, crate::disks::target_file(ctx.env, c, g)) {
+        match tokio::task::block_in_place(|| crate::disks::written_sectors(&copy, before)) {
+            Ok(carried) => {
+                r.disk_records = Some((before, carried));
+                if carried < before && r.damage.is_none() {
+                    r.damage = Some(format!("DISK COPY: {carried} of the {before} disk-log records written on host1 are on host2's copy"));
+                }
+            }
+            Err(e) => r.notes.push(format!("host2's copy of the disk not read: {e:#}")),
+        }
+    }
     if r.damage.is_some() || !r.answers_after {
         let _ = std::fs::create_dir_all(&ctx.consoles);
         let _ = std::fs::write(ctx.consoles.join(format!("{}.log", g.name)), &log);
     }
     Ok(())
+}
+
+/// host1's management link's byte counter, for a contender that migrates (a failure to
+/// read it is a note, not a failed run).
+fn link_tx(ctx: &Ctx<'_>, c: Contender, r: &mut RunResult) -> Option<u64> {
+    if !c.migrates() {
+        return None;
+    }
+    match tokio::task::block_in_place(|| ctx.env.link_tx_bytes(0)) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            r.notes.push(format!("no byte count on the migration link: {e:#}"));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,5 +287,18 @@ mod tests {
         assert_eq!(b.mac, "52:54:00:b1:01:2c");
         assert!((10..250).contains(&b.ip.octets()[3]));
         assert!(format!("bq{}d", 99_999).len() < 16, "tap names fit IFNAMSIZ");
+        assert_eq!(a.disk_mib, None);
+        let disk = guest_plan(&CellSpec::raw(512, Workload::LocalDisk, 5, 1.0).with_disk(2048), Contender::VirshCopyStorage, 7);
+        assert_eq!((disk.name.as_str(), disk.disk_mib, disk.dirty_mb_s), ("bs-7", Some(2048), 5));
+    }
+
+    #[test]
+    fn ready_with_and_without_a_disk() {
+        let page = |sweeps: &str, disk: &str| format!("name: g\nverify_sweeps: {sweeps}\npages_dirtied: 5\ndisk_records: {disk}\n");
+        assert!(ready(&page("1", "none"), false));
+        assert!(!ready(&page("0", "none"), false));
+        assert!(!ready(&page("1", "none"), true), "a guest that found no data disk is not ready");
+        assert!(!ready(&page("1", "0"), true));
+        assert!(ready(&page("2", "3"), true));
     }
 }

@@ -35,10 +35,17 @@ pub enum VmoveLine {
         transferred_bytes: Option<u64>,
         /// Passes.
         passes: Option<u64>,
+        /// Bytes of local volumes copied.
+        disk_bytes: Option<u64>,
+        /// How long the copy of the local volumes took, ms.
+        disk_copy_ms: Option<u64>,
     },
     /// Anything else (steps, prechecks, info).
     Other,
 }
+
+/// The status of vmove's progress events during the copy of local volumes.
+const COPYING_VOLUMES: &str = "copying-volumes";
 
 #[derive(Deserialize)]
 struct Line {
@@ -51,6 +58,8 @@ pub fn vmove_line(line: &str) -> Option<VmoveLine> {
     Some(match l.event.kind {
         // Before RAM statistics exist (status `setup`) everything is 0: not a sample.
         EventKind::Progress(p) if p.total_bytes == 0 => VmoveLine::Other,
+        // The copy of local volumes (COPY_VOLUMES): disk bytes, not a RAM sample.
+        EventKind::Progress(p) if p.status == COPYING_VOLUMES => VmoveLine::Other,
         EventKind::Progress(p) => VmoveLine::Progress {
             at_ms: l.event.at_ms,
             remaining_bytes: p.remaining_bytes,
@@ -64,6 +73,8 @@ pub fn vmove_line(line: &str) -> Option<VmoveLine> {
             downtime_ms: summary.downtime_ms,
             transferred_bytes: summary.transferred_bytes,
             passes: summary.passes,
+            disk_bytes: summary.disk_bytes,
+            disk_copy_ms: summary.disk_copy_ms,
         },
         _ => VmoveLine::Other,
     })
@@ -153,6 +164,20 @@ pub fn virsh_touched(stats: &BTreeMap<String, u64>) -> Option<u64> {
     Some(total.saturating_sub(zero * page))
 }
 
+/// The bytes of the storage copy in libvirt's completed job statistics (`disk_processed`,
+/// else `disk_total` once nothing remains); None without a storage copy.
+pub fn virsh_disk_bytes(stats: &BTreeMap<String, u64>) -> Option<u64> {
+    stats.get("disk_processed").copied().or_else(|| {
+        let total = *stats.get("disk_total")?;
+        (stats.get("disk_remaining").copied() == Some(0)).then_some(total)
+    })
+}
+
+/// A network interface's byte counter as sysfs prints it (`/sys/class/net/IF/statistics/tx_bytes`).
+pub fn link_counter(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
 /// A remaining-bytes sample from `query-migrate` (None before RAM statistics exist).
 pub fn qmp_sample(info: &MigrationInfo, t_ms: u64) -> Option<Sample> {
     let ram = info.ram.as_ref()?;
@@ -173,6 +198,11 @@ pub fn status_field(page: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A field of the lab guest's HTTP status page as text (`disk_records: none`).
+pub fn status_text(page: &str, key: &str) -> Option<String> {
+    page.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string())
+}
+
 /// The body of an HTTP/1.x response with status 200.
 pub fn http_ok_body(resp: &str) -> Option<&str> {
     let (head, body) = resp.split_once("\r\n\r\n")?;
@@ -181,10 +211,11 @@ pub fn http_ok_body(resp: &str) -> Option<&str> {
 }
 
 /// The first console line that shows the guest was damaged: a failed memory verification,
-/// a kernel oops or panic, a crashed workload.
+/// a data disk's log that does not verify, a kernel oops or panic, a crashed workload.
 pub fn damage(console: &str) -> Option<String> {
-    const BAD: [&str; 8] = [
+    const BAD: [&str; 9] = [
         "VERIFY FAIL",
+        "DISK FAIL",
         "VMOVE PANIC",
         "VMOVE FATAL",
         "BUG:",
@@ -232,9 +263,18 @@ mod tests {
                 migration_ms: Some(1229),
                 downtime_ms: Some(92),
                 transferred_bytes: Some(180699400),
-                passes: Some(4)
+                passes: Some(4),
+                disk_bytes: None,
+                disk_copy_ms: None,
             })
         );
+        let d = r#"{"event":{"at_ms":2,"event":"job_ended","seq":30,"status":"succeeded","summary":{"disk_bytes":268435456,"disk_copy_ms":5120,"downtime_ms":40,"migration_ms":1500,"passes":3,"total_ms":9000,"transferred_bytes":190000000}},"job":"host2-2"}"#;
+        match vmove_line(d) {
+            Some(VmoveLine::Ended { succeeded: true, disk_bytes: Some(268435456), disk_copy_ms: Some(5120), transferred_bytes: Some(190000000), .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let copy = r#"{"event":{"at_ms":1795314877754,"dirty_rate_bytes_per_s":0,"elapsed_ms":500,"eta_s":3,"event":"progress","expected_downtime_ms":0,"pass":0,"rate_bytes_per_s":80000000,"remaining_bytes":200000000,"seq":9,"status":"copying-volumes","total_bytes":268435456,"transferred_bytes":68435456},"job":"host2-2"}"#;
+        assert_eq!(vmove_line(copy), Some(VmoveLine::Other), "the disk copy's progress is not a RAM sample");
         let f = r#"{"event":{"at_ms":1,"event":"job_ended","seq":9,"status":"cancelled","error":"timed out after 6 s","summary":{"total_ms":6100}},"job":"host2-3"}"#;
         match vmove_line(f) {
             Some(VmoveLine::Ended { succeeded: false, error: Some(e), migration_ms: None, .. }) => assert!(e.contains("timed out")),
@@ -298,6 +338,15 @@ mod tests {
     }
 
     #[test]
+    fn virsh_disk_statistics() {
+        let t = "Job type: 3\ntime_elapsed: 9000\ndisk_total: 2147483648\ndisk_processed: 2147483648\ndisk_remaining: 0\nmemory_processed: 100\n";
+        assert_eq!(virsh_disk_bytes(&virsh_rawstats(t)), Some(2147483648));
+        assert_eq!(virsh_disk_bytes(&virsh_rawstats("memory_processed: 100\n")), None, "no storage copy");
+        assert_eq!(link_counter("123456\n"), Some(123456));
+        assert_eq!(link_counter("nope"), None);
+    }
+
+    #[test]
     fn qmp_figures() {
         let info: MigrationInfo = serde_json::from_str(
             r#"{"status":"active","ram":{"transferred":100,"remaining":4096000,"total":8192000,"duplicate":1000,"page-size":4096,"mbps":12.5}}"#,
@@ -315,6 +364,8 @@ mod tests {
         assert_eq!(status_field(body, "pages_dirtied"), Some(52734));
         assert_eq!(status_field(body, "verify_sweeps"), Some(5));
         assert_eq!(status_field(body, "pages"), None);
+        assert_eq!(status_text("a: 1\ndisk_records: none\n", "disk_records").as_deref(), Some("none"));
+        assert_eq!(status_text("a: 1\n", "disk_records"), None);
         assert_eq!(http_ok_body("HTTP/1.1 405 Method Not Allowed\r\n\r\nno"), None);
         assert_eq!(http_ok_body("garbage"), None);
     }
@@ -327,6 +378,8 @@ mod tests {
             Some("[   11.573032] BUG: kernel NULL pointer dereference, address: 0000000000000000")
         );
         assert_eq!(damage("VERIFY FAIL page 7: crc\n").as_deref(), Some("VERIFY FAIL page 7: crc"));
+        assert_eq!(damage("DISK OK 12\nDISK FAIL record 13: bad crc\n").as_deref(), Some("DISK FAIL record 13: bad crc"));
+        assert_eq!(damage("VMOVE DISK none\nDISK OK 3\nDISK NOTE O_DIRECT\n"), None);
     }
 
     #[test]

@@ -78,6 +78,9 @@ fn workload_label(cell: &CellSpec) -> String {
         Workload::Http20 => format!("HTTP + {} MB/s", cell.dirty_mb_s),
         Workload::NearLink => format!("{} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
         Workload::TwoXLink => format!("2× link: {} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
+        Workload::LocalDisk => {
+            format!("{} local disk + {} MB/s", crate::model::size_mib(cell.disk_mib.unwrap_or(0)), cell.dirty_mb_s)
+        }
     }
 }
 
@@ -108,6 +111,12 @@ pub fn overview(r: &Report) -> String {
         let work = workload_label(cell);
         for &c in &r.contenders {
             let s = summarize(&r.runs, &id, c);
+            if r.not_applicable.iter().any(|n| n.cell == id && n.contender == c) {
+                let mut row = vec![format!("{} MiB", cell.memory_mib), work.clone(), c.id().to_string(), "not applicable".into()];
+                row.resize(head.len(), String::new());
+                rows.push(row);
+                continue;
+            }
             if s.runs == 0 {
                 continue;
             }
@@ -188,7 +197,8 @@ pub const OVERVIEW_LEGEND: &str = "*total*: from the contender's command start t
      window for the control) that never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
      \"RTO\": runs whose TCP stall exceeded the UDP gap by more than 20 ms (a retransmission timeout waited \
      out). *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
-     \"crashed\": the guest's console shows a kernel oops or a failed memory verification; \"unreachable\": it \
+     \"crashed\": the guest's console shows a kernel oops or a failed memory or disk-log verification, or host2's \
+     copy of its local disk lacks disk-log records written before the move; \"unreachable\": it \
      did not answer TCP echo afterwards.";
 
 fn contender_what(ct: Contender) -> &'static str {
@@ -199,6 +209,7 @@ fn contender_what(ct: Contender) -> &'static str {
         Contender::VirshTunnelled => "`virsh migrate --live --p2p --tunnelled GUEST qemu+tcp://host2/system`: the stream goes through the libvirtd connection",
         Contender::VirshBest => "`virsh migrate --live --auto-converge --postcopy --postcopy-after-precopy GUEST qemu+tcp://host2/system --migrateuri tcp://host2`: libvirt's best convergence (QEMU throttles the guest during pre-copy; post-copy starts after the first pass)",
         Contender::Control => "no migration: a guest started like the hand-driven one, probed the same way while it stays on host1 for 3 s — the probes' floor, and how often a guest breaks without any migration",
+        Contender::VirshCopyStorage => "`virsh migrate --live --copy-storage-all GUEST qemu+tcp://host2/system --migrateuri tcp://host2` (local-disk cells): the same transport as plain virsh; libvirt copies the guest's data disk over NBD (no TLS) with QEMU's block mirror into a raw image of the same size pre-created on the target with `qemu-img create -f raw`, then moves the memory",
     }
 }
 
@@ -256,6 +267,9 @@ fn cell_section(out: &mut String, r: &Report, cell: &CellSpec) {
     lim.extend([num(touched.map(|t| t / (cell.memory_mib as f64 * 1048576.0)), 2), String::new(), "1.0".into()]);
     rows.push(lim);
     table(out, &head, 1, &rows);
+    for n in r.not_applicable.iter().filter(|n| n.cell == id) {
+        let _ = write!(out, "\nNot applicable here: **{}** — {}.\n", n.contender.id(), n.why);
+    }
     let _ = writeln!(
         out,
         "\nPhysical limit: the guest's touched memory ({}; guest RAM minus zero pages, median of what QEMU and libvirt \
@@ -402,6 +416,14 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "## Overview\n");
     out.push_str(&overview(r));
     let _ = writeln!(out, "\n{OVERVIEW_LEGEND}\n");
+    let disk = crate::disk_report::table(r);
+    if !disk.is_empty() {
+        let _ = writeln!(out, "## Local disk: time, outage and bytes sent\n\n{disk}\n{}\n", crate::disk_report::LEGEND);
+    }
+    let na = crate::disk_report::not_applicable_lines(r);
+    if !na.is_empty() {
+        let _ = writeln!(out, "## Not applicable\n\nContenders that could not take their turn in a cell:\n\n{na}");
+    }
     let damaged: Vec<String> = r
         .runs
         .iter()
@@ -487,6 +509,25 @@ mod tests {
         assert!(o.contains("| qemu | 1/2 (1 crashed, 1 unreachable) | 4.0 |"), "{o}");
         // touched 1e8 bytes at 1e9 B/s = 0.1 s
         assert!(o.contains("*physical limit* |  | 0.10 |"), "{o}");
+    }
+
+    #[test]
+    fn contenders_not_applicable_are_shown_not_dropped() {
+        let mut r = report();
+        let cell = CellSpec::raw(512, Workload::LocalDisk, 5, 1e9).with_disk(256);
+        let why = Contender::Qemu.not_applicable(true).unwrap_or("").to_string();
+        r.not_applicable.push(crate::model::NotApplicable { cell: cell.id(), contender: Contender::Qemu, why });
+        r.cells.push(cell);
+        let o = overview(&r);
+        assert!(o.contains("| 512 MiB | 256 MiB local disk + 5 MB/s | qemu | not applicable |"), "{o}");
+        let md = markdown(&r);
+        assert!(md.contains("## Not applicable"), "{md}");
+        assert!(md.contains("Not applicable here: **qemu** — QEMU by hand moves memory only"), "{md}");
+        assert!(md.contains("## Local disk: time, outage and bytes sent"), "{md}");
+        for block in md.split("\n\n").filter(|b| b.starts_with('|')) {
+            let widths: Vec<usize> = block.lines().map(|l| l.matches('|').count()).collect();
+            assert!(widths.iter().all(|w| *w == widths[0]), "ragged table:\n{block}");
+        }
     }
 
     #[test]

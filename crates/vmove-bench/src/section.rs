@@ -16,14 +16,21 @@ fn qemu_short(v: &str) -> String {
 }
 
 /// The section's heading: `## Migration benchmark (issue 14): 2026-12-01 (QEMU 10.0.2)`,
-/// with `, quick` or `, partial` when it is not the whole matrix.
+/// with `, quick check` for a quick run; issue 17's when every cell has a local disk (so
+/// that its section never replaces the same day's issue-14 one), both when some do.
 pub fn heading(r: &Report) -> String {
     let date = r.started.get(..10).unwrap_or("undated");
     let mut what = qemu_short(&r.machine.qemu);
     if r.settings.quick {
         what.push_str(", quick check");
     }
-    format!("## Migration benchmark (issue 14): {date} ({what})")
+    let local = r.cells.iter().filter(|c| c.disk_mib.is_some()).count();
+    let issue = match local {
+        0 => "issue 14",
+        n if n == r.cells.len() => "issue 17, local disk",
+        _ => "issues 14 and 17",
+    };
+    format!("## Migration benchmark ({issue}): {date} ({what})")
 }
 
 /// `03:17` from an RFC 3339 time.
@@ -86,6 +93,14 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "### Figures\n");
     out.push_str(&report::overview(r));
     let _ = writeln!(out, "\nMedians over the converged runs; client-outage medians over the runs whose guest survived. {}\n", report::OVERVIEW_LEGEND);
+    let disk = crate::disk_report::table(r);
+    if !disk.is_empty() {
+        let _ = writeln!(out, "**Local disk: time, outage and bytes sent.**\n\n{disk}\n{}\n", crate::disk_report::LEGEND);
+    }
+    let na = crate::disk_report::not_applicable_lines(r);
+    if !na.is_empty() {
+        let _ = writeln!(out, "**Not applicable** (contenders that could not take their turn in a cell):\n\n{na}");
+    }
     let cold = report::cold_start_lines(r);
     if !cold.is_empty() {
         let _ = writeln!(
@@ -202,6 +217,11 @@ mod tests {
         let mut q = r.clone();
         q.settings.quick = true;
         assert!(heading(&q).ends_with("(QEMU 10.0.2, quick check)"));
+        let mut l = r.clone();
+        l.cells = vec![CellSpec::raw(512, Workload::LocalDisk, 5, 1e9).with_disk(2048)];
+        assert_eq!(heading(&l), "## Migration benchmark (issue 17, local disk): 2026-12-01 (QEMU 10.0.2)");
+        l.cells.push(CellSpec::raw(512, Workload::Idle, 0, 1e9));
+        assert_eq!(heading(&l), "## Migration benchmark (issues 14 and 17): 2026-12-01 (QEMU 10.0.2)");
     }
 
     #[test]

@@ -132,6 +132,14 @@ pub struct Summary {
     pub http_gap_ms: Option<f64>,
     /// Bytes sent / guest memory.
     pub sent_over_memory: Option<f64>,
+    /// Memory bytes sent, as the tool reports them.
+    pub memory_sent_bytes: Option<f64>,
+    /// Bytes of the local disk copied, as the tool reports them.
+    pub disk_bytes: Option<f64>,
+    /// The disk copy until the mirrors were in sync, s (vmove).
+    pub disk_copy_s: Option<f64>,
+    /// Bytes out of host1's management link while the command ran.
+    pub link_bytes: Option<f64>,
     /// Dirty rate achieved before the migration (all runs), MB/s.
     pub dirty_mb_s: Option<f64>,
     /// Runs in which the TCP connection broke.
@@ -182,6 +190,10 @@ pub fn summarize(runs: &[RunResult], cell: &str, contender: Contender) -> Summar
         sent_over_memory: med(&ok, |r| {
             r.transferred_bytes.filter(|_| r.memory_bytes > 0).map(|b| b as f64 / r.memory_bytes as f64)
         }),
+        memory_sent_bytes: med(&ok, |r| r.transferred_bytes.map(|b| b as f64)),
+        disk_bytes: med(&ok, |r| r.disk_bytes.map(|b| b as f64)),
+        disk_copy_s: med(&ok, |r| r.disk_copy_ms.map(|m| m as f64 / 1000.0)),
+        link_bytes: med(&ok, |r| r.link_bytes.map(|b| b as f64)),
         dirty_mb_s: med(&all, |r| r.dirty_rate_mb_s),
         tcp_broken: all.iter().filter(|r| r.outage.tcp_error.is_some()).count(),
         dead_after: all.iter().filter(|r| !r.answers_after).count(),
