@@ -19,9 +19,10 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vmove_api::{JobEvent, JobRecord};
+use vmove_api::JobEvent;
 use vmove_model::GuestSpec;
 use vmove_plan::MigrationRecord;
+use vmove_registry::jobs::job_log;
 use vmove_store::{get_record, list_records, put_record, Precondition, Record, StateStore};
 
 use crate::error::Result;
@@ -48,14 +49,9 @@ impl Record for RunRec {
     const VERSION: u32 = 1;
 }
 
-/// A job, without its events (they are the records of the log of the same name).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobRec(pub JobRecord);
-impl Record for JobRec {
-    const KIND: &'static str = "job";
-    const VERSION: u32 = 2;
-}
+/// A job, without its events (the record and key layout are shared with the CLI, which
+/// follows jobs through the store: [`vmove_registry::jobs`]).
+pub use vmove_registry::jobs::{job_key, JobRec};
 
 /// A migration record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,11 +134,6 @@ pub struct State {
     store: Arc<dyn StateStore>,
     fleet: Option<Arc<crate::fleet::Fleet>>,
     stats: Option<Arc<vmove_store::StoreStats>>,
-}
-
-/// The log holding a job's events.
-fn job_log(id: &str) -> String {
-    format!("jobs/{id}")
 }
 
 impl State {
@@ -236,10 +227,6 @@ pub fn guest_key(name: &str) -> String {
 /// Key of a run record.
 pub fn run_key(name: &str) -> String {
     format!("runs/{name}")
-}
-/// Key of a job.
-pub fn job_key(id: &str) -> String {
-    format!("jobs/{id}")
 }
 /// Key of a migration record.
 pub fn mig_key(guest: &str) -> String {

@@ -230,43 +230,50 @@ pub async fn follow_with(ctx: &Ctx, host: &str, id: &str, opts: &FollowOpts) -> 
     });
     let mut last_line = Instant::now() - Duration::from_secs(10);
     let json = ctx.json;
-    let rec = client
-        .watch(id, 0, Duration::from_secs(20), |e: &JobEvent| {
-            if opts.quiet {
-                return;
-            }
-            if json {
-                crate::out::json(&serde_json::json!({ "job": id, "event": e }));
-                return;
-            }
-            match &e.kind {
-                EventKind::Progress(p) => {
-                    let line = progress_line(p);
-                    match &bar {
-                        Some(b) => {
-                            b.set_length(p.total_bytes.max(1));
-                            b.set_position(p.total_bytes.saturating_sub(p.remaining_bytes));
-                            b.set_message(line);
-                        }
-                        None => {
-                            if last_line.elapsed() >= Duration::from_secs(2) {
-                                println!("    {line}");
-                                last_line = Instant::now();
-                            }
+    let show = |e: &JobEvent| {
+        if opts.quiet {
+            return;
+        }
+        if json {
+            crate::out::json(&serde_json::json!({ "job": id, "event": e }));
+            return;
+        }
+        match &e.kind {
+            EventKind::Progress(p) => {
+                let line = progress_line(p);
+                match &bar {
+                    Some(b) => {
+                        b.set_length(p.total_bytes.max(1));
+                        b.set_position(p.total_bytes.saturating_sub(p.remaining_bytes));
+                        b.set_message(line);
+                    }
+                    None => {
+                        if last_line.elapsed() >= Duration::from_secs(2) {
+                            println!("    {line}");
+                            last_line = Instant::now();
                         }
                     }
                 }
-                other => {
-                    if let Some(b) = &bar {
-                        b.finish_and_clear();
-                    }
-                    if let Some(s) = event_line(id, other, opts) {
-                        println!("{s}");
-                    }
+            }
+            other => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                if let Some(s) = event_line(id, other, opts) {
+                    println!("{s}");
                 }
             }
-        })
-        .await?;
+        }
+    };
+    let rec = if cluster.store.is_file() {
+        client.watch(id, 0, Duration::from_secs(20), show).await?
+    } else {
+        // On etcd the job's events are followed through the store's watches (the agent
+        // writes each one there before it tells anyone).
+        let fleet = ctx.store(&cluster).await?;
+        let own = fleet.sub_namespace(&vmove_registry::keys::host_namespace(host))?;
+        vmove_registry::follow_job(fleet.as_ref(), &own, host, id, show).await.with_context(|| format!("follow job {id} in etcd"))?
+    };
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

@@ -79,6 +79,23 @@ pub enum RegistryError {
     /// A change to the cluster definition lost the compare-and-swap race this many times.
     #[error("the cluster definition kept changing under {0} attempts to update it: try again")]
     Contended(u32),
+    /// A host's store holds no job of this id.
+    #[error("{host} has no job {id}")]
+    NoJob {
+        /// The host.
+        host: String,
+        /// The job.
+        id: String,
+    },
+    /// A followed job's host lost its membership (its agent died or lost etcd) before the
+    /// job ended.
+    #[error("{host} left the cluster (its agent's lease expired) while job {id} was running; once it is back: `vmove job show {id}`, `vmove job recover {id}`")]
+    HostGone {
+        /// The host.
+        host: String,
+        /// The job.
+        id: String,
+    },
 }
 
 impl RegistryError {

@@ -30,6 +30,7 @@
 mod claims;
 mod cluster;
 mod error;
+pub mod jobs;
 pub mod keys;
 mod members;
 mod open;
@@ -38,6 +39,7 @@ mod records;
 pub use claims::{claim_migration, list_jobs, release_migration};
 pub use cluster::{export, import, load_cluster, put_guest, put_host, remove_guest, remove_host, Import};
 pub use error::{RegistryError, Result};
+pub use jobs::{follow_job, JobRec};
 pub use members::{dead_wait, list_members, wait_host_dead, HostDead};
 pub use open::{open_etcd, read_tls};
 pub use records::{ClusterDef, GuestEntry, JobIndex, Member, MigrationClaim};

@@ -9,17 +9,17 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use crate::store::{Entry, Precondition, StateStore};
-use crate::watch::Watch;
+use crate::watch::{LogWatch, Watch};
 use crate::Result;
 
 /// The operations counted, in the order of [`StoreStats::snapshot`].
-pub const OPS: [&str; 8] = ["get", "put", "delete", "list", "watch", "append", "read_log", "delete_log"];
+pub const OPS: [&str; 9] = ["get", "put", "delete", "list", "watch", "append", "read_log", "delete_log", "watch_log"];
 
 /// Counts and time spent, per operation (failed calls included).
 #[derive(Debug, Default)]
 pub struct StoreStats {
-    calls: [AtomicU64; 8],
-    nanos: [AtomicU64; 8],
+    calls: [AtomicU64; OPS.len()],
+    nanos: [AtomicU64; OPS.len()],
 }
 
 /// One operation's figures.
@@ -120,6 +120,13 @@ impl StateStore for CountedStore {
         self.stats.record(7, t);
         r
     }
+
+    async fn watch_log(&self, log: &str) -> Result<LogWatch> {
+        let t = Instant::now();
+        let r = self.inner.watch_log(log).await;
+        self.stats.record(8, t);
+        r
+    }
 }
 
 #[cfg(test)]
@@ -140,10 +147,11 @@ mod tests {
         s.delete_log("log1").await.unwrap();
         assert!(s.delete("a/1", Precondition::Any).await.unwrap());
         let _w = s.watch("a/").await.unwrap();
+        let _l = s.watch_log("log1").await.unwrap();
         let calls: Vec<(&str, u64)> = stats.snapshot().iter().map(|o| (o.op, o.calls)).collect();
         assert_eq!(
             calls,
-            vec![("get", 1), ("put", 2), ("delete", 1), ("list", 1), ("watch", 1), ("append", 1), ("read_log", 1), ("delete_log", 1)]
+            vec![("get", 1), ("put", 2), ("delete", 1), ("list", 1), ("watch", 1), ("append", 1), ("read_log", 1), ("delete_log", 1), ("watch_log", 1)]
         );
         assert!(stats.snapshot().iter().all(|o| o.calls == 0 || o.nanos > 0), "time is recorded");
     }

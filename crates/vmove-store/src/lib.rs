@@ -46,4 +46,4 @@ pub use key::{MAX_KEY_BYTES, MAX_SEGMENT_BYTES, MAX_VALUE_BYTES};
 pub use mem::{FailPolicy, MemStore};
 pub use record::{decode_record, encode_record, get_record, list_records, put_record, Record};
 pub use store::{Entry, Precondition, StateStore, WatchEvent};
-pub use watch::Watch;
+pub use watch::{LogRecord, LogWatch, Watch};

@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::key::{check_size, validate_key, validate_prefix};
-use crate::watch::WatchHub;
-use crate::{Entry, LeaseId, LeaseStore, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
+use crate::watch::{LogHub, WatchHub};
+use crate::{Entry, LeaseId, LeaseStore, LogRecord, LogWatch, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
 
 /// Which writes (`put`, `delete`, `append`, `delete_log`) fail.
 ///
@@ -141,6 +141,7 @@ impl State {
 struct Inner {
     state: Mutex<State>,
     hub: WatchHub,
+    logs: LogHub,
 }
 
 /// The store in memory. Clones share the same data.
@@ -358,8 +359,10 @@ impl StateStore for MemStore {
         let mut s = self.state();
         s.attempt(log)?;
         let records = s.logs.entry(log.into()).or_default();
-        records.push(record);
-        Ok(records.len() as u64 - 1)
+        records.push(record.clone());
+        let seq = records.len() as u64 - 1;
+        self.inner.logs.publish(log, [LogRecord { seq, record }]);
+        Ok(seq)
     }
 
     async fn read_log(&self, log: &str, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -367,6 +370,11 @@ impl StateStore for MemStore {
         let s = self.state();
         let Some(records) = s.logs.get(log) else { return Ok(vec![]) };
         Ok(records.iter().enumerate().skip_while(|(i, _)| (*i as u64) < from_seq).map(|(i, r)| (i as u64, r.clone())).collect())
+    }
+
+    async fn watch_log(&self, log: &str) -> Result<LogWatch> {
+        validate_key(log)?;
+        Ok(self.inner.logs.subscribe(log))
     }
 
     async fn delete_log(&self, log: &str) -> Result<()> {

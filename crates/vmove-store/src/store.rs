@@ -1,7 +1,7 @@
 //! The trait and its value types.
 use async_trait::async_trait;
 
-use crate::{Result, Watch};
+use crate::{LogWatch, Result, Watch};
 
 /// A stored key with its value and revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +131,14 @@ pub trait StateStore: Send + Sync {
     /// A log's records from sequence number `from_seq` on (empty if the log does not exist
     /// or has fewer records).
     async fn read_log(&self, log: &str, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>>;
+
+    /// The records appended to `log` after this call, in sequence order. What it sees
+    /// depends on the implementation, as for [`StateStore::watch`] (the file store sees
+    /// appends made through this process's handles only). A consumer that must not miss a
+    /// record starts the watch first, then reads the log ([`StateStore::read_log`]) up to
+    /// the end, then takes records from the watch, reading the log again where a record's
+    /// sequence number is beyond the one it expects next.
+    async fn watch_log(&self, log: &str) -> Result<LogWatch>;
 
     /// Deletes a log; the next append to the same name starts again at 0. Deleting a
     /// missing log is `Ok`.

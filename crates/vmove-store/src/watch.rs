@@ -74,3 +74,76 @@ impl WatchHub {
         });
     }
 }
+
+/// A record appended to a log, as a [`LogWatch`] delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Its sequence number in the log.
+    pub seq: u64,
+    /// The record.
+    pub record: Vec<u8>,
+}
+
+/// The records appended to one log, in sequence order; also a [`futures::Stream`].
+///
+/// Like [`Watch`], it ends (`None`) when the store side goes away; a consumer that must
+/// not miss records reads the log after starting the watch, and again where the sequence
+/// numbers it receives jump (see [`crate::StateStore::watch_log`]).
+#[derive(Debug)]
+pub struct LogWatch {
+    rx: UnboundedReceiver<LogRecord>,
+}
+
+impl LogWatch {
+    /// A log watch fed by `rx` (for implementations).
+    pub fn new(rx: UnboundedReceiver<LogRecord>) -> Self {
+        LogWatch { rx }
+    }
+
+    /// The next record; `None` once the watch has ended.
+    pub async fn recv(&mut self) -> Option<LogRecord> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for LogWatch {
+    type Item = LogRecord;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LogRecord>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Subscribers of one store's logs, by log name.
+#[derive(Debug, Default)]
+pub(crate) struct LogHub {
+    subs: Mutex<Vec<(String, UnboundedSender<LogRecord>)>>,
+}
+
+impl LogHub {
+    fn subs(&self) -> std::sync::MutexGuard<'_, Vec<(String, UnboundedSender<LogRecord>)>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new watch of `log`.
+    pub(crate) fn subscribe(&self, log: &str) -> LogWatch {
+        let (tx, rx) = unbounded_channel();
+        self.subs().push((log.to_string(), tx));
+        LogWatch::new(rx)
+    }
+
+    /// Sends records of `log` to its watches, dropping watches that are gone. Callers
+    /// publish while they still serialise appends, so records arrive in sequence order.
+    pub(crate) fn publish(&self, log: &str, records: impl IntoIterator<Item = LogRecord>) {
+        let mut subs = self.subs();
+        subs.retain(|(_, tx)| !tx.is_closed());
+        if !subs.iter().any(|(l, _)| l == log) {
+            return;
+        }
+        for r in records {
+            for (_, tx) in subs.iter().filter(|(l, _)| l == log) {
+                let _ = tx.send(r.clone());
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use vmove_store::{Entry, LeaseId, LeaseStore, MemStore, Precondition, Result, StateStore, StoreError, Watch};
+use vmove_store::{Entry, LeaseId, LeaseStore, MemStore, Precondition, LogWatch, Result, StateStore, StoreError, Watch};
 
 /// One host's view of the shared [`MemStore`].
 pub struct Link {
@@ -61,6 +61,10 @@ impl StateStore for Link {
     async fn read_log(&self, log: &str, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         self.up(log)?;
         self.store.read_log(log, from_seq).await
+    }
+    async fn watch_log(&self, log: &str) -> Result<LogWatch> {
+        self.up(log)?;
+        self.store.watch_log(log).await
     }
     async fn delete_log(&self, log: &str) -> Result<()> {
         self.up(log)?;

@@ -26,6 +26,9 @@ use crate::{
 };
 
 pub mod lease;
+mod log_watch;
+
+pub use log_watch::log_watch;
 
 const ANY: Precondition = Precondition::Any;
 
@@ -71,6 +74,7 @@ pub async fn run_all(store: &dyn StateStore) {
     path_like_keys(store).await;
     watch(store).await;
     logs(store).await;
+    log_watch(store).await;
     concurrent_appends(store).await;
     records(store).await;
 }

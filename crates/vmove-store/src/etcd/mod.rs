@@ -50,7 +50,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use crate::key::{check_size, validate_key, validate_prefix};
-use crate::{Entry, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
+use crate::{Entry, LogRecord, LogWatch, Precondition, Result, StateStore, StoreError, Watch, WatchEvent};
 
 pub(crate) use error::{deadline, map, map_lease, retry_deadline, retry_read_deadline};
 
@@ -227,6 +227,54 @@ impl EtcdStore {
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.ns
+    }
+
+    /// Starts an etcd watch of the raw key prefix `full` and forwards what `map_event` makes of
+    /// each event until the receiver is dropped or the watch ends. Returns once the server
+    /// has created the watch, so that every change after the call is seen.
+    async fn forward<T: Send + 'static>(
+        &self,
+        full: String,
+        context: String,
+        map_event: impl Fn(&etcd_client::Event, &str) -> Option<T> + Send + 'static,
+    ) -> Result<mpsc::UnboundedReceiver<T>> {
+        let opts = WatchOptions::new().with_prefix().with_fragment();
+        let mut wc = self.inner.watch.clone();
+        let timeout = self.inner.timeout;
+        let mut stream = deadline(timeout, context.clone(), wc.watch(full, Some(opts)), map).await?;
+        loop {
+            let msg = deadline(timeout, context.clone(), stream.message(), map).await?;
+            match msg {
+                Some(resp) if resp.created() => break,
+                Some(_) => continue,
+                None => return Err(error::timed_out(context, timeout)),
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = tx.closed() => break,
+                    m = stream.message() => m,
+                };
+                let resp = match msg {
+                    Ok(Some(resp)) if !resp.canceled() => resp,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!("{context}: the watch ended: {e}");
+                        break;
+                    }
+                };
+                for ev in resp.events() {
+                    if let Some(item) = map_event(ev, &context) {
+                        if tx.send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// A store on a namespace below this one (`<namespace><sub>`, `sub` being key segments
@@ -451,57 +499,37 @@ impl StateStore for EtcdStore {
 
     async fn watch(&self, prefix: &str) -> Result<Watch> {
         validate_prefix(prefix)?;
-        let full = self.kv_key(prefix);
-        let context = format!("watch {prefix}");
-        let opts = WatchOptions::new().with_prefix().with_fragment();
-        let mut wc = self.inner.watch.clone();
-        let timeout = self.inner.timeout;
-        let mut stream = deadline(timeout, context.clone(), wc.watch(full, Some(opts)), map).await?;
-        // Changes after this call: wait until the server has created the watch.
-        loop {
-            let msg = deadline(timeout, context.clone(), stream.message(), map).await?;
-            match msg {
-                Some(resp) if resp.created() => break,
-                Some(_) => continue,
-                None => return Err(error::timed_out(context, timeout)),
-            }
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
         let ns = self.inner.ns.clone();
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = tx.closed() => break,
-                    m = stream.message() => m,
+        let rx = self
+            .forward(self.kv_key(prefix), format!("watch {prefix}"), move |ev, context| {
+                let kv = ev.kv()?;
+                let ev = match ev.event_type() {
+                    etcd_client::EventType::Put => entry(&ns, kv).map(WatchEvent::Put),
+                    etcd_client::EventType::Delete => entry(&ns, kv).map(|e| WatchEvent::Delete { key: e.key, revision: e.revision }),
                 };
-                let resp = match msg {
-                    Ok(Some(resp)) if !resp.canceled() => resp,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::debug!("{context}: the watch ended: {e}");
-                        break;
-                    }
-                };
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let ev = match ev.event_type() {
-                        etcd_client::EventType::Put => entry(&ns, kv).map(WatchEvent::Put),
-                        etcd_client::EventType::Delete => {
-                            entry(&ns, kv).map(|e| WatchEvent::Delete { key: e.key, revision: e.revision })
-                        }
-                    };
-                    match ev {
-                        Ok(ev) => {
-                            if tx.send(ev).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::warn!("{context}: {e}"),
+                ev.map_err(|e| tracing::warn!("{context}: {e}")).ok()
+            })
+            .await?;
+        Ok(Watch::new(rx))
+    }
+
+    async fn watch_log(&self, log: &str) -> Result<LogWatch> {
+        validate_key(log)?;
+        let prefix = log::prefix(&self.inner.ns, log);
+        let p = prefix.clone();
+        let rx = self
+            .forward(prefix, format!("watch log {log}"), move |ev, context| {
+                let kv = ev.kv().filter(|_| ev.event_type() == etcd_client::EventType::Put)?;
+                match log::parse_seq(&p, kv.key()) {
+                    Some(seq) => Some(LogRecord { seq, record: kv.value().to_vec() }),
+                    None => {
+                        tracing::warn!("{context}: bad record key {}", String::from_utf8_lossy(kv.key()));
+                        None
                     }
                 }
-            }
-        });
-        Ok(Watch::new(rx))
+            })
+            .await?;
+        Ok(LogWatch::new(rx))
     }
 
     async fn append(&self, log: &str, record: Vec<u8>) -> Result<u64> {

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use tokio::sync::oneshot;
 
 use super::fs::{self, io, key_path, Flock, LOG_EXT};
 use crate::key::MAX_VALUE_BYTES;
-use crate::{Result, StoreError};
+use crate::watch::LogHub;
+use crate::{LogRecord, Result, StoreError};
 
 /// First bytes of every log file.
 const LOG_MAGIC: &[u8; 8] = b"vmvlog1\n";
@@ -103,6 +104,8 @@ struct Open {
 pub(crate) struct Writer {
     root: PathBuf,
     open: HashMap<String, Open>,
+    /// The watches of this root's logs (fed after each durable append).
+    hub: Arc<LogHub>,
 }
 
 /// A copy of an error, to answer every request of a failed group.
@@ -128,9 +131,9 @@ fn same_file(file: &File, path: &Path) -> Result<bool> {
 
 impl Writer {
     /// Starts the writer thread of a store root.
-    pub(crate) fn spawn(root: PathBuf) -> Result<mpsc::Sender<Request>> {
+    pub(crate) fn spawn(root: PathBuf, hub: Arc<LogHub>) -> Result<mpsc::Sender<Request>> {
         let (tx, rx) = mpsc::channel();
-        let mut w = Writer { root, open: HashMap::new() };
+        let mut w = Writer { root, open: HashMap::new(), hub };
         std::thread::Builder::new()
             .name("vmove-store-log".into())
             .spawn(move || w.run(rx))
@@ -176,9 +179,13 @@ impl Writer {
         group.iter().for_each(|(r, _)| frame(r, &mut buf));
         match self.append(log, &buf, group.len() as u64) {
             Ok(first) => {
-                for (i, (_, reply)) in group.into_iter().enumerate() {
-                    let _ = reply.send(Ok(first + i as u64));
+                let mut records = Vec::with_capacity(group.len());
+                for (i, (record, reply)) in group.into_iter().enumerate() {
+                    let seq = first + i as u64;
+                    let _ = reply.send(Ok(seq));
+                    records.push(LogRecord { seq, record });
                 }
+                self.hub.publish(log, records);
             }
             Err(e) => {
                 tracing::error!("cannot append to log {log}: {e}");

@@ -81,12 +81,13 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::key::{check_size, validate_key, validate_prefix};
-use crate::watch::WatchHub;
-use crate::{Entry, Precondition, Result, StateStore, StoreError, Watch};
+use crate::watch::{LogHub, WatchHub};
+use crate::{Entry, LogWatch, Precondition, Result, StateStore, StoreError, Watch};
 
 struct Shared {
     root: PathBuf,
     hub: WatchHub,
+    logs: Arc<LogHub>,
     log: mpsc::Sender<log::Request>,
 }
 
@@ -140,8 +141,9 @@ impl FileStore {
 
     fn start(root: PathBuf) -> Result<FileStore> {
         kv::recover(&root)?;
-        let tx = log::Writer::spawn(root.clone())?;
-        Ok(FileStore { shared: Arc::new(Shared { root, hub: WatchHub::default(), log: tx }) })
+        let logs = Arc::new(LogHub::default());
+        let tx = log::Writer::spawn(root.clone(), logs.clone())?;
+        Ok(FileStore { shared: Arc::new(Shared { root, hub: WatchHub::default(), logs, log: tx }) })
     }
 
     /// The root directory.
@@ -220,6 +222,11 @@ impl StateStore for FileStore {
         validate_key(log)?;
         let log = log.to_string();
         self.blocking(move |s| log::read(&s.root, &log, from_seq)).await
+    }
+
+    async fn watch_log(&self, log: &str) -> Result<LogWatch> {
+        validate_key(log)?;
+        Ok(self.shared.logs.subscribe(log))
     }
 
     async fn delete_log(&self, log: &str) -> Result<()> {
