@@ -3,6 +3,7 @@
 //! guests and migrations, undrain, and the evacuation of a host whose agent and guests
 //! were killed; the drain as a job of its own: taken over by `job watch` after its CLI was
 //! killed, and cancelled with `job cancel`.
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -397,16 +398,25 @@ fn three_busy(lab: &Lab, guests: &[(&str, &str); 3]) {
 /// started; `job show` says its runner is gone; `job watch DRAIN-ID` takes it over and runs
 /// it to the end: every guest runs exactly once off host1, VERIFY OK, and the record says
 /// which job moved each guest (the first move's job once: never moved twice).
-#[test]
-fn a_drain_whose_cli_is_killed_is_taken_over_by_job_watch() {
-    let lab = Lab::up("drainwatch", 3);
+fn a_drain_whose_cli_is_killed_is_taken_over_by_job_watch(store: Store) {
+    let lab = Lab::up_on(store, "drainwatch", 3);
     let guests = [("w1", "192.0.2.91"), ("w2", "192.0.2.92"), ("w3", "192.0.2.93")];
     three_busy(&lab, &guests);
     let (mut child, id, first, first_job) = drain_until_first_move(&lab, &[]);
     child.kill().expect("SIGKILL the drain's CLI");
     child.wait().expect("reap");
 
-    let shown = lab.json(&["job", "show", &id]);
+    // The file store's claim (a flock) goes with the process; etcd's (a key on the runner's
+    // lease) when the lease expires, at most its 10 s TTL later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let shown = lab.json(&["job", "show", &id]);
+        if shown["runner_alive"] == false || std::time::Instant::now() > deadline {
+            break shown;
+        }
+        assert_eq!(store, Store::Etcd, "the flock went with the killed runner: {shown}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert_eq!((shown["state"].as_str(), shown["runner_alive"].as_bool()), (Some("running"), Some(false)), "{shown}");
     let o = lab.vmove(&["--json", "job", "watch", &id]);
     let text = String::from_utf8_lossy(&o.stdout).to_string();
@@ -485,9 +495,8 @@ fn a_cancelled_drain_leaves_every_guest_running_once() {
 /// `host drain --detach` prints the drain's id and returns at once; the detached runner
 /// runs the drain, and `job watch DRAIN-ID` (the runner alive: no takeover) streams the
 /// table, with the running moves' figures, to the end.
-#[test]
-fn a_detached_drain_is_watched_to_its_end() {
-    let lab = Lab::up("draindetach", 3);
+fn a_detached_drain_is_watched_to_its_end(store: Store) {
+    let lab = Lab::up_on(store, "draindetach", 3);
     let guests = [("d1", "192.0.2.97"), ("d2", "192.0.2.98")];
     for (g, ip) in guests {
         create(&lab, g, "host1", ip, false, &["--start"]);
@@ -516,3 +525,7 @@ fn a_detached_drain_is_watched_to_its_end() {
     let e = lab.fails(&["job", "cancel", &id]);
     assert!(e.contains("has ended (done)"), "{e}");
 }
+
+// These run on the file store and on etcd (`file::NAME`, `etcd::NAME`): on etcd the runner's
+// claim is a lease, and `job watch` wakes on the drain record's etcd watch.
+on_both_stores!(a_drain_whose_cli_is_killed_is_taken_over_by_job_watch, a_detached_drain_is_watched_to_its_end);

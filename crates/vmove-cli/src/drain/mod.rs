@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use vmove_api::{GuestState, MaintenanceState, Request};
 use vmove_model::{parse_duration_ms, Cluster};
 use vmove_plan::{DrainPlan, Limits, Mode, MoveRequest, Step};
@@ -168,6 +168,11 @@ async fn wait_for_moves(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> 
     let limit = Duration::from_secs(cluster.policy.live_timeout_s.saturating_add(60));
     let start = std::time::Instant::now();
     let mut said = false;
+    // etcd: a job that ends updates the job index; that wakes the wait at once.
+    let mut changes = match cluster.store.is_file() {
+        true => None,
+        false => Some(vmove_store::StateStore::watch(ctx.store(cluster).await?.as_ref(), vmove_registry::keys::JOBS).await.context("watch the job index")?),
+    };
     loop {
         let jobs = Inventory::running_jobs(ctx, cluster).await;
         let moves: Vec<String> = jobs
@@ -186,7 +191,14 @@ async fn wait_for_moves(ctx: &Ctx, cluster: &Cluster, host: &str) -> Result<()> 
             let text = format!("waiting for the migrations into and out of {host} to end: {}", moves.join(", "));
             say(ctx, &text, serde_json::json!({ "waiting": moves }));
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        match &mut changes {
+            Some(w) => {
+                if let Ok(None) = tokio::time::timeout(Duration::from_secs(2), w.recv()).await {
+                    changes = None;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
     }
 }
 

@@ -321,3 +321,34 @@ async fn on_etcd_the_runner_key_follows_its_lease() {
         g.release().await;
     }
 }
+
+/// On etcd `job watch DRAIN-ID` wakes on its drain's changes (record, runner key), not on
+/// another drain's whose id extends it, and not at all with the file store.
+#[tokio::test(start_paused = true)]
+async fn a_drain_watch_wakes_on_its_own_record_and_runner_only() {
+    use super::store::Wake;
+    let mem = Arc::new(MemStore::new());
+    let store = DrainStore::with_leases(mem.clone(), mem.clone());
+    let make = |id: String| DrainRecord::new(id, DrainKind::Drain, "host1", Mode::Live, 5);
+    for _ in 0..10 {
+        store.create(DrainKind::Drain, "host1", false, make).await.unwrap();
+    }
+    let mut w = store.watch("drain-host1-1").await.unwrap().expect("a watch on etcd");
+    let quiet = Duration::from_secs(2);
+    assert_eq!(w.changed(quiet).await, Wake::Quiet);
+    store.create(DrainKind::Drain, "host1", false, make).await.unwrap();
+    store.update("drain-host1-10", |r| r.request_cancel()).await.unwrap();
+    assert_eq!(w.changed(quiet).await, Wake::Quiet, "drain-host1-1x is another drain");
+    store.update("drain-host1-1", |r| r.request_cancel()).await.unwrap();
+    assert_eq!(w.changed(quiet).await, Wake::Changed, "its record");
+    let g = store.claim_runner("drain-host1-1").await.unwrap().expect("free");
+    assert_eq!(w.changed(quiet).await, Wake::Changed, "its runner");
+    let super::store::RunnerGuard::Lease(l) = &g else { panic!("a lease") };
+    assert!(mem.expire_lease(l.id()));
+    assert_eq!(w.changed(quiet).await, Wake::Changed, "its runner gone");
+
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(vmove_store::FileStore::open(dir.path().join("vmove-drains")).unwrap());
+    let files = DrainStore::with_files(fs, &dir.path().join("vmove-drains/runners"));
+    assert!(files.watch("drain-host1-1").await.unwrap().is_none(), "the file store's runner is another process");
+}

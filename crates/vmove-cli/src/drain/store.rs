@@ -72,6 +72,41 @@ impl RunnerGuard {
     }
 }
 
+/// The changes to one drain's record and runner key ([`DrainStore::watch`]).
+pub struct DrainWatch {
+    keys: [String; 2],
+    watches: Vec<vmove_store::Watch>,
+}
+
+impl DrainWatch {
+    /// Waits at most `max` for a change of the record or the runner key (a prefix watch also
+    /// sees `drain-host1-10` for `drain-host1-1`: those are skipped).
+    pub async fn changed(&mut self, max: Duration) -> Wake {
+        let DrainWatch { keys, watches } = self;
+        let next = async {
+            loop {
+                match futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.recv()))).await.0 {
+                    Some(ev) if keys.iter().any(|k| k == ev.key()) => return Wake::Changed,
+                    Some(_) => continue,
+                    None => return Wake::Ended,
+                }
+            }
+        };
+        tokio::time::timeout(max, next).await.unwrap_or(Wake::Quiet)
+    }
+}
+
+/// What ended a [`DrainWatch::changed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The record or the runner key changed.
+    Changed,
+    /// A watch ended (the store connection went): start a new one.
+    Ended,
+    /// Nothing changed for the whole wait.
+    Quiet,
+}
+
 /// Drain records and runner claims of one cluster.
 pub struct DrainStore {
     store: Arc<dyn StateStore>,
@@ -244,6 +279,18 @@ impl DrainStore {
             }),
             Runners::Leases(store) => Ok(store.get(&keys::drain_runner(id)).await?.is_some()),
         }
+    }
+
+    /// On etcd, a watch of drain `id`'s record and of its runner's key (`None` with the
+    /// file store: its runner is another process, whose writes a watch does not see).
+    pub async fn watch(&self, id: &str) -> Result<Option<DrainWatch>> {
+        let Runners::Leases(_) = &self.runners else { return Ok(None) };
+        let keys = [keys::drain(id), keys::drain_runner(id)];
+        let mut watches = Vec::new();
+        for k in &keys {
+            watches.push(self.store.watch(k).await.with_context(|| format!("watch {k}"))?);
+        }
+        Ok(Some(DrainWatch { keys, watches }))
     }
 
     /// The directory of the runner claims and detached runners' logs (file store), if any.

@@ -18,10 +18,11 @@ use super::job;
 use super::journal::cancel_jobs;
 use super::record::{parse_id, DrainRecord, DrainState, RowState};
 use super::report::fmt_s;
-use super::store::DrainStore;
+use super::store::{DrainStore, Wake};
 use crate::ctx::Ctx;
 
-/// How often `job watch` looks at a drain.
+/// How often `job watch` looks at a drain (on etcd: refreshes the running moves' figures;
+/// the record's changes wake it at once).
 const POLL: Duration = Duration::from_secs(2);
 
 /// Whether `id` names a drain rather than a job (`drain-HOST-N`, `evacuate-HOST-N`, where
@@ -164,6 +165,7 @@ pub async fn watch(ctx: &Ctx, cluster: &Cluster, id: &str) -> Result<()> {
     let start = Instant::now();
     let mut said: HashMap<String, String> = HashMap::new();
     let mut last_json = String::new();
+    let mut changes = store.watch(id).await?;
     loop {
         let rec = store.must_get(id).await?;
         if rec.state.ended() {
@@ -210,7 +212,16 @@ pub async fn watch(ctx: &Ctx, cluster: &Cluster, id: &str) -> Result<()> {
                 }
             }
         }
-        tokio::time::sleep(POLL).await;
+        match &mut changes {
+            // etcd: a change of the record (a row's state, the cancel flag, the end) or of
+            // its runner shows at once; the running moves' figures refresh every POLL.
+            Some(w) => {
+                if w.changed(POLL).await == Wake::Ended {
+                    changes = store.watch(id).await?;
+                }
+            }
+            None => tokio::time::sleep(POLL).await,
+        }
     }
 }
 
