@@ -56,6 +56,8 @@ pub mod limits {
     pub const CONSOLE_PORT: RangeInclusive<u64> = 1..=65_535;
     /// Lab workload dirty rate, MB/s: 100 GB/s is beyond any memory bandwidth.
     pub const DIRTY_MB_S: RangeInclusive<u64> = 0..=100_000;
+    /// A lab guest's data-disk write rate, MB/s.
+    pub const DISK_MB_S: RangeInclusive<u64> = 0..=10_000;
     /// Lab workload working set, MiB: at most the largest guest memory.
     pub const WSS_MIB: RangeInclusive<u64> = 0..=4 << 20;
     /// A job's `max_incoming`: migrations arriving at one host at once.
@@ -174,8 +176,9 @@ impl Check {
         self.name(format!("{at}.name"), &g.name)?;
         self.range(format!("{at}.vcpus"), u64::from(g.vcpus), limits::VCPUS)?;
         self.range(format!("{at}.memory_mib"), g.memory_mib, limits::MEMORY_MIB)?;
-        if let BootSource::Lab { dirty_mb_s, wss_mib } = g.boot {
+        if let BootSource::Lab { dirty_mb_s, wss_mib, disk_mb_s } = g.boot {
             self.range(format!("{at}.boot.dirty_mb_s"), u64::from(dirty_mb_s), limits::DIRTY_MB_S)?;
+            self.range(format!("{at}.boot.disk_mb_s"), u64::from(disk_mb_s), limits::DISK_MB_S)?;
             self.range(format!("{at}.boot.wss_mib"), u64::from(wss_mib), limits::WSS_MIB)?;
         }
         for (i, n) in g.nics.iter().enumerate() {

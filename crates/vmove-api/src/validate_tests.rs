@@ -13,7 +13,7 @@ fn guest() -> GuestSpec {
         vcpus: 2,
         memory_mib: 512,
         cpu_model: "qemu64".into(),
-        boot: BootSource::Lab { dirty_mb_s: 5, wss_mib: 64 },
+        boot: BootSource::Lab { dirty_mb_s: 5, wss_mib: 64, disk_mb_s: 0 },
         desired: Default::default(),
         nics: vec![NicSpec { network: "lab-net".into(), mac: "52:54:00:00:00:01".into(), ip: Some("192.0.2.10/24".into()) }],
         disks: vec![DiskSpec { pool: "shared".into(), volume: "vm1-data.img".into(), size_mib: Some(64) }],
@@ -151,9 +151,9 @@ fn guest_definition_numbers() {
     check(op, "spec.disks[0].size_mib", limits::DISK_SIZE_MIB, u64::MAX, |v| define(|g| g.disks[0].size_mib = Some(v)));
     check(op, "spec.console_port", limits::CONSOLE_PORT, U16, |v| define(|g| g.console_port = Some(v as u16)));
     check(op, "spec.boot.dirty_mb_s", limits::DIRTY_MB_S, U32, |v| {
-        define(|g| g.boot = BootSource::Lab { dirty_mb_s: v as u32, wss_mib: 64 })
+        define(|g| g.boot = BootSource::Lab { dirty_mb_s: v as u32, wss_mib: 64, disk_mb_s: 0 })
     });
-    check(op, "spec.boot.wss_mib", limits::WSS_MIB, U32, |v| define(|g| g.boot = BootSource::Lab { dirty_mb_s: 0, wss_mib: v as u32 }));
+    check(op, "spec.boot.wss_mib", limits::WSS_MIB, U32, |v| define(|g| g.boot = BootSource::Lab { dirty_mb_s: 0, wss_mib: v as u32, disk_mb_s: 0 }));
     // The second disk is named in the path.
     let r = define(|g| {
         let mut d = g.disks[0].clone();

@@ -34,6 +34,8 @@ pub struct GuestPlan {
     pub wss_mib: u32,
     /// A data disk in the hosts' local pools, MiB.
     pub disk_mib: Option<u64>,
+    /// What the guest writes onto it, MB/s.
+    pub disk_mb_s: u32,
 }
 
 impl GuestPlan {
@@ -43,6 +45,7 @@ impl GuestPlan {
             ip: Some(format!("{}/24", self.ip)),
             dirty_mb_s: self.dirty_mb_s,
             wss_mib: self.wss_mib,
+            disk_mb_s: self.disk_mb_s,
         }
     }
 }
@@ -158,8 +161,11 @@ pub async fn boot(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan) -> Result<Running>
         Contender::Vmove => {
             let nic = format!("lab-net,ip={}/24,mac={}", g.ip, g.mac);
             let mem = format!("{}M", g.memory_mib);
-            let (dirty, wss) = (g.dirty_mb_s.to_string(), g.wss_mib.to_string());
+            let (dirty, wss, write) = (g.dirty_mb_s.to_string(), g.wss_mib.to_string(), g.disk_mb_s.to_string());
             let mut args = vec!["guest", "create", &g.name, "--host", "host1", "--memory", &mem, "--nic", &nic, "--dirty-rate", &dirty, "--wss", &wss];
+            if g.disk_mb_s > 0 {
+                args.extend(["--disk-rate", &write]);
+            }
             let disk = g.disk_mib.map(|mib| crate::disks::vmove_disk_arg(g, mib));
             if let Some(d) = &disk {
                 args.extend(["--disk", d]);
@@ -213,7 +219,7 @@ async fn spawn_qemu(env: &Env, idx: usize, g: &GuestPlan, incoming: bool, disk: 
         vcpus: 1,
         memory_mib: g.memory_mib,
         cpu_model: "qemu64".into(),
-        boot: BootSource::Lab { dirty_mb_s: g.dirty_mb_s, wss_mib: g.wss_mib },
+        boot: BootSource::Lab { dirty_mb_s: g.dirty_mb_s, wss_mib: g.wss_mib, disk_mb_s: g.disk_mb_s },
         desired: Default::default(),
         nics: vec![NicSpec { network: "lab-net".into(), mac: g.mac.clone(), ip: Some(format!("{}/24", g.ip)) }],
         disks: vec![],

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use crate::model::{size_mib, Contender, Report};
 use crate::report::num;
-use crate::stats::summarize;
+use crate::stats::{median, summarize};
 
 fn mib(b: Option<f64>) -> String {
     num(b.map(|x| x / 1048576.0), 0)
@@ -33,6 +33,7 @@ pub fn table(r: &Report) -> String {
         "on the link MiB",
         "link ÷ (disk + RAM)",
         "disk log carried",
+        "guest wrote MB/s",
     ];
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", head.join(" | "));
@@ -65,6 +66,7 @@ pub fn table(r: &Report) -> String {
                         mib(s.link_bytes),
                         num(s.link_bytes.map(|b| b / whole), 2),
                         carried(r, &id, c),
+                        num(median(&r.runs.iter().filter(|x| x.cell == id && x.contender == c).filter_map(|x| x.disk_write_mb_s).collect::<Vec<_>>()), 1),
                     ]
                 }
             };
@@ -92,7 +94,8 @@ pub const LEGEND: &str = "Medians over the converged runs (client outage over th
      zero writes. *on the link*: bytes out of host1's management link while the contender's command ran \
      (kernel counters: memory, disk, TLS and control traffic alike). *disk log carried*: runs in which host2's \
      copy of the disk, read from the host after the move, held every disk-log record the guest had written on \
-     host1 before the probes started (a run where it did not counts as a damaged guest).";
+     host1 before the probes started (a run where it did not counts as a damaged guest). *guest wrote*: what \
+     the guest's data writer achieved in the 2 s before the move (its status page's `disk_written_bytes`).";
 
 /// One line per contender that could not take its turn, with the cells and why.
 pub fn not_applicable_lines(r: &Report) -> String {
@@ -116,7 +119,7 @@ mod tests {
     use crate::model::{CellSpec, NotApplicable, RunResult, Workload};
 
     fn report() -> Report {
-        let cell = CellSpec::raw(512, Workload::LocalDisk, 5, 1e9).with_disk(2048);
+        let cell = CellSpec::raw(512, Workload::LocalDisk, 0, 1e9).with_disk(2048, 5);
         let mut runs = Vec::new();
         for (c, link) in [(Contender::Vmove, 300u64 << 20), (Contender::VirshCopyStorage, 500 << 20)] {
             let mut x = RunResult::new(cell.id(), c, 1, "g".into(), 512 << 20);
@@ -169,11 +172,11 @@ mod tests {
 
     #[test]
     fn a_local_disk_cell_says_what_it_is() {
-        let cell = CellSpec::raw(512, Workload::LocalDisk, 5, 1e9).with_disk(2048);
+        let cell = CellSpec::raw(512, Workload::LocalDisk, 0, 1e9).with_disk(2048, 5);
         assert_eq!(cell.id(), "512M-local-disk");
         let d = cell.describe();
         assert!(d.starts_with("512 MiB guest, a 2 GiB data disk in each host's local pool (not shared)"), "{d}");
-        assert!(d.contains("dirtying 5 MB/s of a 64 MiB working set, raw lab link"), "{d}");
+        assert!(d.contains("written at 5 MB/s (and the disk log), memory idle, raw lab link"), "{d}");
         assert_eq!(size_mib(256), "256 MiB");
         let json = serde_json::to_string(&CellSpec::raw(512, Workload::Idle, 0, 1e9)).unwrap();
         assert!(!json.contains("disk_mib"), "older cells keep their JSON: {json}");

@@ -121,6 +121,7 @@ mod tests {
             dirty_mb_s: 5,
             wss_mib: 64,
             disk_mib: Some(2048),
+            disk_mb_s: 5,
         };
         assert_eq!(vmove_disk_arg(&g, 2048), "local/bv-3-data.img:2048M");
         assert_eq!(libvirt_path(&g), Path::new("/var/lib/libvirt/images/bv-3-data.img"));

@@ -77,13 +77,13 @@ pools (not shared), vmove against virsh migrate --live --copy-storage-all (3 run
 section is \"## Migration benchmark (issue 17, local disk): DATE (QEMU x.y.z)\"):
 
   VMOVE_BENCH_LIBVIRT=1 nice -n 10 /var/tmp/bench-bin/vmove-bench --runs 3 --memory 512 \\
-      --workloads local-disk --local-disk-mib 2048 --local-disk-dirty 5 \\
+      --workloads local-disk --local-disk-mib 2048 --local-disk-write 5 \\
       --contenders vmove,virsh-copy-storage --out /var/tmp/bench-report-localdisk \\
       --lab-dir /var/tmp/bench-lab-localdisk --docs docs/benchmarks.md
 
-In a local-disk cell the guest writes its disk log (one 512-byte synced record every 500 ms:
-the lab image has no data-disk writer at a chosen rate) and dirties --local-disk-dirty MB/s of
-memory. qemu (QEMU by hand) and the plain libvirt contenders cannot move a local disk: they
+In a local-disk cell the guest writes --local-disk-write MB/s of fresh data onto its data
+disk's upper half (O_DIRECT, 1 MiB blocks) and its disk log onto the lower half; its memory
+is idle. qemu (QEMU by hand) and the plain libvirt contenders cannot move a local disk: they
 are reported as not applicable there (control runs, with the disk).";
 
 #[derive(Subcommand)]
@@ -148,10 +148,10 @@ struct RunArgs {
     /// Size of the local-disk workload's data disk (a raw file in each host's local pool), MiB.
     #[arg(long, default_value_t = 2048)]
     local_disk_mib: u64,
-    /// What the local-disk workload's guest dirties, MB/s of memory (it also writes its disk
-    /// log: one 512-byte synced record every 500 ms).
+    /// What the local-disk workload's guest writes onto its data disk, MB/s (it also writes
+    /// its disk log: one 512-byte synced record every 500 ms).
     #[arg(long, default_value_t = 5)]
-    local_disk_dirty: u32,
+    local_disk_write: u32,
     /// Seconds of each plain TCP copy that measures a link (3 copies per link).
     #[arg(long, default_value_t = 3)]
     copy_secs: u64,
@@ -276,15 +276,15 @@ mod tests {
     fn local_disk_options() {
         let cli = Cli::try_parse_from([
             "vmove-bench", "--runs", "3", "--memory", "512", "--workloads", "local-disk", "--local-disk-mib", "2048",
-            "--local-disk-dirty", "5", "--contenders", "vmove,virsh-copy-storage",
+            "--local-disk-write", "5", "--contenders", "vmove,virsh-copy-storage",
         ])
         .unwrap();
         let p = plan(&cli.run).unwrap();
         assert_eq!(p.workloads, vec![Workload::LocalDisk]);
         assert_eq!(p.contenders, vec![Contender::Vmove, Contender::VirshCopyStorage]);
-        assert_eq!((cli.run.local_disk_mib, cli.run.local_disk_dirty), (2048, 5));
+        assert_eq!((cli.run.local_disk_mib, cli.run.local_disk_write), (2048, 5));
         let d = Cli::try_parse_from(["vmove-bench", "--workloads", "local-disk"]).unwrap();
-        assert_eq!((d.run.local_disk_mib, d.run.local_disk_dirty), (2048, 5), "the issue's disk and rate by default");
+        assert_eq!((d.run.local_disk_mib, d.run.local_disk_write), (2048, 5), "the issue's disk and rate by default");
         assert!(!Contender::DEFAULT.contains(&Contender::VirshCopyStorage) && !Workload::DEFAULT.contains(&Workload::LocalDisk));
         let zero = Cli::try_parse_from(["vmove-bench", "--workloads", "local-disk", "--local-disk-mib", "0"]).unwrap();
         let e = plan(&zero.run).map(|_| ()).unwrap_err().to_string();

@@ -197,6 +197,7 @@ async fn matrix(a: &RunArgs, p: &Plan, env: &Env, report: &mut Report) -> Result
                         link_cap_mbit: Some(a.link_cap_mbit),
                         link_bytes_per_s: bw,
                         disk_mib: None,
+                        disk_write_mb_s: 0,
                     };
                     report.cells.push(cell.clone());
                     run_cell(&ctx, &cell, p.runs, &contenders, report, &a.out, &mut n, &mut done, total).await?;
@@ -255,11 +256,12 @@ async fn relink(env: &Env, report: &mut Report) {
 }
 
 /// A cell on the raw link: the HTTP workload dirties `--http-dirty`, the local-disk one
-/// `--local-disk-dirty` with its `--local-disk-mib` data disk, the others nothing.
+/// nothing while it writes `--local-disk-write` MB/s onto its `--local-disk-mib` data disk,
+/// the others nothing.
 fn raw_cell(a: &RunArgs, memory_mib: u64, w: Workload, raw: f64) -> CellSpec {
     match w {
         Workload::Http20 => CellSpec::raw(memory_mib, w, a.http_dirty, raw),
-        Workload::LocalDisk => CellSpec::raw(memory_mib, w, a.local_disk_dirty, raw).with_disk(a.local_disk_mib),
+        Workload::LocalDisk => CellSpec::raw(memory_mib, w, 0, raw).with_disk(a.local_disk_mib, a.local_disk_write),
         _ => CellSpec::raw(memory_mib, w, 0, raw),
     }
 }
@@ -272,14 +274,14 @@ fn local_disk_remark(a: &RunArgs) -> String {
          virsh-copy-storage: a file in the source libvirtd's /var/lib/libvirt/images (each host's own directory), \
          with one of the same size and format pre-created on the target by `qemu-img create -f raw` before the \
          run (not timed); libvirt copies it over NBD (no TLS) with QEMU's block mirror. The control's guest has \
-         the same disk on host1. The guest writes its disk log there (one 512-byte synced record every 500 ms, \
-         about 1 KB/s: the lab image has no data-disk writer at a chosen rate) and dirties {} MB/s of memory; \
-         the copy is mostly the disk's unwritten extent. *On the link*: the bytes out of host1's management \
+         the same disk on host1. The guest writes {} MB/s of fresh data (1 MiB O_DIRECT writes, `vmove.disk`) \
+         onto the disk's upper half and its disk log (one 512-byte synced record every 500 ms) onto the lower \
+         half; its memory is idle. The rest of the disk is unwritten, which both tools copy as zeroes. *On the link*: the bytes out of host1's management \
          link (the migration link) while the contender's command ran, as the kernel counts them — memory, disk, \
          TLS and control traffic alike.",
         crate::model::size_mib(a.local_disk_mib),
         a.local_disk_mib,
-        a.local_disk_dirty
+        a.local_disk_write
     )
 }
 

@@ -169,6 +169,9 @@ pub struct CellSpec {
     /// The guest's data disk in the hosts' local pools (not shared), MiB; None: no data disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u64>,
+    /// What the guest writes onto that disk, MB/s.
+    #[serde(default)]
+    pub disk_write_mb_s: u32,
 }
 
 impl CellSpec {
@@ -184,12 +187,14 @@ impl CellSpec {
             link_cap_mbit: None,
             link_bytes_per_s,
             disk_mib: None,
+            disk_write_mb_s: 0,
         }
     }
 
-    /// The same cell with a data disk of `mib` MiB in the hosts' local pools.
-    pub fn with_disk(self, mib: u64) -> CellSpec {
-        CellSpec { disk_mib: Some(mib), ..self }
+    /// The same cell with a data disk of `mib` MiB in the hosts' local pools, written at
+    /// `write_mb_s` MB/s.
+    pub fn with_disk(self, mib: u64, write_mb_s: u32) -> CellSpec {
+        CellSpec { disk_mib: Some(mib), disk_write_mb_s: write_mb_s, ..self }
     }
 
     /// `512M-idle`, `2048M-near-link`, ...
@@ -209,11 +214,10 @@ impl CellSpec {
                 format!("dirtying {} MB/s of a {} MiB working set", self.dirty_mb_s, self.wss_mib)
             }
             Workload::LocalDisk => format!(
-                "a {} data disk in each host's local pool (not shared) with the disk log written on it (a 512-byte \
-                 synced record every 500 ms), dirtying {} MB/s of a {} MiB working set",
+                "a {} data disk in each host's local pool (not shared), written at {} MB/s (and the disk log), \
+                 memory idle",
                 size_mib(self.disk_mib.unwrap_or(0)),
-                self.dirty_mb_s,
-                self.wss_mib
+                self.disk_write_mb_s
             ),
         };
         let link = match self.link_cap_mbit {
@@ -411,6 +415,9 @@ pub struct RunResult {
     pub passes: Option<u64>,
     /// Dirty rate the guest achieved just before the migration, MB/s.
     pub dirty_rate_mb_s: Option<f64>,
+    /// What the guest's data writer achieved just before the migration, MB/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_write_mb_s: Option<f64>,
     /// The client's view.
     pub outage: Outage,
     /// The network's view of the switchover.
@@ -452,6 +459,7 @@ impl RunResult {
             disk_copy_ms: None,
             link_bytes: None,
             disk_records: None,
+            disk_write_mb_s: None,
             memory_bytes,
             touched_bytes: None,
             passes: None,

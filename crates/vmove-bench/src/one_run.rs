@@ -38,6 +38,7 @@ fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
         dirty_mb_s: cell.dirty_mb_s,
         wss_mib: cell.wss_mib,
         disk_mib: cell.disk_mib,
+        disk_mb_s: cell.disk_write_mb_s,
     }
 }
 
@@ -97,13 +98,20 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // The dirty rate it achieves.
-    let p1 = http_page(&client, http).await.ok().and_then(|p| parse::status_field(&p, "pages_dirtied"));
+    // The dirty rate it achieves (and what its data writer writes).
+    let page1 = http_page(&client, http).await.ok();
     let t1 = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let p2 = http_page(&client, http).await.ok().and_then(|p| parse::status_field(&p, "pages_dirtied"));
-    if let (Some(a), Some(b)) = (p1, p2) {
-        r.dirty_rate_mb_s = Some(b.saturating_sub(a) as f64 * 4096.0 / t1.elapsed().as_secs_f64() / 1e6);
+    let page2 = http_page(&client, http).await.ok();
+    let field = |p: &Option<String>, f: &str| p.as_deref().and_then(|p| parse::status_field(p, f));
+    let secs = t1.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (field(&page1, "pages_dirtied"), field(&page2, "pages_dirtied")) {
+        r.dirty_rate_mb_s = Some(b.saturating_sub(a) as f64 * 4096.0 / secs / 1e6);
+    }
+    if cell.disk_write_mb_s > 0 {
+        if let (Some(a), Some(b)) = (field(&page1, "disk_written_bytes"), field(&page2, "disk_written_bytes")) {
+            r.disk_write_mb_s = Some(b.saturating_sub(a) as f64 / secs / 1e6);
+        }
     }
     // vmove's prediction, as its precheck prints it.
     if c == Contender::Vmove {
@@ -288,8 +296,8 @@ mod tests {
         assert!((10..250).contains(&b.ip.octets()[3]));
         assert!(format!("bq{}d", 99_999).len() < 16, "tap names fit IFNAMSIZ");
         assert_eq!(a.disk_mib, None);
-        let disk = guest_plan(&CellSpec::raw(512, Workload::LocalDisk, 5, 1.0).with_disk(2048), Contender::VirshCopyStorage, 7);
-        assert_eq!((disk.name.as_str(), disk.disk_mib, disk.dirty_mb_s), ("bs-7", Some(2048), 5));
+        let disk = guest_plan(&CellSpec::raw(512, Workload::LocalDisk, 0, 1.0).with_disk(2048, 5), Contender::VirshCopyStorage, 7);
+        assert_eq!((disk.name.as_str(), disk.disk_mib, disk.dirty_mb_s, disk.disk_mb_s), ("bs-7", Some(2048), 0, 5));
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn workload_label(cell: &CellSpec) -> String {
         Workload::NearLink => format!("{} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
         Workload::TwoXLink => format!("2× link: {} MB/s on {} Mbit/s", cell.dirty_mb_s, cell.link_cap_mbit.unwrap_or(0)),
         Workload::LocalDisk => {
-            format!("{} local disk + {} MB/s", crate::model::size_mib(cell.disk_mib.unwrap_or(0)), cell.dirty_mb_s)
+            format!("{} local disk written {} MB/s", crate::model::size_mib(cell.disk_mib.unwrap_or(0)), cell.disk_write_mb_s)
         }
     }
 }
@@ -514,12 +514,12 @@ mod tests {
     #[test]
     fn contenders_not_applicable_are_shown_not_dropped() {
         let mut r = report();
-        let cell = CellSpec::raw(512, Workload::LocalDisk, 5, 1e9).with_disk(256);
+        let cell = CellSpec::raw(512, Workload::LocalDisk, 0, 1e9).with_disk(256, 5);
         let why = Contender::Qemu.not_applicable(true).unwrap_or("").to_string();
         r.not_applicable.push(crate::model::NotApplicable { cell: cell.id(), contender: Contender::Qemu, why });
         r.cells.push(cell);
         let o = overview(&r);
-        assert!(o.contains("| 512 MiB | 256 MiB local disk + 5 MB/s | qemu | not applicable |"), "{o}");
+        assert!(o.contains("| 512 MiB | 256 MiB local disk written 5 MB/s | qemu | not applicable |"), "{o}");
         let md = markdown(&r);
         assert!(md.contains("## Not applicable"), "{md}");
         assert!(md.contains("Not applicable here: **qemu** — QEMU by hand moves memory only"), "{md}");

@@ -218,7 +218,7 @@ mod tests {
         q.settings.quick = true;
         assert!(heading(&q).ends_with("(QEMU 10.0.2, quick check)"));
         let mut l = r.clone();
-        l.cells = vec![CellSpec::raw(512, Workload::LocalDisk, 5, 1e9).with_disk(2048)];
+        l.cells = vec![CellSpec::raw(512, Workload::LocalDisk, 0, 1e9).with_disk(2048, 5)];
         assert_eq!(heading(&l), "## Migration benchmark (issue 17, local disk): 2026-12-01 (QEMU 10.0.2)");
         l.cells.push(CellSpec::raw(512, Workload::Idle, 0, 1e9));
         assert_eq!(heading(&l), "## Migration benchmark (issues 14 and 17): 2026-12-01 (QEMU 10.0.2)");

@@ -408,6 +408,10 @@ pub struct CreateArgs {
     /// Lab image workload: working set, MiB.
     #[arg(long, default_value_t = 64)]
     pub wss: u32,
+    /// Lab image workload: write rate onto the guest's first disk, MB/s (its upper half,
+    /// beside the disk log; 0: the disk log only).
+    #[arg(long, default_value_t = 0)]
+    pub disk_rate: u32,
     /// Start it once defined.
     #[arg(long)]
     pub start: bool,

@@ -144,7 +144,7 @@ async fn demo_body(ctx: &Ctx, info: &LabInfo) -> Result<()> {
         vcpus: 1,
         memory_mib: 512,
         cpu_model: "qemu64".into(),
-        boot: BootSource::Lab { dirty_mb_s: 20, wss_mib: 128 },
+        boot: BootSource::Lab { dirty_mb_s: 20, wss_mib: 128, disk_mb_s: 0 },
         desired: DesiredState::Running,
         nics: vec![NicSpec {
             network: "lab-net".into(),

@@ -5,6 +5,7 @@
 //! - `vmove.ip=<ipv4>/<prefix>` address of eth0 (absent: no address)
 //! - `vmove.dirty=<MB/s>` memory dirty rate, 0 = idle (default 0)
 //! - `vmove.wss=<MiB>` working set of the memory dirtier (default 64)
+//! - `vmove.disk=<MB/s>` write rate onto the data disk's upper half (default 0: none)
 //!
 //! Everything else on the command line is ignored.
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub dirty_mb_s: u32,
     /// `vmove.wss`, in MiB.
     pub wss_mib: u32,
+    /// `vmove.disk`, in MB/s.
+    pub disk_mb_s: u32,
     /// Problems met while parsing (bad values are ignored, defaults kept).
     pub warnings: Vec<String>,
 }
@@ -69,6 +72,7 @@ impl Default for Config {
             ip: None,
             dirty_mb_s: 0,
             wss_mib: DEFAULT_WSS_MIB,
+            disk_mb_s: 0,
             warnings: Vec::new(),
         }
     }
@@ -103,6 +107,10 @@ pub fn parse(cmdline: &str) -> Config {
                     }
                 }
             }
+            "vmove.disk" => match value.parse::<u32>() {
+                Ok(v) => c.disk_mb_s = v,
+                Err(e) => c.warnings.push(format!("bad vmove.disk {value:?}: {e}")),
+            },
             "vmove.dirty" => match value.parse::<u32>() {
                 Ok(v) => c.dirty_mb_s = v,
                 Err(e) => c.warnings.push(format!("bad vmove.dirty {value:?}: {e}")),
@@ -140,6 +148,10 @@ mod tests {
         assert_eq!(c.ip.unwrap().to_string(), "10.0.2.15/24");
         assert_eq!(c.dirty_mb_s, 20);
         assert_eq!(c.wss_mib, 128);
+        assert_eq!(c.disk_mb_s, 0, "no disk writer unless asked");
+        assert_eq!(parse("vmove.disk=5").disk_mb_s, 5);
+        let bad = parse("vmove.disk=-1");
+        assert_eq!((bad.disk_mb_s, bad.warnings.len()), (0, 1));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 

@@ -117,7 +117,12 @@ pub fn start(shared: &Arc<Shared>) -> Option<DiskHandle> {
             return None;
         }
     };
-    let capacity = size / SECTOR as u64;
+    // With the data writer (`vmove.disk`) the log keeps the lower half: it is full at the
+    // writer's region.
+    let capacity = match crate::diskfill::region(size) {
+        Some((start, _)) if shared.config.disk_mb_s > 0 => start / SECTOR as u64,
+        _ => size / SECTOR as u64,
+    };
     // Read through a plain (page cache) descriptor: no alignment constraints.
     let scan = match File::open(DEVICE)
         .and_then(|f| disklog::scan(|off, buf| f.read_at(buf, off), capacity))
@@ -140,6 +145,7 @@ pub fn start(shared: &Arc<Shared>) -> Option<DiskHandle> {
         return None;
     }
     say(&format!("DISK OK {}", scan.records));
+    crate::diskfill::start(shared, size);
     shared
         .stats
         .disk_records

@@ -8,6 +8,7 @@
 //! - `VMOVE READY <name>`
 //! - `VERIFY OK <sweeps>` / `VERIFY FAIL <what>`
 //! - `DISK OK <records>` / `DISK NOTE <what>` / `DISK FAIL <what>` / `DISK FULL <records>`
+//! - `DISK WRITER <MB/s> MB/s over bytes <from>..<to>` (`vmove.disk`)
 //! - `POWERING OFF`
 
 pub mod cmdline;
@@ -16,6 +17,7 @@ pub mod disklog;
 pub mod pages;
 
 mod disk;
+pub mod diskfill;
 mod memory;
 mod net;
 mod power;
@@ -52,6 +54,8 @@ pub struct Stats {
     pub pages_dirtied: AtomicU64,
     /// Records in the disk log (u64::MAX: no disk).
     pub disk_records: AtomicU64,
+    /// Bytes the data writer (`vmove.disk`) has written since boot.
+    pub disk_written_bytes: AtomicU64,
 }
 
 /// State shared by all workers.

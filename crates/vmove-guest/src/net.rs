@@ -107,7 +107,8 @@ pub fn status_page(shared: &Shared) -> String {
          pages_verified: {verified}\n\
          verify_failures: {failures}\n\
          pages_dirtied: {dirtied}\n\
-         disk_records: {disk}\n",
+         disk_records: {disk}\n\
+         disk_written_bytes: {written}\n",
         name = shared.config.name,
         uptime = crate::uptime_secs(),
         dirty = shared.config.dirty_mb_s,
@@ -117,6 +118,7 @@ pub fn status_page(shared: &Shared) -> String {
         verified = st.pages_verified.load(Ordering::Relaxed),
         failures = st.verify_failures.load(Ordering::Relaxed),
         dirtied = st.pages_dirtied.load(Ordering::Relaxed),
+        written = st.disk_written_bytes.load(Ordering::Relaxed),
     )
 }
 

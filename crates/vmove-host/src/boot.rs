@@ -2,7 +2,7 @@
 //!
 //! The agent boots lab guests (`BootSource::Lab`) with QEMU's `-kernel/-initrd/-append`;
 //! the image itself is built by `vmove-lab`. The contract, read by `vmove-guest`:
-//! `console=ttyS0 quiet vmove.name=<name> [vmove.ip=<ipv4>/<prefix>] vmove.dirty=<MB/s> vmove.wss=<MiB>`.
+//! `console=ttyS0 quiet vmove.name=<name> [vmove.ip=<ipv4>/<prefix>] vmove.dirty=<MB/s> vmove.wss=<MiB> [vmove.disk=<MB/s>]`.
 
 /// Options for one boot of the lab guest, turned into a kernel command line by [`cmdline`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,11 +15,13 @@ pub struct BootOpts {
     pub dirty_mb_s: u32,
     /// Working set of the memory dirtier, MiB.
     pub wss_mib: u32,
+    /// Write rate onto the data disk, MB/s (0: the disk log only).
+    pub disk_mb_s: u32,
 }
 
 impl Default for BootOpts {
     fn default() -> Self {
-        BootOpts { name: "guest".to_string(), ip: None, dirty_mb_s: 0, wss_mib: 64 }
+        BootOpts { name: "guest".to_string(), ip: None, dirty_mb_s: 0, wss_mib: 64, disk_mb_s: 0 }
     }
 }
 
@@ -32,6 +34,9 @@ pub fn cmdline(o: &BootOpts) -> String {
         s.push_str(&format!(" vmove.ip={ip}"));
     }
     s.push_str(&format!(" vmove.dirty={} vmove.wss={}", o.dirty_mb_s, o.wss_mib));
+    if o.disk_mb_s > 0 {
+        s.push_str(&format!(" vmove.disk={}", o.disk_mb_s));
+    }
     s
 }
 
@@ -46,11 +51,14 @@ mod tests {
             ip: Some("10.0.2.15/24".to_string()),
             dirty_mb_s: 20,
             wss_mib: 128,
+            disk_mb_s: 0,
         };
         assert_eq!(
             cmdline(&o),
             "console=ttyS0 quiet vmove.name=vm1 vmove.ip=10.0.2.15/24 vmove.dirty=20 vmove.wss=128"
         );
+        let o = BootOpts { disk_mb_s: 5, ..o };
+        assert!(cmdline(&o).ends_with(" vmove.wss=128 vmove.disk=5"), "{}", cmdline(&o));
         let o = BootOpts { name: "idle".to_string(), ..BootOpts::default() };
         assert_eq!(cmdline(&o), "console=ttyS0 quiet vmove.name=idle vmove.dirty=0 vmove.wss=64");
     }

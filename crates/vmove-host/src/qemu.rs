@@ -283,7 +283,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             cpu_model: "qemu64".into(),
-            boot: BootSource::Lab { dirty_mb_s: 0, wss_mib: 64 },
+            boot: BootSource::Lab { dirty_mb_s: 0, wss_mib: 64, disk_mb_s: 0 },
             desired: Default::default(),
             nics: vec![NicSpec { network: "lab-net".into(), mac: "52:54:00:00:00:01".into(), ip: None }],
             disks: vec![DiskSpec { pool: "shared".into(), volume: "d.img".into(), size_mib: Some(16) }],

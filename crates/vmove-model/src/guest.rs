@@ -13,6 +13,10 @@ pub enum BootSource {
         /// Working set of the lab workload's memory dirtier, MiB.
         #[serde(default = "default_wss")]
         wss_mib: u32,
+        /// Data-disk write rate of the lab workload onto its first disk, MB/s (0 = none
+        /// besides the disk log).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        disk_mb_s: u32,
     },
     /// Boot from a bootable disk volume (the guest's first disk).
     Disk,
@@ -20,6 +24,10 @@ pub enum BootSource {
 
 fn default_wss() -> u32 {
     64
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// What the operator wants the guest to be doing.

@@ -56,6 +56,7 @@ fn boot(img: &GuestImage, disk: &Path, dir: &Path, tag: &str, ports: &Ports) -> 
         ip: Some("10.0.2.15/24".to_string()),
         dirty_mb_s: 5,
         wss_mib: 64,
+        disk_mb_s: 0,
     });
     // No `restrict=on`: libslirp then drops the guest's UDP replies to forwarded
     // datagrams. The guest never opens connections of its own.

@@ -56,7 +56,9 @@ fn job_id(out: &str) -> String {
 #[test]
 fn a_guest_with_a_local_disk_moves_live_while_writing_its_disk_log() {
     let lab = Lab::up("ldlive", 2);
-    boot_local(&lab, "vm1", "192.0.2.61", "256M");
+    // Besides its disk log, the guest writes 1 MB/s onto the disk's upper half.
+    boot_local_with(&lab, "vm1", "192.0.2.61", "256M", &["--disk-rate", "1"]);
+    assert!(lab.log("vm1").contains("DISK WRITER 1 MB/s over bytes 134217728..268435456"), "{}", lab.log("vm1"));
     lab.wait_log("vm1", "a few disk records", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n >= 3));
     let before = last_disk_ok(&lab.log("vm1")).unwrap();
     let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--ignore-check", "predicted-convergence"]);
@@ -87,6 +89,36 @@ fn a_guest_with_a_local_disk_moves_live_while_writing_its_disk_log() {
     let scan = scan_log(&local_dir(&lab, "host2").join("vm1-data.img"));
     assert_eq!(scan.fail, None, "the copy's disk log verifies");
     assert!(scan.records >= written, "{} records on the copy, the guest reported {written}", scan.records);
+    // The writer's blocks on the copy: every sector is one the guest wrote there (its
+    // position and pass in it) or never written; none from elsewhere, none damaged.
+    let blocks = check_written(&local_dir(&lab, "host2").join("vm1-data.img"), 128 << 20, 256 << 20);
+    assert!(blocks >= 4, "only {blocks} MiB written on the copy");
+}
+
+/// Checks the data writer's region `[from, to)` of a disk image sector by sector against
+/// what the writer writes (`vmove_guest::diskfill::fill`, passes 0 to 2); returns the
+/// blocks written.
+fn check_written(path: &std::path::Path, from: u64, to: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    use vmove_guest::diskfill::{fill, BLOCK};
+    let f = std::fs::File::open(path).unwrap();
+    let (mut buf, mut want) = (vec![0u8; BLOCK as usize], vec![vec![0u8; BLOCK as usize]; 3]);
+    let mut written = 0;
+    for off in (from..to).step_by(BLOCK as usize) {
+        f.read_exact_at(&mut buf, off).unwrap();
+        if buf.iter().all(|b| *b == 0) {
+            continue;
+        }
+        written += 1;
+        for (pass, w) in want.iter_mut().enumerate() {
+            fill(w, off, pass as u64);
+        }
+        for (i, sector) in buf.chunks_exact(512).enumerate() {
+            let ok = sector.iter().all(|b| *b == 0) || want.iter().any(|w| &w[i * 512..(i + 1) * 512] == sector);
+            assert!(ok, "sector {} of the block at {off}: not the writer's data", i);
+        }
+    }
+    written
 }
 
 /// Reads a data disk's log from the host.

@@ -70,7 +70,7 @@ impl Agent {
         }
         let nics = self.plug_taps(spec).await?;
         let direct_boot = match &spec.boot {
-            BootSource::Lab { dirty_mb_s, wss_mib } => {
+            BootSource::Lab { dirty_mb_s, wss_mib, disk_mb_s } => {
                 let (Some(k), Some(i)) = (&self.cfg.lab_kernel, &self.cfg.lab_initrd) else {
                     self.unplug_taps(spec).await;
                     fail!(InvalidRequest, "{} has no lab image configured", self.cfg.name);
@@ -80,6 +80,7 @@ impl Agent {
                     ip: spec.nics.first().and_then(|n| n.ip.clone()),
                     dirty_mb_s: *dirty_mb_s,
                     wss_mib: *wss_mib,
+                    disk_mb_s: *disk_mb_s,
                 };
                 Some((k.clone(), i.clone(), vmove_host::boot::cmdline(&opts)))
             }

@@ -246,7 +246,7 @@ pub fn guest(name: &str, host: &str) -> GuestSpec {
         vcpus: 1,
         memory_mib: 512,
         cpu_model: "qemu64".into(),
-        boot: BootSource::Lab { dirty_mb_s: 0, wss_mib: 64 },
+        boot: BootSource::Lab { dirty_mb_s: 0, wss_mib: 64, disk_mb_s: 0 },
         desired: Default::default(),
         nics: vec![NicSpec { network: "lab-net".into(), mac: "52:54:00:00:00:11".into(), ip: Some("192.0.2.10/24".into()) }],
         disks: vec![DiskSpec { pool: "shared".into(), volume: format!("{name}-data.img"), size_mib: Some(1) }],

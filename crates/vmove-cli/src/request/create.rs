@@ -88,7 +88,7 @@ impl CreateArgs {
             bail!("--vcpus must be at least 1");
         }
         let boot = match a.image.as_str() {
-            "lab" => BootSource::Lab { dirty_mb_s: a.dirty_rate, wss_mib: a.wss },
+            "lab" => BootSource::Lab { dirty_mb_s: a.dirty_rate, wss_mib: a.wss, disk_mb_s: a.disk_rate },
             "disk" => BootSource::Disk,
             other => bail!("--image {other:?}: expected lab or disk"),
         };
@@ -98,6 +98,9 @@ impl CreateArgs {
             nics.push(parse_nic(cluster, &a.name, i, n, &taken)?);
         }
         let disks = a.disk.iter().map(|d| parse_disk(cluster, d)).collect::<Result<Vec<_>>>()?;
+        if a.disk_rate > 0 && (disks.is_empty() || a.image != "lab") {
+            bail!("--disk-rate writes onto a lab guest's first disk: give it a --disk");
+        }
         if boot == BootSource::Disk && disks.is_empty() {
             bail!("--image disk needs a --disk to boot from");
         }
@@ -154,7 +157,7 @@ mod tests {
                 vcpus: 2,
                 memory_mib: 1024,
                 cpu_model: "qemu64".into(),
-                boot: BootSource::Lab { dirty_mb_s: 20, wss_mib: 128 },
+                boot: BootSource::Lab { dirty_mb_s: 20, wss_mib: 128, disk_mb_s: 0 },
                 desired: DesiredState::Running,
                 nics: vec![
                     NicSpec { network: "lab-net".into(), mac: mac0, ip: Some("192.0.2.10/24".into()) },

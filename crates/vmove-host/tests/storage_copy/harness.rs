@@ -89,6 +89,7 @@ fn spec() -> GuestSpec {
         boot: BootSource::Lab {
             dirty_mb_s: 0,
             wss_mib: 0,
+            disk_mb_s: 0,
         },
         desired: Default::default(),
         nics: vec![],

@@ -74,6 +74,7 @@ impl Vm {
             ip: None,
             dirty_mb_s: g.dirty_mb_s,
             wss_mib: g.wss_mib,
+            disk_mb_s: 0,
         });
         let mut cmd = Command::new("nice");
         cmd.args(["-n", "5", "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-smp", "1"])

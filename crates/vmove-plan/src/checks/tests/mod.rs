@@ -33,6 +33,7 @@ pub(crate) fn guest_spec(name: &str, host: &str, mac: &str) -> GuestSpec {
         boot: BootSource::Lab {
             dirty_mb_s: 0,
             wss_mib: 64,
+            disk_mb_s: 0,
         },
         desired: DesiredState::Running,
         nics: vec![NicSpec {
