@@ -356,9 +356,16 @@ fn a_drain_whose_cli_dies_is_run_again_to_the_end() {
 /// the lab's teardown.)
 #[allow(clippy::zombie_processes)]
 fn drain_until_first_move(lab: &Lab, args: &[&str]) -> (std::process::Child, String, String, String) {
+    run_until_first_move(lab, &["host", "drain", "host1"], args)
+}
+
+/// [`drain_until_first_move`] of any drain-like command (`host evacuate HOST --force`).
+#[allow(clippy::zombie_processes)]
+fn run_until_first_move(lab: &Lab, cmd: &[&str], args: &[&str]) -> (std::process::Child, String, String, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(vmove_bin())
-        .args(["--json", "host", "drain", "host1"])
+        .arg("--json")
+        .args(cmd)
         .args(args)
         .env("VMOVE_CLUSTER", &lab.cluster)
         .stdout(std::process::Stdio::piped())
@@ -372,7 +379,7 @@ fn drain_until_first_move(lab: &Lab, args: &[&str]) -> (std::process::Child, Str
         assert!(out.read_line(&mut l).expect("read") > 0, "the drain ended before a move started: {seen:?}");
         let v: Value = serde_json::from_str(l.trim()).expect("JSON line");
         if v.get("job").is_some() && v.get("event").is_some() {
-            let id = seen.iter().find_map(|x: &Value| x.get("maintenance").and(x["drain"].as_str())).expect("the drain's id").to_string();
+            let id = seen.iter().find_map(|x: &Value| x["drain"].as_str()).unwrap_or_else(|| panic!("the drain's id in {seen:?}")).to_string();
             let (guest, job) = (v["guest"].as_str().unwrap().to_string(), v["job"].as_str().unwrap().to_string());
             // Keep reading so that the drain never blocks on a full pipe.
             std::thread::spawn(move || for _ in out.lines() {});
@@ -524,6 +531,62 @@ fn a_detached_drain_is_watched_to_its_end(store: Store) {
     }
     let e = lab.fails(&["job", "cancel", &id]);
     assert!(e.contains("has ended (done)"), "{e}");
+}
+
+/// An evacuation is a job of its own too: host1's agent and guests killed, `host evacuate
+/// --force --parallel 1` killed (SIGKILL) once its first move has started, `job watch` takes
+/// it over: every guest comes up exactly once off host1, and the record names the killed
+/// runner's job for the first guest (never moved twice).
+#[test]
+fn an_evacuation_whose_cli_is_killed_is_taken_over_by_job_watch() {
+    let lab = Lab::up("evacwatch", 3);
+    let guests = [("e1", "192.0.2.81"), ("e2", "192.0.2.82"), ("e3", "192.0.2.83")];
+    for (g, ip) in guests {
+        create(&lab, g, "host1", ip, true, &["--start"]);
+    }
+    for (g, ip) in guests {
+        lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(180));
+        lab.wait_log(g, "DISK OK", Duration::from_secs(90), |l| last_disk_ok(l).is_some());
+    }
+    let qemus: Vec<u32> = guests.iter().flat_map(|(g, _)| lab.qemu_pids(g)).collect();
+    let dir = lab.dir.to_str().unwrap().to_string();
+    lab.ok(&["lab", "agent", "--dir", &dir, "host1", "kill"]);
+    for p in &qemus {
+        vmove_host::proc::kill9(*p);
+    }
+    wait_for("host1's QEMUs to die", Duration::from_secs(10), || qemus.iter().all(|p| !vmove_host::proc::alive(*p)).then_some(()));
+
+    let (mut child, id, first, first_job) = run_until_first_move(&lab, &["host", "evacuate", "host1", "--force"], &["--parallel", "1"]);
+    assert!(id.starts_with("evacuate-host1-"), "{id}");
+    child.kill().expect("SIGKILL the evacuation's CLI");
+    child.wait().expect("reap");
+    let shown = lab.json(&["job", "show", &id]);
+    assert_eq!((shown["state"].as_str(), shown["runner_alive"].as_bool()), (Some("running"), Some(false)), "{shown}");
+    let o = lab.vmove(&["--json", "job", "watch", &id]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    let run = lines(&text);
+    assert_eq!(find(&run, "takeover")["drain"], id.as_str(), "{text}");
+    let fin = find(&run, "final").clone();
+    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(1)), "{fin}");
+    let rows = fin["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{fin}");
+    let row = rows.iter().find(|r| r["guest"] == first.as_str()).unwrap();
+    assert_eq!(row["jobs"][0], first_job.as_str(), "the killed runner's job is the first move's: {row}");
+    for (g, ip) in guests {
+        let row = rows.iter().find(|r| r["guest"] == g).unwrap();
+        assert_eq!(row["state"], "moved", "{fin}");
+        let h = lab.cluster_host(g);
+        assert_ne!(h, "host1", "{g}");
+        assert_eq!(row["to"], h.as_str(), "{g}: the record says where it is");
+        assert_eq!(lab.qemu_hosts(g), vec![h.clone()], "{g} runs exactly once, where the file says");
+        lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(180));
+        let log = lab.wait_log(g, "DISK OK after the evacuation", Duration::from_secs(90), |l| {
+            l.contains("VMOVE READY") && last_disk_ok(l).is_some()
+        });
+        assert!(!log.contains("DISK FAIL"), "{g}: {log}");
+    }
+    eprintln!("evacuation killed during {first}'s move ({first_job}); `job watch` took {id} over");
 }
 
 // These run on the file store and on etcd (`file::NAME`, `etcd::NAME`): on etcd the runner's
