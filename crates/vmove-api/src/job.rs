@@ -193,6 +193,16 @@ pub struct Progress {
     pub throttle_pct: Option<u64>,
 }
 
+impl Progress {
+    /// The status of a COPY_VOLUMES progress event (the bytes are the local disks').
+    pub const COPYING_VOLUMES: &'static str = "copying-volumes";
+
+    /// Whether this is the progress of COPY_VOLUMES rather than of the memory.
+    pub fn is_volume_copy(&self) -> bool {
+        self.status == Self::COPYING_VOLUMES
+    }
+}
+
 /// End-of-migration figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {

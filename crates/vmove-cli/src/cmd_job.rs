@@ -282,6 +282,16 @@ pub async fn follow_with(ctx: &Ctx, host: &str, id: &str, opts: &FollowOpts) -> 
 }
 
 fn progress_line(p: &Progress) -> String {
+    if p.is_volume_copy() {
+        return format!(
+            "copying volumes | {:.0}/{:.0} MiB copied, {:.0} MiB left | {:.1} MiB/s | ETA {}",
+            mib(p.transferred_bytes),
+            mib(p.total_bytes),
+            mib(p.remaining_bytes),
+            mib(p.rate_bytes_per_s),
+            p.eta_s.map_or("-".to_string(), |s| format!("{s} s"))
+        );
+    }
     let rung = p.rung.as_ref().map_or(String::new(), |r| format!(" | {r}"));
     let throttle = p.throttle_pct.filter(|t| *t > 0).map_or(String::new(), |t| format!(" | throttle {t} %"));
     format!(
@@ -386,5 +396,21 @@ mod tests {
         // An offline move of a guest without local volumes says nothing more.
         let end = EventKind::JobEnded { status: JobStatus::Succeeded, error: None, summary: Summary { total_ms: 800, ..Summary::default() } };
         assert_eq!(event_line("host2-2", &end, &opts), None);
+    }
+
+    #[test]
+    fn the_copy_of_local_volumes_reads_as_a_copy_not_as_memory_passes() {
+        let copy = Progress {
+            status: Progress::COPYING_VOLUMES.into(),
+            transferred_bytes: 64 << 20,
+            remaining_bytes: 192 << 20,
+            total_bytes: 256 << 20,
+            rate_bytes_per_s: 32 << 20,
+            eta_s: Some(6),
+            ..Progress::default()
+        };
+        assert_eq!(progress_line(&copy), "copying volumes | 64/256 MiB copied, 192 MiB left | 32.0 MiB/s | ETA 6 s");
+        let memory = Progress { status: "active".into(), pass: 2, ..copy };
+        assert!(progress_line(&memory).starts_with("pass 2 | 64/256 MiB sent"), "{}", progress_line(&memory));
     }
 }

@@ -228,7 +228,7 @@ async fn follow(cx: &StepCx<'_>, may_switch: bool, t0: Instant) -> Result<Mirror
 fn progress(r: &MirrorReport, rate: u64, t0: Instant) -> Progress {
     let remaining = r.remaining();
     Progress {
-        status: "copying-volumes".into(),
+        status: Progress::COPYING_VOLUMES.into(),
         pass: 0,
         transferred_bytes: r.offset(),
         remaining_bytes: remaining,
