@@ -120,7 +120,7 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-async fn vmove(ctx: &Ctx<'_>, args: &[&str]) -> Result<String> {
+pub(crate) async fn vmove(ctx: &Ctx<'_>, args: &[&str]) -> Result<String> {
     let o = tokio::process::Command::new(ctx.env.bin_dir.join("vmove"))
         .args(args)
         .env("VMOVE_CLUSTER", &ctx.env.info.cluster_file)

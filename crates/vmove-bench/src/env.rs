@@ -12,7 +12,7 @@ use vmove_lab::{LabInfo, LabOptions};
 
 use crate::model::Machine;
 
-/// The lab the benchmark runs on: two hosts and the client.
+/// The lab the benchmark runs on: two hosts (three for the drain benchmark) and the client.
 pub struct Env {
     /// The lab.
     pub info: LabInfo,
@@ -20,10 +20,10 @@ pub struct Env {
     pub bin_dir: PathBuf,
     /// The lab image (kernel, initrd).
     pub image: vmove_lab::image::GuestImage,
-    /// host1's and host2's management addresses.
-    pub host_ip: [Ipv4Addr; 2],
-    /// host1's and host2's namespaces.
-    pub host_ns: [String; 2],
+    /// The hosts' management addresses, host1 first.
+    pub host_ip: Vec<Ipv4Addr>,
+    /// The hosts' namespaces, host1 first.
+    pub host_ns: Vec<String>,
     /// The client's namespace.
     pub client_ns: String,
 }
@@ -33,6 +33,14 @@ impl Env {
     /// Its directory's name must start with `bench-`: it is wiped first (old consoles
     /// and logs would otherwise mix with the new ones).
     pub async fn up(dir: &Path, bin_dir: &Path) -> Result<Env> {
+        Env::up_hosts(dir, bin_dir, 2).await
+    }
+
+    /// [`Env::up`] with `hosts` hosts (2 or more).
+    pub async fn up_hosts(dir: &Path, bin_dir: &Path, hosts: u8) -> Result<Env> {
+        if hosts < 2 {
+            bail!("a benchmark lab needs at least 2 hosts, not {hosts}");
+        }
         let name = vmove_lab::lab::lab_name(dir)?;
         if !name.starts_with("bench-") {
             bail!("the lab directory's name must start with bench- (it is wiped at the start): {}", dir.display());
@@ -46,7 +54,7 @@ impl Env {
         }
         let opts = LabOptions {
             dir: dir.to_path_buf(),
-            hosts: 2,
+            hosts,
             etcd: 0,
             vmoved: bin_dir.join("vmoved"),
             guest_bin: bin_dir.join("vmove-guest"),
@@ -75,8 +83,8 @@ impl Env {
             &vmove_lab::image::default_cache_dir(),
         )?;
         Ok(Env {
-            host_ip: [ip(0)?, ip(1)?],
-            host_ns: [info.host_namespaces[0].clone(), info.host_namespaces[1].clone()],
+            host_ip: (0..info.host_namespaces.len()).map(ip).collect::<Result<_>>()?,
+            host_ns: info.host_namespaces.clone(),
             client_ns: info.client_namespace.clone(),
             bin_dir: bin_dir.to_path_buf(),
             image,
@@ -257,8 +265,8 @@ pub fn loadavg() -> String {
 /// (a private mount namespace bind-mounts per-host directories over /etc/libvirt,
 /// /run/libvirt, /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt).
 pub struct Libvirt {
-    /// `qemu+tcp://<mgmt ip>/system` of host1 and host2.
-    pub uri: [String; 2],
+    /// `qemu+tcp://<mgmt ip>/system` of every host, host1 first.
+    pub uri: Vec<String>,
     /// libvirtd's version.
     pub version: String,
     children: Vec<Child>,
@@ -303,7 +311,7 @@ pub fn virsh(uri: &str, args: &[&str]) -> Result<String> {
 }
 
 impl Libvirt {
-    /// Starts a libvirtd in each host namespace and waits until both answer. Err: why not.
+    /// Starts a libvirtd in each host namespace and waits until all answer. Err: why not.
     pub fn start(env: &Env) -> Result<Libvirt> {
         if !which("libvirtd") || !which("virsh") {
             bail!("libvirtd/virsh are not installed (install them with `VMOVE_BENCH_LIBVIRT=1 bash scripts/install-deps`)");
@@ -317,8 +325,9 @@ impl Libvirt {
         for (_, target) in LIBVIRT_DIRS {
             std::fs::create_dir_all(target).with_context(|| format!("create {target}"))?;
         }
-        let mut lv = Libvirt { uri: [String::new(), String::new()], version, children: Vec::new() };
-        for i in 0..2 {
+        let hosts = env.host_ns.len();
+        let mut lv = Libvirt { uri: Vec::with_capacity(hosts), version, children: Vec::new() };
+        for i in 0..hosts {
             let base = env.dir().join("libvirt").join(format!("host{}", i + 1));
             let _ = std::fs::remove_dir_all(&base);
             for (sub, _) in LIBVIRT_DIRS {
@@ -344,10 +353,10 @@ impl Libvirt {
                 .spawn()
                 .context("start libvirtd")?;
             lv.children.push(child);
-            lv.uri[i] = format!("qemu+tcp://{}/system", env.host_ip[i]);
+            lv.uri.push(format!("qemu+tcp://{}/system", env.host_ip[i]));
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        for i in 0..2 {
+        for i in 0..hosts {
             loop {
                 match virsh(&lv.uri[i], &["version"]) {
                     Ok(_) => break,
@@ -363,7 +372,7 @@ impl Libvirt {
         Ok(lv)
     }
 
-    /// Stops both daemons (their QEMUs go with the lab).
+    /// Stops the daemons (their QEMUs go with the lab).
     pub fn stop(&mut self) {
         for c in &mut self.children {
             vmove_host::proc::term(c.id());

@@ -9,6 +9,10 @@
 mod contenders;
 mod disk_report;
 mod disks;
+mod drain_bench;
+mod drain_cli;
+mod drain_model;
+mod drain_report;
 mod env;
 mod goals;
 mod libvirt;
@@ -84,7 +88,16 @@ section is \"## Migration benchmark (issue 17, local disk): DATE (QEMU x.y.z)\")
 In a local-disk cell the guest writes --local-disk-write MB/s of fresh data onto its data
 disk's upper half (O_DIRECT, 1 MiB blocks) and its disk log onto the lower half; its memory
 is idle. qemu (QEMU by hand) and the plain libvirt contenders cannot move a local disk: they
-are reported as not applicable there (control runs, with the disk).";
+are reported as not applicable there (control runs, with the disk).
+
+Issue 15's drain benchmark (a subcommand; a 3-host lab; N guests of 512 MiB on host1 dirtying
+2 MB/s each, drained by `vmove host drain host1` with --parallel 1, 2, 4 and its default, and by
+a sequential `virsh migrate --live` loop to the same targets; 3 runs; about 45 minutes; the dated
+section is \"## Drain benchmark (issue 15): DATE (QEMU x.y.z)\"):
+
+  VMOVE_BENCH_LIBVIRT=1 nice -n 10 /var/tmp/bench-bin/vmove-bench drain --guests 4,8 \\
+      --parallel 1,2,4,default --contenders vmove,virsh --runs 3 --out /var/tmp/bench-report-drain \\
+      --lab-dir /var/tmp/bench-lab-drain --docs docs/benchmarks.md";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -96,6 +109,10 @@ enum Cmd {
         #[arg(long)]
         docs: Option<PathBuf>,
     },
+    /// Issue 15's drain benchmark: N guests on host1 of a 3-host lab, drained by `vmove host
+    /// drain` (--parallel values) and by a sequential `virsh migrate --live` loop to the same
+    /// targets; drain time, the sum of the client's outages, vmove's prediction.
+    Drain(drain_cli::DrainArgs),
 }
 
 #[derive(Args, Clone)]
@@ -164,12 +181,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Some(Cmd::Render { dir, docs }) => outputs::render(&dir, docs.as_deref()),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(matrix::run(cli.run))),
+        Some(Cmd::Drain(a)) => runtime().and_then(|rt| rt.block_on(drain_bench::run(a))),
+        None => runtime().and_then(|rt| rt.block_on(matrix::run(cli.run))),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,6 +191,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 struct Plan {
@@ -250,6 +267,17 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["vmove-bench", "render", "/tmp/r"]).unwrap();
         assert!(matches!(cli.cmd, Some(Cmd::Render { .. })));
+    }
+
+    #[test]
+    fn the_drain_subcommand() {
+        let cli = Cli::try_parse_from(["vmove-bench", "drain", "--guests", "4", "8", "--parallel", "1", "2", "4", "--runs", "1"]).unwrap();
+        let Some(Cmd::Drain(a)) = cli.cmd else { panic!("not the drain subcommand") };
+        let p = drain_cli::plan(&a).unwrap();
+        assert_eq!((p.guests.clone(), p.runs, p.configs.len()), (vec![4, 8], 1, 4), "3 vmove configurations and the virsh loop");
+        assert_eq!(a.lab_dir, PathBuf::from("/var/tmp/bench-drain-lab"));
+        assert!(Cli::try_parse_from(["vmove-bench", "drain", "--memory", "512", "--quick"]).is_err(), "the matrix's flags are not the drain's");
+        assert!(Cli::try_parse_from(["vmove-bench", "--runs", "1", "drain"]).is_err(), "no matrix flags before the subcommand");
     }
 
     #[test]

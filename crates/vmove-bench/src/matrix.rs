@@ -12,10 +12,10 @@ use crate::outputs::{write_json, write_outputs};
 use crate::{stats, Plan, RunArgs};
 
 /// Takes the lab down when dropped (normal end, error, panic).
-struct LabGuard(Option<PathBuf>);
+pub(crate) struct LabGuard(pub(crate) Option<PathBuf>);
 
 impl LabGuard {
-    fn down(&mut self) {
+    pub(crate) fn down(&mut self) {
         if let Some(dir) = self.0.take() {
             match vmove_lab::down(&dir) {
                 Ok(name) => eprintln!("bench: lab {name} down"),
@@ -31,7 +31,7 @@ impl Drop for LabGuard {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()

@@ -44,11 +44,11 @@ fn guest_plan(cell: &CellSpec, c: Contender, n: u32) -> GuestPlan {
 
 /// Whether the guest's status page says it is ready: it has verified its working set once
 /// and, with a data disk, written a record of its disk log.
-fn ready(page: &str, disk: bool) -> bool {
+pub(crate) fn ready(page: &str, disk: bool) -> bool {
     parse::status_field(page, "verify_sweeps").unwrap_or(0) >= 1 && (!disk || parse::status_field(page, "disk_records").unwrap_or(0) >= 1)
 }
 
-async fn http_page(ns: &str, addr: SocketAddr) -> Result<String> {
+pub(crate) async fn http_page(ns: &str, addr: SocketAddr) -> Result<String> {
     let ns = ns.to_string();
     tokio::task::spawn_blocking(move || probes::http_get(&ns, addr, Duration::from_secs(2))).await?
 }

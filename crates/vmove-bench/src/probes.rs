@@ -43,7 +43,7 @@ impl Arrivals {
     }
 }
 
-/// A datagram to the guest's UDP echo every millisecond; records when echoes come back.
+/// A datagram to the guest's UDP echo every millisecond (or every `every`); records when echoes come back.
 pub struct UdpStream {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -57,6 +57,13 @@ pub struct UdpStream {
 impl UdpStream {
     /// Starts the stream from namespace `ns`.
     pub fn start(ns: &str, addr: SocketAddr) -> Result<UdpStream> {
+        UdpStream::start_every(ns, addr, Duration::from_millis(1))
+    }
+
+    /// Starts a stream of one datagram every `every` (the drain benchmark probes many
+    /// guests at once, more sparsely).
+    pub fn start_every(ns: &str, addr: SocketAddr, every: Duration) -> Result<UdpStream> {
+        let every = every.max(Duration::from_millis(1));
         let sock = netns::run_in::<_, anyhow::Error>(ns, move || {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.connect(addr)?;
@@ -81,7 +88,7 @@ impl UdpStream {
                 }
                 seq += 1;
                 se.store(seq, Ordering::Relaxed);
-                next += Duration::from_millis(1);
+                next += every;
                 let now = Instant::now();
                 if next > now {
                     std::thread::sleep(next - now);

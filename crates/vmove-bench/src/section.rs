@@ -7,7 +7,7 @@ use crate::model::Report;
 use crate::report::{self, num};
 
 /// `QEMU 10.0.2` from `QEMU emulator version 10.0.2 (Debian …)`.
-fn qemu_short(v: &str) -> String {
+pub(crate) fn qemu_short(v: &str) -> String {
     match v.split_whitespace().skip_while(|w| *w != "version").nth(1) {
         Some(n) => format!("QEMU {n}"),
         None if v.is_empty() => "QEMU unknown".into(),
@@ -34,7 +34,7 @@ pub fn heading(r: &Report) -> String {
 }
 
 /// `03:17` from an RFC 3339 time.
-fn hhmm(t: &str) -> &str {
+pub(crate) fn hhmm(t: &str) -> &str {
     t.get(11..16).unwrap_or("")
 }
 

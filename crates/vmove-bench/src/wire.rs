@@ -22,6 +22,12 @@ pub struct TapWatch {
 impl TapWatch {
     /// Watches `tap` in namespace `ns` from the moment it exists until [`TapWatch::stop`].
     pub fn start(ns: &str, tap: &str) -> Result<TapWatch> {
+        TapWatch::start_polling(ns, tap, Duration::from_millis(5))
+    }
+
+    /// [`TapWatch::start`], looking for the tap every `poll` until it exists (the drain
+    /// benchmark watches many taps that appear, if at all, seconds after the start).
+    pub fn start_polling(ns: &str, tap: &str, poll: Duration) -> Result<TapWatch> {
         let fd = netns::open(ns)?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
@@ -41,7 +47,7 @@ impl TapWatch {
                 if stopping {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(if watch.is_some() { 50 } else { 5 }));
+                std::thread::sleep(if watch.is_some() { Duration::from_millis(50) } else { poll });
             }
             if let Some(mut w) = watch {
                 w.stop();
