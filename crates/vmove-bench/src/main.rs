@@ -92,7 +92,7 @@ are reported as not applicable there (control runs, with the disk).
 
 Issue 15's drain benchmark (a subcommand; a 3-host lab; N guests of 512 MiB on host1 dirtying
 2 MB/s each, drained by `vmove host drain host1` with --parallel 1, 2, 4 and its default, and by
-a sequential `virsh migrate --live` loop to the same targets; 3 runs; about 45 minutes; the dated
+a sequential `virsh migrate --live` loop to the same targets; 3 runs; an estimated 35-60 minutes; the dated
 section is \"## Drain benchmark (issue 15): DATE (QEMU x.y.z)\"):
 
   VMOVE_BENCH_LIBVIRT=1 nice -n 10 /var/tmp/bench-bin/vmove-bench drain --guests 4,8 \\
