@@ -339,7 +339,9 @@ async fn dirty_rate(client: &str, gs: &[GuestPlan]) -> Option<f64> {
     (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
-/// `vmove --json host drain host1 [--parallel P]`: each guest's row of its report.
+/// `vmove --json host drain host1 [--parallel P --per-host P]`: each guest's row of its
+/// report. The per-host limit follows P so that P moves can leave host1 at once (with the
+/// default per-host limit of 2, `--parallel 4` would run 2); no P: vmove's defaults.
 async fn vmove_drain(
     ctx: &Ctx<'_>,
     parallel: Option<u32>,
@@ -349,7 +351,7 @@ async fn vmove_drain(
 ) -> Result<Vec<GuestResult>> {
     let mut args = vec!["--json".to_string(), "host".into(), "drain".into(), "host1".into()];
     if let Some(p) = parallel {
-        args.extend(["--parallel".into(), p.to_string()]);
+        args.extend(["--parallel".into(), p.to_string(), "--per-host".into(), p.to_string()]);
     }
     let mut child = tokio::process::Command::new(ctx.env.bin_dir.join("vmove"))
         .args(&args)

@@ -123,10 +123,10 @@ pub const LEGEND: &str = "Medians over the completed drains (every guest moved a
 /// What `--parallel` means when one host is drained, and the measured effect.
 pub fn parallel_lines(r: &DrainReport) -> String {
     let mut out = String::from(
-        "A drain obeys three limits: `--parallel` moves in the cluster (default 5), 2 moves out of any one host and 2 \
-         into any one host. Draining host1 alone, the limit out of host1 binds first: `--parallel 2`, `--parallel 4` and \
-         the default all run at most 2 moves at once (a new one starting as one ends), and only `--parallel 1` runs \
-         one move at a time. On this machine the moves also share its 2 CPUs with the guests themselves (TCG) and with \
+        "A drain obeys three limits: `--parallel` moves in the cluster (default 5), and `--per-host` moves out of \
+         any one host and into any one host (default 2). The benchmark runs `--parallel P` as `--parallel P \
+         --per-host P`, so that P moves leave host1 at once; the default (no flags) runs at most 2, the limit out \
+         of host1 binding before the cluster's 5. On this machine the moves also share its 2 CPUs with the guests themselves (TCG) and with \
          each other: a second move at once can only save wall time where a move waits on something other than the CPU \
          (setup round trips, the link, the target's start); where the CPU is the bottleneck two moves side by side take \
          about as long as one after the other, and each guest's switchover waits longer for the CPU. The measured drain \

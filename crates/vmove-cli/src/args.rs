@@ -343,9 +343,12 @@ pub struct DrainArgs {
     /// Print the plan and its predicted duration; change nothing (no maintenance either).
     #[arg(long)]
     pub dry_run: bool,
-    /// Moves at once in the cluster (at most 2 out of and 2 into any host besides).
+    /// Moves at once in the cluster (at most --per-host out of and into any host besides).
     #[arg(long, default_value_t = 5)]
     pub parallel: usize,
+    /// Moves at once out of any one host, and into any one host.
+    #[arg(long, default_value_t = 2)]
+    pub per_host: usize,
     /// live or offline, for running guests (stopped guests always move offline).
     #[arg(long, default_value = "live")]
     pub mode: String,

@@ -172,7 +172,7 @@ async fn drain_body(ctx: &Ctx, j: &Journal, rec: &DrainRecord) -> Result<Option<
     let host = rec.host.as_str();
     let mut cluster = ctx.cluster().await?;
     super::known_host(&cluster, host)?;
-    let limits = super::limits(usize::try_from(rec.parallel).unwrap_or(usize::MAX))?;
+    let limits = super::limits(usize::try_from(rec.parallel).unwrap_or(usize::MAX), usize::try_from(rec.per_host).unwrap_or(usize::MAX))?;
     let inject_fault = super::faults(&rec.inject_fault)?;
     let st: MaintenanceState = ctx
         .client(&cluster, host)?
@@ -220,7 +220,7 @@ async fn drain_body(ctx: &Ctx, j: &Journal, rec: &DrainRecord) -> Result<Option<
 /// The limits of an evacuation: a dead source does no work, only the cluster's and the
 /// targets' limits count.
 pub fn evacuation_limits(parallel: usize) -> Result<Limits> {
-    let base = super::limits(parallel)?;
+    let base = super::limits(parallel, Limits::default().max_in_per_host)?;
     Ok(Limits { max_out_per_host: base.max_concurrent, ..base })
 }
 

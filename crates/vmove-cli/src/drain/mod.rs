@@ -49,12 +49,16 @@ pub const MAX_PARALLEL: usize = 64;
 /// The longest grace period of `evacuate`.
 pub const MAX_GRACE_MS: u64 = 3_600_000;
 
-/// `--parallel N` as the drain's limits (2 out of and 2 into any host besides).
-pub fn limits(parallel: usize) -> Result<Limits> {
+/// `--parallel N --per-host M` as the drain's limits: N moves in the cluster, M out of and M
+/// into any one host.
+pub fn limits(parallel: usize, per_host: usize) -> Result<Limits> {
     if !(1..=MAX_PARALLEL).contains(&parallel) {
         bail!("--parallel {parallel} is out of range (1..={MAX_PARALLEL})");
     }
-    let l = Limits { max_concurrent: parallel, ..Limits::default() };
+    if !(1..=MAX_PARALLEL).contains(&per_host) {
+        bail!("--per-host {per_host} is out of range (1..={MAX_PARALLEL})");
+    }
+    let l = Limits { max_concurrent: parallel, max_out_per_host: per_host, max_in_per_host: per_host };
     l.validate()?;
     Ok(l)
 }
@@ -99,7 +103,7 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
     if wanted == Mode::OfflineForce {
         bail!("--mode: a drain moves guests live or offline; offline-force is `vmove host evacuate`");
     }
-    let limits = limits(a.parallel)?;
+    let limits = limits(a.parallel, a.per_host)?;
     faults(&a.inject_fault)?;
     if a.dry_run {
         return dry_run(ctx, cluster, host, wanted, limits).await;
@@ -109,10 +113,12 @@ pub async fn drain(ctx: &Ctx, a: DrainArgs) -> Result<()> {
         return r;
     }
     let parallel = u32::try_from(a.parallel)?;
+    let per_host = u32::try_from(a.per_host)?;
     let (rec, guard) = store
         .create(DrainKind::Drain, host, !a.detach, |id| {
             let mut r = DrainRecord::new(id, DrainKind::Drain, host, wanted, parallel);
             r.inject_fault = a.inject_fault.clone();
+            r.per_host = per_host;
             r
         })
         .await?;

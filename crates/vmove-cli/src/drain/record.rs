@@ -254,6 +254,10 @@ pub struct DrainRecord {
     pub mode: Mode,
     /// Moves at once in the cluster.
     pub parallel: u32,
+    /// Moves at once out of any one host and into any one host (records written before
+    /// `--per-host` existed: the default, 2).
+    #[serde(default = "default_per_host")]
+    pub per_host: u32,
     /// Test hook of `host drain --inject-fault`, kept for a detached runner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inject_fault: Vec<String>,
@@ -312,6 +316,10 @@ pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+fn default_per_host() -> u32 {
+    2
+}
+
 impl DrainRecord {
     /// A new drain, running, without rows yet.
     pub fn new(id: String, kind: DrainKind, host: &str, mode: Mode, parallel: u32) -> DrainRecord {
@@ -322,6 +330,7 @@ impl DrainRecord {
             host: host.to_string(),
             mode,
             parallel,
+            per_host: default_per_host(),
             inject_fault: vec![],
             state: DrainState::Running,
             cancel_requested: false,

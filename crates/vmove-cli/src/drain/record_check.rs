@@ -22,6 +22,9 @@ impl DrainRecord {
         if !(1..=MAX_PARALLEL).contains(&usize::try_from(self.parallel).unwrap_or(usize::MAX)) {
             return Err(self.invalid(format!("parallel {} out of range (1..={MAX_PARALLEL})", self.parallel)));
         }
+        if !(1..=MAX_PARALLEL).contains(&usize::try_from(self.per_host).unwrap_or(usize::MAX)) {
+            return Err(self.invalid(format!("per_host {} out of range (1..={MAX_PARALLEL})", self.per_host)));
+        }
         if (self.kind == DrainKind::Evacuate) != (self.mode == Mode::OfflineForce) {
             return Err(self.invalid(format!("a {} does not move guests {}", self.kind.as_str(), self.mode.as_str())));
         }

@@ -258,6 +258,16 @@ async fn the_store_numbers_drains_writes_them_by_cas_and_refuses_bad_ones() {
     put_raw(&mem, &bad).await;
     let e = store.get("drain-host1-9").await.unwrap_err();
     assert!(format!("{e:#}").contains("drain record drain-host1-9: parallel 1000 out of range"), "{e:#}");
+    let mut bad = make("drain-host1-6".into());
+    bad.per_host = 0;
+    put_raw(&mem, &bad).await;
+    let e = store.get("drain-host1-6").await.unwrap_err();
+    assert!(format!("{e:#}").contains("drain record drain-host1-6: per_host 0 out of range"), "{e:#}");
+    // A record written before --per-host existed reads with the default.
+    let mut old = serde_json::to_value(make("drain-host1-4".into())).unwrap();
+    old.as_object_mut().unwrap().remove("per_host");
+    let back: DrainRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(back.per_host, 2);
     // A record under another drain's key.
     let moved = make("drain-host1-8".into());
     let key = vmove_registry::keys::drain("drain-host1-7");

@@ -35,10 +35,13 @@ fn guests(p: &[run::Pending]) -> Vec<&str> {
 
 #[test]
 fn parallel_and_fault_arguments() {
-    assert_eq!(limits(5).unwrap(), Limits::default());
-    assert_eq!(limits(1).unwrap().max_concurrent, 1);
-    assert_eq!(limits(0).unwrap_err().to_string(), "--parallel 0 is out of range (1..=64)");
-    assert_eq!(limits(65).unwrap_err().to_string(), "--parallel 65 is out of range (1..=64)");
+    assert_eq!(limits(5, 2).unwrap(), Limits::default());
+    assert_eq!(limits(1, 2).unwrap().max_concurrent, 1);
+    let four = limits(4, 4).unwrap();
+    assert_eq!((four.max_concurrent, four.max_out_per_host, four.max_in_per_host), (4, 4, 4));
+    assert_eq!(limits(0, 2).unwrap_err().to_string(), "--parallel 0 is out of range (1..=64)");
+    assert_eq!(limits(65, 2).unwrap_err().to_string(), "--parallel 65 is out of range (1..=64)");
+    assert_eq!(limits(4, 0).unwrap_err().to_string(), "--per-host 0 is out of range (1..=64)");
     assert_eq!(faults(&["vm3=migrate-guest".into()]).unwrap(), vec![("vm3".to_string(), Step::MigrateGuest)]);
     assert_eq!(faults(&["vm3".into()]).unwrap_err().to_string(), "--inject-fault \"vm3\": expected GUEST=STEP");
     assert!(faults(&["vm3=NOPE".into()]).unwrap_err().to_string().starts_with("--inject-fault \"vm3=NOPE\": unknown step"));
