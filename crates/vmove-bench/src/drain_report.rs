@@ -164,7 +164,7 @@ pub fn heading(r: &DrainReport) -> String {
 /// What each configuration runs.
 fn config_what(c: DrainConfig) -> String {
     match c {
-        DrainConfig::Vmove { parallel: Some(p) } => format!("`vmove --json host drain host1 --parallel {p}`"),
+        DrainConfig::Vmove { parallel: Some(p) } => format!("`vmove --json host drain host1 --parallel {p} --per-host {p}`"),
         DrainConfig::Vmove { parallel: None } => {
             "`vmove --json host drain host1`: its defaults (5 moves in the cluster, 2 out of and 2 into any host)".into()
         }
