@@ -1,48 +1,20 @@
 //! Following a job through the store (`follow_job`): every event once and in order, the
 //! final record, a job whose host left the cluster, one that ended without its last event;
 //! on the in-memory store and on a real etcd, the host's keys in its own sub-namespace.
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use vmove_api::{EventKind, JobEvent, JobKind, JobRecord, JobSpec, JobStatus, PeerHost, Progress, Summary};
-use vmove_model::Cluster;
 use vmove_plan::{MigrationParams, Mode};
 use vmove_registry::jobs::{job_key, job_log};
 use vmove_registry::{follow_job, keys, JobRec, Member, RegistryError};
 use vmove_store::testing::TestEtcd;
 use vmove_store::{put_record, MemStore, Precondition, StateStore};
 
-const FILE: &str = r#"
-[cluster]
-name = "lab"
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/operator.pem"
-key = "pki/operator.key"
-[[hosts]]
-name = "host1"
-address = "198.51.100.2:7450"
-[[hosts]]
-name = "host2"
-address = "198.51.100.3:7450"
-[[networks]]
-name = "lab-net"
-bridge = "lab-net"
-[[pools]]
-name = "shared"
-path = "shared"
-[[guests]]
-name = "vm1"
-host = "host1"
-vcpus = 1
-memory_mib = 512
-boot = { kind = "lab" }
-nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }]
-"#;
-
 fn job(status: JobStatus) -> JobRecord {
-    let guest = Cluster::parse(FILE, Path::new("/lab/cluster.toml")).unwrap().guests[0].clone();
+    let guest = common::file().guests[0].clone();
     JobRecord {
         version: 2,
         id: "host2-3".into(),

@@ -1,10 +1,13 @@
 //! The registry on the in-memory store (paused clock: leases expire in tokio time) and on
 //! a real etcd with TLS: cluster import/export, migration claims, the job index, and
 //! waiting for a dead host's lease.
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::file;
 use vmove_api::{JobBrief, JobKind, JobStatus};
 use vmove_model::Cluster;
 use vmove_plan::Mode;
@@ -15,41 +18,6 @@ use vmove_registry::{
 };
 use vmove_store::testing::TestEtcd;
 use vmove_store::{put_record, Lease, LeasePolicy, LeaseStore, MemStore, Precondition, StateStore};
-
-const FILE: &str = r#"
-[cluster]
-name = "lab"
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/operator.pem"
-key = "pki/operator.key"
-[store]
-kind = "etcd"
-endpoints = ["https://198.51.100.14:2379"]
-[[hosts]]
-name = "host1"
-address = "198.51.100.2:7450"
-[[hosts]]
-name = "host2"
-address = "198.51.100.3:7450"
-[[networks]]
-name = "lab-net"
-bridge = "lab-net"
-[[pools]]
-name = "shared"
-path = "shared"
-[[guests]]
-name = "vm1"
-host = "host1"
-vcpus = 1
-memory_mib = 512
-boot = { kind = "lab" }
-nics = [{ network = "lab-net", mac = "52:54:00:00:00:01", ip = "192.0.2.10/24" }]
-"#;
-
-fn file() -> Cluster {
-    Cluster::parse(FILE, Path::new("/lab/cluster.toml")).unwrap()
-}
 
 #[tokio::test]
 async fn import_then_export_round_trips_and_guests_move_in_the_store() {

@@ -389,6 +389,26 @@ fn run_until_first_move(lab: &Lab, cmd: &[&str], args: &[&str]) -> (std::process
     }
 }
 
+/// `job show` (`shown`) says drain `id`'s runner is gone; `job watch` takes it over and ends
+/// it `done` after one takeover, with 3 rows, all moved, `first` moved by `first_job` (the
+/// killed runner's) alone. Returns the final record.
+fn take_over(lab: &Lab, shown: &Value, id: &str, first: &str, first_job: &str) -> Value {
+    assert_eq!((shown["state"].as_str(), shown["runner_alive"].as_bool()), (Some("running"), Some(false)), "{shown}");
+    let o = lab.vmove(&["--json", "job", "watch", id]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    let run = lines(&text);
+    assert_eq!(find(&run, "takeover")["drain"], id, "{text}");
+    let fin = find(&run, "final").clone();
+    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(1)), "{fin}");
+    let rows = fin["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{fin}");
+    assert!(rows.iter().all(|r| r["state"] == "moved"), "{fin}");
+    let row = rows.iter().find(|r| r["guest"] == first).unwrap();
+    assert_eq!(row["jobs"][0], first_job, "the killed runner's job is the first move's: {row}");
+    fin
+}
+
 /// Three busy guests of 256 MiB on host1 of a 3-host lab.
 fn three_busy(lab: &Lab, guests: &[(&str, &str); 3]) {
     let busy = BUSY_MB_S.to_string();
@@ -424,21 +444,8 @@ fn a_drain_whose_cli_is_killed_is_taken_over_by_job_watch(store: Store) {
         assert_eq!(store, Store::Etcd, "the flock went with the killed runner: {shown}");
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!((shown["state"].as_str(), shown["runner_alive"].as_bool()), (Some("running"), Some(false)), "{shown}");
-    let o = lab.vmove(&["--json", "job", "watch", &id]);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
-    let run = lines(&text);
-    assert_eq!(find(&run, "takeover")["drain"], id.as_str(), "{text}");
-    let fin = find(&run, "final").clone();
-    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(1)), "{fin}");
+    let fin = take_over(&lab, &shown, &id, &first, &first_job);
     let rows = fin["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3, "{fin}");
-    for r in rows {
-        assert_eq!(r["state"], "moved", "{fin}");
-    }
-    let row = rows.iter().find(|r| r["guest"] == first.as_str()).unwrap();
-    assert_eq!(row["jobs"][0], first_job.as_str(), "the killed runner's job is the first move's: {row}");
     eprintln!(
         "drain killed during {first}'s move ({first_job}); `job watch` took {id} over: {}",
         rows.iter().map(|r| format!("{} -> {} {}", r["guest"], r["to"], r["jobs"])).collect::<Vec<_>>().join(", ")
@@ -560,22 +567,10 @@ fn an_evacuation_whose_cli_is_killed_is_taken_over_by_job_watch() {
     assert!(id.starts_with("evacuate-host1-"), "{id}");
     child.kill().expect("SIGKILL the evacuation's CLI");
     child.wait().expect("reap");
-    let shown = lab.json(&["job", "show", &id]);
-    assert_eq!((shown["state"].as_str(), shown["runner_alive"].as_bool()), (Some("running"), Some(false)), "{shown}");
-    let o = lab.vmove(&["--json", "job", "watch", &id]);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "job watch {id}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
-    let run = lines(&text);
-    assert_eq!(find(&run, "takeover")["drain"], id.as_str(), "{text}");
-    let fin = find(&run, "final").clone();
-    assert_eq!((fin["state"].as_str(), fin["takeovers"].as_u64()), (Some("done"), Some(1)), "{fin}");
+    let fin = take_over(&lab, &lab.json(&["job", "show", &id]), &id, &first, &first_job);
     let rows = fin["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3, "{fin}");
-    let row = rows.iter().find(|r| r["guest"] == first.as_str()).unwrap();
-    assert_eq!(row["jobs"][0], first_job.as_str(), "the killed runner's job is the first move's: {row}");
     for (g, ip) in guests {
         let row = rows.iter().find(|r| r["guest"] == g).unwrap();
-        assert_eq!(row["state"], "moved", "{fin}");
         let h = lab.cluster_host(g);
         assert_ne!(h, "host1", "{g}");
         assert_eq!(row["to"], h.as_str(), "{g}: the record says where it is");
