@@ -4,7 +4,6 @@
 //! guest probed by the client (UDP echo) and watched on its target's tap.
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -34,21 +33,7 @@ const READY_WITHIN: Duration = Duration::from_secs(300);
 /// Runs the drain benchmark that `a` asks for and writes its report.
 pub(crate) async fn run(a: DrainArgs) -> Result<()> {
     let p = drain_cli::plan(&a)?;
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("no binary directory"))?,
-    };
-    for b in ["vmove", "vmoved", "vmove-guest"] {
-        if !bin_dir.join(b).is_file() {
-            bail!("{} not found: run `cargo build` first (or pass --bin-dir)", bin_dir.join(b).display());
-        }
-    }
-    if let Some(d) = &a.docs {
-        if !d.is_file() {
-            bail!("--docs {}: no such file (give docs/benchmarks.md, from the repository's root)", d.display());
-        }
-    }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    let bin_dir = crate::matrix::prepare(a.bin_dir.as_deref(), a.docs.as_deref(), &a.out)?;
     let t_start = Instant::now();
     let mut report = DrainReport {
         started: now_rfc3339(),

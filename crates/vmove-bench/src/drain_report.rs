@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::drain_model::{DrainConfig, DrainReport, DrainRun};
 use crate::report::num;
-use crate::section::{hhmm, qemu_short};
+use crate::section::qemu_short;
 use crate::stats::{median, ratio};
 
 /// Medians of one configuration at one guest count.
@@ -182,26 +182,12 @@ pub fn section(r: &DrainReport) -> String {
     let s = &r.settings;
     let mut out = String::new();
     let _ = writeln!(out, "{}\n", heading(r));
-    let _ = writeln!(
-        out,
-        "- **Date:** {}, from {} UTC ({} min).",
-        r.started.get(..10).unwrap_or("undated"),
-        hhmm(&r.started),
-        r.duration_s.div_ceil(60)
-    );
-    let _ = writeln!(
-        out,
-        "- **Machine:** {} CPUs ({}), {:.1} GiB memory, kernel {}, {}, libvirt {}, vmove {} (tree at {}). A lab of 3 \
-         hosts (network namespaces); guests run under TCG (no KVM): 1 vCPU, the lab image.",
-        m.nproc,
-        m.cpu_model,
-        m.memory_gib,
-        m.kernel,
-        m.qemu,
-        m.libvirt.as_deref().unwrap_or("not used"),
-        m.vmove,
-        if m.source.is_empty() { "unknown" } else { &m.source }
-    );
+    out.push_str(&crate::section::date_and_machine(
+        &r.started,
+        r.duration_s,
+        m,
+        "A lab of 3 hosts (network namespaces); guests run under TCG (no KVM): 1 vCPU, the lab image.",
+    ));
     let foreign = |v: &Vec<String>| if v.is_empty() { "none".to_string() } else { v.len().to_string() };
     let _ = writeln!(
         out,
@@ -429,7 +415,8 @@ mod tests {
         assert_eq!(heading(&r), "## Drain benchmark (issue 15): 2026-12-02 (QEMU 10.0.2)");
         let md = section(&r);
         assert!(md.starts_with("## Drain benchmark (issue 15): 2026-12-02 (QEMU 10.0.2)\n"), "{md}");
-        assert!(md.contains("from 04:30 UTC (2 min)"), "{md}");
+        assert!(md.contains("\n- **Date:** 2026-12-02, from 04:30 UTC (2 min).\n- **Machine:** "), "{md}");
+        assert!(md.contains(". A lab of 3 hosts (network namespaces); guests run under TCG (no KVM): 1 vCPU, the lab image.\n"), "{md}");
         assert!(md.contains("- 2 guests: vmove --parallel 1 11.0 s (×1.00), vmove --parallel 4 8.0 s (×0.73)"), "{md}");
         assert!(md.contains("- 2 guests, vmove --parallel 4, run 2: vmove host drain failed: drain of host1 incomplete — not moved: g1 failed"), "{md}");
         assert!(!md.lines().any(|l| l.starts_with("## ") && !l.starts_with("## Drain benchmark")), "one level-2 heading");

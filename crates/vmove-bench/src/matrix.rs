@@ -39,11 +39,12 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Runs the benchmark that `a` asks for and writes its report.
-pub(crate) async fn run(a: RunArgs) -> Result<()> {
-    let p = crate::plan(&a)?;
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
+/// Checks what a run needs before it starts: the binaries (in `bin_dir`, default: next to
+/// this one), the `--docs` file if any, and creates the output directory. Returns the
+/// binaries' directory.
+pub(crate) fn prepare(bin_dir: Option<&Path>, docs: Option<&Path>, out: &Path) -> Result<std::path::PathBuf> {
+    let bin_dir = match bin_dir {
+        Some(d) => d.to_path_buf(),
         None => std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("no binary directory"))?,
     };
     for b in ["vmove", "vmoved", "vmove-guest"] {
@@ -51,12 +52,19 @@ pub(crate) async fn run(a: RunArgs) -> Result<()> {
             bail!("{} not found: run `cargo build` first (or pass --bin-dir)", bin_dir.join(b).display());
         }
     }
-    if let Some(d) = &a.docs {
+    if let Some(d) = docs {
         if !d.is_file() {
             bail!("--docs {}: no such file (give docs/benchmarks.md, from the repository's root)", d.display());
         }
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    Ok(bin_dir)
+}
+
+/// Runs the benchmark that `a` asks for and writes its report.
+pub(crate) async fn run(a: RunArgs) -> Result<()> {
+    let p = crate::plan(&a)?;
+    let bin_dir = crate::matrix::prepare(a.bin_dir.as_deref(), a.docs.as_deref(), &a.out)?;
     let t_start = Instant::now();
     let mut report = Report {
         started: now_rfc3339(),

@@ -38,23 +38,14 @@ pub(crate) fn hhmm(t: &str) -> &str {
     t.get(11..16).unwrap_or("")
 }
 
-/// The whole section, Markdown, starting with [`heading`].
-pub fn markdown(r: &Report) -> String {
-    let m = &r.machine;
-    let c = &r.conditions;
-    let mut out = String::new();
-    let _ = writeln!(out, "{}\n", heading(r));
-    let _ = writeln!(
-        out,
-        "- **Date:** {}, from {} UTC ({} min).",
-        r.started.get(..10).unwrap_or("undated"),
-        hhmm(&r.started),
-        r.duration_s.div_ceil(60)
-    );
-    let _ = writeln!(
-        out,
-        "- **Machine:** {} CPUs ({}), {:.1} GiB memory, kernel {}, {}, libvirt {}, vmove {} (tree at {}). Guests \
-         run under TCG (no KVM): 1 vCPU, the lab image.",
+/// A section's **Date** and **Machine** lines; `lab` ends the machine line.
+pub(crate) fn date_and_machine(started: &str, duration_s: u64, m: &crate::model::Machine, lab: &str) -> String {
+    format!(
+        "- **Date:** {}, from {} UTC ({} min).\n- **Machine:** {} CPUs ({}), {:.1} GiB memory, kernel {}, {}, libvirt {}, \
+         vmove {} (tree at {}). {lab}\n",
+        started.get(..10).unwrap_or("undated"),
+        hhmm(started),
+        duration_s.div_ceil(60),
         m.nproc,
         m.cpu_model,
         m.memory_gib,
@@ -63,7 +54,16 @@ pub fn markdown(r: &Report) -> String {
         m.libvirt.as_deref().unwrap_or("not used"),
         m.vmove,
         if m.source.is_empty() { "unknown" } else { &m.source }
-    );
+    )
+}
+
+/// The whole section, Markdown, starting with [`heading`].
+pub fn markdown(r: &Report) -> String {
+    let m = &r.machine;
+    let c = &r.conditions;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}\n", heading(r));
+    out.push_str(&date_and_machine(&r.started, r.duration_s, m, "Guests run under TCG (no KVM): 1 vCPU, the lab image."));
     let foreign = |v: &Vec<String>| if v.is_empty() { "none".to_string() } else { v.len().to_string() };
     let _ = writeln!(
         out,
