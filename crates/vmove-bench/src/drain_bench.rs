@@ -60,12 +60,7 @@ pub(crate) async fn run(a: DrainArgs) -> Result<()> {
     let env = Env::up_hosts(&a.lab_dir, &bin_dir, HOSTS).await?;
     let mut guard = LabGuard(Some(env.dir().to_path_buf()));
     eprintln!("bench: lab {} up ({HOSTS} hosts)", env.info.name);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let result = tokio::select! {
-        r = series(&a, &p, &env, &mut report) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
-        _ = sigterm.recv() => Err(anyhow!("terminated")),
-    };
+    let result = crate::matrix::interruptible(series(&a, &p, &env, &mut report)).await;
     if let Err(e) = &result {
         report.remarks.push(format!("The benchmark stopped early: {e:#}. The report holds the drains done until then."));
     }

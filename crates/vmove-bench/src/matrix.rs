@@ -39,6 +39,17 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// Runs `work` to its end, or until the process is interrupted (Ctrl-C, SIGTERM): the
+/// caller still writes the report of what was done and takes the lab down.
+pub(crate) async fn interruptible(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
+        _ = sigterm.recv() => Err(anyhow!("terminated")),
+    }
+}
+
 /// Checks what a run needs before it starts: the binaries (in `bin_dir`, default: next to
 /// this one), the `--docs` file if any, and creates the output directory. Returns the
 /// binaries' directory.
@@ -91,12 +102,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<()> {
     let env = Env::up(&a.lab_dir, &bin_dir).await?;
     let mut guard = LabGuard(Some(env.dir().to_path_buf()));
     eprintln!("bench: lab {} up", env.info.name);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let result = tokio::select! {
-        r = matrix(&a, &p, &env, &mut report) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
-        _ = sigterm.recv() => Err(anyhow!("terminated")),
-    };
+    let result = interruptible(matrix(&a, &p, &env, &mut report)).await;
     if let Err(e) = &result {
         report.remarks.push(format!("The benchmark stopped early: {e:#}. The report holds the runs done until then."));
     }
