@@ -309,26 +309,40 @@ pub async fn migrate(ctx: &Ctx<'_>, c: Contender, g: &GuestPlan, running: &mut R
     r.unwrap_or_else(|e| Outcome { error: Some(format!("{e:#}")), ..Default::default() })
 }
 
-async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
-    let t0 = Instant::now();
-    let t0_unix = vmove_model::now_ms();
-    let budget = format!("{}s", ctx.budget.as_secs());
-    let mut child = tokio::process::Command::new(ctx.env.bin_dir.join("vmove"))
-        .args(["--json", "migrate", &g.name, "--to", "host2", "--timeout", &budget])
-        .env("VMOVE_CLUSTER", &ctx.env.info.cluster_file)
+/// A `vmove` command running with its output piped: its stdout line by line, its stderr
+/// collected in the background.
+pub(crate) struct Streamed {
+    pub child: tokio::process::Child,
+    pub lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    pub err_task: tokio::task::JoinHandle<String>,
+}
+
+/// Starts `vmove ARGS` on the lab's cluster file ([`Streamed`]); it is killed if dropped.
+pub(crate) fn streamed(env: &Env, args: &[&str]) -> Result<Streamed> {
+    let mut child = tokio::process::Command::new(env.bin_dir.join("vmove"))
+        .args(args)
+        .env("VMOVE_CLUSTER", &env.info.cluster_file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("run vmove migrate")?;
+        .with_context(|| format!("run vmove {}", args.iter().find(|a| !a.starts_with('-')).unwrap_or(&"")))?;
     let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
     let err_task = tokio::spawn(async move {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s).await;
         s
     });
-    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+    let lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+    Ok(Streamed { child, lines, err_task })
+}
+
+async fn migrate_vmove(ctx: &Ctx<'_>, g: &GuestPlan) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let t0_unix = vmove_model::now_ms();
+    let budget = format!("{}s", ctx.budget.as_secs());
+    let Streamed { mut child, mut lines, err_task } = streamed(ctx.env, &["--json", "migrate", &g.name, "--to", "host2", "--timeout", &budget])?;
     let mut out = Outcome::default();
     let mut ended = None;
     let mut job = None;

@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::contenders::{self, virsh, vmove, Ctx, GuestPlan};
 use crate::drain_cli::{self, DrainArgs, DrainPlan};
@@ -333,22 +332,8 @@ async fn vmove_drain(
     if let Some(p) = parallel {
         args.extend(["--parallel".into(), p.to_string(), "--per-host".into(), p.to_string()]);
     }
-    let mut child = tokio::process::Command::new(ctx.env.bin_dir.join("vmove"))
-        .args(&args)
-        .env("VMOVE_CLUSTER", &ctx.env.info.cluster_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("run vmove host drain")?;
-    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-    let err_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
-    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let contenders::Streamed { mut child, mut lines, err_task } = contenders::streamed(ctx.env, &args)?;
     let names: Vec<String> = gs.iter().map(|g| g.name.clone()).collect();
     let (mut id, mut report) = (None, None);
     let read = async {

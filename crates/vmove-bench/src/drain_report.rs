@@ -227,13 +227,7 @@ pub fn section(r: &DrainReport) -> String {
     if !failed.is_empty() {
         let _ = writeln!(out, "**Drains that did not complete:**\n\n{}\n", failed.join("\n"));
     }
-    if !r.remarks.is_empty() {
-        let _ = writeln!(out, "**Remarks.**\n");
-        for rm in &r.remarks {
-            let _ = writeln!(out, "- {rm}");
-        }
-        out.push('\n');
-    }
+    out.push_str(&crate::section::remarks(&r.remarks));
     let _ = writeln!(
         out,
         "The report directory (`report.md` with every drain's guests, `drain.json`) is not in the repository: run the \

@@ -57,6 +57,19 @@ pub(crate) fn date_and_machine(started: &str, duration_s: u64, m: &crate::model:
     )
 }
 
+/// A section's **Remarks** list (empty without remarks).
+pub(crate) fn remarks(remarks: &[String]) -> String {
+    if remarks.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("**Remarks.**\n\n");
+    for rm in remarks {
+        let _ = writeln!(out, "- {rm}");
+    }
+    out.push('\n');
+    out
+}
+
 /// The whole section, Markdown, starting with [`heading`].
 pub fn markdown(r: &Report) -> String {
     let m = &r.machine;
@@ -127,13 +140,7 @@ pub fn markdown(r: &Report) -> String {
     if !preds.is_empty() {
         let _ = writeln!(out, "**vmove's prediction against the measured total:**\n\n{}\n", preds.join("\n"));
     }
-    if !r.remarks.is_empty() {
-        let _ = writeln!(out, "**Remarks.**\n");
-        for rm in &r.remarks {
-            let _ = writeln!(out, "- {rm}");
-        }
-        out.push('\n');
-    }
+    out.push_str(&remarks(&r.remarks));
     let _ = writeln!(
         out,
         "The report directory (`report.md` with per-cell tables, ratio matrices and failures, `report.json` with \
