@@ -39,5 +39,15 @@ pub async fn log_watch(s: &dyn StateStore) {
     assert_eq!(got.first().map(|g| g.0), Some(2), "no gap, nothing twice");
     ok(s.delete_log(l).await, "delete");
     ok(s.delete_log("ct/logw/ab").await, "delete");
+    // An append that has returned is never delivered to a watch started after it: the
+    // store tells its watchers before it answers the appender.
+    let l = "ct/logw/race";
+    for round in 0..200u64 {
+        let seq = ok(s.append(l, b"earlier".to_vec()).await, "append");
+        let mut w = ok(s.watch_log(l).await, "watch a log");
+        ok(s.append(l, round.to_le_bytes().to_vec()).await, "append");
+        assert_eq!(next(&mut w).await, LogRecord { seq: seq + 1, record: round.to_le_bytes().to_vec() }, "round {round}");
+    }
+    ok(s.delete_log(l).await, "delete");
     assert!(matches!(s.watch_log("ct/logw/").await, Err(StoreError::InvalidKey { .. })), "a log name, not a prefix");
 }

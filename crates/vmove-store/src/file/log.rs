@@ -179,13 +179,17 @@ impl Writer {
         group.iter().for_each(|(r, _)| frame(r, &mut buf));
         match self.append(log, &buf, group.len() as u64) {
             Ok(first) => {
-                let mut records = Vec::with_capacity(group.len());
-                for (i, (record, reply)) in group.into_iter().enumerate() {
-                    let seq = first + i as u64;
-                    let _ = reply.send(Ok(seq));
-                    records.push(LogRecord { seq, record });
-                }
+                // Watchers hear of the records before any appender gets its answer: a
+                // watch started after an append returned never receives that record.
+                let (records, replies): (Vec<_>, Vec<_>) = group
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (record, reply))| (LogRecord { seq: first + i as u64, record }, reply))
+                    .unzip();
                 self.hub.publish(log, records);
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(Ok(first + i as u64));
+                }
             }
             Err(e) => {
                 tracing::error!("cannot append to log {log}: {e}");
