@@ -54,6 +54,10 @@ pub struct Carried {
     pub nic: usize,
     /// The frames, base64.
     pub frames: Vec<String>,
+    /// Each frame starts with its virtio-net header (from agents that keep it; without it a
+    /// frame whose checksum the guest was to finish arrives broken and is dropped there).
+    #[serde(default)]
+    pub vnet_hdr: bool,
 }
 
 /// The frames sent to the guest's own MAC (unicast: flooded frames reach the target too)
@@ -67,9 +71,9 @@ pub fn carry(w: &[TapWatch], t_us: u64) -> Vec<Carried> {
                 .to_guest_since(t_us)
                 .into_iter()
                 .filter(|f| mac.is_some_and(|m| f.bytes.get(..6) == Some(&m[..])))
-                .map(|f| base64::engine::general_purpose::STANDARD.encode(f.bytes))
+                .map(|f| base64::engine::general_purpose::STANDARD.encode(f.with_header()))
                 .collect();
-            Carried { nic: t.nic, frames }
+            Carried { nic: t.nic, frames, vnet_hdr: true }
         })
         .filter(|c| !c.frames.is_empty())
         .collect()
@@ -84,12 +88,12 @@ fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
     it.next().is_none().then_some(out)
 }
 
-/// Hands carried frames to the guest through its taps on this host; returns how many.
+/// Hands carried frames to the guest through its taps on this host; returns how many. What
+/// the peer sent is bounded here: NICs the guest has, and at most twice what a source keeps
+/// ([`vmove_host::frames::CARRY_BYTES`]) in all.
 pub fn deliver(spec: &GuestSpec, carried: &[Carried]) -> usize {
-    use base64::Engine;
     let mut n = 0;
-    for c in carried {
-        let frames: Vec<Vec<u8>> = c.frames.iter().filter_map(|f| base64::engine::general_purpose::STANDARD.decode(f).ok()).collect();
+    for (c, frames) in decode(spec, carried) {
         let tap = vmove_host::tap::tap_name(&spec.name, c.nic);
         match vmove_host::frames::inject(&tap, &frames) {
             Ok(k) => n += k,
@@ -97,6 +101,28 @@ pub fn deliver(spec: &GuestSpec, carried: &[Carried]) -> usize {
         }
     }
     n
+}
+
+/// The carried frames to inject, per NIC of the guest, each with a virtio-net header; frames
+/// that are not base64, NICs the guest does not have and frames past the bound are dropped.
+fn decode<'a>(spec: &GuestSpec, carried: &'a [Carried]) -> Vec<(&'a Carried, Vec<Vec<u8>>)> {
+    use base64::Engine;
+    let mut budget = vmove_host::frames::CARRY_BYTES.saturating_mul(2);
+    let mut out = Vec::new();
+    for c in carried.iter().filter(|c| c.nic < spec.nics.len()) {
+        let mut frames = Vec::new();
+        for f in &c.frames {
+            let Ok(mut f) = base64::engine::general_purpose::STANDARD.decode(f) else { continue };
+            if !c.vnet_hdr {
+                f.splice(0..0, [0u8; vmove_host::frames::VNET_HDR_LEN]);
+            }
+            let Some(left) = budget.checked_sub(f.len()) else { break };
+            budget = left;
+            frames.push(f);
+        }
+        out.push((c, frames));
+    }
+    out
 }
 
 /// The latest of the guests' last frames at or before `t_us` over several taps.
@@ -173,5 +199,43 @@ impl Agent {
     /// Takes them back (finish, cancel).
     pub(crate) fn take_outgoing(&self, guest: &str) -> Option<Outgoing> {
         self.outgoing_watch.lock().unwrap_or_else(|p| p.into_inner()).remove(guest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+    use vmove_host::frames::{CARRY_BYTES, VNET_HDR_LEN};
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    #[test]
+    fn carried_frames_are_bounded_and_get_a_header_when_the_source_sent_none() {
+        let spec = crate::tests::guest("g", "host1");
+        let frame = vec![7u8; 60];
+        let with_hdr = [&[1u8; VNET_HDR_LEN][..], &frame].concat();
+        let carried = vec![
+            Carried { nic: 0, frames: vec![b64(&with_hdr), "not base64!".into()], vnet_hdr: true },
+            // A NIC the guest does not have.
+            Carried { nic: 3, frames: vec![b64(&with_hdr)], vnet_hdr: true },
+            // From an agent that carried frames without their header.
+            Carried { nic: 0, frames: vec![b64(&frame)], vnet_hdr: false },
+        ];
+        let d = decode(&spec, &carried);
+        let got: Vec<(usize, Vec<Vec<u8>>)> = d.into_iter().map(|(c, f)| (c.nic, f)).collect();
+        assert_eq!(got, vec![(0, vec![with_hdr.clone()]), (0, vec![[&[0u8; VNET_HDR_LEN][..], &frame].concat()])]);
+
+        // A peer that sends more than twice what a source keeps is cut at the bound.
+        let big = vec![0u8; 64 * 1024];
+        let many = vec![Carried { nic: 0, frames: vec![b64(&big); 40], vnet_hdr: true }];
+        let kept = decode(&spec, &many).into_iter().map(|(_, f)| f.len()).sum::<usize>();
+        assert_eq!(kept, 2 * CARRY_BYTES / big.len());
+        // The old wire form (no `vnet_hdr`) still decodes.
+        let old: Carried = serde_json::from_str(r#"{"nic":0,"frames":[]}"#).unwrap();
+        assert!(!old.vnet_hdr);
     }
 }
