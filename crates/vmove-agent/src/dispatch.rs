@@ -199,6 +199,7 @@ impl Api {
                 }
                 ok(r?)
             }
+            Request::PeerTakeFrames { name } => ok(crate::migrate_src::take_frames(agent, &name).await?),
             Request::PeerMigrateFinish { name } => {
                 let side = crate::migrate_src::migrate_finish(agent, &name).await?;
                 agent.unclaim(&name).await?;

@@ -61,22 +61,26 @@ pub struct Carried {
 }
 
 /// The frames sent to the guest's own MAC (unicast: flooded frames reach the target too)
-/// at or after `t_us`, per NIC.
-pub fn carry(w: &[TapWatch], t_us: u64) -> Vec<Carried> {
+/// at or after `t_us`, per NIC, and the time of the latest of them.
+pub fn carry(w: &[TapWatch], t_us: u64) -> (Vec<Carried>, Option<u64>) {
     use base64::Engine;
-    w.iter()
+    let mut latest = None;
+    let carried = w
+        .iter()
         .map(|t| {
             let mac = mac_bytes(&t.mac);
             let frames = t
                 .to_guest_since(t_us)
                 .into_iter()
                 .filter(|f| mac.is_some_and(|m| f.bytes.get(..6) == Some(&m[..])))
+                .inspect(|f| latest = latest.max(Some(f.at_us)))
                 .map(|f| base64::engine::general_purpose::STANDARD.encode(f.with_header()))
                 .collect();
             Carried { nic: t.nic, frames, vnet_hdr: true }
         })
         .filter(|c| !c.frames.is_empty())
-        .collect()
+        .collect();
+    (carried, latest)
 }
 
 fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
@@ -148,6 +152,20 @@ pub fn event_us(e: &Event) -> Option<u64> {
     s.checked_mul(1_000_000)?.checked_add(us)
 }
 
+/// How long before its `STOP` event the source QEMU may already have stopped reading the
+/// guest's taps, µs: the migration's final stage takes QEMU's big lock (which its main loop,
+/// the taps' reader, needs) and only then stops the vCPUs and says `STOP`.
+pub const STOP_MARGIN_US: u64 = 5_000;
+
+/// From when frames that reached the source are carried: those after the guest's last
+/// frame there (QEMU's main loop was still reading the taps when it wrote that one), at
+/// most [`STOP_MARGIN_US`] before `STOP`. A frame QEMU read in that margin reaches the guest
+/// twice, which IP allows; without the margin it would not reach it at all.
+pub fn carry_from(stopped_us: u64, last_frame_us: Option<u64>) -> u64 {
+    let earliest = stopped_us.saturating_sub(STOP_MARGIN_US);
+    last_frame_us.map_or(earliest, |l| l.saturating_add(1).max(earliest)).min(stopped_us)
+}
+
 /// An outgoing migration's frame watches and source event times.
 pub type Outgoing = (Vec<TapWatch>, Arc<Mutex<EventTimes>>);
 
@@ -160,6 +178,9 @@ pub struct EventTimes {
     pub resumed_us: Option<u64>,
     /// `MIGRATION` with status `completed`.
     pub completed_us: Option<u64>,
+    /// Not an event: the frames for the guest up to this time were handed to the target
+    /// already (source side, [`Agent::hand_over_frames`]).
+    pub handed_over_us: Option<u64>,
 }
 
 /// Follows a QEMU's events and records the first `STOP`, `RESUME` and migration completion.
@@ -194,6 +215,23 @@ impl Agent {
     /// Keeps the frame watches and event times of an outgoing migration (source side).
     pub(crate) fn keep_outgoing(&self, guest: &str, w: Vec<TapWatch>, times: Arc<Mutex<EventTimes>>) {
         self.outgoing_watch.lock().unwrap_or_else(|p| p.into_inner()).insert(guest.to_string(), (w, times));
+    }
+
+    /// The frames for the guest that reached this source since its vCPUs stopped and were
+    /// not handed over yet. Only once the migration completed (before, the guest may run here
+    /// again and read them itself).
+    pub(crate) fn hand_over_frames(&self, guest: &str) -> Vec<Carried> {
+        let map = self.outgoing_watch.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((watches, times)) = map.get(guest) else { return vec![] };
+        let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(stopped) = t.stopped_us else { return vec![] };
+        let first = carry_from(stopped, last_before(watches, stopped));
+        let from = t.handed_over_us.map_or(first, |h| h.saturating_add(1).max(first));
+        let (carried, latest) = carry(watches, from);
+        if latest.is_some() {
+            t.handed_over_us = latest;
+        }
+        carried
     }
 
     /// Takes them back (finish, cancel).
@@ -237,5 +275,18 @@ mod tests {
         // The old wire form (no `vnet_hdr`) still decodes.
         let old: Carried = serde_json::from_str(r#"{"nic":0,"frames":[]}"#).unwrap();
         assert!(!old.vnet_hdr);
+    }
+
+    #[test]
+    fn frames_are_carried_from_the_guests_last_frame_at_most_a_margin_before_stop() {
+        let stop = 1_000_000;
+        // The guest sent its last frame 1.5 ms before STOP: what came after may still sit in the tap.
+        assert_eq!(carry_from(stop, Some(stop - 1_500)), stop - 1_499);
+        // It was quiet for longer: only the margin.
+        assert_eq!(carry_from(stop, Some(stop - 90_000)), stop - STOP_MARGIN_US);
+        assert_eq!(carry_from(stop, None), stop - STOP_MARGIN_US);
+        // A frame after STOP (a late one flushed out): never later than STOP.
+        assert_eq!(carry_from(stop, Some(stop + 10)), stop);
+        assert_eq!(carry_from(10, None), 0);
     }
 }

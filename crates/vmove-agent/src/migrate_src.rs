@@ -319,21 +319,40 @@ pub async fn migrate_finish(agent: &Arc<Agent>, name: &str) -> Result<SourceSide
         }
         agent.mark_moved_out(name);
     }
-    let outgoing = agent.take_outgoing(name);
     // End the QEMU first: frames for the guest keep arriving (and are kept) until then.
     agent.stop(name, true, Duration::from_secs(15)).await?;
-    let mut side = SourceSide::default();
-    if let Some((mut watches, times)) = outgoing {
+    // The frames not handed over yet (all of them if the target did not ask earlier).
+    let carried = agent.hand_over_frames(name);
+    let mut side = SourceSide { carried, ..Default::default() };
+    if let Some((mut watches, times)) = agent.take_outgoing(name) {
         let stopped = times.lock().unwrap_or_else(|p| p.into_inner()).stopped_us;
         for w in &mut watches {
             w.stop();
         }
         side.src_stopped_us = stopped;
         side.src_last_frame_us = crate::frames::last_before(&watches, stopped.unwrap_or_else(vmove_host::frames::now_us));
-        if let Some(t) = stopped {
-            side.carried = crate::frames::carry(&watches, t);
-        }
     }
     agent.forget(name).await?;
     Ok(side)
+}
+
+/// Frames for the guest handed from the source to the target (`PeerTakeFrames`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct HandedFrames {
+    /// Per NIC.
+    #[serde(default)]
+    pub carried: Vec<crate::frames::Carried>,
+}
+
+/// src: right after the switchover, the frames for the guest that reached this host since
+/// its vCPUs stopped. The target asks as soon as its guest runs, so that they reach the
+/// guest before (not after) what comes straight to the target; `PeerMigrateFinish` later
+/// hands over the rest.
+pub async fn take_frames(agent: &Arc<Agent>, name: &str) -> Result<HandedFrames> {
+    let (q, _) = agent.qmp_of(name)?;
+    let info = q.query_migrate().await?;
+    if info.status.as_ref() != Some(&MigrationStatus::Completed) {
+        fail!(WrongState, "the migration of {name} has not completed on {}; its frames stay here", agent.cfg.name);
+    }
+    Ok(HandedFrames { carried: agent.hand_over_frames(name) })
 }

@@ -395,6 +395,7 @@ impl Request {
             | Request::PeerMigrateQuery { name }
             | Request::PeerMigrateContinue { name }
             | Request::PeerMigrateCancel { name }
+            | Request::PeerTakeFrames { name }
             | Request::PeerMigrateFinish { name }
             | Request::PeerLocalVolumes { name }
             | Request::PeerMirrorQuery { name }

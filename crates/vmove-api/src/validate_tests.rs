@@ -407,6 +407,7 @@ fn peer_calls_are_for_hosts_only_and_operator_calls_for_operators_only() {
         r#"{"op":"peer_start_guest","name":"vm1"}"#,
         r#"{"op":"peer_undefine","name":"vm1"}"#,
         r#"{"op":"peer_migrate_cancel","name":"vm1"}"#,
+        r#"{"op":"peer_take_frames","name":"vm1"}"#,
         r#"{"op":"peer_migrate_finish","name":"vm1"}"#,
         r#"{"op":"peer_mirror_abort","name":"vm1"}"#,
     ];

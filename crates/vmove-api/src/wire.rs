@@ -233,6 +233,12 @@ pub enum Request {
         /// Guest name.
         name: String,
     },
+    /// Peer: after switchover, the frames for the guest that reached the source since its
+    /// vCPUs stopped (the target hands them to the guest).
+    PeerTakeFrames {
+        /// Guest name.
+        name: String,
+    },
     /// Peer: after switchover, end the source QEMU, remove taps, drop the definition.
     PeerMigrateFinish {
         /// Guest name.
@@ -363,6 +369,7 @@ impl Request {
                     | Request::PeerMigrateQuery { .. }
                     | Request::PeerMigrateCancel { .. }
                     | Request::PeerMigrateContinue { .. }
+                    | Request::PeerTakeFrames { .. }
                     | Request::PeerMigrateFinish { .. }
                     | Request::PeerLocalVolumes { .. }
                     | Request::PeerMirrorStart { .. }
@@ -420,6 +427,7 @@ impl Request {
             Request::PeerMigrateQuery { .. } => "peer_migrate_query",
             Request::PeerMigrateCancel { .. } => "peer_migrate_cancel",
             Request::PeerMigrateContinue { .. } => "peer_migrate_continue",
+            Request::PeerTakeFrames { .. } => "peer_take_frames",
             Request::PeerMigrateFinish { .. } => "peer_migrate_finish",
             Request::PeerLocalVolumes { .. } => "peer_local_volumes",
             Request::PeerMirrorStart { .. } => "peer_mirror_start",

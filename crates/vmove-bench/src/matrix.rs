@@ -362,7 +362,7 @@ async fn run_cell(
 fn line(r: &RunResult) -> String {
     let o = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "–".into());
     format!(
-        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost {}, UDP gap {} ms, TCP stall {} ms, sent {} MiB{}{}{}",
+        "{} run {} {}: {} total {} ms, blackout {} ms, downtime {} ms, UDP lost {}, UDP gap {} ms, TCP stall {} ms, TCP retransmits {}, sent {} MiB{}{}{}",
         r.cell,
         r.run,
         r.contender.id(),
@@ -377,6 +377,7 @@ fn line(r: &RunResult) -> String {
         o(r.outage.lost_at_switchover()),
         o(r.outage.udp_longest_gap_ms),
         o(r.outage.tcp_longest_stall_ms),
+        o(r.outage.tcp_retransmits),
         o(r.transferred_bytes.map(|b| b >> 20)),
         match (r.disk_bytes, r.link_bytes, r.disk_records) {
             (None, None, None) => String::new(),

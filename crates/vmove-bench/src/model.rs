@@ -265,6 +265,10 @@ pub struct Outage {
     /// Why the TCP connection broke, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_error: Option<String>,
+    /// Segments the client's TCP retransmitted over the run (`tcpi_total_retrans`): a
+    /// segment lost, or not answered within the retransmission timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_retransmits: Option<u64>,
     /// HTTP requests answered (HTTP workload only).
     pub http_ok: u64,
     /// HTTP requests that failed.

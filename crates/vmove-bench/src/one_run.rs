@@ -174,9 +174,10 @@ async fn measure(ctx: &Ctx<'_>, cell: &CellSpec, c: Contender, g: &GuestPlan, ru
     let (in_window, lost) = stats::lost(&u.sent_at_ms, &u.echoed, u.ms(t_mig), u.ms(t_end).saturating_sub(LATE_MS));
     r.outage.udp_window_sent = in_window;
     r.outage.udp_lost = (in_window > 0).then_some(lost);
-    if let Some((t, err)) = t {
+    if let Some((t, err, retrans)) = t {
         r.outage.tcp_longest_stall_ms = (!t.at_ms.is_empty()).then(|| stats::longest_gap(&t.at_ms, t.ms(t_mig), t.ms(t_end)));
         r.outage.tcp_error = err;
+        r.outage.tcp_retransmits = retrans;
     }
     if let Some(h) = h {
         r.outage.http_ok = h.at_ms.len() as u64;

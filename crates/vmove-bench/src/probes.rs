@@ -145,7 +145,18 @@ impl UdpStream {
 /// breaks it.
 pub struct TcpEcho {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<(Arrivals, Option<String>)>,
+    handle: JoinHandle<(Arrivals, Option<String>, Option<u64>)>,
+}
+
+/// Segments the connection retransmitted in all (the kernel's `tcpi_total_retrans`).
+fn retransmits(s: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, a tcp_info buffer and its length.
+    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, std::ptr::addr_of_mut!(info).cast(), &mut len) };
+    (rc == 0).then_some(u64::from(info.tcpi_total_retrans))
 }
 
 impl TcpEcho {
@@ -195,15 +206,17 @@ impl TcpEcho {
                 a.at_ms.push(base.elapsed().as_millis() as u64);
                 std::thread::sleep(Duration::from_millis(1));
             }
-            (a, err)
+            let retrans = retransmits(&s);
+            (a, err, retrans)
         });
         Ok(TcpEcho { stop, handle })
     }
 
-    /// Stops and returns what arrived, and why the connection broke if it did.
-    pub fn stop(self) -> (Arrivals, Option<String>) {
+    /// Stops and returns what arrived, why the connection broke if it did, and how many
+    /// segments the client retransmitted.
+    pub fn stop(self) -> (Arrivals, Option<String>, Option<u64>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or_else(|_| (Arrivals::default(), Some("probe thread panicked".into())))
+        self.handle.join().unwrap_or_else(|_| (Arrivals::default(), Some("probe thread panicked".into()), None))
     }
 }
 

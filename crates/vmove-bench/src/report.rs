@@ -55,6 +55,9 @@ fn tcp(s: &Summary) -> String {
     if s.rto_runs.0 > 0 {
         why.push(format!("{} RTO", s.rto_runs.0));
     }
+    if s.retransmit_runs > 0 {
+        why.push(format!("{} retransmitted", s.retransmit_runs));
+    }
     if s.tcp_broken > 0 {
         why.push(format!("{} broke", s.tcp_broken));
     }
@@ -196,7 +199,8 @@ pub const OVERVIEW_LEGEND: &str = "*total*: from the contender's command start t
      before the guest's last frame on the source to 50 ms after its first answer on the target; the whole \
      window for the control) that never came back, and in how many runs none was lost. *UDP gap* and *TCP stall* are what the client saw; \
      \"RTO\": runs whose TCP stall exceeded the UDP gap by more than 20 ms (a retransmission timeout waited \
-     out). *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
+     out); \"retransmitted\": runs in which the client's TCP retransmitted a segment (the kernel's count); a stall \
+     beyond the UDP gap without one is the guest's echo thread starting late, not a timeout. *sent / RAM* is bytes sent over guest memory; *× limit* is total time over the physical limit. \
      \"crashed\": the guest's console shows a kernel oops or a failed memory or disk-log verification, or host2's \
      copy of its local disk lacks disk-log records written before the move; \"unreachable\": it \
      did not answer TCP echo afterwards.";

@@ -116,6 +116,8 @@ pub struct Summary {
     pub no_loss_runs: (usize, usize),
     /// Surviving runs whose TCP connection waited out a retransmission timeout, of those measured.
     pub rto_runs: (usize, usize),
+    /// Surviving runs in which the client's TCP retransmitted a segment.
+    pub retransmit_runs: usize,
     /// Predicted ÷ measured total (vmove), median.
     pub predicted_over_measured: Option<f64>,
     /// Runs whose prediction was within ±30 % of the measured total, of those with both.
@@ -177,6 +179,7 @@ pub fn summarize(runs: &[RunResult], cell: &str, contender: Contender) -> Summar
             alive.iter().filter(|r| waited_rto(r) == Some(true)).count(),
             alive.iter().filter(|r| waited_rto(r).is_some()).count(),
         ),
+        retransmit_runs: alive.iter().filter(|r| r.outage.tcp_retransmits.is_some_and(|n| n > 0)).count(),
         predicted_over_measured: med(&ok, prediction_ratio),
         predicted_within: (
             ok.iter().filter_map(|r| prediction_ratio(r)).filter(|x| (0.7..=1.3).contains(x)).count(),

@@ -163,6 +163,7 @@ fn mtls_refuses_clients_without_a_cluster_certificate() {
         Request::PeerDetachVolumes { name: "vm1".into() },
         Request::PeerUndefine { name: "vm1".into() },
         Request::PeerMigrateCancel { name: "vm1".into() },
+        Request::PeerTakeFrames { name: "vm1".into() },
         Request::PeerMigrateFinish { name: "vm1".into() },
     ];
     for req in peer_calls {

@@ -183,5 +183,59 @@ fn the_migration_stream_is_encrypted_unless_insecure_transport(store: Store) {
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
 }
 
+/// Datagrams that reach the source while the guest is paused at its switchover (its vCPUs
+/// stopped, QEMU no longer reading the tap) are carried to the target and answered there:
+/// none is lost with the source's tap. Each is answered once, from the target.
+#[test]
+fn frames_sent_during_the_switchover_are_answered_from_the_target() {
+    let lab = Lab::up("carry", 2);
+    lab.boot_guest("vm1", "host1", "192.0.2.45", 0, false);
+    let addr: std::net::SocketAddr = "192.0.2.45:7".parse().unwrap();
+    let sock = vmove_host::netns::run_in::<_, anyhow::Error>(&lab.client_ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(addr)?;
+        Ok(s)
+    })
+    .expect("a UDP socket in the client namespace");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let recv_all = |want: usize, within: Duration| {
+        let mut got = std::collections::BTreeSet::new();
+        let until = std::time::Instant::now() + within;
+        let mut buf = [0u8; 64];
+        while got.len() < want && std::time::Instant::now() < until {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    sock.send(b"before").unwrap();
+    assert_eq!(recv_all(1, Duration::from_secs(10)).into_iter().collect::<Vec<_>>(), ["before"], "the guest answers on host1");
+
+    let id = lab.ok(&["migrate", "vm1", "--to", "host2", "--pause-at-switchover", "--detach"]).trim().to_string();
+    wait_for("the job held at its switchover", Duration::from_secs(120), || {
+        let j = lab.json(&["job", "show", &id]);
+        assert_eq!(j["status"], "running", "the job ended before its switchover: {j}");
+        j["events"].as_array()?.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("paused"))).then_some(())
+    });
+    let held: Vec<String> = (0..20).map(|i| format!("held-{i:02}")).collect();
+    for h in &held {
+        sock.send(h.as_bytes()).unwrap();
+    }
+    lab.ok(&["job", "resume", &id]);
+    let out = lab.ok(&["job", "watch", &id]);
+    assert!(out.contains("Done"), "{out}");
+    assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()], "runs on host2 only");
+    let got = recv_all(held.len(), Duration::from_secs(30));
+    assert_eq!(got, held.iter().cloned().collect(), "every datagram sent during the switchover was answered");
+    let o = wait_for("the outage breakdown", Duration::from_secs(10), || {
+        let job = lab.json(&["job", "show", &id]);
+        (!job["outage"].is_null()).then(|| job["outage"].clone())
+    });
+    assert!(o["carried_frames"].as_u64().is_some_and(|n| n >= held.len() as u64), "carried: {o}");
+    // Once each: nothing more comes back.
+    assert!(recv_all(1, Duration::from_millis(500)).is_empty(), "a datagram answered twice");
+}
+
 // Every test here runs on the file store and on etcd (`file::NAME`, `etcd::NAME`).
 on_both_stores!(live_migration_keeps_the_client_connection_and_memory, live_migration_times_out_and_leaves_the_guest_on_the_source, cancel_during_the_memory_phase, the_migration_stream_is_encrypted_unless_insecure_transport);

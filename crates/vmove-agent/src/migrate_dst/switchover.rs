@@ -51,6 +51,16 @@ pub(super) async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<Strin
     if let Err(e) = q.announce_self(&AnnounceParameters::default()).await {
         notes.push(format!("announce-self failed: {e}"));
     }
+    // The frames that reached the source during the blackout, handed to the guest now: they
+    // go into its tap's queue ahead of most of what comes straight here after the announce,
+    // so that a TCP sender sees them answered in order instead of waiting out a timeout.
+    let mut carried = match cx.peer.call(&Request::PeerTakeFrames { name: name.clone() }, Duration::from_secs(2)).await {
+        Ok(v) => serde_json::from_value::<crate::migrate_src::HandedFrames>(v).map_or(0, |h| crate::frames::deliver(&cx.spec.guest, &h.carried)),
+        Err(e) => {
+            notes.push(format!("frames not handed over early: {e}"));
+            0
+        }
+    };
     let pr = progress(&last);
     let src = match cx.peer.call(&Request::PeerMigrateFinish { name: name.clone() }, Duration::from_secs(30)).await {
         Ok(v) => serde_json::from_value::<crate::migrate_src::SourceSide>(v).unwrap_or_default(),
@@ -60,8 +70,8 @@ pub(super) async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<Strin
             crate::migrate_src::SourceSide::default()
         }
     };
-    // Frames for the guest that reached the source during the blackout: hand them over.
-    let carried = crate::frames::deliver(&cx.spec.guest, &src.carried);
+    // Frames for the guest that reached the source after the early hand-over: those too.
+    carried += crate::frames::deliver(&cx.spec.guest, &src.carried);
     // Announce once more now that the source QEMU and its tap are gone: a late frame
     // flushed from the paused source could otherwise have taught the switches the old port.
     if let Err(e) = q.announce_self(&AnnounceParameters::default()).await {
