@@ -77,7 +77,11 @@ impl Api {
                 connections_accepted: agent.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
                 requests_served: agent.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
             }),
-            Request::HostInfo => ok(crate::inventory::host_info(agent).await?),
+            Request::HostInfo => {
+                let mut info = crate::inventory::host_info(agent).await?;
+                info.live_steps_ms = self.jobs.live_steps_ms();
+                ok(info)
+            }
             Request::HostDrain => self.maintenance(true).await,
             Request::HostUndrain => self.maintenance(false).await,
             // Maintenance: no new guests, and no guest starts (the host is being emptied).

@@ -85,5 +85,6 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
         console_port_range: agent.cfg.console_ports,
         guests: agent.list(),
         maintenance: agent.maintenance(),
+        live_steps_ms: None,
     })
 }

@@ -428,3 +428,117 @@ pub enum StreamLine {
     /// The final reply.
     Reply(crate::Reply),
 }
+
+/// vmove's own time around the memory phase of the last live moves among `records` (the
+/// job's total less QEMU's `total-time` and any local-volume copy), median of the last
+/// [`vmove_model::inventory::LIVE_STEPS_MOVES`] whole-plan live moves that succeeded
+/// without a test hook holding them; ms. What [`vmove_model::inventory::HostInfo::live_steps_ms`]
+/// reports.
+pub fn live_steps_ms<'a>(records: impl IntoIterator<Item = &'a JobRecord>) -> Option<u64> {
+    median_of_last(records.into_iter().filter_map(live_steps_of).collect())
+}
+
+/// One record's part of [`live_steps_ms`]: when it was created and vmove's own time, ms.
+pub fn live_steps_of(r: &JobRecord) -> Option<(u64, u64)> {
+    let counts = r.kind == JobKind::Migrate
+        && r.status == JobStatus::Succeeded
+        && r.spec.mode == Mode::Live
+        && r.spec.step.is_none()
+        && r.spec.pause_before.is_none()
+        && !r.spec.pause_at_switchover;
+    if !counts {
+        return None;
+    }
+    let s = r.events.iter().rev().find_map(|e| match &e.kind {
+        EventKind::JobEnded { summary, .. } => Some(summary),
+        _ => None,
+    })?;
+    let own = s.total_ms.checked_sub(s.migration_ms?)?.checked_sub(s.disk_copy_ms.unwrap_or(0))?;
+    Some((r.created_ms, own))
+}
+
+/// The median of the newest [`vmove_model::inventory::LIVE_STEPS_MOVES`] of `(created, ms)`
+/// (of an even count, the lower middle).
+pub fn median_of_last(mut moves: Vec<(u64, u64)>) -> Option<u64> {
+    moves.sort_unstable_by_key(|m| std::cmp::Reverse(m.0));
+    let mut last: Vec<u64> = moves.into_iter().take(vmove_model::inventory::LIVE_STEPS_MOVES).map(|m| m.1).collect();
+    last.sort_unstable();
+    last.get(last.len().checked_sub(1)? / 2).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live_move(created_ms: u64, status: JobStatus, total_ms: u64, migration_ms: Option<u64>, disk_copy_ms: Option<u64>) -> JobRecord {
+        let guest = GuestSpec {
+            name: "g".into(),
+            host: "host1".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            cpu_model: "qemu64".into(),
+            boot: vmove_model::BootSource::Lab { dirty_mb_s: 0, wss_mib: 64, disk_mb_s: 0 },
+            desired: Default::default(),
+            nics: vec![],
+            disks: vec![],
+            console_port: None,
+            group: None,
+        };
+        let spec = JobSpec {
+            guest,
+            mode: Mode::Live,
+            source: PeerHost { name: "host1".into(), address: "198.51.100.2:7450".into() },
+            target: "host2".into(),
+            step: None,
+            params: MigrationParams::default(),
+            inject_fault: None,
+            pause_before: None,
+            pause_at_switchover: false,
+            max_incoming: None,
+            dirty_rate_bytes_per_s: None,
+            link_bytes_per_s: None,
+            convergence_check: ConvergenceCheck::default(),
+        };
+        let summary = Summary { total_ms, migration_ms, disk_copy_ms, ..Default::default() };
+        JobRecord {
+            version: 1,
+            id: format!("host2-{created_ms}"),
+            kind: JobKind::Migrate,
+            spec,
+            status,
+            steps: vec![],
+            created_ms,
+            ended_ms: Some(created_ms + total_ms),
+            error: None,
+            events: vec![JobEvent { seq: 0, at_ms: created_ms + total_ms, kind: EventKind::JobEnded { status, error: None, summary } }],
+            guest_host: None,
+            outage: None,
+        }
+    }
+
+    #[test]
+    fn live_steps_are_the_median_of_the_last_live_moves_less_their_memory_phase() {
+        assert_eq!(live_steps_ms(&[]), None, "no move yet");
+        let mut r = vec![
+            live_move(1, JobStatus::Succeeded, 9_000, Some(1_000), None), // the oldest: left out (6 moves)
+            live_move(2, JobStatus::Succeeded, 1_500, Some(1_000), None), // 500
+            live_move(3, JobStatus::Succeeded, 1_700, Some(1_000), None), // 700
+            live_move(4, JobStatus::Succeeded, 5_600, Some(1_000), Some(4_000)), // 600: the disk copy is not the steps'
+            live_move(5, JobStatus::Succeeded, 1_400, Some(1_000), None), // 400
+            live_move(6, JobStatus::Succeeded, 1_900, Some(1_000), None), // 900
+            live_move(7, JobStatus::Failed, 60_000, Some(1_000), None),   // failed: left out
+            live_move(8, JobStatus::Succeeded, 800, None, None),          // no memory phase: left out
+            live_move(9, JobStatus::Succeeded, 900, Some(1_000), None),   // a clock that went back: left out
+        ];
+        assert_eq!(live_steps_ms(&r), Some(600));
+        let mut held = live_move(10, JobStatus::Succeeded, 30_000, Some(1_000), None);
+        held.spec.pause_at_switchover = true;
+        let mut step = live_move(11, JobStatus::Succeeded, 30_000, Some(1_000), None);
+        step.spec.step = Some(Step::MigrateGuest);
+        let mut offline = live_move(12, JobStatus::Succeeded, 30_000, Some(1_000), None);
+        offline.spec.mode = Mode::Offline;
+        r.extend([held, step, offline]);
+        assert_eq!(live_steps_ms(&r), Some(600), "held, single-step and offline moves do not count");
+        assert_eq!(live_steps_ms(&r[1..3]), Some(500), "of two, the lower");
+    }
+}

@@ -194,5 +194,18 @@ pub struct HostInfo {
     /// In maintenance since when, if it is (an agent older than this field reports none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// vmove's own time around the memory phase of the last live moves into this host (the
+    /// job's total less QEMU's `total-time`: setup, target start, switchover, the source's
+    /// end), median of up to [`LIVE_STEPS_MOVES`], ms. The prediction adds it to its model
+    /// of the memory phase. None before the first such move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_steps_ms: Option<u64>,
 }
+
+/// How many of a host's last live moves in give [`HostInfo::live_steps_ms`].
+pub const LIVE_STEPS_MOVES: usize = 5;
+
+/// At most this much of vmove's own time is taken from a peer's inventory, ms (a larger
+/// figure is not a measurement of the steps).
+pub const LIVE_STEPS_MAX_MS: u64 = 600_000;
 

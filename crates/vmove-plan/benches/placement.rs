@@ -115,6 +115,7 @@ fn host_info(i: usize, rng: &mut Rng) -> HostInfo {
         console_port_range: (5900, 5999),
         guests: vec![],
         maintenance: None,
+        live_steps_ms: None,
     }
 }
 

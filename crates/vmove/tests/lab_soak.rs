@@ -74,6 +74,16 @@ fn soak(tag: &str, moves: usize) -> Vec<Move> {
     });
     console_clean(&lab, "at the end");
     lab.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(30));
+    // host2 has taken live moves: its inventory reports vmove's own time around their
+    // memory phase, and the next move's prediction adds it.
+    let steps = lab.json(&["host", "show", "host2"])["live_steps_ms"].as_u64().expect("host2 reports live_steps_ms");
+    let slowest = done.iter().step_by(2).map(|m| m.command_ms).max().unwrap_or(0);
+    assert!(steps > 0 && steps < slowest, "{steps} ms of vmove's steps, moves into host2 took up to {slowest} ms");
+    if lab.cluster_host("vm1") == "host1" {
+        let f = lab.json(&["migrate", "vm1", "--to", "host2", "--precheck"]);
+        let conv = f["findings"].as_array().and_then(|a| a.iter().find(|x| x["id"] == "predicted-convergence")).map(|x| x["reason"].to_string());
+        assert!(conv.as_deref().is_some_and(|r| r.contains("vmove's steps")), "{f}");
+    }
     done
 }
 

@@ -102,6 +102,12 @@ impl Jobs {
         v
     }
 
+    /// vmove's own time around the memory phase of the last live moves into this host
+    /// ([`vmove_api::live_steps_ms`]).
+    pub fn live_steps_ms(&self) -> Option<u64> {
+        vmove_api::median_of_last(self.cells().values().filter_map(|c| vmove_api::live_steps_of(&c.lock())).collect())
+    }
+
     /// The running job of a guest, if any.
     pub fn running_for(&self, guest: &str) -> Option<String> {
         self.cells().values().find_map(|c| {

@@ -65,7 +65,7 @@ pub(crate) fn sample_dirty_rate_early(jobs: &Jobs, cell: &JobCell) {
 async fn convergence_check(cx: &StepCx<'_>, features: Features, dirty: Option<u64>) -> Result<()> {
     let agent = cx.agent();
     let g = &cx.spec.guest;
-    let outcome = vmove_plan::convergence_outcome(g, &cx.spec.params, features, dirty, cx.spec.link_bytes_per_s, 0);
+    let outcome = vmove_plan::convergence_outcome(g, &cx.spec.params, features, dirty, cx.spec.link_bytes_per_s, 0, cx.jobs.live_steps_ms());
     let message = match outcome {
         Ok((verdict, reason)) => format!("precheck predicted-convergence: {}: {reason}", verdict.as_str()),
         Err(reason) if cx.spec.convergence_check == ConvergenceCheck::InJobIgnored => {

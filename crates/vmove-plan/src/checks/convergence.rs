@@ -28,23 +28,40 @@ fn features(c: &Ctx) -> Features {
     }
 }
 
-/// `about 38s in 17 passes`.
-fn took(p: &Prediction) -> String {
+/// A predicted time: tenths of a second below 10 s (`1.7s`), whole seconds above (`38s`, `1m40s`).
+fn about(ms: u64) -> String {
+    let tenths = ms.saturating_add(50) / 100;
+    if tenths < 100 {
+        format!("{}.{}s", tenths / 10, tenths % 10)
+    } else {
+        fmt_secs(ms.div_ceil(1000))
+    }
+}
+
+/// `about 38s in 17 passes`, or with vmove's own steps measured on the target
+/// `about 1.7s in 1 pass (memory 1.2s, vmove's steps 0.5s)`.
+fn took(p: &Prediction, steps_ms: Option<u64>) -> String {
     let passes = if p.passes == 1 { "1 pass".to_string() } else { format!("{} passes", p.passes) };
-    format!("about {} in {passes}", fmt_secs(p.total_ms.div_ceil(1000)))
+    match steps_ms {
+        Some(s) => format!("about {} in {passes} (memory {}, vmove's steps {})", about(p.total_ms.saturating_add(s)), about(p.total_ms), about(s)),
+        None => format!("about {} in {passes}", about(p.total_ms)),
+    }
 }
 
 pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let g = c.guest()?;
     let disk = super::storage::copy_bytes(c);
-    convergence_outcome(g, &c.req.params, features(c), c.input.dirty_rate_bytes_per_s, c.input.link_bytes_per_s, disk)
+    let steps = c.target().ok().and_then(|h| h.live_steps_ms).filter(|&ms| ms <= vmove_model::inventory::LIVE_STEPS_MAX_MS);
+    convergence_outcome(g, &c.req.params, features(c), c.input.dirty_rate_bytes_per_s, c.input.link_bytes_per_s, disk, steps)
 }
 
 /// The `predicted-convergence` check from its figures: the guest, the move's parameters,
 /// what both QEMUs can, the measured dirty rate and link (bytes/s), and the bytes of local
 /// volumes to copy first. The agent that runs a live move decides the check with it when
 /// the operator's command left the dirty rate to the job (measured while the target's
-/// QEMU starts). `Err`: the check fails, with the reason.
+/// QEMU starts). `steps_ms`: vmove's own time around the memory phase, as measured on the
+/// target's last live moves ([`HostInfo::live_steps_ms`]), added to the predicted total.
+/// `Err`: the check fails, with the reason.
 pub fn convergence_outcome(
     g: &GuestSpec,
     params: &MigrationParams,
@@ -52,6 +69,7 @@ pub fn convergence_outcome(
     dirty: Option<u64>,
     link: Option<u64>,
     disk: u64,
+    steps_ms: Option<u64>,
 ) -> Result<(Verdict, String), String> {
     let link = match (params.bandwidth_bytes_per_s, link) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -96,7 +114,7 @@ pub fn convergence_outcome(
         match p.suggestion {
             Some(s) => {
                 let alt = predict(&w, b, &ConvergePolicy { converge: s, allow_postcopy: true, ..policy });
-                msg.push_str(&format!("; converge={s} would ({}", took(&alt)));
+                msg.push_str(&format!("; converge={s} would ({}", took(&alt, steps_ms)));
                 if let Some(Rung::AutoConverge { .. }) = alt.rung_needed {
                     msg.push_str(&format!(", the guest throttled to {} %", alt.throttle_pct));
                 }
@@ -115,7 +133,7 @@ pub fn convergence_outcome(
             Verdict::Pass,
             format!(
                 "{} to copy {what}, {downtime} (limit {limit_ms} ms), within the timeout of {timeout}{}",
-                took(&p),
+                took(&p, steps_ms),
                 if cv == Converge::None { String::new() } else { format!("; converge={cv}") }
             ),
         ),
@@ -124,19 +142,19 @@ pub fn convergence_outcome(
             format!(
                 "converges only by throttling the guest (auto-converge to {} %): {} to copy {what}, {downtime}",
                 p.throttle_pct,
-                took(&p)
+                took(&p, steps_ms)
             ),
         ),
         Some(Rung::DirtyLimit { mb_per_s }) => (
             Verdict::Warn,
-            format!("converges only by limiting each vCPU to {mb_per_s} MB/s: {} to copy {what}, {downtime}", took(&p)),
+            format!("converges only by limiting each vCPU to {mb_per_s} MB/s: {} to copy {what}, {downtime}", took(&p, steps_ms)),
         ),
         Some(Rung::Postcopy) | None => (
             Verdict::Warn,
             format!(
                 "converges only in post-copy, after {} of pre-copy: about {} to copy {what}; the guest is lost if either host fails during post-copy",
                 if p.passes == 1 { "1 pass".to_string() } else { format!("{} passes", p.passes) },
-                fmt_secs(p.total_ms.div_ceil(1000))
+                about(p.total_ms.saturating_add(steps_ms.unwrap_or(0)))
             ),
         ),
     };
@@ -145,7 +163,7 @@ pub fn convergence_outcome(
     let all = if disk > 0 {
         format!(
             "; in all about {} for {} of disk and {} MiB of memory",
-            fmt_secs(disk_secs.saturating_add(p.total_ms.div_ceil(1000))),
+            fmt_secs(disk_secs.saturating_add(p.total_ms.saturating_add(steps_ms.unwrap_or(0)).div_ceil(1000))),
             super::storage::mib(disk),
             g.memory_mib
         )

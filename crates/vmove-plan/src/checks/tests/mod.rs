@@ -169,6 +169,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         console_port_range: (5900, 5999),
         guests: vec![],
         maintenance: None,
+        live_steps_ms: None,
     }
 }
 

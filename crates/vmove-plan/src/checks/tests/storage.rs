@@ -159,7 +159,7 @@ mod predicted_convergence_with_disks {
             f(
                 ID,
                 Verdict::Pass,
-                "about 6s in 3 passes to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime \
+                "about 5.9s in 3 passes to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime \
                  about 26 ms (limit 50 ms), within the timeout of 10m; converge=auto; before the \
                  memory, 256 MiB of local volumes at 100 MB/s (about 3s); in all about 9s for \
                  256 MiB of disk and 512 MiB of memory"
