@@ -63,7 +63,7 @@ cannot replace them mid-run), then the one command:
 
 It prints the goals (vmove's figures as ratios against the other contenders of the same run),
 writes report.md, report.json, section.md and plots into --out, and puts the dated section
-(\"## Migration benchmark (issue 14): DATE (QEMU x.y.z)\") into docs/benchmarks.md.
+(\"## Migration benchmark (issue 14): DATE HH:MM (QEMU x.y.z)\") into docs/benchmarks.md.
 
 Defaults: contenders vmove, qemu, virsh, virsh-best, control (virsh-tunnelled and
 virsh-copy-storage on request); 512 and 2048 MiB guests; idle, http-20 and 2x-link (local-disk
@@ -127,7 +127,8 @@ struct RunArgs {
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
     /// Also put the dated report section (goals as ratios, figures) into this Markdown
-    /// file, docs/benchmarks.md: before the older reports, or in place of the same day's.
+    /// file, docs/benchmarks.md: before the older reports, or in place of a section with the
+    /// same heading (the same start, to the minute).
     #[arg(long)]
     docs: Option<PathBuf>,
     /// Lab directory (built at the start, taken down at the end).

@@ -15,11 +15,16 @@ pub(crate) fn qemu_short(v: &str) -> String {
     }
 }
 
-/// The section's heading: `## Migration benchmark (issue 14): 2026-12-01 (QEMU 10.0.2)`,
-/// with `, quick check` for a quick run; issue 17's when every cell has a local disk (so
-/// that its section never replaces the same day's issue-14 one), both when some do.
+/// The section's heading: `## Migration benchmark (issue 14): 2026-12-01 17:40 (QEMU 10.0.2)`
+/// (the run's start, so that a second run on one day gets a section of its own), with
+/// `, quick check` for a quick run; issue 17's when every cell has a local disk, both when
+/// some do.
 pub fn heading(r: &Report) -> String {
-    let date = r.started.get(..10).unwrap_or("undated");
+    let date = match (r.started.get(..10), hhmm(&r.started)) {
+        (Some(d), t) if !t.is_empty() => format!("{d} {t}"),
+        (Some(d), _) => d.to_string(),
+        (None, _) => "undated".into(),
+    };
     let mut what = qemu_short(&r.machine.qemu);
     if r.settings.quick {
         what.push_str(", quick check");
@@ -212,9 +217,9 @@ mod tests {
     #[test]
     fn dated_section_with_goals() {
         let r = report();
-        assert_eq!(heading(&r), "## Migration benchmark (issue 14): 2026-12-01 (QEMU 10.0.2)");
+        assert_eq!(heading(&r), "## Migration benchmark (issue 14): 2026-12-01 17:40 (QEMU 10.0.2)");
         let md = markdown(&r);
-        assert!(md.starts_with("## Migration benchmark (issue 14): 2026-12-01 (QEMU 10.0.2)\n"), "{md}");
+        assert!(md.starts_with("## Migration benchmark (issue 14): 2026-12-01 17:40 (QEMU 10.0.2)\n"), "{md}");
         assert!(md.contains("from 17:40 UTC (2 min)"), "{md}");
         assert!(md.contains("### Goals"), "{md}");
         assert!(md.contains("| total ≤ 1.1× QEMU by hand's (idle and HTTP cells) | 512M-idle | 1.50 s"), "{md}");
@@ -226,9 +231,14 @@ mod tests {
         assert!(heading(&q).ends_with("(QEMU 10.0.2, quick check)"));
         let mut l = r.clone();
         l.cells = vec![CellSpec::raw(512, Workload::LocalDisk, 0, 1e9).with_disk(2048, 5)];
-        assert_eq!(heading(&l), "## Migration benchmark (issue 17, local disk): 2026-12-01 (QEMU 10.0.2)");
+        assert_eq!(heading(&l), "## Migration benchmark (issue 17, local disk): 2026-12-01 17:40 (QEMU 10.0.2)");
         l.cells.push(CellSpec::raw(512, Workload::Idle, 0, 1e9));
-        assert_eq!(heading(&l), "## Migration benchmark (issues 14 and 17): 2026-12-01 (QEMU 10.0.2)");
+        assert_eq!(heading(&l), "## Migration benchmark (issues 14 and 17): 2026-12-01 17:40 (QEMU 10.0.2)");
+        // A second run of the same day gets its own section: it keeps the first.
+        let mut later = r.clone();
+        later.started = "2026-12-01T21:05:00Z".into();
+        let doc = insert(&insert("# B\n", &markdown(&r)), &markdown(&later));
+        assert!(doc.contains("2026-12-01 17:40") && doc.find("2026-12-01 21:05") < doc.find("2026-12-01 17:40"), "{doc}");
     }
 
     #[test]
