@@ -471,34 +471,7 @@ mod tests {
     use super::*;
 
     fn live_move(created_ms: u64, status: JobStatus, total_ms: u64, migration_ms: Option<u64>, disk_copy_ms: Option<u64>) -> JobRecord {
-        let guest = GuestSpec {
-            name: "g".into(),
-            host: "host1".into(),
-            vcpus: 1,
-            memory_mib: 512,
-            cpu_model: "qemu64".into(),
-            boot: vmove_model::BootSource::Lab { dirty_mb_s: 0, wss_mib: 64, disk_mb_s: 0 },
-            desired: Default::default(),
-            nics: vec![],
-            disks: vec![],
-            console_port: None,
-            group: None,
-        };
-        let spec = JobSpec {
-            guest,
-            mode: Mode::Live,
-            source: PeerHost { name: "host1".into(), address: "198.51.100.2:7450".into() },
-            target: "host2".into(),
-            step: None,
-            params: MigrationParams::default(),
-            inject_fault: None,
-            pause_before: None,
-            pause_at_switchover: false,
-            max_incoming: None,
-            dirty_rate_bytes_per_s: None,
-            link_bytes_per_s: None,
-            convergence_check: ConvergenceCheck::default(),
-        };
+        let spec = crate::fixtures::job();
         let summary = Summary { total_ms, migration_ms, disk_copy_ms, ..Default::default() };
         JobRecord {
             version: 1,

@@ -36,6 +36,8 @@ pub mod pki;
 mod storage;
 pub mod tls;
 mod validate;
+#[cfg(test)]
+mod fixtures;
 mod replies;
 mod wire;
 
