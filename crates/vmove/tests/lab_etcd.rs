@@ -156,47 +156,6 @@ fn etcd_two_clis_racing_for_one_guest() {
     assert_eq!(lab.json(&["cluster", "members"]).as_array().unwrap().len(), 3);
 }
 
-/// The lab's etcd members: (client URL, namespace), as `lab up` recorded them.
-fn etcd_members(lab: &Lab) -> Vec<(String, String)> {
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let strs = |k: &str| -> Vec<String> { info[k].as_array().unwrap().iter().filter_map(|u| u.as_str().map(String::from)).collect() };
-    strs("etcd_endpoints").into_iter().zip(strs("etcd_namespaces")).collect()
-}
-
-/// `etcdctl endpoint status` of every member, with the operator's certificate: (endpoint,
-/// the member's leader, its own ID) of those that answered.
-fn etcd_status(lab: &Lab) -> Vec<(String, u64, u64)> {
-    let urls: Vec<String> = etcd_members(lab).into_iter().map(|(u, _)| u).collect();
-    let pki = lab.dir.join("pki");
-    let Ok(o) = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", urls.join(",")))
-        .arg(format!("--cacert={}", pki.join("ca.pem").display()))
-        .arg(format!("--cert={}", pki.join("operator.pem").display()))
-        .arg(format!("--key={}", pki.join("operator.key").display()))
-        .args(["--command-timeout=3s", "endpoint", "status", "-w", "json"])
-        .output()
-    else {
-        return vec![];
-    };
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            let st = &m["Status"];
-            Some((m["Endpoint"].as_str()?.to_string(), st["leader"].as_u64().unwrap_or(0), st["header"]["member_id"].as_u64()?))
-        })
-        .collect()
-}
-
-/// The client URL of the etcd member that leads.
-fn etcd_leader(lab: &Lab) -> String {
-    wait_for("an etcd leader", Duration::from_secs(30), || {
-        etcd_status(lab).into_iter().find_map(|(url, leader, me)| (leader == me).then_some(url))
-    })
-}
-
 /// One etcd member (the leader) killed while a live migration is held at its switchover:
 /// the other two elect a new leader, the agents' clients move to them, and the migration
 /// completes; no agent's lease lapses and no guest is fenced on the way.
@@ -210,12 +169,7 @@ fn etcd_member_killed_mid_migration() {
         assert_eq!(j["status"], "running", "the job ended before its switchover: {j}");
         j["events"].as_array()?.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("paused"))).then_some(())
     });
-    let leader = etcd_leader(&lab);
-    let (_, ns) = etcd_members(&lab).into_iter().find(|(u, _)| *u == leader).expect("the leader is a lab member");
-    let pids = Command::new("ip").args(["netns", "pids", &ns]).output().expect("ip netns pids");
-    let pids: Vec<u32> = String::from_utf8_lossy(&pids.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    assert!(!pids.is_empty(), "no etcd in {ns}");
-    pids.into_iter().for_each(vmove_host::proc::kill9);
+    let leader = common::etcd::kill_leader(&lab).url;
     let killed = Instant::now();
     // The CLI's own calls may find etcd electing a new leader for a moment (its call then
     // fails as unreachable): what is tested is the migration and the agents' leases, so
@@ -306,13 +260,7 @@ impl RunSampler {
 fn etcd_fenced_host_pauses_then_its_guest_is_evacuated() {
     let lab = Lab::up_etcd("etcdfence", 2, 3);
     lab.boot_guest("vm1", "host1", "192.0.2.63", BUSY_MB_S, true);
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let etcd_ips: Vec<String> = info["etcd_endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|u| u.as_str()?.strip_prefix("https://")?.split(':').next().map(String::from))
-        .collect();
+    let etcd_ips = common::etcd::ips(&lab);
     assert_eq!(etcd_ips.len(), 3);
     let ns = lab.host_ns("host1");
     let before = last_disk_ok(&lab.log("vm1")).unwrap_or(0);
@@ -377,11 +325,11 @@ fn etcd_fenced_host_pauses_then_its_guest_is_evacuated() {
 fn etcd_quorum_lost_guests_run_on_and_nothing_is_lost() {
     let lab = Lab::up_etcd("etcdquorum", 2, 3);
     lab.boot_guest("vm1", "host1", "192.0.2.65", BUSY_MB_S, true);
-    let members = etcd_members(&lab);
+    let members = common::etcd::members(&lab);
     let serial = lab.dir.join("hosts/host1/run/vm1/serial.log");
     let records = || last_disk_ok(&std::fs::read_to_string(&serial).unwrap_or_default()).unwrap_or(0);
     wait_for("the guest's disk log", Duration::from_secs(60), || (records() > 0).then_some(()));
-    etcd_leader(&lab);
+    common::etcd::leader(&lab);
 
     let rules = |op: &str| {
         for (_, ns) in &members {
@@ -392,7 +340,7 @@ fn etcd_quorum_lost_guests_run_on_and_nothing_is_lost() {
     rules("-A");
     let cut = Instant::now();
     wait_for("every etcd member without a leader", Duration::from_secs(30), || {
-        let st = etcd_status(&lab);
+        let st = common::etcd::status(&lab);
         (st.len() == 3 && st.iter().all(|(_, leader, _)| *leader == 0)).then_some(())
     });
     eprintln!("no etcd leader {:?} after the members lost each other", cut.elapsed());
@@ -421,7 +369,7 @@ fn etcd_quorum_lost_guests_run_on_and_nothing_is_lost() {
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host1".to_string()]);
 
     rules("-D");
-    etcd_leader(&lab);
+    common::etcd::leader(&lab);
     let members_now = lab.json(&["cluster", "members"]);
     let hosts: Vec<&str> = members_now.as_array().unwrap().iter().filter_map(|m| m["host"].as_str()).collect();
     assert_eq!(hosts, ["host1", "host2"], "both leases lived through the outage: {members_now}");

@@ -77,7 +77,18 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
         }
         if p.q.is_closed() {
             if postcopy {
-                fail!(PastNoReturn, "the target QEMU exited during post-copy: the guest is lost (the source QEMU is kept for inspection)");
+                // The source's memory is older than what the guest wrote to its disks
+                // while it ran here: it must never run again. End it too.
+                let stop = Request::PeerStopGuest { name: name.clone(), force: true, timeout_s: 15, job: Some(cx.claim()) };
+                let ended = match cx.peer.call(&stop, PEER_TIMEOUT).await {
+                    Ok(_) => format!("the source's out-of-date QEMU was ended on {}", cx.spec.source.name),
+                    Err(e) => format!("ending the source's out-of-date QEMU on {} failed ({e}): end it before starting the guest", cx.spec.source.name),
+                };
+                fail!(
+                    PastNoReturn,
+                    "the target QEMU exited during post-copy: the guest is lost, its memory was split between the hosts; {ended}; its disks are intact: {}",
+                    lost_hint(cx)
+                );
             }
             fail!(Qemu, "the target QEMU exited during the migration");
         }
@@ -102,6 +113,27 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
                 Some(info)
             }
             Err(e) if e.code == ErrorCode::StateWrite => return Err(e),
+            // In post-copy the source answers that it has no QEMU of the guest: the other
+            // half of its memory died with it (the guest is lost), unless the migration
+            // completed just before.
+            Err(e) if postcopy && source_qemu_gone(e.code) => {
+                if let Ok(Ok(t)) = tokio::time::timeout(TARGET_QUERY_TIMEOUT, p.q.query_migrate()).await {
+                    if t.status == Some(MigrationStatus::Completed) {
+                        return Ok(completed(p, last_source));
+                    }
+                }
+                // A target that waits on pages that will never come cannot run: end it.
+                let ended = match agent.stop(&name, true, Duration::from_secs(15)).await {
+                    Ok(_) => format!("the target's QEMU was ended on {}", agent.cfg.name),
+                    Err(err) => format!("ending the target's QEMU on {} failed ({err})", agent.cfg.name),
+                };
+                fail!(
+                    PastNoReturn,
+                    "the source QEMU exited during post-copy ({}): the guest is lost, its memory was split between the hosts; {ended}; its disks are intact: {}",
+                    e.message,
+                    lost_hint(cx)
+                );
+            }
             Err(e) => {
                 misses = misses.saturating_add(1);
                 if misses == 1 {
@@ -194,6 +226,21 @@ pub(super) async fn follow(cx: &StepCx<'_>, mut p: Prepared) -> Result<Completed
         })
         .await;
     }
+}
+
+/// Whether a source's refusal says that it has no QEMU of the guest (any more).
+fn source_qemu_gone(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::WrongState | ErrorCode::NotFound)
+}
+
+/// What the operator does after a guest was lost in post-copy.
+fn lost_hint(cx: &StepCx<'_>) -> String {
+    format!(
+        "run `vmove job recover {}` (the guest goes back to {}, stopped), then `vmove guest start {}` boots it",
+        cx.cell.id(),
+        cx.spec.source.name,
+        cx.guest()
+    )
 }
 
 fn completed(p: Prepared, last: MigrationInfo) -> Completed {

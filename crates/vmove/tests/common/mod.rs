@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod etcd;
+pub mod faults;
 pub mod loopback;
 
 /// How fast busy test guests dirty memory, MB/s (over their 128 MiB working set). QEMU 10
@@ -286,6 +288,11 @@ impl Lab {
     /// Creates and starts a lab-image guest with a NIC (and a data disk) and waits until it
     /// answers TCP echo and verifies its memory (and disk).
     pub fn boot_guest(&self, name: &str, host: &str, ip: &str, dirty: u32, disk: bool) {
+        self.boot_guest_with(name, host, ip, dirty, disk, &[]);
+    }
+
+    /// [`Lab::boot_guest`] with more `guest create` arguments (`--memory 256M`, ...).
+    pub fn boot_guest_with(&self, name: &str, host: &str, ip: &str, dirty: u32, disk: bool, more: &[&str]) {
         let nic = format!("lab-net,ip={ip}/24");
         let vol = format!("shared/{name}-data.img:32M");
         let dirty = dirty.to_string();
@@ -293,6 +300,7 @@ impl Lab {
         if disk {
             args.extend(["--disk", &vol]);
         }
+        args.extend(more);
         self.ok(&args);
         self.wait_tcp_echo(&format!("{ip}:7"), Duration::from_secs(120));
         self.wait_log(name, "VERIFY OK", Duration::from_secs(60), |l| l.contains("VERIFY OK") && (!disk || l.contains("DISK OK")));
