@@ -213,6 +213,12 @@ async fn finish(jobs: &Jobs, cell: &JobCell, m: &JobMachine, mut summary: Summar
     match m.guest_side() {
         Some(Side::Target) => cell.lock().guest_host = Some(spec.target.clone()),
         Some(Side::Source) => cell.lock().guest_host = Some(spec.source.name.clone()),
+        // A forward recovery that succeeded finished the move (the job it recovers ran
+        // MIGRATE_GUEST): the guest is on the target, and the record says so, so that the
+        // CLI's cluster file (and a drain's) follows it.
+        None if m.direction() == Direction::RecoverForward && status == JobStatus::Succeeded => {
+            cell.lock().guest_host = Some(spec.target.clone())
+        }
         None => {}
     }
     summary.total_ms = crate::now_ms().saturating_sub(cell.lock().created_ms);

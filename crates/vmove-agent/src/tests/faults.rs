@@ -97,6 +97,9 @@ async fn a_failure_in_every_offline_step_then_recover_back_or_forward() {
         let past = plan.iter().position(|s| *s == step) > plan.iter().position(|s| *s == Step::MigrateGuest);
         let at = one_copy(&c, "vm1").await;
         assert_eq!(at, if past { "host2" } else { "host1" }, "failed at {step}");
+        // The recovery's record says where the guest is (the CLI updates the cluster file
+        // from it): forward as well as back.
+        assert_eq!(rr.guest_host.as_deref(), Some(at.as_str()), "the recovery of a failure at {step}");
     }
 }
 
