@@ -108,11 +108,14 @@ impl Killed {
     }
 }
 
-/// A volume's lease as kept in etcd (`leases/<pool>/<volume>` under the lab's namespace):
+/// A volume's lease as kept in etcd (`kv/leases/<pool>/<volume>` under the lab's namespace):
 /// the record's data.
 pub fn lease(lab: &Lab, pool: &str, volume: &str) -> Option<Value> {
-    let key = format!("/vmove/{}/leases/{pool}/{volume}", lab.name);
+    let key = format!("/vmove/{}/kv/leases/{pool}/{volume}", lab.name);
     let out = etcdctl(lab, &["get", &key, "--print-value-only"])?;
-    let v: Value = serde_json::from_slice(&out).ok()?;
+    // A record: a header line (`vmove-store 1 revision=... crc32=...`), then its JSON.
+    let text = String::from_utf8(out).ok()?;
+    let body = if text.starts_with('{') { text.as_str() } else { text.split_once('\n')?.1 };
+    let v: Value = serde_json::from_str(body.trim()).ok()?;
     Some(if v.get("data").is_some() { v["data"].clone() } else { v })
 }
