@@ -80,6 +80,7 @@ impl Api {
             Request::HostInfo => {
                 let mut info = crate::inventory::host_info(agent).await?;
                 info.live_steps_ms = self.jobs.live_steps_ms();
+                info.memory_model_pct = self.jobs.memory_model_pct();
                 ok(info)
             }
             Request::HostDrain => self.maintenance(true).await,

@@ -86,5 +86,6 @@ pub async fn host_info(agent: &Agent) -> Result<HostInfo> {
         guests: agent.list(),
         maintenance: agent.maintenance(),
         live_steps_ms: None,
+        memory_model_pct: None,
     })
 }

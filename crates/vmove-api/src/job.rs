@@ -227,6 +227,10 @@ pub struct Summary {
     /// or the copy was complete (OFFLINE), ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_copy_ms: Option<u64>,
+    /// What the model predicted for QEMU's memory phase when the move began (the target's
+    /// own prediction, with the dirty rate it sampled), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_memory_ms: Option<u64>,
 }
 
 /// Something that happened in a job.
@@ -449,12 +453,33 @@ pub fn live_steps_of(r: &JobRecord) -> Option<(u64, u64)> {
     if !counts {
         return None;
     }
-    let s = r.events.iter().rev().find_map(|e| match &e.kind {
-        EventKind::JobEnded { summary, .. } => Some(summary),
-        _ => None,
-    })?;
+    let s = ended_summary(r)?;
     let own = s.total_ms.checked_sub(s.migration_ms?)?.checked_sub(s.disk_copy_ms.unwrap_or(0))?;
     Some((r.created_ms, own))
+}
+
+/// QEMU's memory phase against the model's prediction for it, percent, median of the last
+/// [`vmove_model::inventory::LIVE_STEPS_MOVES`] live moves among `records` that count for
+/// [`live_steps_ms`] and carry a prediction. What
+/// [`vmove_model::inventory::HostInfo::memory_model_pct`] reports.
+pub fn memory_model_pct<'a>(records: impl IntoIterator<Item = &'a JobRecord>) -> Option<u32> {
+    median_of_last(records.into_iter().filter_map(memory_model_of).collect()).and_then(|p| u32::try_from(p).ok())
+}
+
+/// One record's part of [`memory_model_pct`]: when it was created and measured ÷ predicted, %.
+pub fn memory_model_of(r: &JobRecord) -> Option<(u64, u64)> {
+    live_steps_of(r)?;
+    let s = ended_summary(r)?;
+    let predicted = s.predicted_memory_ms.filter(|&p| p > 0)?;
+    let pct = u128::from(s.migration_ms?).checked_mul(100)?.checked_div(u128::from(predicted))?;
+    Some((r.created_ms, u64::try_from(pct).ok()?))
+}
+
+fn ended_summary(r: &JobRecord) -> Option<&Summary> {
+    r.events.iter().rev().find_map(|e| match &e.kind {
+        EventKind::JobEnded { summary, .. } => Some(summary),
+        _ => None,
+    })
 }
 
 /// The median of the newest [`vmove_model::inventory::LIVE_STEPS_MOVES`] of `(created, ms)`
@@ -513,5 +538,36 @@ mod tests {
         r.extend([held, step, offline]);
         assert_eq!(live_steps_ms(&r), Some(600), "held, single-step and offline moves do not count");
         assert_eq!(live_steps_ms(&r[1..3]), Some(500), "of two, the lower");
+    }
+
+    /// A live move whose QEMU memory phase took `measured_ms` against a model's `model_ms`.
+    fn modelled(created_ms: u64, measured_ms: u64, model_ms: Option<u64>) -> JobRecord {
+        let mut r = live_move(created_ms, JobStatus::Succeeded, measured_ms + 500, Some(measured_ms), None);
+        if let Some(EventKind::JobEnded { summary, .. }) = r.events.last_mut().map(|e| &mut e.kind) {
+            summary.predicted_memory_ms = model_ms;
+        }
+        r
+    }
+
+    #[test]
+    fn the_memory_model_is_calibrated_by_the_median_of_the_last_moves() {
+        assert_eq!(memory_model_pct(&[]), None, "no move yet");
+        let mut r = vec![
+            modelled(1, 5_000, Some(1_000)), // the oldest of six: left out
+            modelled(2, 1_300, Some(1_000)), // 130 %
+            modelled(3, 1_400, Some(1_000)), // 140 %
+            modelled(4, 700, Some(500)),     // 140 %
+            modelled(5, 1_500, Some(1_000)), // 150 %
+            modelled(6, 1_800, Some(1_000)), // 180 %
+            modelled(7, 1_000, None),        // no prediction recorded (an older agent): left out
+            modelled(8, 1_000, Some(0)),     // a model of nothing: left out
+        ];
+        assert_eq!(memory_model_pct(&r), Some(140));
+        let mut failed = modelled(9, 60_000, Some(1_000));
+        failed.status = JobStatus::Failed;
+        r.push(failed);
+        assert_eq!(memory_model_pct(&r), Some(140), "a failed move does not count");
+        // Figures from a record are never an overflow.
+        assert_eq!(memory_model_of(&modelled(10, u64::MAX - 1_000, Some(1))), None);
     }
 }

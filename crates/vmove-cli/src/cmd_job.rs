@@ -385,6 +385,7 @@ mod tests {
             passes: Some(3),
             disk_bytes: Some(256 << 20),
             disk_copy_ms: Some(2100),
+            predicted_memory_ms: Some(700),
         };
         let end = EventKind::JobEnded { status: JobStatus::Succeeded, error: None, summary };
         let opts = FollowOpts { done_lines: false, ..FollowOpts::default() };

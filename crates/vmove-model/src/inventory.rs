@@ -200,6 +200,12 @@ pub struct HostInfo {
     /// of the memory phase. None before the first such move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_steps_ms: Option<u64>,
+    /// How long QEMU's memory phase of the last live moves into this host took against
+    /// what the model predicted for it when each move began, percent (median of up to
+    /// [`LIVE_STEPS_MOVES`]): the prediction scales its memory phase by it. None before
+    /// the first such move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_model_pct: Option<u32>,
 }
 
 /// How many of a host's last live moves in give [`HostInfo::live_steps_ms`].
@@ -208,4 +214,8 @@ pub const LIVE_STEPS_MOVES: usize = 5;
 /// At most this much of vmove's own time is taken from a peer's inventory, ms (a larger
 /// figure is not a measurement of the steps).
 pub const LIVE_STEPS_MAX_MS: u64 = 600_000;
+
+/// The range of [`HostInfo::memory_model_pct`] taken from a peer's inventory: a ratio
+/// outside it is not a calibration of the model but a move that went wrong.
+pub const MEMORY_MODEL_PCT: std::ops::RangeInclusive<u32> = 20..=1_000;
 

@@ -116,6 +116,7 @@ fn host_info(i: usize, rng: &mut Rng) -> HostInfo {
         guests: vec![],
         maintenance: None,
         live_steps_ms: None,
+        memory_model_pct: None,
     }
 }
 

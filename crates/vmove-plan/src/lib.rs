@@ -25,7 +25,7 @@ mod step;
 mod version;
 
 pub use checks::{
-    any_failed, convergence_outcome, run, run_one, worst, Busy, CheckId, CheckIdParseError, CheckInput, Finding,
+    any_failed, convergence_outcome, predicted_memory_ms, run, run_one, worst, Busy, CheckId, CheckIdParseError, CheckInput, Finding, Measured,
     MigrationRequest, Reach, Verdict,
 };
 pub use job::{Action, Direction, EndStatus, FailKind, Input, JobMachine, JobPhase, MigrationRecord, Note, Side};

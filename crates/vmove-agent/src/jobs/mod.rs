@@ -108,6 +108,13 @@ impl Jobs {
         vmove_api::median_of_last(self.cells().values().filter_map(|c| vmove_api::live_steps_of(&c.lock())).collect())
     }
 
+    /// QEMU's memory phase against the model's figure, of the last live moves into this
+    /// host, percent ([`vmove_api::memory_model_pct`]).
+    pub fn memory_model_pct(&self) -> Option<u32> {
+        let moves = self.cells().values().filter_map(|c| vmove_api::memory_model_of(&c.lock())).collect();
+        vmove_api::median_of_last(moves).and_then(|p| u32::try_from(p).ok())
+    }
+
     /// The running job of a guest, if any.
     pub fn running_for(&self, guest: &str) -> Option<String> {
         self.cells().values().find_map(|c| {

@@ -65,7 +65,8 @@ pub(crate) fn sample_dirty_rate_early(jobs: &Jobs, cell: &JobCell) {
 async fn convergence_check(cx: &StepCx<'_>, features: Features, dirty: Option<u64>) -> Result<()> {
     let agent = cx.agent();
     let g = &cx.spec.guest;
-    let outcome = vmove_plan::convergence_outcome(g, &cx.spec.params, features, dirty, cx.spec.link_bytes_per_s, 0, cx.jobs.live_steps_ms());
+    let measured = vmove_plan::Measured::new(cx.jobs.live_steps_ms(), cx.jobs.memory_model_pct());
+    let outcome = vmove_plan::convergence_outcome(g, &cx.spec.params, features, dirty, cx.spec.link_bytes_per_s, 0, measured);
     let message = match outcome {
         Ok((verdict, reason)) => format!("precheck predicted-convergence: {}: {reason}", verdict.as_str()),
         Err(reason) if cx.spec.convergence_check == ConvergenceCheck::InJobIgnored => {
@@ -128,6 +129,10 @@ pub(super) async fn prepare(cx: &StepCx<'_>) -> Result<Prepared> {
             None
         }
     };
+    // The model's own figure for the memory phase, against which this move's will calibrate
+    // the next predictions (`memory_model_pct`).
+    let model_ms = vmove_plan::predicted_memory_ms(&cx.spec.guest, &cx.spec.params, features, dirty, cx.spec.link_bytes_per_s);
+    cx.summary.lock().unwrap_or_else(|p| p.into_inner()).predicted_memory_ms = model_ms;
     if !cx.spec.convergence_check.is_decided() {
         convergence_check(cx, features, dirty).await?;
     }

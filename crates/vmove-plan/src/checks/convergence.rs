@@ -38,30 +38,101 @@ fn about(ms: u64) -> String {
     }
 }
 
-/// `about 38s in 17 passes`, or with vmove's own steps measured on the target
-/// `about 1.7s in 1 pass (memory 1.2s, vmove's steps 0.5s)`.
-fn took(p: &Prediction, steps_ms: Option<u64>) -> String {
+/// What the target measured of its last live moves in, which the prediction adds to its
+/// model: vmove's own steps around the memory phase, and how long QEMU's memory phase took
+/// against the model's figure for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// vmove's own time around the memory phase, ms ([`HostInfo::live_steps_ms`]).
+    pub steps_ms: Option<u64>,
+    /// QEMU's memory phase ÷ the model's, percent ([`HostInfo::memory_model_pct`]).
+    pub memory_pct: Option<u32>,
+}
+
+impl Measured {
+    /// A target's figures ([`Measured::new`]).
+    pub fn of(target: &HostInfo) -> Measured {
+        Measured::new(target.live_steps_ms, target.memory_model_pct)
+    }
+
+    /// The figures, each taken only within its range.
+    pub fn new(steps_ms: Option<u64>, memory_pct: Option<u32>) -> Measured {
+        Measured {
+            steps_ms: steps_ms.filter(|&ms| ms <= vmove_model::inventory::LIVE_STEPS_MAX_MS),
+            memory_pct: memory_pct.filter(|p| vmove_model::inventory::MEMORY_MODEL_PCT.contains(p)),
+        }
+    }
+}
+
+/// The model's memory phase scaled by what the target measured of it.
+fn calibrated(mut p: Prediction, m: Measured) -> Prediction {
+    if let Some(pct) = m.memory_pct {
+        let scaled = u128::from(p.total_ms).saturating_mul(u128::from(pct)) / 100;
+        p.total_ms = u64::try_from(scaled).unwrap_or(u64::MAX);
+    }
+    p
+}
+
+/// `about 38s in 17 passes`, or with what the target measured
+/// `about 1.7s in 1 pass (memory 1.2s, the model ×1.60 as measured; vmove's steps 0.5s)`.
+fn took(p: &Prediction, m: Measured) -> String {
     let passes = if p.passes == 1 { "1 pass".to_string() } else { format!("{} passes", p.passes) };
-    match steps_ms {
-        Some(s) => format!("about {} in {passes} (memory {}, vmove's steps {})", about(p.total_ms.saturating_add(s)), about(p.total_ms), about(s)),
-        None => format!("about {} in {passes}", about(p.total_ms)),
+    let scale = m.memory_pct.map(|pct| format!(", the model ×{}.{:02} as measured", pct / 100, pct % 100)).unwrap_or_default();
+    match (m.steps_ms, m.memory_pct) {
+        (Some(s), _) => format!(
+            "about {} in {passes} (memory {}{scale}{} vmove's steps {})",
+            about(p.total_ms.saturating_add(s)),
+            about(p.total_ms),
+            if scale.is_empty() { "," } else { ";" },
+            about(s)
+        ),
+        (None, Some(_)) => format!("about {} in {passes} (memory{scale})", about(p.total_ms)),
+        (None, None) => format!("about {} in {passes}", about(p.total_ms)),
     }
 }
 
 pub(crate) fn predicted_convergence(c: &Ctx) -> Outcome {
     let g = c.guest()?;
     let disk = super::storage::copy_bytes(c);
-    let steps = c.target().ok().and_then(|h| h.live_steps_ms).filter(|&ms| ms <= vmove_model::inventory::LIVE_STEPS_MAX_MS);
-    convergence_outcome(g, &c.req.params, features(c), c.input.dirty_rate_bytes_per_s, c.input.link_bytes_per_s, disk, steps)
+    let measured = c.target().ok().map(Measured::of).unwrap_or_default();
+    convergence_outcome(g, &c.req.params, features(c), c.input.dirty_rate_bytes_per_s, c.input.link_bytes_per_s, disk, measured)
+}
+
+/// The link the memory moves over: the smaller of the cap and the measured throughput.
+fn effective_link(params: &MigrationParams, link: Option<u64>) -> Option<u64> {
+    match (params.bandwidth_bytes_per_s, link) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The guest as the model sees it, dirtying `d` bytes/s.
+fn workload(g: &GuestSpec, d: u64) -> Workload {
+    // The memory the guest keeps rewriting: declared by the lab's workload; unknown (all of
+    // it, the pessimistic case) for any other guest.
+    let working_set_bytes = match g.boot {
+        vmove_model::BootSource::Lab { wss_mib, .. } => Some(u64::from(wss_mib).saturating_mul(1_048_576)),
+        vmove_model::BootSource::Disk => None,
+    };
+    Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes }
+}
+
+/// The model's own figure for QEMU's memory phase (uncalibrated), ms, when it converges and
+/// both the dirty rate and the link are known: what a job records to calibrate the model.
+pub fn predicted_memory_ms(g: &GuestSpec, params: &MigrationParams, features: Features, dirty: Option<u64>, link: Option<u64>) -> Option<u64> {
+    let (d, b) = (dirty?, effective_link(params, link)?);
+    let p = predict(&workload(g, d), b, &ConvergePolicy::from_params(params, features, g.vcpus));
+    p.converges.then_some(p.total_ms)
 }
 
 /// The `predicted-convergence` check from its figures: the guest, the move's parameters,
 /// what both QEMUs can, the measured dirty rate and link (bytes/s), and the bytes of local
 /// volumes to copy first. The agent that runs a live move decides the check with it when
 /// the operator's command left the dirty rate to the job (measured while the target's
-/// QEMU starts). `steps_ms`: vmove's own time around the memory phase, as measured on the
-/// target's last live moves ([`HostInfo::live_steps_ms`]), added to the predicted total.
-/// `Err`: the check fails, with the reason.
+/// QEMU starts). `measured`: vmove's own time around the memory phase, as measured on the
+/// target's last live moves ([`HostInfo::live_steps_ms`]), added to the predicted total;
+/// the model's memory phase is scaled by what those moves measured of it
+/// ([`HostInfo::memory_model_pct`]). `Err`: the check fails, with the reason.
 pub fn convergence_outcome(
     g: &GuestSpec,
     params: &MigrationParams,
@@ -69,25 +140,17 @@ pub fn convergence_outcome(
     dirty: Option<u64>,
     link: Option<u64>,
     disk: u64,
-    steps_ms: Option<u64>,
+    measured: Measured,
 ) -> Result<(Verdict, String), String> {
-    let link = match (params.bandwidth_bytes_per_s, link) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let steps_ms = measured.steps_ms;
+    let link = effective_link(params, link);
     let (d, b) = match (dirty, link) {
         (Some(d), Some(b)) => (d, b),
         (None, None) => return Ok((Verdict::Warn, "not measured: dirty rate and link throughput unknown".into())),
         (None, _) => return Ok((Verdict::Warn, format!("not measured: dirty rate of {} unknown", g.name))),
         (_, None) => return Ok((Verdict::Warn, "not measured: link throughput unknown".into())),
     };
-    // The memory the guest keeps rewriting: declared by the lab's workload; unknown (all of
-    // it, the pessimistic case) for any other guest.
-    let working_set_bytes = match g.boot {
-        vmove_model::BootSource::Lab { wss_mib, .. } => Some(u64::from(wss_mib).saturating_mul(1_048_576)),
-        vmove_model::BootSource::Disk => None,
-    };
-    let w = Workload { memory_bytes: g.memory_mib.saturating_mul(1_048_576), dirty_rate_bytes_per_s: d, working_set_bytes };
+    let w = workload(g, d);
     // Local volumes are copied before the memory phase (COPY_VOLUMES), over the same link;
     // the mirrors keep up with the guest's disk writes (write-blocking when they do not).
     let disk_secs = u64::try_from(u128::from(disk).div_ceil(u128::from(b.max(1)))).unwrap_or(u64::MAX);
@@ -105,7 +168,7 @@ pub fn convergence_outcome(
         String::new()
     };
     let policy = ConvergePolicy::from_params(params, features, g.vcpus);
-    let p = predict(&w, b, &policy);
+    let p = calibrated(predict(&w, b, &policy), measured);
     let what = format!("{} MiB at {} with {} dirtied", g.memory_mib, fmt_rate(b), fmt_rate(d));
     let timeout = fmt_secs(params.timeout_s);
     let cv = params.converge;
@@ -113,8 +176,8 @@ pub fn convergence_outcome(
         let mut msg = format!("will not converge under converge={cv}: {what}; it would time out after {timeout}");
         match p.suggestion {
             Some(s) => {
-                let alt = predict(&w, b, &ConvergePolicy { converge: s, allow_postcopy: true, ..policy });
-                msg.push_str(&format!("; converge={s} would ({}", took(&alt, steps_ms)));
+                let alt = calibrated(predict(&w, b, &ConvergePolicy { converge: s, allow_postcopy: true, ..policy }), measured);
+                msg.push_str(&format!("; converge={s} would ({}", took(&alt, measured)));
                 if let Some(Rung::AutoConverge { .. }) = alt.rung_needed {
                     msg.push_str(&format!(", the guest throttled to {} %", alt.throttle_pct));
                 }
@@ -133,7 +196,7 @@ pub fn convergence_outcome(
             Verdict::Pass,
             format!(
                 "{} to copy {what}, {downtime} (limit {limit_ms} ms), within the timeout of {timeout}{}",
-                took(&p, steps_ms),
+                took(&p, measured),
                 if cv == Converge::None { String::new() } else { format!("; converge={cv}") }
             ),
         ),
@@ -142,12 +205,12 @@ pub fn convergence_outcome(
             format!(
                 "converges only by throttling the guest (auto-converge to {} %): {} to copy {what}, {downtime}",
                 p.throttle_pct,
-                took(&p, steps_ms)
+                took(&p, measured)
             ),
         ),
         Some(Rung::DirtyLimit { mb_per_s }) => (
             Verdict::Warn,
-            format!("converges only by limiting each vCPU to {mb_per_s} MB/s: {} to copy {what}, {downtime}", took(&p, steps_ms)),
+            format!("converges only by limiting each vCPU to {mb_per_s} MB/s: {} to copy {what}, {downtime}", took(&p, measured)),
         ),
         Some(Rung::Postcopy) | None => (
             Verdict::Warn,

@@ -15,7 +15,7 @@ use crate::mode::Mode;
 use crate::params::MigrationParams;
 
 mod convergence;
-pub use convergence::convergence_outcome;
+pub use convergence::{convergence_outcome, predicted_memory_ms, Measured};
 mod live;
 mod placement;
 pub mod qemu;

@@ -228,6 +228,30 @@ mod predicted_convergence {
     }
 
     #[test]
+    fn scales_the_memory_phase_by_what_the_target_measured_of_the_model() {
+        let mut fx = Fx::new(Mode::Live);
+        unknown_working_set(&mut fx);
+        fx.link = Some(100 * MIB);
+        fx.dirty = Some(20 * MIB);
+        fx.tgt.memory_model_pct = Some(150);
+        assert_eq!(
+            fx.check(ID),
+            f(ID, Verdict::Pass, "about 9.6s in 3 passes (memory, the model ×1.50 as measured) to copy 512 MiB at 100 MB/s with 20 MB/s dirtied, downtime about 41 ms (limit 50 ms), within the timeout of 10m; converge=auto")
+        );
+        fx.tgt.live_steps_ms = Some(480);
+        assert!(
+            fx.check(ID).reason.starts_with("about 11s in 3 passes (memory 9.6s, the model ×1.50 as measured; vmove's steps 0.5s)"),
+            "{:?}",
+            fx.check(ID)
+        );
+        // A ratio outside the range is a move that went wrong, not a calibration.
+        for pct in [0, 19, 1_001, u32::MAX] {
+            fx.tgt.memory_model_pct = Some(pct);
+            assert!(fx.check(ID).reason.starts_with("about 6.9s in 3 passes (memory 6.4s, vmove's steps 0.5s)"), "{pct}: {:?}", fx.check(ID));
+        }
+    }
+
+    #[test]
     fn none_fails_when_dirtying_outpaces_the_link_and_names_a_policy_that_would_do() {
         let mut fx = Fx::new(Mode::Live);
         unknown_working_set(&mut fx);

@@ -170,6 +170,7 @@ pub(crate) fn host_info(name: &str) -> HostInfo {
         guests: vec![],
         maintenance: None,
         live_steps_ms: None,
+        memory_model_pct: None,
     }
 }
 
