@@ -169,14 +169,25 @@ pub async fn list_jobs(ctx: &Ctx, cluster: &vmove_model::Cluster) -> Result<Vec<
     Ok(all)
 }
 
-/// Moves the guest in the cluster file to where the job says it is now. On etcd there is
-/// nothing to do: the target's agent records the placement in the store as the job goes.
+/// Moves the guest in the cluster file to where the job says it is now, once the agent of
+/// that host confirms that it has the guest: an older job's record (one rolled back before
+/// a later move, say) must not move it back. On etcd there is nothing to do: the target's
+/// agent records the placement in the store as the job goes.
 pub async fn sync_cluster(ctx: &Ctx, rec: &JobRecord) -> Result<()> {
     let Some(host) = &rec.guest_host else { return Ok(()) };
-    if !ctx.file()?.store.is_file() {
+    let cluster = ctx.file()?;
+    if !cluster.store.is_file() {
         return Ok(());
     }
-    ctx.update_cluster(|c| match c.guest_mut(&rec.spec.guest.name) {
+    let name = &rec.spec.guest.name;
+    if cluster.guest(name).is_none_or(|g| &g.host == host) {
+        return Ok(());
+    }
+    let has = ctx.client(&cluster, host)?.call::<vmove_api::GuestStatus>(&Request::GuestShow { name: name.clone() }).await;
+    if has.is_err() {
+        return Ok(());
+    }
+    ctx.update_cluster(|c| match c.guest_mut(name) {
         Some(g) if &g.host != host => {
             g.host = host.clone();
             true

@@ -29,8 +29,9 @@ enum Fault {
     Cancel,
     /// The etcd member that leads, killed (-9); started again once the job has ended.
     KillEtcdLeader,
-    /// The source host cut off from every etcd member for 8 s: past the fence's margin
-    /// (its guests pause), back before its lease's TTL (10 s).
+    /// The source host cut off from every etcd member for 6 s: past the fence's margin
+    /// (5 s: its guests pause), back before its lease can expire (10 s after its last
+    /// renewal, which is at most 2 s before the cut).
     SrcCutFromEtcd,
 }
 
@@ -139,7 +140,7 @@ fn offline_cases(store: Store) -> Vec<Case> {
             c("DETACH_INTERFACES", Fault::LinkDown),
             c("CREATE_BRIDGES", Fault::Cancel),
         ],
-        Store::Etcd => vec![c("MIGRATE_GUEST", Fault::KillEtcdLeader), c("ATTACH_VOLUMES", Fault::SrcCutFromEtcd)],
+        Store::Etcd => vec![c("MIGRATE_GUEST", Fault::KillEtcdLeader)],
     }
 }
 
@@ -157,7 +158,7 @@ fn live_cases(store: Store) -> Vec<Case> {
             c(At::Before("DETACH_VOLUMES"), Fault::KillDstQemu),
             c(At::Before("DETACH_VOLUMES"), Fault::Cancel),
         ],
-        Store::Etcd => vec![c(At::Switchover, Fault::SrcCutFromEtcd), c(At::MemoryPhase, Fault::KillEtcdLeader)],
+        Store::Etcd => vec![c(At::Switchover, Fault::SrcCutFromEtcd)],
     }
 }
 
@@ -166,7 +167,8 @@ fn ladder_cases() -> Vec<Case> {
         return all(Store::File, "live", &LADDER_POINTS);
     }
     let c = |at, fault| Case { store: Store::File, mode: "live", at, fault };
-    vec![c(At::Rung("throttling the guest"), Fault::KillDstQemu), c(At::Postcopy, Fault::KillSrcQemu)]
+    // The regression of the source killed in post-copy (the job used to wait forever).
+    vec![c(At::Postcopy, Fault::KillSrcQemu)]
 }
 
 /// `job show`, given again while etcd elects a leader (the CLI's call fails then).
@@ -272,7 +274,7 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
     } else if c.fault == Fault::LinkDown {
         std::thread::sleep(Duration::from_secs(3));
     } else if c.fault == Fault::SrcCutFromEtcd {
-        std::thread::sleep(Duration::from_secs(8));
+        std::thread::sleep(Duration::from_secs(6));
     }
     if !c.capped() && !matches!(c.fault, Fault::KillDstAgent | Fault::Cancel) {
         // While etcd elects a leader the CLI's call may fail: given again.
@@ -286,8 +288,9 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
         Fault::SrcCutFromEtcd => cut("-D"),
         _ => {}
     }
+    let ended = || wait_for("the job to end", Duration::from_secs(300), || (job(lab, &id)["status"] != "running").then_some(()));
     if c.fault != Fault::KillDstAgent {
-        wait_for("the job to end", Duration::from_secs(300), || (job(lab, &id)["status"] != "running").then_some(()));
+        ended();
     }
     // Restore what the fault broke.
     match c.fault {
@@ -296,6 +299,9 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
         }
         Fault::KillDstAgent => {
             lab.ok(&["lab", "agent", "--dir", &dir, "host2", "start"]);
+            // The job's agent is back: it ends the job, or (on etcd, where its claims
+            // outlived it) takes it up again and runs it to its end.
+            ended();
         }
         Fault::PoolUnwritable => assert!(Command::new("chattr").arg("-i").arg(&leases).status().unwrap().success()),
         Fault::KillEtcdLeader => killed_etcd.take().expect("killed").restart(lab),
@@ -311,14 +317,20 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
         notes.push("post-copy loss reported".into());
     }
     if status != "succeeded" {
-        let o = lab.vmove(&["job", "recover", &id]);
-        let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
-        notes.push(if o.status.success() {
-            "recovered".into()
-        } else if err.contains("nothing to recover") {
-            "nothing to recover".into()
-        } else {
-            panic!("{}: job recover failed: {err}", c.name())
+        // As an operator told "run `vmove job recover` again once ..." (an agent that
+        // cannot reach its store yet, say): a few tries, 5 s apart.
+        let mut tries = 0;
+        notes.push(loop {
+            tries += 1;
+            let o = lab.vmove(&["job", "recover", &id]);
+            let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            if o.status.success() {
+                break if tries == 1 { "recovered".to_string() } else { format!("recovered at try {tries}") };
+            } else if err.contains("nothing to recover") {
+                break "nothing to recover".into();
+            }
+            assert!(tries < 6, "{}: job recover failed {tries} times: {err}", c.name());
+            std::thread::sleep(Duration::from_secs(5));
         });
     }
     let host = lab.cluster_host(&g);

@@ -21,6 +21,10 @@ mod setup;
 pub(crate) use setup::sample_dirty_rate_early;
 mod switchover;
 
+/// How long a forward run waits for a source still in post-copy to complete before it
+/// gives up ending the source's QEMU.
+const POSTCOPY_FINISH_WAIT: Duration = Duration::from_secs(300);
+
 /// LIVE MIGRATE_GUEST.
 pub struct MemoryMigration;
 
@@ -30,8 +34,19 @@ impl StepWork for MemoryMigration {
         let (agent, name) = (cx.agent(), cx.guest().to_string());
         if agent.spec(&name).is_some() && agent.show(&name)?.state == GuestState::Running {
             // The switchover happened while nobody watched (e.g. this agent restarted):
-            // end the source's paused QEMU and announce.
-            let finish = cx.peer.call(&Request::PeerMigrateFinish { name: name.clone() }, Duration::from_secs(30)).await;
+            // end the source's paused QEMU and announce. In post-copy the source has not
+            // completed until the last pages have come over: it refuses (`wrong_state`)
+            // until then, and is asked again.
+            let ask = Request::PeerMigrateFinish { name: name.clone() };
+            let deadline = tokio::time::Instant::now() + POSTCOPY_FINISH_WAIT;
+            let finish = loop {
+                match cx.peer.call(&ask, Duration::from_secs(30)).await {
+                    Err(e) if e.code == ErrorCode::WrongState && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    r => break r,
+                }
+            };
             if let Ok((q, _)) = agent.qmp_of(&name) {
                 q.announce_self(&AnnounceParameters::default()).await.ctx("announce-self")?;
             }
