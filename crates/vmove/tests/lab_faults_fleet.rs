@@ -595,28 +595,10 @@ fn local_cases() -> Vec<LCase> {
     }
 }
 
-/// The local pool's directory on a lab host.
-fn local_dir(lab: &Lab, host: &str) -> std::path::PathBuf {
-    lab.dir.join("hosts").join(host).join("local")
-}
-
-/// The volumes (files, not the lease store) in a host's local pool.
-fn local_files(lab: &Lab, host: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(local_dir(lab, host))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    v.sort();
-    v
-}
 
 /// The lease of a volume of a host's local pool (its own lease store, as the shared pool's).
 fn local_lease(lab: &Lab, host: &str, volume: &str) -> Option<Value> {
-    let text = std::fs::read_to_string(local_dir(lab, host).join(".vmove-leases").join(format!("{volume}.json"))).ok()?;
+    let text = std::fs::read_to_string(lab.local_dir(host).join(".vmove-leases").join(format!("{volume}.json"))).ok()?;
     let (_, body) = text.split_once('\n')?;
     let v: Value = serde_json::from_str(body).ok()?;
     Some(v["data"].clone())
@@ -646,7 +628,7 @@ fn run_local(lab: &Lab, n: usize, c: &LCase) -> Row {
     // on the link, so a cap on the link holds the bulk copy.
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(local_dir(lab, "host1").join(&vol)).unwrap();
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lab.local_dir("host1").join(&vol)).unwrap();
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&vec![0x5a; 32 << 20], 32 << 20).unwrap();
     }
@@ -778,8 +760,8 @@ fn run_local(lab: &Lab, n: usize, c: &LCase) -> Row {
     // A source that could not be told to drop its copy after the switchover (its agent
     // down): the job's note says to remove it by hand, and the operator does.
     let by_hand = has_event(&j, |e| e["note"].as_str().is_some_and(|n| n.contains("did not drop its copies")));
-    if by_hand && host == "host2" && local_files(lab, "host1").contains(&vol) {
-        std::fs::remove_file(local_dir(lab, "host1").join(&vol)).unwrap();
+    if by_hand && host == "host2" && lab.local_files("host1").contains(&vol) {
+        std::fs::remove_file(lab.local_dir("host1").join(&vol)).unwrap();
         let lease = local_lease(lab, "host1", &vol).map(|l| format!(", its lease on host1 left (holder {})", l["holder"])).unwrap_or_default();
         notes.push(format!("source copy left (the job: remove by hand): removed by hand{lease}"));
     }
@@ -787,12 +769,12 @@ fn run_local(lab: &Lab, n: usize, c: &LCase) -> Row {
     // nothing else; no NBD helper, no lease or incoming claim left on the other host (but
     // the stale lease of a copy removed by hand, reported above).
     // (`guest destroy` keeps volumes: earlier cases' files stay in the pools.)
-    assert!(local_files(lab, &host).contains(&vol), "{}: no {vol} on {host}: {:?}", c.name(), local_files(lab, &host));
-    assert!(!local_files(lab, other).contains(&vol), "{}: {vol} left on {other}", c.name());
+    assert!(lab.local_files(&host).contains(&vol), "{}: no {vol} on {host}: {:?}", c.name(), lab.local_files(&host));
+    assert!(!lab.local_files(other).contains(&vol), "{}: {vol} left on {other}", c.name());
     for role in ["nbd", "copy"] {
         assert!(helpers(lab, &g, role).is_empty(), "{}: a {role} helper left", c.name());
     }
-    let other_dir = local_dir(lab, other).display().to_string();
+    let other_dir = lab.local_dir(other).display().to_string();
     assert!(processes_mentioning(&other_dir).is_empty(), "{}: a process holds {other}'s pool", c.name());
     let lease = local_lease(lab, &host, &vol).unwrap_or_else(|| panic!("{}: no lease of {vol} on {host}", c.name()));
     assert_eq!(lease["holder"], host.as_str(), "{}: lease on {host}: {lease}", c.name());

@@ -6,30 +6,11 @@
 //! to write-blocking, and `--keep-source-volumes` keeps the source's copy.
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-/// The local pool's directory on a lab host.
-fn local_dir(lab: &Lab, host: &str) -> PathBuf {
-    lab.dir.join("hosts").join(host).join("local")
-}
-
-/// The volumes (files, not the lease store) in a host's local pool.
-fn local_files(lab: &Lab, host: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(local_dir(lab, host))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    v.sort();
-    v
-}
 
 /// Creates and starts a lab guest with a data disk in the local pool and waits until it
 /// answers TCP echo and its memory and disk log verify.
@@ -73,8 +54,8 @@ fn a_guest_with_a_local_disk_moves_live_while_writing_its_disk_log() {
     assert!(copying, "progress of the copy in the job's events: {job}");
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()], "runs on host2 only");
     assert_eq!(lab.cluster_host("vm1"), "host2");
-    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()]);
-    assert!(local_files(&lab, "host1").is_empty(), "the source's copy is gone: {:?}", local_files(&lab, "host1"));
+    assert_eq!(lab.local_files("host2"), vec!["vm1-data.img".to_string()]);
+    assert!(lab.local_files("host1").is_empty(), "the source's copy is gone: {:?}", lab.local_files("host1"));
     let log = lab.wait_log("vm1", "VERIFY OK and more DISK OK after the move", Duration::from_secs(90), |l| {
         l.matches("VERIFY OK").count() >= 2 && last_disk_ok(l).is_some_and(|n| n > before + 2)
     });
@@ -86,12 +67,12 @@ fn a_guest_with_a_local_disk_moves_live_while_writing_its_disk_log() {
     let written = last_disk_ok(&lab.log("vm1")).unwrap();
     let st = lab.json(&["guest", "stop", "vm1"]);
     assert_eq!(st["state"], "stopped", "{st}");
-    let scan = scan_log(&local_dir(&lab, "host2").join("vm1-data.img"));
+    let scan = scan_log(&lab.local_dir("host2").join("vm1-data.img"));
     assert_eq!(scan.fail, None, "the copy's disk log verifies");
     assert!(scan.records >= written, "{} records on the copy, the guest reported {written}", scan.records);
     // The writer's blocks on the copy: every sector is one the guest wrote there (its
     // position and pass in it) or never written; none from elsewhere, none damaged.
-    let blocks = check_written(&local_dir(&lab, "host2").join("vm1-data.img"), 128 << 20, 256 << 20);
+    let blocks = check_written(&lab.local_dir("host2").join("vm1-data.img"), 128 << 20, 256 << 20);
     assert!(blocks >= 4, "only {blocks} MiB written on the copy");
 }
 
@@ -148,7 +129,7 @@ fn cancel_during_the_copy_leaves_the_guest_on_the_source_and_nothing_on_the_targ
             .any(|e| e["event"] == "progress" && e["status"] == "copying-volumes" && e["transferred_bytes"].as_u64() > Some(0))
             .then_some(())
     });
-    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()], "the copy exists during the mirror");
+    assert_eq!(lab.local_files("host2"), vec!["vm1-data.img".to_string()], "the copy exists during the mirror");
     lab.ok(&["job", "cancel", &id]);
     let o = lab.vmove(&["job", "watch", &id]);
     assert!(!o.status.success(), "a cancelled job does not succeed");
@@ -157,13 +138,13 @@ fn cancel_during_the_copy_leaves_the_guest_on_the_source_and_nothing_on_the_targ
     assert_eq!(lab.qemu_pids("vm1"), pid, "the same QEMU still runs on host1");
     assert_eq!(lab.cluster_host("vm1"), "host1");
     assert_eq!(lab.json(&["guest", "show", "vm1"])["state"], "running");
-    assert!(local_files(&lab, "host2").is_empty(), "nothing left on the target: {:?}", local_files(&lab, "host2"));
+    assert!(lab.local_files("host2").is_empty(), "nothing left on the target: {:?}", lab.local_files("host2"));
     assert!(lab.qemu_hosts("vm1") == vec!["host1".to_string()], "no helper or guest QEMU on host2");
     assert!(
-        processes_mentioning(&local_dir(&lab, "host2").display().to_string()).is_empty(),
+        processes_mentioning(&lab.local_dir("host2").display().to_string()).is_empty(),
         "no process holds the target's pool"
     );
-    assert_eq!(local_files(&lab, "host1"), vec!["vm1-data.img".to_string()], "the source's disk untouched");
+    assert_eq!(lab.local_files("host1"), vec!["vm1-data.img".to_string()], "the source's disk untouched");
     let before = last_disk_ok(&lab.log("vm1")).unwrap_or(0);
     let log = lab.wait_log("vm1", "more DISK OK on host1", Duration::from_secs(60), |l| last_disk_ok(l).is_some_and(|n| n > before));
     assert!(!log.contains("DISK FAIL") && !log.contains("VERIFY FAIL"), "{log}");
@@ -175,14 +156,14 @@ fn a_target_pool_without_room_fails_the_precheck_and_an_offline_move_copies() {
     let lab = Lab::up("ldroom", 2);
     // A sparse 8 TiB disk: no lab machine has that much room in host2's local pool.
     lab.ok(&["guest", "create", "big", "--host", "host1", "--disk", "local/big-data.img:8T"]);
-    std::fs::File::create(local_dir(&lab, "host1").join("big-data.img")).unwrap().set_len(8 << 40).unwrap();
+    std::fs::File::create(lab.local_dir("host1").join("big-data.img")).unwrap().set_len(8 << 40).unwrap();
     let e = lab.fails(&["migrate", "big", "--to", "host2", "--mode", "offline"]);
     assert!(e.contains("local-volume-space"), "{e}");
     let f = lab.json_fail(&["migrate", "big", "--to", "host2", "--mode", "offline"]);
     assert_eq!(verdict(&f, "local-volume-space"), "fail", "{f}");
     let reason = f["findings"].as_array().unwrap().iter().find(|x| x["id"] == "local-volume-space").unwrap()["reason"].to_string();
     assert!(reason.contains("pool local on host2 has") && reason.contains("MiB free") && reason.contains("need 8388608 MiB"), "{reason}");
-    assert!(local_files(&lab, "host2").is_empty());
+    assert!(lab.local_files("host2").is_empty());
 
     // Offline: the stopped guest's disk is copied, the source's copy dropped.
     boot_local(&lab, "vm1", "192.0.2.63", "64M");
@@ -190,8 +171,8 @@ fn a_target_pool_without_room_fails_the_precheck_and_an_offline_move_copies() {
     let out = lab.ok(&["migrate", "vm1", "--to", "host2", "--mode", "offline"]);
     assert!(out.contains("Step COPY_VOLUMES completed successfully"), "{out}");
     assert_eq!(lab.qemu_hosts("vm1"), vec!["host2".to_string()]);
-    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()]);
-    assert_eq!(local_files(&lab, "host1"), vec!["big-data.img".to_string()], "vm1's source copy is gone");
+    assert_eq!(lab.local_files("host2"), vec!["vm1-data.img".to_string()]);
+    assert_eq!(lab.local_files("host1"), vec!["big-data.img".to_string()], "vm1's source copy is gone");
     lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(120));
     let log = lab.wait_log("vm1", "DISK OK on host2", Duration::from_secs(90), |l| last_disk_ok(l).is_some());
     assert!(!log.contains("DISK FAIL"), "{log}");
@@ -258,9 +239,9 @@ fn a_disk_written_faster_than_the_copy_gets_write_blocking_mirrors_and_the_sourc
     assert!(!log.contains("VERIFY FAIL") && !log.contains("DISK FAIL"), "{log}");
     // --keep-source-volumes: host1 keeps its copy, whole as it was at the switchover (its
     // log verifies), and no QEMU holds it any more.
-    assert_eq!(local_files(&lab, "host1"), vec!["vm1-data.img".to_string()], "the source's copy is kept");
-    assert_eq!(local_files(&lab, "host2"), vec!["vm1-data.img".to_string()]);
-    let kept = local_dir(&lab, "host1").join("vm1-data.img");
+    assert_eq!(lab.local_files("host1"), vec!["vm1-data.img".to_string()], "the source's copy is kept");
+    assert_eq!(lab.local_files("host2"), vec!["vm1-data.img".to_string()]);
+    let kept = lab.local_dir("host1").join("vm1-data.img");
     assert!(processes_mentioning(&kept.display().to_string()).is_empty(), "no process holds the kept copy");
     let scan = scan_log(&kept);
     assert_eq!(scan.fail, None, "the kept copy's disk log verifies");

@@ -306,6 +306,25 @@ impl Lab {
         self.wait_log(name, "VERIFY OK", Duration::from_secs(60), |l| l.contains("VERIFY OK") && (!disk || l.contains("DISK OK")));
     }
 
+    /// The local pool's directory on a lab host.
+    pub fn local_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("hosts").join(host).join("local")
+    }
+
+    /// The volumes (files, not the lease store) in a host's local pool.
+    pub fn local_files(&self, host: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.local_dir(host))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The lab host whose namespace holds a process.
     pub fn host_of_pid(&self, pid: u32) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
