@@ -163,7 +163,10 @@ impl Fenced {
         let released = std::mem::take(&mut self.released);
         for name in std::mem::take(&mut self.paused) {
             let Ok((qmp, state)) = agent.qmp_of(&name) else { continue };
-            if state != GuestState::Paused {
+            // A guest asked to shut down while the fence held it (a migration's STOP_GUEST,
+            // an operator's stop) is let run too: paused, it could never see the power
+            // button, and the stop would wait out its timeout.
+            if !matches!(state, GuestState::Paused | GuestState::ShuttingDown) {
                 continue;
             }
             if released.contains(&name) {
@@ -175,7 +178,9 @@ impl Fenced {
             }
             match qmp.cont().await {
                 Ok(()) => {
-                    agent.set_state(&name, GuestState::Running);
+                    if state == GuestState::Paused {
+                        agent.set_state(&name, GuestState::Running);
+                    }
                     tracing::info!(guest = %name, "fence lifted: running again");
                 }
                 Err(e) => tracing::error!(guest = %name, "fence lifted but `cont` failed: {e}"),

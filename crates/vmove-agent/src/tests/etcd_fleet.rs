@@ -146,6 +146,28 @@ async fn a_host_cut_off_pauses_its_guests_before_its_lease_expires() {
     assert_eq!(c.host("host1").agent().show("vm1").unwrap().state, GuestState::Running);
 }
 
+/// A guest asked to shut down while the fence held it (a migration's STOP_GUEST came while
+/// its host was cut off) is let run when the fence lifts: paused, it would never see the
+/// power button and the stop would wait out its timeout (the fault matrix found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_asked_to_shut_down_while_fenced_runs_again_when_the_fence_lifts() {
+    let c = Cluster::new_fleet(2, 1, policy()).await;
+    c.boot("vm1", "host1").await;
+    c.host("host1").link.as_ref().unwrap().set_cut(true);
+    until("vm1 paused on host1", Duration::from_secs(5), || async {
+        (runs(&c, "vm1") == vec![("host1".to_string(), Run::Paused)]).then_some(())
+    })
+    .await;
+    // What `stop` records as it presses the power button.
+    c.host("host1").agent().set_state("vm1", GuestState::ShuttingDown);
+    c.host("host1").link.as_ref().unwrap().set_cut(false);
+    until("vm1 running again, to see the power button", Duration::from_secs(5), || async {
+        (runs(&c, "vm1") == vec![("host1".to_string(), Run::Running)]).then_some(())
+    })
+    .await;
+    assert_eq!(c.host("host1").agent().show("vm1").unwrap().state, GuestState::ShuttingDown, "still shutting down");
+}
+
 /// The lease of a cut-off host expires; `wait_host_dead` sees it; a forced migration
 /// starts the guest on host2. When host1 is back it gets a new lease, finds the guest
 /// taken, and kills its paused copy: exactly one copy runs.
