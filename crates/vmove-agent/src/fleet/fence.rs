@@ -9,7 +9,8 @@
 //!   killed: nothing of this host may write once the lease can expire. The margin is
 //!   TTL/2 (5 s by default) to do it in.
 //! - **`Alive`** again (a renewal got through in time): the lease never lapsed, nobody can
-//!   have taken a guest: `cont` the guests this fence paused (and only those).
+//!   have taken a guest: `cont` the guests this fence paused (and only those), also one
+//!   asked to shut down meanwhile (paused, it would never see the power button).
 //! - **`Lost`** (the hold time passed, or etcd says the lease is gone): the lease's keys
 //!   are gone or about to be — membership, ownership, volume leases, migration claims —
 //!   and another host may take the guests now. The guests stay paused (those still
