@@ -5,19 +5,15 @@
 //! stop, recovers when the link is back, and the guest verifies.
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::faults::in_ns;
 use common::*;
 
 /// The migration link's cap (tc tbf on the source's management link), Mbit/s.
 const LINK_MBIT: u32 = 160;
 /// The guest dirties twice the capped link, MB/s.
 const DIRTY_2X: u32 = 2 * LINK_MBIT / 8;
-
-fn in_ns(ns: &str, args: &[&str]) -> bool {
-    Command::new("ip").args(["netns", "exec", ns]).args(args).status().is_ok_and(|s| s.success())
-}
 
 fn cap_link(lab: &Lab, host: &str) {
     let rate = format!("{LINK_MBIT}mbit");

@@ -6,9 +6,9 @@
 //! to write-blocking, and `--keep-source-volumes` keeps the source's copy.
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::faults::in_ns;
 use common::*;
 
 
@@ -176,10 +176,6 @@ fn a_target_pool_without_room_fails_the_precheck_and_an_offline_move_copies() {
     lab.wait_tcp_echo("192.0.2.63:7", Duration::from_secs(120));
     let log = lab.wait_log("vm1", "DISK OK on host2", Duration::from_secs(90), |l| last_disk_ok(l).is_some());
     assert!(!log.contains("DISK FAIL"), "{log}");
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> bool {
-    Command::new("ip").args(["netns", "exec", ns]).args(args).status().is_ok_and(|s| s.success())
 }
 
 /// The job's info messages.
