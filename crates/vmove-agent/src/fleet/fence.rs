@@ -42,6 +42,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use vmove_api::{ErrorCode, GuestState};
+use vmove_qmp::RunState;
 use vmove_store::LeaseHealth;
 
 use crate::guests::Agent;
@@ -54,6 +55,11 @@ struct Fenced {
     paused: BTreeSet<String>,
     /// Of those, the ones whose disks it let go.
     released: BTreeSet<String>,
+    /// Guests found stopped by their migration (at its switchover, or completed): not
+    /// paused by the fence and never let run by it. While the lease is unsure they are
+    /// looked at again every retry: a migration cancelled meanwhile makes QEMU run the guest
+    /// again, and the fence pauses it then.
+    held: BTreeSet<String>,
 }
 
 /// Claims this host's guests on its lease (at start: the lease is new), then keeps
@@ -81,8 +87,10 @@ pub async fn run(jobs: Arc<Jobs>) {
                 LeaseHealth::Alive => fenced.resume(&agent).await,
                 LeaseHealth::Lost => break,
             }
-            let changed = if must_reclaim {
-                // Claims that could not be settled are tried again.
+            let changed = if must_reclaim || h == LeaseHealth::RenewingLate {
+                // Claims that could not be settled are tried again; while the lease is
+                // late, the guests are looked at again (a cancelled migration's source
+                // runs again).
                 tokio::select! {
                     c = health.changed() => c,
                     _ = tokio::time::sleep(retry) => Ok(()),
@@ -101,6 +109,8 @@ pub async fn run(jobs: Arc<Jobs>) {
         while let Err(e) = fleet.regrant().await {
             tracing::warn!("no new lease yet: {e}");
             tokio::time::sleep(retry).await;
+            fenced.pause_all(&agent, "the lease is lost").await;
+            fenced.release_disks(&agent).await;
         }
     }
 }
@@ -114,14 +124,32 @@ impl Fenced {
                 continue;
             }
             let r = async {
+                // A QEMU whose vCPUs are already stopped is not the fence's to pause: an
+                // outgoing migration holds it (`finish-migrate`, at its switchover) or has
+                // completed (`postmigrate`), or it stopped on its own. `stop` would change
+                // nothing, and the fence's `cont` later must never run such a QEMU.
+                if !qmp.query_status().await?.running {
+                    return Ok(None);
+                }
                 qmp.stop().await?;
-                qmp.query_status().await
+                qmp.query_status().await.map(Some)
             };
             match r.await {
-                Ok(st) => {
-                    agent.set_state(&name, if st.running { GuestState::Running } else { GuestState::Paused });
-                    tracing::warn!(guest = %name, status = ?st.status, "fenced: paused ({why})");
+                Ok(Some(st)) if st.status == RunState::Paused => {
+                    agent.set_state(&name, GuestState::Paused);
+                    tracing::warn!(guest = %name, "fenced: paused ({why})");
                     self.paused.insert(name);
+                }
+                Ok(Some(st)) if st.running => {
+                    tracing::error!(guest = %name, "fenced: QEMU still runs after `stop`; killing it ({why})");
+                    agent.kill_guest(&name);
+                }
+                Ok(st) => {
+                    if !self.held.contains(&name) {
+                        let status = st.map(|s| s.status);
+                        tracing::warn!(guest = %name, ?status, "fenced: not running (its migration holds it); watched while the lease is unsure ({why})");
+                    }
+                    self.held.insert(name);
                 }
                 Err(e) => {
                     tracing::error!(guest = %name, "fenced: QEMU did not pause ({e}); killing it ({why})");
@@ -162,6 +190,7 @@ impl Fenced {
     /// let them go (a QEMU that cannot — another process opened them — is killed).
     async fn resume(&mut self, agent: &Agent) {
         let released = std::mem::take(&mut self.released);
+        self.held.clear();
         for name in std::mem::take(&mut self.paused) {
             let Ok((qmp, state)) = agent.qmp_of(&name) else { continue };
             // A guest asked to shut down while the fence held it (a migration's STOP_GUEST,
@@ -169,6 +198,20 @@ impl Fenced {
             // button, and the stop would wait out its timeout.
             if !matches!(state, GuestState::Paused | GuestState::ShuttingDown) {
                 continue;
+            }
+            // Only a QEMU still in the fence's pause: one that a migration took on meanwhile
+            // (`finish-migrate`, `postmigrate`: the guest may run on the target now) stays
+            // as it is.
+            match qmp.query_status().await {
+                Ok(st) if st.status == RunState::Paused => {}
+                Ok(st) => {
+                    tracing::warn!(guest = %name, status = ?st.status, "fence lifted: not let run (no longer in the fence's pause)");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(guest = %name, "fence lifted but its QEMU does not answer: {e}");
+                    continue;
+                }
             }
             if released.contains(&name) {
                 if let Err(e) = qmp.blockdev_set_active(true).await {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use vmove_api::{ErrorCode, GuestState, Request};
+use vmove_api::{ErrorCode, EventKind, GuestState, Request};
 use vmove_qmp::AnnounceParameters;
 
 use crate::error::{fail, Result, ResultExt};
@@ -25,6 +25,44 @@ mod switchover;
 /// gives up ending the source's QEMU.
 const POSTCOPY_FINISH_WAIT: Duration = Duration::from_secs(300);
 
+/// How long the switchover keeps asking a source that refuses to end its QEMU for another
+/// reason (its store unreachable for a moment, say) before it leaves the QEMU to the
+/// source agent's fencing at its restart. Longer than a store lease's TTL: a source cut off
+/// from its store for longer has fenced its guests by then.
+const SOURCE_FINISH_WAIT: Duration = Duration::from_secs(60);
+
+/// Asks the source to end its QEMU once the guest runs here (`PeerMigrateFinish`), again
+/// and again until it confirms or `postcopy_wait` (for a source still in post-copy, which
+/// refuses with `wrong_state` until its last pages are sent) or [`SOURCE_FINISH_WAIT`] (any
+/// other refusal) runs out. One refusal must not be the end of it: the source's paused QEMU
+/// would stay behind. The first refusal of the second kind is a job event.
+async fn finish_source(cx: &StepCx<'_>, name: &str, postcopy_wait: Duration) -> Result<serde_json::Value> {
+    let ask = Request::PeerMigrateFinish { name: name.to_string() };
+    let start = tokio::time::Instant::now();
+    let mut said = false;
+    loop {
+        let e = match cx.peer.call(&ask, Duration::from_secs(30)).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let waited = start.elapsed();
+        let budget = if e.code == ErrorCode::WrongState { postcopy_wait } else { SOURCE_FINISH_WAIT };
+        if waited >= budget {
+            return Err(e);
+        }
+        if e.code != ErrorCode::WrongState && !said {
+            said = true;
+            let message = format!(
+                "the source has not ended its QEMU yet ({}): asking again for up to {} s",
+                e.message,
+                SOURCE_FINISH_WAIT.as_secs()
+            );
+            cx.cell.emit(&cx.agent().state, EventKind::Info { message }).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// LIVE MIGRATE_GUEST.
 pub struct MemoryMigration;
 
@@ -37,16 +75,7 @@ impl StepWork for MemoryMigration {
             // end the source's paused QEMU and announce. In post-copy the source has not
             // completed until the last pages have come over: it refuses (`wrong_state`)
             // until then, and is asked again.
-            let ask = Request::PeerMigrateFinish { name: name.clone() };
-            let deadline = tokio::time::Instant::now() + POSTCOPY_FINISH_WAIT;
-            let finish = loop {
-                match cx.peer.call(&ask, Duration::from_secs(30)).await {
-                    Err(e) if e.code == ErrorCode::WrongState && tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    r => break r,
-                }
-            };
+            let finish = finish_source(cx, &name, POSTCOPY_FINISH_WAIT).await;
             if let Ok((q, _)) = agent.qmp_of(&name) {
                 q.announce_self(&AnnounceParameters::default()).await.ctx("announce-self")?;
             }

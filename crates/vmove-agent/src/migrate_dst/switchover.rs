@@ -62,7 +62,7 @@ pub(super) async fn switched_over(cx: &StepCx<'_>, m: Completed) -> Result<Strin
         }
     };
     let pr = progress(&last);
-    let src = match cx.peer.call(&Request::PeerMigrateFinish { name: name.clone() }, Duration::from_secs(30)).await {
+    let src = match super::finish_source(cx, &name, Duration::ZERO).await {
         Ok(v) => serde_json::from_value::<crate::migrate_src::SourceSide>(v).unwrap_or_default(),
         Err(e) => {
             let message = format!("the source did not confirm the end of its QEMU ({e}); its agent fences it at restart");

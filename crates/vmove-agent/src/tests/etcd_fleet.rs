@@ -232,3 +232,90 @@ async fn a_lost_lease_nobody_used_is_replaced_and_the_guests_run_on() {
     let active: Vec<_> = c.world.commands(pid).into_iter().filter(|x| x.name == "blockdev-set-active").map(|x| x.arguments).collect();
     assert_eq!(active, vec![Some(serde_json::json!({"active": false})), Some(serde_json::json!({"active": true}))], "disks let go, then taken back");
 }
+
+/// Boots a second guest (its own MAC and address) on `host`.
+async fn boot_other(c: &Cluster, name: &str, host: &str) {
+    let mut spec = guest(name, host);
+    spec.nics[0].mac = "52:54:00:00:00:12".into();
+    spec.nics[0].ip = Some("192.0.2.11/24".into());
+    let a = c.host(host).agent();
+    a.define(spec).await.expect("define");
+    a.start(name).await.expect("start");
+}
+
+/// The pid of the guest's QEMU on `host`.
+fn qemu_pid_on(c: &Cluster, guest: &str, host: &str) -> u32 {
+    c.world.qemus(guest).into_iter().find(|(h, _, _)| h == host).map(|(_, pid, _)| pid).expect("a QEMU there")
+}
+
+/// A guest held at its migration's switchover (QEMU `finish-migrate`: its vCPUs stopped by
+/// the migration) when its host is cut off: the fence did not pause it, so it never lets it
+/// run, which would run the source while the migration completes into the target. The
+/// fault matrix's `switchover: SrcCutFromEtcd`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_held_at_its_switchover_is_never_let_run_by_the_fence() {
+    let c = Cluster::new_fleet(2, 1, policy()).await;
+    let g = c.boot("vm1", "host1").await;
+    boot_other(&c, "vm2", "host1").await;
+    let mut spec = c.spec(&g, "host1", "host2", Mode::Live);
+    spec.pause_at_switchover = true;
+    let rec = c.host("host2").jobs().submit(spec).await.expect("submit");
+    c.wait_info("host2", &rec.id, "paused at switchover").await;
+    let src = qemu_pid_on(&c, "vm1", "host1");
+    assert!(runs(&c, "vm1").contains(&("host1".to_string(), Run::FinishMigrate)), "{:?}", runs(&c, "vm1"));
+
+    c.host("host1").link.as_ref().unwrap().set_cut(true);
+    until("vm2 paused by the fence", Duration::from_secs(5), || async {
+        (runs(&c, "vm2") == vec![("host1".to_string(), Run::Paused)]).then_some(())
+    })
+    .await;
+    c.host("host1").link.as_ref().unwrap().set_cut(false);
+    until("vm2 running again", Duration::from_secs(5), || async {
+        (runs(&c, "vm2") == vec![("host1".to_string(), Run::Running)]).then_some(())
+    })
+    .await;
+    // The fence goes through the guests in name order: vm1 was handled before vm2.
+    assert!(!c.world.commands(src).iter().any(|x| x.name == "cont"), "the fence let the source run at its switchover");
+    assert!(runs(&c, "vm1").contains(&("host1".to_string(), Run::FinishMigrate)), "{:?}", runs(&c, "vm1"));
+
+    c.host("host2").jobs().resume(&rec.id).expect("resume");
+    let r = c.wait_end("host2", &rec.id).await;
+    assert_status(&r, JobStatus::Succeeded);
+    assert_eq!(runs(&c, "vm1"), vec![("host2".to_string(), Run::Running)]);
+}
+
+/// A migration cancelled at its switchover while the source's host is cut off: QEMU runs
+/// the source's guest again as the migration ends, and the fence, looking again while the
+/// lease is late, pauses it before the lease can expire; it runs when the lease is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_cancelled_while_its_source_is_fenced_leaves_the_guest_paused_until_the_lease_is_back() {
+    // Late after 3 s, expired after 6 s: the fence has 3 s to see the guest run again.
+    let c = Cluster::new_fleet(2, 1, LeasePolicy::with_ttl(Duration::from_secs(6))).await;
+    let g = c.boot("vm1", "host1").await;
+    boot_other(&c, "vm2", "host1").await;
+    let lease = c.host("host1").agent().fleet().unwrap().lease_id();
+    let mut spec = c.spec(&g, "host1", "host2", Mode::Live);
+    spec.pause_at_switchover = true;
+    let rec = c.host("host2").jobs().submit(spec).await.expect("submit");
+    c.wait_info("host2", &rec.id, "paused at switchover").await;
+
+    c.host("host1").link.as_ref().unwrap().set_cut(true);
+    until("vm2 paused by the fence", Duration::from_secs(10), || async {
+        (runs(&c, "vm2") == vec![("host1".to_string(), Run::Paused)]).then_some(())
+    })
+    .await;
+    c.host("host2").jobs().cancel(&rec.id).await.expect("cancel");
+    c.wait_end("host2", &rec.id).await;
+    until("vm1 paused again on host1", Duration::from_secs(10), || async {
+        runs(&c, "vm1").contains(&("host1".to_string(), Run::Paused)).then_some(())
+    })
+    .await;
+    assert!(c.pool.leases().contains(&lease), "paused while the lease is still held");
+
+    c.host("host1").link.as_ref().unwrap().set_cut(false);
+    until("vm1 and vm2 running on host1", Duration::from_secs(10), || async {
+        (runs(&c, "vm1") == vec![("host1".to_string(), Run::Running)] && runs(&c, "vm2") == vec![("host1".to_string(), Run::Running)])
+            .then_some(())
+    })
+    .await;
+}

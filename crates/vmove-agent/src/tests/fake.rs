@@ -25,6 +25,8 @@ pub enum Run {
     Running,
     Paused,
     InMigrate,
+    /// An outgoing migration's final stage (held there at pre-switchover).
+    FinishMigrate,
     PostMigrate,
 }
 
@@ -34,6 +36,7 @@ impl Run {
             Run::Running => "running",
             Run::Paused => "paused",
             Run::InMigrate => "inmigrate",
+            Run::FinishMigrate => "finish-migrate",
             Run::PostMigrate => "postmigrate",
         }
     }
@@ -188,6 +191,10 @@ impl World {
                 let mut out = me.out.lock().unwrap_or_else(|p| p.into_inner());
                 if matches!(*out, Out::Active { .. } | Out::PreSwitchover { .. }) {
                     *out = Out::Cancelled;
+                    // As QEMU: a guest that ran before its migration runs again.
+                    if me.get_run() == Run::FinishMigrate {
+                        me.set_run(Run::Running);
+                    }
                 }
                 Reply::ok()
             }
@@ -239,6 +246,11 @@ impl World {
             Out::PreSwitchover { .. } => Reply::Return(json!({"status": "pre-switchover", "total-time": 300, "ram": ram})),
             Out::Active { uri, left: 0 } if me.pause_before_switchover.swap(false, Ordering::SeqCst) => {
                 *out = Out::PreSwitchover { uri };
+                // As QEMU: the vCPUs stop for the switchover (a `stop` changes nothing now;
+                // a `cont` would run them).
+                if me.get_run() == Run::Running {
+                    me.set_run(Run::FinishMigrate);
+                }
                 Reply::Return(json!({"status": "pre-switchover", "total-time": 300, "ram": ram}))
             }
             Out::Active { uri, left: 0 } => {

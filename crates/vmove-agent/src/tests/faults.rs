@@ -168,3 +168,24 @@ async fn wait_cell(cell: &crate::jobs::JobCell) -> JobRecord {
         let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
     }
 }
+
+/// The source cut off from its store at the switchover (the etcd matrix's
+/// `switchover: SrcCutFromEtcd`): it refuses to end its QEMU while it cannot write its
+/// state. The target asks again until it can, so that no paused copy stays on the source.
+#[tokio::test]
+async fn a_source_that_cannot_save_its_state_at_the_switchover_ends_its_qemu_once_it_can() {
+    let c = Cluster::new(2, 2).await;
+    let g = c.boot("vm1", "host1").await;
+    let mut spec = c.spec(&g, "host1", "host2", Mode::Live);
+    spec.pause_at_switchover = true;
+    let rec = c.host("host2").jobs().submit(spec).await.expect("submit");
+    c.wait_info("host2", &rec.id, "paused at switchover").await;
+    let source_store = c.host("host1").store.clone();
+    source_store.fail_writes(FailPolicy::All);
+    c.host("host2").jobs().resume(&rec.id).expect("resume");
+    c.wait_info("host2", &rec.id, "the source has not ended its QEMU yet").await;
+    source_store.fail_writes(FailPolicy::Never);
+    let r = c.wait_end("host2", &rec.id).await;
+    assert_status(&r, JobStatus::Succeeded);
+    assert_eq!(one_copy(&c, "vm1").await, "host2");
+}
