@@ -99,15 +99,27 @@ impl Leases {
         let Some(f) = &self.fleet else {
             return put_record(self.store.as_ref(), key, &l, cond).await.map(|_| ());
         };
-        if l.holder == f.host() {
+        let own = l.holder == f.host();
+        if own {
             l.holder_lease = Some(f.lease_id().0);
         }
-        match l.holder_lease {
-            Some(id) => {
+        let Some(id) = l.holder_lease else {
+            return put_record(self.store.as_ref(), key, &l, cond).await.map(|_| ());
+        };
+        let bytes = vmove_store::encode_record(key, &l)?;
+        match f.lease_store().put_with_lease(key, bytes, cond, LeaseId(id)).await {
+            // This host's own lease expired a moment ago and the agent has not noticed yet
+            // (its keep-alive will, and grant a new one): written on the new lease instead
+            // of failing with the old one's id.
+            Err(vmove_store::StoreError::LeaseLost { lease }) if own && lease == id => {
+                let new = wait_new_lease(f, LeaseId(id)).await.ok_or(vmove_store::StoreError::LeaseLost { lease })?;
+                tracing::info!(old = %LeaseId(id), new = %new, key, "written on this host's new lease");
+                let mut l = l;
+                l.holder_lease = Some(new.0);
                 let bytes = vmove_store::encode_record(key, &l)?;
-                f.lease_store().put_with_lease(key, bytes, cond, LeaseId(id)).await.map(|_| ())
+                f.lease_store().put_with_lease(key, bytes, cond, new).await.map(|_| ())
             }
-            None => put_record(self.store.as_ref(), key, &l, cond).await.map(|_| ()),
+            r => r.map(|_| ()),
         }
     }
 
@@ -286,6 +298,22 @@ impl Leases {
     }
 }
 
+/// Waits (at most two lease TTLs) for the agent to replace its lease `old`, which the store
+/// says is gone; `None` if it has not by then.
+async fn wait_new_lease(f: &Fleet, old: LeaseId) -> Option<LeaseId> {
+    let deadline = tokio::time::Instant::now() + f.policy().ttl * 2;
+    loop {
+        let id = f.lease_id();
+        if id != old {
+            return Some(id);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,3 +381,4 @@ mod tests {
         assert_eq!(e.code, ErrorCode::StateWrite);
     }
 }
+

@@ -319,3 +319,20 @@ async fn a_migration_cancelled_while_its_source_is_fenced_leaves_the_guest_pause
     })
     .await;
 }
+
+/// Right after this host's lease expired, before its agent noticed (the fault matrix's
+/// `guest create` just after an 8-s cut): what it takes then (a new guest's ownership and
+/// volume lease) is written on its new lease, not refused with the old lease's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_right_after_the_hosts_lease_expired_goes_on_its_new_lease() {
+    let c = Cluster::new_fleet(2, 1, policy()).await;
+    let fleet = c.host("host1").agent().fleet().unwrap().clone();
+    let old = fleet.lease_id();
+    assert!(c.pool.expire_lease(old));
+    c.boot("vm1", "host1").await;
+    let new = fleet.lease_id();
+    assert_ne!(new, old);
+    let l = record(&c, "leases/shared/vm1-data.img").await.expect("the volume's lease");
+    assert_eq!((l.holder.as_str(), l.holder_lease), ("host1", Some(new.0)));
+    assert_eq!(runs(&c, "vm1"), vec![("host1".to_string(), Run::Running)]);
+}
