@@ -87,6 +87,12 @@ impl Leases {
         Leases { store, prefix: prefix.to_string(), fleet: None }
     }
 
+    /// The same store's records under `prefix` below these (on the file store, the guests'
+    /// ownership, `owners/`, beside a shared pool's volume leases).
+    pub fn under(&self, prefix: &str) -> Leases {
+        Leases { store: self.store.clone(), prefix: format!("{}{prefix}", self.prefix), fleet: self.fleet.clone() }
+    }
+
     /// The leases kept in the cluster's store under `prefix` (`leases/<pool>/`, `owners/`),
     /// attached to their holders' etcd leases.
     pub fn on_fleet(fleet: Arc<Fleet>, prefix: &str) -> Leases {

@@ -70,7 +70,8 @@ pub struct Agent {
     pub(crate) leases: BTreeMap<String, Leases>,
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
     pub(crate) fleet: Option<Arc<Fleet>>,
-    /// On etcd: who may run each guest (`owners/<guest>`, records like volume leases).
+    /// Who may run each guest (`owners/<guest>`, records like volume leases): on etcd in the
+    /// cluster's store, on files beside the first shared pool's volume leases.
     pub(crate) owners: Option<Leases>,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
@@ -106,6 +107,14 @@ impl Agent {
             .unwrap_or(0);
         let starts = crate::metrics::count_start(&parts.state).await?;
         let maintenance = parts.state.get::<MaintenanceRec>(MAINTENANCE_KEY).await?.map(|m| m.0);
+        let owners = match &parts.fleet {
+            Some(f) => Some(Leases::on_fleet(f.clone(), vmove_registry::keys::owners())),
+            // On the file store: beside the volume leases of the first shared pool by name
+            // (every host of a cluster has the same shared pools), so that a guest without
+            // a disk there is held too: the host it was forced away from learns it at its
+            // return. None without a shared pool.
+            None => parts.cfg.pools.iter().filter(|p| !p.is_local()).map(|p| &p.name).min().and_then(|n| parts.leases.get(n)).map(|l| l.under("owners/")),
+        };
         Ok(Agent {
             cfg: parts.cfg,
             accel: parts.accel,
@@ -114,7 +123,7 @@ impl Agent {
             state: parts.state.in_fleet(parts.fleet.clone()),
             leases: parts.leases,
             peer_tls: parts.peer_tls,
-            owners: parts.fleet.clone().map(|f| Leases::on_fleet(f, vmove_registry::keys::owners())),
+            owners,
             fleet: parts.fleet,
             stats: Arc::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(starts)),

@@ -215,3 +215,31 @@ async fn the_tls_server_gets_a_fixed_dh_group_so_qemu_does_not_generate_one() {
     assert!(dh.starts_with("-----BEGIN DH PARAMETERS-----\nMIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n"), "{dh}");
     assert!(server.join("server-cert.pem").exists() && server.join("ca-cert.pem").exists());
 }
+
+/// A guest without a disk forced away from a dead host (an evacuation): its ownership
+/// record, beside the shared pool's volume leases, names the target, so that the dead host
+/// learns at its return that the guest moved (its restart reconciliation drops the stale
+/// definition once the holder confirms). It used to keep it: nothing was leased.
+#[tokio::test]
+async fn a_guest_without_disks_forced_away_is_held_by_its_target() {
+    let c = Cluster::new(2, 1).await;
+    let mut g = guest("vm1", "host1");
+    g.disks.clear();
+    c.host("host1").agent().define(g.clone()).await.expect("define");
+    c.host("host1").agent().start("vm1").await.expect("start");
+    assert_eq!(c.host("host2").agent().volume_held_elsewhere(&g).await.unwrap().map(|h| h.0).as_deref(), Some("host1"));
+    c.host("host1").up.store(false, Ordering::SeqCst);
+    let r = c.run(c.spec(&g, "host1", "host2", Mode::OfflineForce)).await;
+    assert_status(&r, JobStatus::Succeeded);
+    let held = c.host("host1").agent().volume_held_elsewhere(&g).await.unwrap();
+    assert_eq!(held.map(|h| h.0).as_deref(), Some("host2"), "host1 sees that host2 holds vm1");
+    // A live move and an offline one carry it like a volume lease.
+    let c = Cluster::new(2, 2).await;
+    c.host("host1").agent().define(g.clone()).await.expect("define");
+    c.host("host1").agent().start("vm1").await.expect("start");
+    assert_status(&c.run(c.spec(&g, "host1", "host2", Mode::Live)).await, JobStatus::Succeeded);
+    assert_eq!(c.host("host1").agent().volume_held_elsewhere(&g).await.unwrap().map(|h| h.0).as_deref(), Some("host2"));
+    assert_status(&c.run(c.spec(&g, "host2", "host1", Mode::Offline)).await, JobStatus::Succeeded);
+    assert_eq!(c.host("host2").agent().volume_held_elsewhere(&g).await.unwrap().map(|h| h.0).as_deref(), Some("host1"));
+    assert_eq!(c.placement("vm1"), (vec!["host1".to_string()], vec!["host1".to_string()]));
+}
