@@ -16,6 +16,10 @@ use crate::topology::{self, Plan, GUEST_NET, MAX_ETCD, MAX_HOSTS, SLOTS};
 /// Where slot claims live.
 const SLOT_DIR: &str = "/run/vmove/lab-slots";
 
+/// How long a slot claimed by a lab still coming up counts as taken without its switch
+/// namespace (a lab up takes seconds; one that fails releases its slot).
+const SLOT_SETUP: Duration = Duration::from_secs(120);
+
 /// What `lab up` makes inside the lab directory (cluster file, PKI, the shared pool with its
 /// volumes and leases, each host's agent configuration, state and run directories).
 /// `lab down` removes all of it; `lab up` on a directory holding an old lab starts clean.
@@ -109,9 +113,17 @@ pub fn lab_name(dir: &Path) -> Result<String> {
 }
 
 fn claim_slot(name: &str) -> Result<u8> {
-    std::fs::create_dir_all(SLOT_DIR)?;
+    claim_slot_in(Path::new(SLOT_DIR), name)
+}
+
+fn claim_slot_in(dir: &Path, name: &str) -> Result<u8> {
+    std::fs::create_dir_all(dir)?;
+    // One claim at a time on the machine: two labs coming up at once both saw a stale slot
+    // (or each other's, not up yet) and both took it, with the same root link `vmvN`.
+    let d = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    let _lock = nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| anyhow!("lock {}: {e}", dir.display()))?;
     for s in 0..SLOTS {
-        let p = Path::new(SLOT_DIR).join(s.to_string());
+        let p = dir.join(s.to_string());
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
             Ok(mut f) => {
                 std::io::Write::write_all(&mut f, name.as_bytes())?;
@@ -119,7 +131,10 @@ fn claim_slot(name: &str) -> Result<u8> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = std::fs::read_to_string(&p).unwrap_or_default();
-                let alive = !owner.is_empty() && vmove_host::netns::exists(&format!("{owner}-switch"));
+                // A lab is alive once its switch namespace exists, and while it comes up
+                // (claimed in the last SLOT_SETUP, before it made that namespace).
+                let young = std::fs::metadata(&p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age < SLOT_SETUP);
+                let alive = !owner.is_empty() && (young || vmove_host::netns::exists(&format!("{owner}-switch")));
                 if owner == name || !alive {
                     std::fs::write(&p, name)?;
                     return Ok(s);
@@ -371,4 +386,41 @@ pub async fn start_agent_again(dir: &Path, host: &str, vmoved: &Path) -> Result<
     let one = Cluster { hosts: cluster.hosts.iter().filter(|h| h.name == host).cloned().collect(), ..cluster };
     wait_for_agents(&one, &info.dir).await?;
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lab that has just claimed its slot has no switch namespace yet: another lab coming
+    /// up then must take the next slot, not that one (two labs came up with one root link).
+    #[test]
+    fn a_slot_claimed_a_moment_ago_is_not_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = claim_slot_in(dir.path(), "vt-slot-test-a").unwrap();
+        let b = claim_slot_in(dir.path(), "vt-slot-test-b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(claim_slot_in(dir.path(), "vt-slot-test-a").unwrap(), a, "its own slot again");
+    }
+
+    /// A slot left by a lab that is gone (claimed long ago, no switch namespace) is taken,
+    /// by exactly one of several labs coming up at once.
+    #[test]
+    fn a_stale_slot_goes_to_one_of_the_labs_coming_up_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("0");
+        std::fs::write(&stale, "vt-slot-test-gone").unwrap();
+        let old = std::time::SystemTime::now() - SLOT_SETUP * 2;
+        std::fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+        let path = dir.path();
+        let slots: Vec<u8> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..6).map(|i| s.spawn(move || claim_slot_in(path, &format!("vt-slot-test-{i}")).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut distinct = slots.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), slots.len(), "two labs in one slot: {slots:?}");
+        assert!(slots.contains(&0), "the stale slot was taken: {slots:?}");
+    }
 }

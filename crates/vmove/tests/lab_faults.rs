@@ -229,6 +229,7 @@ fn run_case(lab: &Lab, n: usize, c: &Case) -> Row {
     }
     let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let id = lab.ok(&argv).trim().to_string();
+    let _show = common::faults::ShowJobOnPanic { lab, id: id.clone() };
     wait_for(&format!("{} to reach its point", c.name()), Duration::from_secs(180), || {
         let j = job(lab, &id);
         let hit = reached(c, &j);

@@ -81,6 +81,22 @@ pub fn job(lab: &Lab, id: &str) -> serde_json::Value {
     lab.json(&["job", "show", id])
 }
 
+/// Prints a job's record and events if the case fails while this is alive: on etcd they
+/// go with the lab, and the agents' logs do not have them.
+pub struct ShowJobOnPanic<'a> {
+    pub lab: &'a Lab,
+    pub id: String,
+}
+
+impl Drop for ShowJobOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let o = self.lab.vmove(&["job", "show", &self.id]);
+            eprintln!("--- job show {} at the failure:\n{}{}", self.id, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
 /// Whether a job's events have one that `pred` accepts.
 pub fn has_event(j: &serde_json::Value, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
     j["events"].as_array().is_some_and(|a| a.iter().any(pred))
