@@ -120,7 +120,6 @@ impl Leases {
             Err(vmove_store::StoreError::LeaseLost { lease }) if own && lease == id => {
                 let new = wait_new_lease(f, LeaseId(id)).await.ok_or(vmove_store::StoreError::LeaseLost { lease })?;
                 tracing::info!(old = %LeaseId(id), new = %new, key, "written on this host's new lease");
-                let mut l = l;
                 l.holder_lease = Some(new.0);
                 let bytes = vmove_store::encode_record(key, &l)?;
                 f.lease_store().put_with_lease(key, bytes, cond, new).await.map(|_| ())
@@ -387,4 +386,3 @@ mod tests {
         assert_eq!(e.code, ErrorCode::StateWrite);
     }
 }
-

@@ -55,10 +55,10 @@ struct Fenced {
     paused: BTreeSet<String>,
     /// Of those, the ones whose disks it let go.
     released: BTreeSet<String>,
-    /// Guests found stopped by their migration (at its switchover, or completed): not
-    /// paused by the fence and never let run by it. While the lease is unsure they are
-    /// looked at again every retry: a migration cancelled meanwhile makes QEMU run the guest
-    /// again, and the fence pauses it then.
+    /// Guests found stopped by their migration (at its switchover, or completed), already
+    /// said in the log. They are not in `paused`, so the fence never lets them run; a
+    /// migration cancelled meanwhile makes QEMU run one again, and the next look (every
+    /// retry while the lease is late) pauses it.
     held: BTreeSet<String>,
 }
 

@@ -233,21 +233,6 @@ async fn a_lost_lease_nobody_used_is_replaced_and_the_guests_run_on() {
     assert_eq!(active, vec![Some(serde_json::json!({"active": false})), Some(serde_json::json!({"active": true}))], "disks let go, then taken back");
 }
 
-/// Boots a second guest (its own MAC and address) on `host`.
-async fn boot_other(c: &Cluster, name: &str, host: &str) {
-    let mut spec = guest(name, host);
-    spec.nics[0].mac = "52:54:00:00:00:12".into();
-    spec.nics[0].ip = Some("192.0.2.11/24".into());
-    let a = c.host(host).agent();
-    a.define(spec).await.expect("define");
-    a.start(name).await.expect("start");
-}
-
-/// The pid of the guest's QEMU on `host`.
-fn qemu_pid_on(c: &Cluster, guest: &str, host: &str) -> u32 {
-    c.world.qemus(guest).into_iter().find(|(h, _, _)| h == host).map(|(_, pid, _)| pid).expect("a QEMU there")
-}
-
 /// A guest held at its migration's switchover (QEMU `finish-migrate`: its vCPUs stopped by
 /// the migration) when its host is cut off: the fence did not pause it, so it never lets it
 /// run, which would run the source while the migration completes into the target. The
@@ -256,12 +241,11 @@ fn qemu_pid_on(c: &Cluster, guest: &str, host: &str) -> u32 {
 async fn a_guest_held_at_its_switchover_is_never_let_run_by_the_fence() {
     let c = Cluster::new_fleet(2, 1, policy()).await;
     let g = c.boot("vm1", "host1").await;
-    boot_other(&c, "vm2", "host1").await;
+    boot_nth(&c, "vm2", "host1", 2).await;
     let mut spec = c.spec(&g, "host1", "host2", Mode::Live);
     spec.pause_at_switchover = true;
     let rec = c.host("host2").jobs().submit(spec).await.expect("submit");
     c.wait_info("host2", &rec.id, "paused at switchover").await;
-    let src = qemu_pid_on(&c, "vm1", "host1");
     assert!(runs(&c, "vm1").contains(&("host1".to_string(), Run::FinishMigrate)), "{:?}", runs(&c, "vm1"));
 
     c.host("host1").link.as_ref().unwrap().set_cut(true);
@@ -275,7 +259,7 @@ async fn a_guest_held_at_its_switchover_is_never_let_run_by_the_fence() {
     })
     .await;
     // The fence goes through the guests in name order: vm1 was handled before vm2.
-    assert!(!c.world.commands(src).iter().any(|x| x.name == "cont"), "the fence let the source run at its switchover");
+    assert!(!commands_on(&c, "vm1", "host1").iter().any(|x| x.name == "cont"), "the fence let the source run at its switchover");
     assert!(runs(&c, "vm1").contains(&("host1".to_string(), Run::FinishMigrate)), "{:?}", runs(&c, "vm1"));
 
     c.host("host2").jobs().resume(&rec.id).expect("resume");
@@ -292,7 +276,7 @@ async fn a_migration_cancelled_while_its_source_is_fenced_leaves_the_guest_pause
     // Late after 3 s, expired after 6 s: the fence has 3 s to see the guest run again.
     let c = Cluster::new_fleet(2, 1, LeasePolicy::with_ttl(Duration::from_secs(6))).await;
     let g = c.boot("vm1", "host1").await;
-    boot_other(&c, "vm2", "host1").await;
+    boot_nth(&c, "vm2", "host1", 2).await;
     let lease = c.host("host1").agent().fleet().unwrap().lease_id();
     let mut spec = c.spec(&g, "host1", "host2", Mode::Live);
     spec.pause_at_switchover = true;
@@ -325,7 +309,9 @@ async fn a_migration_cancelled_while_its_source_is_fenced_leaves_the_guest_pause
 /// volume lease) is written on its new lease, not refused with the old lease's id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_right_after_the_hosts_lease_expired_goes_on_its_new_lease() {
-    let c = Cluster::new_fleet(2, 1, policy()).await;
+    // A TTL long enough that the write's wait for the new lease (two TTLs) outlasts the
+    // agent noticing the expiry even on a loaded machine (with 2 s it once took over 4 s).
+    let c = Cluster::new_fleet(2, 1, LeasePolicy::with_ttl(Duration::from_secs(6))).await;
     let fleet = c.host("host1").agent().fleet().unwrap().clone();
     let old = fleet.lease_id();
     assert!(c.pool.expire_lease(old));

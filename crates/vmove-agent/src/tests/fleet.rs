@@ -7,17 +7,6 @@ use vmove_store::get_record;
 use super::*;
 use crate::state::{MaintenanceRec, MAINTENANCE_KEY};
 
-/// Defines and starts guest `n` on `host`, with its own MAC, IP and volume.
-async fn boot_nth(c: &Cluster, name: &str, host: &str, n: u8) -> GuestSpec {
-    let mut spec = guest(name, host);
-    spec.nics[0].mac = format!("52:54:00:00:01:{n:02x}");
-    spec.nics[0].ip = Some(format!("192.0.2.{}/24", 100 + n));
-    let a = c.host(host).agent();
-    a.define(spec.clone()).await.expect("define");
-    a.start(name).await.expect("start");
-    spec
-}
-
 /// Submits a live migration to `to` that waits before MIGRATE_GUEST, and waits until it does.
 async fn submit_paused(c: &Cluster, g: &GuestSpec, from: &str, to: &str, max_incoming: Option<u32>) -> String {
     let mut spec = c.spec(g, from, to, Mode::Live);

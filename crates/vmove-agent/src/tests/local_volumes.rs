@@ -48,12 +48,6 @@ fn nothing_copies(c: &Cluster, guest: &str) {
     }
 }
 
-/// The commands of the guest's living QEMU on `host`.
-fn commands_on(c: &Cluster, guest: &str, host: &str) -> Vec<vmove_qmp::fake::Command> {
-    let (_, pid, _) = c.world.qemus(guest).into_iter().find(|(h, _, _)| h == host).expect("QEMU");
-    c.world.commands(pid)
-}
-
 fn note_of(r: &JobRecord, step: Step) -> String {
     r.steps.iter().find(|s| s.step == step).and_then(|s| s.note.clone()).unwrap_or_default()
 }

@@ -238,6 +238,23 @@ fn addr(host: &str) -> String {
     format!("198.51.100.{}:7450", n + 1)
 }
 
+/// Defines and starts guest `n` on `host`, with its own MAC, IP and volume.
+pub async fn boot_nth(c: &Cluster, name: &str, host: &str, n: u8) -> GuestSpec {
+    let mut spec = guest(name, host);
+    spec.nics[0].mac = format!("52:54:00:00:01:{n:02x}");
+    spec.nics[0].ip = Some(format!("192.0.2.{}/24", 100 + n));
+    let a = c.host(host).agent();
+    a.define(spec.clone()).await.expect("define");
+    a.start(name).await.expect("start");
+    spec
+}
+
+/// The commands of the guest's living QEMU on `host`.
+pub fn commands_on(c: &Cluster, guest: &str, host: &str) -> Vec<vmove_qmp::fake::Command> {
+    let (_, pid, _) = c.world.qemus(guest).into_iter().find(|(h, _, _)| h == host).expect("QEMU");
+    c.world.commands(pid)
+}
+
 /// A lab-image guest with one NIC and one data disk.
 pub fn guest(name: &str, host: &str) -> GuestSpec {
     GuestSpec {
