@@ -149,7 +149,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 150)]
     budget: u64,
     /// Cap of the migration link (tc tbf on both hosts' mgmt0) for the 2x-link and near-link workloads, Mbit/s.
-    #[arg(long, default_value_t = 1000)]
+    /// 200: a 1-vCPU TCG guest cannot dirty twice a faster link while it is being migrated.
+    #[arg(long, default_value_t = 200)]
     link_cap_mbit: u32,
     /// Near-link dirty rate as a fraction of the capped link's measured throughput.
     #[arg(long, default_value_t = 0.9)]
@@ -158,7 +159,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 2.0)]
     link_factor: f64,
     /// Working set of the 2x-link and near-link workloads, MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     near_wss: u32,
     /// Dirty rate of the HTTP workload, MB/s.
     #[arg(long, default_value_t = 20)]

@@ -37,6 +37,9 @@ pub struct MigrationEvents {
     pub passes: u64,
     /// Last MIGRATION status.
     pub status: String,
+    /// Where the migration's connections go (from its URI): whose send queues hold the
+    /// bytes in flight.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Everything an [`Agent`] is made of (the real ones from `vmoved`'s configuration, fakes

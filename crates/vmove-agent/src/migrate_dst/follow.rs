@@ -39,6 +39,8 @@ fn sample(info: &MigrationInfo, at_ms: u64) -> Sample {
         dirty_rate_bytes_per_s: info.dirty_rate_bytes_per_s(),
         expected_downtime_ms: info.expected_downtime.unwrap_or(0),
         throttle_pct: info.cpu_throttle_percentage,
+        // From the source agent (`PeerMigrateQuery`); an older one sends none.
+        in_flight_bytes: info.extra.get(crate::migrate_src::IN_FLIGHT_KEY).and_then(|v| v.as_u64()).unwrap_or(0),
     }
 }
 
@@ -327,4 +329,17 @@ async fn recover(cx: &StepCx<'_>, q: &Qmp, listening: &mut Option<String>) -> Re
         .await
         .map_err(|e: AgentError| e.context("resume on the source"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sources_bytes_in_flight_reach_the_ladder() {
+        let mut info = vmove_qmp::MigrationInfo::default();
+        assert_eq!(super::sample(&info, 250).in_flight_bytes, 0, "an older source sends none");
+        info.extra.insert(crate::migrate_src::IN_FLIGHT_KEY.into(), 4_194_304u64.into());
+        assert_eq!(super::sample(&info, 250).in_flight_bytes, 4_194_304);
+        info.extra.insert(crate::migrate_src::IN_FLIGHT_KEY.into(), (-1i64).into());
+        assert_eq!(super::sample(&info, 250).in_flight_bytes, 0, "not a byte count: none");
+    }
 }

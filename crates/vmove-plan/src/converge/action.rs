@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ladder::Why;
-use super::ThrottleParams;
+use super::{is_zero, ThrottleParams};
 
 /// What the agent does next. Each is one job event (its [`Action::describe`] line, and the
 /// [`Why`] as data).
@@ -12,8 +12,13 @@ use super::ThrottleParams;
 pub enum Action {
     /// `migrate-set-parameters {"downtime-limit": ms}` on the source.
     SetDowntimeLimit {
-        /// The new limit.
+        /// The limit QEMU gets: the rung's less `in_flight_ms`.
         ms: u64,
+        /// The part of the rung's limit kept for the bytes already in flight (the source's
+        /// kernel holds them unacknowledged; they drain after QEMU stops the guest, before
+        /// the target can load): 0 when none matter.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        in_flight_ms: u64,
         /// Why.
         why: Why,
     },
@@ -84,7 +89,10 @@ impl Action {
     /// One line for the job's events.
     pub fn describe(&self) -> String {
         let head = match self {
-            Action::SetDowntimeLimit { ms, .. } => format!("downtime limit {ms} ms"),
+            Action::SetDowntimeLimit { ms, in_flight_ms: 0, .. } => format!("downtime limit {ms} ms"),
+            Action::SetDowntimeLimit { ms, in_flight_ms, .. } => {
+                format!("downtime limit {} ms (QEMU's {ms} ms, {in_flight_ms} ms kept for the bytes in flight)", ms.saturating_add(*in_flight_ms))
+            }
             Action::UnparkThrottle { params, .. } => format!("throttling the guest ({})", throttle_text(params)),
             Action::RaiseThrottle { params, .. } => format!("throttling harder ({})", throttle_text(params)),
             Action::StartPostcopy { .. } => "switching to post-copy".to_string(),

@@ -1,5 +1,6 @@
 //! The convergence ladder: a state machine fed with `query-migrate` samples that answers
 //! with the actions the agent carries out.
+use std::collections::VecDeque;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -10,8 +11,8 @@ use crate::params::MigrationParams;
 use super::action::Action;
 use super::predict::precopy_tail_ms;
 use super::{
-    dirty_limit_rungs, downtime_rungs, fmt_mib, fmt_ms, setup, Features, Setup, Start,
-    ThrottleKind, ThrottleParams, PROGRESS_PCT, RECOVER_FIRST_MS, RECOVER_MAX_MS,
+    dirty_limit_rungs, downtime_rungs, fmt_mib, fmt_ms, is_zero, setup, Features, Setup, Start,
+    ThrottleKind, ThrottleParams, IN_FLIGHT_WINDOW, MIN_QEMU_DOWNTIME_MS, PROGRESS_PCT, RETUNE_MIN_MS, RECOVER_FIRST_MS, RECOVER_MAX_MS,
     STUCK_PASSES, STUCK_WINDOW_MS, THROTTLE_CEILINGS_PCT, THROTTLE_INCREMENT_PCT,
     THROTTLE_INITIAL_PCT,
 };
@@ -94,6 +95,11 @@ pub struct Sample {
     /// `cpu-throttle-percentage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_pct: Option<u64>,
+    /// Bytes QEMU has written to the migration's connections that the source's kernel still
+    /// holds unacknowledged (its socket queues): they reach the target only after they
+    /// drain, so once QEMU stops the guest they lengthen its pause. 0 when unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub in_flight_bytes: u64,
 }
 
 impl Sample {
@@ -139,6 +145,9 @@ pub struct Figures {
     /// Auto-converge throttle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_pct: Option<u64>,
+    /// Bytes in flight on the migration's connections ([`Sample::in_flight_bytes`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub in_flight_bytes: u64,
 }
 
 /// Why an action was taken: one line and the figures.
@@ -213,6 +222,14 @@ struct Window {
     since_pass: u64,
 }
 
+/// One sample's bytes in flight and how long they take to drain.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    bytes: u64,
+    rate_bytes_per_s: u64,
+    drain_ms: u64,
+}
+
 /// Post-copy's last progress: the bytes sent and since when they have not grown.
 #[derive(Debug, Clone, Copy)]
 struct Moving {
@@ -235,7 +252,12 @@ pub struct Ladder {
     timeout_ms: u64,
     rungs: Vec<Rung>,
     at: usize,
+    /// The rung's downtime limit: the longest pause the guest may have.
     downtime_ms: u64,
+    /// The limit QEMU has: `downtime_ms` less what the bytes in flight need to drain.
+    applied_ms: u64,
+    /// The last samples' bytes in flight and their drain time at the rate of the moment.
+    in_flight: VecDeque<InFlight>,
     window: Option<Window>,
     throttle_seen: Option<u64>,
     exhausted: bool,
@@ -268,6 +290,8 @@ impl Ladder {
         }
         Ladder {
             downtime_ms: setup.initial_downtime_ms,
+            applied_ms: setup.initial_downtime_ms,
+            in_flight: VecDeque::with_capacity(IN_FLIGHT_WINDOW),
             setup,
             timeout_ms: params.timeout_s.saturating_mul(1000),
             rungs,
@@ -351,7 +375,8 @@ impl Ladder {
                     return vec![Action::Cancel { why: self.why(s, reason) }];
                 }
                 if s.status == Phase::Precopy {
-                    self.on_precopy(s).into_iter().collect()
+                    let a = self.on_precopy(s);
+                    self.keep_for_in_flight(s, a)
                 } else {
                     Vec::new()
                 }
@@ -425,21 +450,21 @@ impl Ladder {
         }
         let w = *w;
         // Within reach: QEMU switches over by itself at its next check.
-        if u128::from(v) * 1000 <= u128::from(s.rate_bytes_per_s) * u128::from(self.downtime_ms) {
+        if u128::from(v) * 1000 <= u128::from(s.rate_bytes_per_s) * u128::from(self.applied_ms) {
             return None;
         }
         let (window_ms, window_passes) = (s.at_ms.saturating_sub(w.since_ms), s.pass.saturating_sub(w.since_pass));
         if window_ms < STUCK_WINDOW_MS || window_passes < STUCK_PASSES {
             return None;
         }
-        let carries = u128::from(s.rate_bytes_per_s) * u128::from(self.downtime_ms) / 1000;
+        let carries = u128::from(s.rate_bytes_per_s) * u128::from(self.applied_ms) / 1000;
         let stuck = format!(
             "stuck at {}: the dirty set stayed at {} or more for {window_passes} passes / {} (no drop of {PROGRESS_PCT} % below {}); {} ms carries {} at {}, dirtied {}",
             self.rung(),
             fmt_mib(w.low_bytes),
             fmt_ms(window_ms),
             fmt_mib(w.anchor_bytes),
-            self.downtime_ms,
+            self.applied_ms,
             fmt_mib(u64::try_from(carries).unwrap_or(u64::MAX)),
             fmt_rate(s.rate_bytes_per_s),
             fmt_rate(s.dirty_rate_bytes_per_s),
@@ -470,7 +495,7 @@ impl Ladder {
         Some(match self.rungs[self.at] {
             Rung::Downtime { limit_ms } => {
                 self.downtime_ms = limit_ms;
-                Action::SetDowntimeLimit { ms: limit_ms, why }
+                Action::SetDowntimeLimit { ms: limit_ms, in_flight_ms: 0, why }
             }
             Rung::AutoConverge { max_pct } => {
                 let params = if first_throttle {
@@ -497,6 +522,54 @@ impl Ladder {
         })
     }
 
+    /// Keeps part of the rung's downtime limit for the bytes in flight: QEMU decides to
+    /// switch over when what is left fits its limit at the current rate, but what it has
+    /// already written and the kernel still holds must reach the target first. QEMU gets
+    /// the rung's limit less the longest drain time of the last [`IN_FLIGHT_WINDOW`]
+    /// samples (at least [`MIN_QEMU_DOWNTIME_MS`]), set again when that moves by
+    /// [`RETUNE_MIN_MS`] and a tenth. A rung's own action carries the adjusted figure.
+    fn keep_for_in_flight(&mut self, s: &Sample, a: Option<Action>) -> Vec<Action> {
+        if s.rate_bytes_per_s > 0 {
+            if self.in_flight.len() == IN_FLIGHT_WINDOW {
+                self.in_flight.pop_front();
+            }
+            let drain = u128::from(s.in_flight_bytes) * 1000 / u128::from(s.rate_bytes_per_s);
+            let drain_ms = u64::try_from(drain).unwrap_or(u64::MAX);
+            self.in_flight.push_back(InFlight { bytes: s.in_flight_bytes, rate_bytes_per_s: s.rate_bytes_per_s, drain_ms });
+        }
+        let worst = self.in_flight.iter().copied().max_by_key(|f| f.drain_ms);
+        let drain_ms = worst.map_or(0, |f| f.drain_ms);
+        let wanted = self.downtime_ms.saturating_sub(drain_ms).max(MIN_QEMU_DOWNTIME_MS.min(self.downtime_ms));
+        let kept = self.downtime_ms - wanted;
+        let mut out = Vec::new();
+        match a {
+            Some(Action::SetDowntimeLimit { why, .. }) => {
+                self.applied_ms = wanted;
+                return vec![Action::SetDowntimeLimit { ms: wanted, in_flight_ms: kept, why }];
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+        if wanted.abs_diff(self.applied_ms) < RETUNE_MIN_MS.max(self.applied_ms / 10) {
+            return out;
+        }
+        self.applied_ms = wanted;
+        let reason = match worst {
+            Some(f) if kept > 0 => format!(
+                "{} in flight (the source's socket queues) drain in {} ms at {}: QEMU's limit {wanted} ms keeps the pause within {} ms",
+                fmt_mib(f.bytes),
+                f.drain_ms,
+                fmt_rate(f.rate_bytes_per_s),
+                self.downtime_ms
+            ),
+            _ => format!("the bytes in flight drain at once now: QEMU's limit back to {} ms", self.downtime_ms),
+        };
+        let mut why = self.why(s, reason);
+        why.figures.in_flight_bytes = worst.map_or(0, |f| f.bytes);
+        out.push(Action::SetDowntimeLimit { ms: wanted, in_flight_ms: kept, why });
+        out
+    }
+
     fn why(&self, s: &Sample, reason: String) -> Why {
         Why {
             reason,
@@ -513,6 +586,7 @@ impl Ladder {
                 downtime_limit_ms: self.downtime_ms,
                 expected_downtime_ms: s.expected_downtime_ms,
                 throttle_pct: s.throttle_pct,
+                in_flight_bytes: s.in_flight_bytes,
             },
         }
     }
@@ -531,7 +605,7 @@ impl Ladder {
             Phase::Postcopy | Phase::PostcopyRecovering => per_rate(s.remaining_bytes),
             Phase::Precopy if s.pass < 2 => per_rate(s.remaining_bytes),
             Phase::Precopy => {
-                let tail = precopy_tail_ms(s.dirty_set_bytes(), s.dirty_rate_bytes_per_s, s.rate_bytes_per_s, self.downtime_ms)?;
+                let tail = precopy_tail_ms(s.dirty_set_bytes(), s.dirty_rate_bytes_per_s, s.rate_bytes_per_s, self.applied_ms)?;
                 Some(tail.total_ms)
             }
             _ => None,

@@ -30,6 +30,18 @@ pub use action::Action;
 pub use ladder::{Figures, Ladder, Phase, Rung, RungInfo, Sample, Why};
 pub use predict::{precopy, predict, ConvergePolicy, Needed, Precopy, Prediction, Workload};
 
+fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
+/// QEMU's downtime limit never goes below this for bytes in flight, milliseconds.
+pub const MIN_QEMU_DOWNTIME_MS: u64 = 10;
+/// The drain time of the bytes in flight is the highest of this many samples (2 s at the
+/// agent's 250 ms poll).
+pub const IN_FLIGHT_WINDOW: usize = 8;
+/// QEMU's limit is set again for the bytes in flight when it would change by at least
+/// this much, milliseconds (and by at least a tenth).
+pub const RETUNE_MIN_MS: u64 = 10;
 /// The lowest downtime limit the ladder starts from, milliseconds.
 pub const DOWNTIME_FLOOR_MS: u64 = 50;
 /// Each downtime rung is this many times the one before (the last is the maximum).

@@ -240,6 +240,7 @@ fn simulate(w: &Workload, link_bytes_per_s: u64, policy: &ConvergePolicy) -> Pre
             dirty_rate_bytes_per_s: de as u64,
             expected_downtime_ms: pass_ms.ceil() as u64,
             throttle_pct: (ceiling > 0).then_some(pct),
+            in_flight_bytes: 0,
         };
         let mut acted = false;
         for a in ladder.observe(&sample) {

@@ -243,6 +243,8 @@ pub fn sample(i: &MigrationInfo, at_ms: u64) -> Sample {
         dirty_rate_bytes_per_s: i.dirty_rate_bytes_per_s(),
         expected_downtime_ms: i.expected_downtime.unwrap_or(0),
         throttle_pct: i.cpu_throttle_percentage,
+        // These QEMUs talk through the test's proxy, whose queues are not QEMU's.
+        in_flight_bytes: 0,
     }
 }
 

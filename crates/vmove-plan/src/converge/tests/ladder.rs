@@ -393,3 +393,73 @@ fn a_hung_post_copy_is_paused_once_per_stall() {
         [(15_000, "pausing post-copy".to_string()), (21_500, "recover 1".to_string()), (25_500, "pausing post-copy".to_string())]
     );
 }
+
+/// A pre-copy sample of [`pre`] with `in_flight` bytes held by the source's kernel.
+fn pre_in_flight(at_ms: u64, pass: u64, set: u64, in_flight: u64) -> Sample {
+    Sample { in_flight_bytes: in_flight, ..pre(at_ms, pass, set) }
+}
+
+#[test]
+fn bytes_in_flight_come_off_qemus_limit_so_that_the_pause_stays_within_the_rungs() {
+    // 17 MB in the socket queues at 100 MB/s drain in 170 ms after QEMU stops the guest:
+    // QEMU may plan only 130 of the 300 ms.
+    let mut l = Ladder::new(&params(Converge::None, true), &qemu10(), &start_unknown());
+    let mut log = Vec::new();
+    feed(&mut l, &pre_in_flight(250, 1, 400 * MB, 17 * MB), &mut log);
+    assert_eq!(names(&log), [(250, "downtime 130".to_string())]);
+    let Action::SetDowntimeLimit { ms, in_flight_ms, why } = &log[0].1 else { unreachable!() };
+    assert_eq!((*ms, *in_flight_ms, why.figures.in_flight_bytes, why.figures.downtime_limit_ms), (130, 170, 17 * MB, 300));
+    assert_eq!(
+        log[0].1.describe(),
+        "downtime limit 300 ms (QEMU's 130 ms, 170 ms kept for the bytes in flight): 16.2 MiB in flight (the source's socket queues) drain in 170 ms at 95.4 MB/s: QEMU's limit 130 ms keeps the pause within 300 ms"
+    );
+    // The same figures, or a change of less than a tenth, ask nothing more.
+    for i in 2..=8 {
+        feed(&mut l, &pre_in_flight(i * 250, 1, 400 * MB, 16 * MB), &mut log);
+    }
+    assert_eq!(log.len(), 1, "{:?}", names(&log));
+    // The queues empty (the link became faster than QEMU): the highest drain of the last
+    // eight samples still counts until it has left the window; then QEMU gets it all back.
+    for i in 9..=15 {
+        feed(&mut l, &pre_in_flight(i * 250, 1, 400 * MB, 0), &mut log);
+    }
+    assert_eq!(log.len(), 1, "{:?}", names(&log));
+    feed(&mut l, &pre_in_flight(16 * 250, 1, 400 * MB, 0), &mut log);
+    assert_eq!(names(&log)[1], (4000, "downtime 300".to_string()));
+    assert_eq!(
+        log[1].1.describe(),
+        "downtime limit 300 ms: the bytes in flight drain at once now: QEMU's limit back to 300 ms"
+    );
+}
+
+#[test]
+fn a_rung_climbed_with_bytes_in_flight_gives_qemu_the_rungs_limit_less_their_drain() {
+    let mut l = Ladder::new(&params(Converge::Auto, true), &qemu10(), &start_unknown());
+    let mut log = Vec::new();
+    // 3 MB drain in 30 ms: the 50 ms rung leaves QEMU 20 ms.
+    for sec in 1..=8 {
+        feed(&mut l, &pre_in_flight(sec * 1000, sec, 200 * MB, 3 * MB), &mut log);
+    }
+    assert_eq!(names(&log), [(1000, "downtime 20".to_string()), (7000, "downtime 70".to_string())]);
+    let Action::SetDowntimeLimit { in_flight_ms, why, .. } = &log[1].1 else { unreachable!() };
+    assert_eq!(*in_flight_ms, 30);
+    assert_eq!(l.rung().downtime_limit_ms, 100, "the rung is the operator's figure");
+    assert!(why.reason.starts_with("stuck at rung 1/8: downtime limit 50 ms"), "{}", why.reason);
+    assert!(why.reason.contains("20 ms carries 1.9 MiB"), "the window judged QEMU's limit: {}", why.reason);
+}
+
+#[test]
+fn a_drain_longer_than_the_limit_leaves_qemu_its_floor_and_the_ladder_climbs() {
+    let mut l = Ladder::new(&params(Converge::Throttle, false), &qemu10(), &start_unknown());
+    let mut log = Vec::new();
+    // A dirty set that fits 50 ms at 100 MB/s (4 MB), but 60 MB in flight need 600 ms: not
+    // within reach of what QEMU may plan, so the rung is judged stuck as usual.
+    for sec in 1..=8 {
+        feed(&mut l, &pre_in_flight(sec * 1000, sec, 4 * MB, 60 * MB), &mut log);
+    }
+    let n = names(&log);
+    assert_eq!(n[0], (1000, "downtime 10".to_string()), "{n:?}");
+    assert_eq!(n[1], (7000, "downtime 10".to_string()), "{n:?}");
+    let Action::SetDowntimeLimit { in_flight_ms, .. } = &log[1].1 else { unreachable!() };
+    assert_eq!(*in_flight_ms, 90, "the 100 ms rung less QEMU's 10 ms floor");
+}

@@ -58,6 +58,7 @@ pub(super) fn pre(at_ms: u64, pass: u64, set: u64) -> Sample {
         dirty_rate_bytes_per_s: 200 * MB,
         expected_downtime_ms: set / (100 * MB / 1000),
         throttle_pct: None,
+        in_flight_bytes: 0,
     }
 }
 
